@@ -1,0 +1,199 @@
+"""The ``flowvae`` command line: it parses, builds and calls library code; nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError, load_run
+from .config import PRESETS, Config, ConfigError, apply_overrides, load_yaml, preset
+from .data import DataError, download, load_data, subset_indices
+from .estimators import ESTIMATORS, evaluate
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import prepare_run, summary_line, train
+
+    if args.resume:
+        if args.preset or args.config:
+            raise ConfigError("--resume takes its config from the run; drop --preset/--config")
+        run_dir = Path(args.resume)
+        cfg = prepare_run(None, run_dir, True, args.overrides)
+    else:
+        cfg = preset(args.preset) if args.preset else preset("digits")
+        if args.config:
+            cfg = load_yaml(args.config, cfg)
+        apply_overrides(cfg, args.overrides)
+        name = args.preset or "run"
+        run_dir = Path(args.run_dir or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        prepare_run(cfg, run_dir, False, [])
+    state = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(summary_line(state, run_dir, *_dims(run_dir)))
+    return 0
+
+
+def _dims(run_dir: Path) -> tuple[bool, int]:
+    from .checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+    return ckpt["binary"], math.prod(ckpt["image_shape"])
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from . import distributed
+
+    d = distributed.setup(torch.device(args.device))
+    device = distributed.local_device(torch.device(args.device), d)
+    cfg, model, ckpt = load_run(args.run_dir, args.checkpoint, device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = load_data(cfg.data)
+    x = data.split(args.split)
+    subset = ""
+    if args.limit and args.limit < x.shape[0]:
+        x = x[subset_indices(x.shape[0], args.limit, args.seed)]
+        subset = f"random subset of {args.limit} of {data.split(args.split).shape[0]} (seed {args.seed})"
+    samples = args.samples or (1 if args.estimator == "elbo" else cfg.eval.samples)
+    options = {
+        "chunk": args.chunk or cfg.eval.chunk, "chains": args.chains, "steps": args.steps,
+        "leapfrog": args.leapfrog, "schedule": args.schedule, "init": args.init,
+        "target_accept": args.target_accept,
+    }  # fmt: skip
+    fn = ESTIMATORS[args.estimator]
+    accepted = inspect.signature(fn).parameters
+    options = {k: v for k, v in options.items() if v is not None and k in accepted}
+    batch = args.batch_size or cfg.eval.batch_size
+    result = evaluate(
+        model, x.split(batch), estimator=args.estimator, split=args.split,
+        dims=math.prod(data.shape), samples=samples, seed=args.seed, dist=d, **options,
+    )  # fmt: skip
+    distributed.cleanup(d)
+    if not d.is_main:
+        return 0
+    out = result.to_json()
+    out.update({k: v for k, v in options.items()})
+    out.update({"checkpoint": args.checkpoint, "data": cfg.data.name, "subset": subset or None})
+    extra = getattr(result, "extra", None)
+    if extra:
+        out.update(extra)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        unit = "" if data.binary else f" = {result.bits_per_dim:.4f} bits/dim"
+        print(
+            f"{args.estimator} (K={result.samples}) on {args.split}, n={result.n}"
+            f"{' [' + subset + ']' if subset else ''}: -log p(x) = {result.nll:.3f} ± "
+            f"{result.stderr:.3f} nats{unit} ({result.seconds:.1f} s)"
+        )
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from .images import save_grid
+
+    _, model, _ = load_run(args.run_dir, args.checkpoint)
+    torch.manual_seed(args.seed)
+    with torch.no_grad():
+        images = model.decode_mean(model.sample_prior((args.n,)))
+    out = Path(args.out or Path(args.run_dir) / "samples.png")
+    save_grid(images, out, nrow=int(math.ceil(math.sqrt(args.n))))
+    print(f"wrote {args.n} samples to {out}")
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    preset("digits")  # fills the registry
+    width = max(len(n) for n in PRESETS)
+    for name in sorted(PRESETS):
+        print(f"{name:<{width}}  {PRESETS[name].description}")
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    root = args.root or os.environ.get("FLOWVAE_DATA") or "data"
+    paths = download(args.name, root)
+    print(f"{args.name}: {len(paths)} files in {root}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flowvae", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a VAE (default preset: digits, zero download)")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. model.posterior=iaf")
+    t.add_argument("--preset", help="start from a named preset (see `flowvae presets`)")
+    t.add_argument("--config", help="a YAML config file applied over the preset")
+    t.add_argument("--run-dir", help="where to write the run (default runs/NAME-TIME)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(fn=_train)
+
+    e = sub.add_parser("eval", help="estimate log p(x) of a trained run")
+    e.add_argument("run_dir")
+    e.add_argument("--estimator", default="iwae", choices=sorted(ESTIMATORS))
+    e.add_argument("--samples", type=int, help="K importance samples (default eval.samples)")
+    e.add_argument("--split", default="test", choices=["test", "valid", "train"])
+    e.add_argument("--limit", type=int, default=0, help="a fixed seeded random subset of N examples")
+    e.add_argument("--batch-size", type=int, default=0)
+    e.add_argument("--chunk", type=int, default=0, help="samples per chunk (bounds memory)")
+    e.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    e.add_argument("--seed", type=int, default=1234)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--threads", type=int, default=0)
+    e.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    ais = e.add_argument_group("AIS (--estimator ais)")
+    ais.add_argument("--chains", type=int)
+    ais.add_argument("--steps", type=int, help="intermediate distributions")
+    ais.add_argument("--leapfrog", type=int)
+    ais.add_argument("--schedule", choices=["linear", "sigmoid"])
+    ais.add_argument("--init", choices=["prior", "posterior"])
+    ais.add_argument("--target-accept", type=float)
+    e.set_defaults(fn=_eval)
+
+    s = sub.add_parser("sample", help="draw images from a trained run's prior")
+    s.add_argument("run_dir")
+    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--out", help="PNG path (default RUN_DIR/samples.png)")
+    s.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=_sample)
+
+    sub.add_parser("presets", help="list the named presets").set_defaults(fn=_presets)
+
+    d = sub.add_parser("data", help="dataset utilities")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    dl = dsub.add_parser("download", help="fetch a dataset's standard files and verify checksums")
+    dl.add_argument("name", choices=["binarized_mnist", "mnist", "fashion_mnist", "cifar10"])
+    dl.add_argument("--root", help="target folder (default $FLOWVAE_DATA or ./data)")
+    dl.set_defaults(fn=_download)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .train import TrainingError
+
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, DataError, CheckpointError, TrainingError, ValueError) as e:
+        if os.environ.get("FLOWVAE_DEBUG"):
+            raise
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"flowvae: error: {msg}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
+    except KeyboardInterrupt:
+        print("flowvae: interrupted", file=sys.stderr)
+        return 130
+
+
+__all__ = ["Config", "main", "parser"]

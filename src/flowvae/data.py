@@ -1,0 +1,530 @@
+"""Datasets, binarization, deterministic batching and downloads.
+
+Every loader reads a dataset in the file format its homepage distributes and returns an
+:class:`ImageData` of float32 tensors ``(N, C, H, W)`` in ``[0, 1]``. Bad or missing files raise
+:class:`DataError` with a one-line message naming the file.
+
+Binarization (``DataConfig.binarize``):
+
+* ``dynamic``: ``train`` keeps the intensities and :func:`iterate_batches` draws a fresh
+  Bernoulli sample for every batch; ``valid`` and ``test`` are Bernoulli-sampled *once* with
+  ``DataConfig.seed`` -- the same stochastic scheme as train (thresholding them instead would
+  evaluate on a different distribution than the model was trained on).
+* ``threshold``: ``x >= 0.5`` for every split.
+* ``none``: 8-bit images, values ``k/255``.
+* ``auto``: the dataset's usual choice (see ``DATASETS``). Data that are binary in the files
+  (static binarized MNIST) are returned as they are, whatever the mode.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import math
+import os
+import pickle
+import struct
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.client import HTTPException
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flowvae.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+BINARIZE_MODES = ("auto", "dynamic", "threshold", "none")
+SPLITS = ("train", "valid", "test")
+
+
+class DataError(Exception):
+    """A missing, malformed or unverifiable data file; the message is one line naming it."""
+
+
+@dataclass
+class ImageData:
+    """Train/valid/test images, float32 ``(N, C, H, W)`` in ``[0, 1]``."""
+
+    name: str
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+    binary: bool  # binary images (Bernoulli likelihood); False: 8-bit values k/255
+    dynamic: bool  # `train` holds intensities; every training batch is a fresh Bernoulli sample
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        c, h, w = self.train.shape[1:]
+        return c, h, w
+
+    def split(self, name: str) -> torch.Tensor:
+        if name not in SPLITS:
+            raise DataError(f"unknown split {name!r}; valid splits: {', '.join(SPLITS)}")
+        return getattr(self, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# seeding
+
+
+def _generator(*parts: int) -> torch.Generator:
+    """A generator seeded from a tuple of ints, so related streams (epochs, batches) are
+    statistically independent rather than consecutive seeds of one stream."""
+    state = np.random.SeedSequence([p % 2**64 for p in parts]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+# first element of every seed tuple: keeps the streams of different purposes apart
+_PERMUTE, _SAMPLE, _FIXED, _SPLIT, _SUBSET = range(5)
+
+
+# ---------------------------------------------------------------------------------------------
+# file helpers
+
+
+def _find(root: Path, name: str, dataset: str) -> Path:
+    """``root/name`` or ``root/name.gz``, preferring the uncompressed file (faster to read)."""
+    for path in (root / name, root / f"{name}.gz"):
+        if path.is_file():
+            return path
+    hint = f"; run `flowvae data download {dataset}`" if dataset in DOWNLOADS else ""
+    raise DataError(f"{name}: file not found (nor {name}.gz) in {root}{hint}")
+
+
+def _read_bytes(path: Path) -> bytes:
+    raw = path.read_bytes()
+    if path.suffix != ".gz":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path.name}: corrupt gzip file ({e})") from None
+
+
+def _valid_size(cfg: DataConfig, default: int, n: int, held_out: int = 1) -> int:
+    """Resolved ``valid_size``; ``held_out`` is how many such blocks leave train (2 if test too)."""
+    v = default if cfg.valid_size < 0 else cfg.valid_size
+    if n - held_out * v < 1:
+        raise DataError(f"{cfg.name}: valid_size={v} leaves no training examples out of {n}")
+    return v
+
+
+def _hold_out_last(x: np.ndarray, v: int) -> tuple[np.ndarray, np.ndarray]:
+    return x[: len(x) - v], x[len(x) - v :]
+
+
+def _permuted_split(x: np.ndarray, v: int, seed: int) -> tuple[np.ndarray, ...]:
+    """A fixed seeded split into train / valid (``v``) / test (``v``)."""
+    perm = torch.randperm(len(x), generator=_generator(_SPLIT, seed)).numpy()
+    return x[perm[2 * v :]], x[perm[:v]], x[perm[v : 2 * v]]
+
+
+# ---------------------------------------------------------------------------------------------
+# loaders: (cfg, root) -> (train, valid, test) numpy arrays (N, C, H, W), uint8 or float in [0,1]
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _load_digits(cfg: DataConfig, root: Path) -> Arrays:
+    from sklearn.datasets import load_digits
+
+    x = (load_digits().images / 16.0).astype(np.float32)[:, None]
+    # seed 0, not cfg.seed: the split is part of the dataset's definition
+    return _permuted_split(x, _valid_size(cfg, 250, len(x), held_out=2), seed=0)
+
+
+AMAT_PIXELS = 784
+
+
+def parse_amat(data: bytes, name: str) -> np.ndarray:
+    """Binary ``.amat`` text (one image per line, 784 space-separated 0/1) -> uint8 (N, 784).
+
+    Vectorized (np.loadtxt takes a minute on 50k lines). Files in the canonical layout
+    (single spaces, newline-terminated lines) take a fast path; anything else is tokenized
+    generally, which also finds the first bad line for the error message.
+    """
+    width = 2 * AMAT_PIXELS  # "d d ... d\n"
+    if data and len(data) % width == 0:
+        rows = np.frombuffer(data, np.uint8).reshape(-1, width)
+        values = rows[:, ::2] - ord("0")  # uint8: characters below "0" wrap around to > 1
+        separators = np.full(AMAT_PIXELS, ord(" "), np.uint8)
+        separators[-1] = ord("\n")
+        if (values <= 1).all() and (rows[:, 1::2] == separators).all():
+            return values
+    buf = np.frombuffer(data.rstrip() + b"\n", np.uint8)
+    space = (buf == ord(" ")) | (buf == ord("\n")) | (buf == ord("\t")) | (buf == ord("\r"))
+    start = ~space
+    start[1:] &= space[:-1]
+    newlines = np.flatnonzero(buf == ord("\n"))
+    line_starts = np.concatenate(([0], newlines[:-1] + 1))
+    counts = np.add.reduceat(start.view(np.uint8), line_starts, dtype=np.int64)
+    bad = np.flatnonzero(counts != AMAT_PIXELS)
+    if bad.size:
+        line = bad[0]
+        raise DataError(f"{name}: line {line + 1} has {counts[line]} values, expected {AMAT_PIXELS}")
+    # a valid value is a single '0' or '1' character: any other non-space character is bad
+    digit = (buf == ord("0")) | (buf == ord("1"))
+    wrong = np.flatnonzero(~space & ~(start & digit))
+    if wrong.size:
+        first = wrong[0]
+        begin = first
+        while begin > 0 and not space[begin - 1]:
+            begin -= 1
+        end = first
+        while end < len(buf) and not space[end]:
+            end += 1
+        token = bytes(buf[begin:end]).decode(errors="replace")
+        line = int(np.searchsorted(newlines, first)) + 1
+        raise DataError(f"{name}: line {line} has value {token!r}, expected 0 or 1")
+    return (buf[start] - ord("0")).reshape(-1, AMAT_PIXELS)
+
+
+def _load_binarized_mnist(cfg: DataConfig, root: Path) -> Arrays:
+    def read(split: str) -> np.ndarray:
+        path = _find(root, f"binarized_mnist_{split}.amat", cfg.name)
+        return parse_amat(_read_bytes(path), path.name).reshape(-1, 1, 28, 28)
+
+    # the files define the split: valid_size does not apply
+    train, valid, test = (read(s) for s in SPLITS)
+    return train.astype(np.float32), valid.astype(np.float32), test.astype(np.float32)
+
+
+IDX_IMAGES_MAGIC = 2051  # IDX header: unsigned byte data, 3 dimensions
+
+
+def read_idx_images(path: Path) -> np.ndarray:
+    """An IDX3 ``ubyte`` image file (raw or .gz) -> uint8 (N, 1, rows, cols)."""
+    raw = _read_bytes(path)
+    if len(raw) < 16:
+        raise DataError(f"{path.name}: truncated IDX file ({len(raw)} bytes, header needs 16)")
+    magic, n, rows, cols = struct.unpack(">4i", raw[:16])
+    if magic != IDX_IMAGES_MAGIC:
+        raise DataError(f"{path.name}: magic number {magic}, expected {IDX_IMAGES_MAGIC} (IDX uint8 images)")
+    expected = 16 + n * rows * cols
+    if min(n, rows, cols) < 1 or len(raw) != expected:
+        raise DataError(
+            f"{path.name}: {len(raw)} bytes, expected {expected} for {n} images of "
+            f"{rows}x{cols} (truncated or corrupt)"
+        )
+    return np.frombuffer(raw, np.uint8, offset=16).reshape(n, 1, rows, cols)
+
+
+def _load_idx(cfg: DataConfig, root: Path) -> Arrays:
+    train = read_idx_images(_find(root, "train-images-idx3-ubyte", cfg.name))
+    test_path = _find(root, "t10k-images-idx3-ubyte", cfg.name)
+    test = read_idx_images(test_path)
+    if train.shape[1:] != test.shape[1:]:
+        raise DataError(
+            f"{test_path.name}: images are {test.shape[2]}x{test.shape[3]}, "
+            f"train images are {train.shape[2]}x{train.shape[3]}"
+        )
+    return *_hold_out_last(train, _valid_size(cfg, 10000, len(train))), test
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles only plain containers and numpy arrays: a pickle can otherwise run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str) -> type:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"{path.name}: file not found in {path.parent}; run `flowvae data download cifar10`")
+    try:
+        with path.open("rb") as f:
+            batch = _ArrayUnpickler(f, encoding="bytes").load()
+        data = batch[b"data"]
+    except Exception as e:  # a corrupt pickle can raise nearly anything
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path.name}: not a CIFAR-10 python batch ({msg})") from None
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.shape[1:] == (3072,)):
+        what = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{path.name}: b'data' is {what}, expected uint8 (N, 3072)")
+    return data.reshape(-1, 3, 32, 32)  # rows are R, G, B planes of 32x32
+
+
+def _load_cifar10(cfg: DataConfig, root: Path) -> Arrays:
+    folder = root / "cifar-10-batches-py"
+    train = np.concatenate([_read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)])
+    test = _read_cifar_batch(folder / "test_batch")
+    return *_hold_out_last(train, _valid_size(cfg, 5000, len(train))), test
+
+
+def _load_npz(cfg: DataConfig, root: Path) -> Arrays:
+    """``cfg.file``: array ``cfg.key`` (or the first uint8 one), (N, H, W) or (N, H, W, C) uint8
+    with C in {1, 3}. Fixed split seeded by ``cfg.seed``: ``valid_size`` examples (default 10%)
+    for valid, as many for test, the rest for train."""
+    if not cfg.file:
+        raise DataError("npz: data.file is not set (path of the .npz, relative to data.root)")
+    path = Path(cfg.file).expanduser()
+    path = path if path.is_absolute() else root / path
+    if not path.is_file():
+        raise DataError(f"{path.name}: file not found in {path.parent}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except Exception as e:  # zip/format errors of many kinds
+        raise DataError(f"{path.name}: not a readable .npz file ({e})") from None
+    key = cfg.key or next((k for k, a in arrays.items() if a.dtype == np.uint8), "")
+    if key not in arrays:
+        wanted = f"no array {key!r}" if key else "no uint8 array"
+        found = ", ".join(f"{k} {a.dtype} {a.shape}" for k, a in arrays.items()) or "none"
+        raise DataError(f"{path.name}: {wanted}; arrays: {found}")
+    x = arrays[key]
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] not in (1, 3) or len(x) == 0:
+        raise DataError(
+            f"{path.name}: array {key!r} is {x.dtype} {arrays[key].shape}, "
+            "expected uint8 (N, H, W) or (N, H, W, C) with C 1 or 3"
+        )
+    x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    return _permuted_split(x, _valid_size(cfg, round(0.1 * len(x)), len(x), 2), cfg.seed)
+
+
+@dataclass(frozen=True)
+class _Dataset:
+    load: Callable[[DataConfig, Path], Arrays]
+    auto: str  # the binarize mode "auto" stands for
+    binary: bool = False  # the files hold binary images already: binarization is a no-op
+
+
+DATASETS: dict[str, _Dataset] = {
+    "digits": _Dataset(_load_digits, "dynamic"),
+    "binarized_mnist": _Dataset(_load_binarized_mnist, "none", binary=True),
+    "mnist": _Dataset(_load_idx, "dynamic"),
+    "fashion_mnist": _Dataset(_load_idx, "dynamic"),
+    "cifar10": _Dataset(_load_cifar10, "none"),
+    "npz": _Dataset(_load_npz, "none"),
+}
+
+
+def data_root(cfg: DataConfig) -> Path:
+    """``cfg.root``, else ``$FLOWVAE_DATA``, else ``./data``."""
+    return Path(cfg.root or os.environ.get("FLOWVAE_DATA") or "data").expanduser()
+
+
+def load_data(cfg: DataConfig) -> ImageData:
+    """Load and binarize the dataset described by ``cfg``."""
+    if cfg.name not in DATASETS:
+        raise DataError(f"unknown dataset {cfg.name!r}; available: {', '.join(DATASETS)}")
+    if cfg.binarize not in BINARIZE_MODES:
+        raise DataError(f"unknown data.binarize {cfg.binarize!r}; valid values: {', '.join(BINARIZE_MODES)}")
+    spec = DATASETS[cfg.name]
+    train, valid, test = (_to_tensor(x) for x in spec.load(cfg, data_root(cfg)))
+    if spec.binary:
+        return ImageData(cfg.name, train, valid, test, binary=True, dynamic=False)
+    mode = spec.auto if cfg.binarize == "auto" else cfg.binarize
+    if mode == "dynamic":
+        # valid/test: sampled once, each split from its own fixed stream, so they are stable
+        # across loads and independent of each other's size
+        valid, test = (
+            torch.bernoulli(x, generator=_generator(_FIXED, cfg.seed, i)) for i, x in enumerate((valid, test))
+        )
+        return ImageData(cfg.name, train, valid, test, binary=True, dynamic=True)
+    if mode == "threshold":
+        train, valid, test = ((x >= 0.5).float() for x in (train, valid, test))
+        return ImageData(cfg.name, train, valid, test, binary=True, dynamic=False)
+    # none: 8-bit; rounding puts non-8-bit sources (digits, k/16) on the k/255 grid
+    train, valid, test = (torch.round(x * 255) / 255 for x in (train, valid, test))
+    return ImageData(cfg.name, train, valid, test, binary=False, dynamic=False)
+
+
+def _to_tensor(x: np.ndarray) -> torch.Tensor:
+    # uint8 arrays (often read-only views of file bytes) are copied by astype; float ones from
+    # the loaders are already fresh copies
+    t = torch.from_numpy(x.astype(np.float32, copy=False))
+    return t.div_(255) if x.dtype == np.uint8 else t
+
+
+# ---------------------------------------------------------------------------------------------
+# batching
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    """Batches per epoch; the last partial batch is kept."""
+    return -(-n // batch_size)
+
+
+def subset_indices(n: int, limit: int, seed: int) -> torch.Tensor:
+    """A fixed, seeded random subset of ``limit`` of ``range(n)`` (sorted); all if ``limit <= 0``
+    or ``limit >= n``."""
+    if limit <= 0 or limit >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=_generator(_SUBSET, seed))[:limit].sort().values
+
+
+def iterate_batches(
+    data: ImageData,
+    split: str,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    epoch: int = 0,
+    start: int = 0,
+    rank: int = 0,
+    world: int = 1,
+) -> Iterator[torch.Tensor]:
+    """Yield the batches of one epoch, a pure function of ``(seed, epoch)``.
+
+    The permutation is seeded from ``(seed, epoch)``. For dynamically binarized training data
+    every batch is a Bernoulli sample seeded from ``(seed, epoch, rank, batch)``, so a run
+    resumed at batch ``start`` sees exactly the batches an uninterrupted run would.
+
+    Distributed: rank ``r`` of ``world`` takes examples ``r, r + world, ...`` of the permuted
+    order. The order is first padded by repeating its beginning up to a multiple of ``world``,
+    so every rank gets the same number of batches (DDP needs that) and at most ``world - 1``
+    examples are seen twice per epoch.
+    """
+    if batch_size < 1 or start < 0 or world < 1 or not 0 <= rank < world:
+        raise ValueError(f"bad batching: {batch_size=} {start=} {rank=} {world=}")
+    x = data.split(split)
+    n = len(x)
+    if shuffle:
+        order = torch.randperm(n, generator=_generator(_PERMUTE, seed, epoch))
+    else:
+        order = torch.arange(n)
+    if world > 1 and n > 0:
+        total = math.ceil(n / world) * world
+        order = order.repeat(math.ceil(total / n))[:total][rank::world]
+    sample = data.dynamic and split == "train"
+    for b in range(start, num_batches(len(order), batch_size)):
+        batch = x[order[b * batch_size : (b + 1) * batch_size]]
+        if sample:
+            batch = torch.bernoulli(batch, generator=_generator(_SAMPLE, seed, epoch, rank, b))
+        yield batch
+
+
+# ---------------------------------------------------------------------------------------------
+# downloads
+
+
+@dataclass(frozen=True)
+class Remote:
+    """Where a dataset's files are published, with the MD5 of each file as served."""
+
+    url: str  # folder URL, ending in "/"
+    md5: dict[str, str]  # file name -> MD5
+    extract: str = ""  # a .tar.gz to unpack into root after download ("" = none)
+
+
+DOWNLOADS: dict[str, Remote] = {
+    "binarized_mnist": Remote(
+        "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/",
+        {
+            "binarized_mnist_train.amat": "db28b1a6ae0fe70cbd3da91acf46e477",
+            "binarized_mnist_valid.amat": "bf37822a04e94123630de6a7dfd9c9ef",
+            "binarized_mnist_test.amat": "14e41ae11040adba6ab8cb291eda0dd8",
+        },
+    ),
+    "mnist": Remote(
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        {
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+    ),
+    "fashion_mnist": Remote(
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        {
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+    ),
+    "cifar10": Remote(
+        "https://www.cs.toronto.edu/~kriz/",
+        {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
+        extract="cifar-10-python.tar.gz",
+    ),
+}
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fetch(url: str, dest: Path, md5: str) -> None:
+    """Download ``url`` to ``dest`` through a temporary file, renamed only once verified."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        h = hashlib.md5()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                h.update(chunk)
+                out.write(chunk)
+        if h.hexdigest() != md5:
+            raise DataError(
+                f"{dest.name}: checksum mismatch for {url}: expected MD5 {md5}, got {h.hexdigest()}"
+            )
+        os.replace(tmp, dest)
+    except (OSError, HTTPException) as e:
+        if isinstance(e, urllib.error.HTTPError):
+            e.close()  # it holds the open response
+        reason = " ".join(str(getattr(e, "reason", None) or e).split())
+        raise DataError(f"{dest.name}: download from {url} failed: {reason}") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def download(name: str, root: str | Path, base_url: str | None = None) -> list[Path]:
+    """Download the files of dataset ``name`` into ``root`` and verify their MD5s.
+
+    Files already present with the right checksum are skipped. ``base_url`` (else
+    ``$FLOWVAE_DOWNLOAD_URL``) replaces the folder URL, e.g. for a mirror. Returns the paths of
+    the dataset's files.
+    """
+    if name not in DOWNLOADS:
+        raise DataError(f"no download for dataset {name!r}; available: {', '.join(DOWNLOADS)}")
+    remote = DOWNLOADS[name]
+    base = base_url or os.environ.get("FLOWVAE_DOWNLOAD_URL") or remote.url
+    root = Path(root).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for file, md5 in remote.md5.items():
+        dest = root / file
+        if dest.is_file() and _md5(dest) == md5:
+            log.info("%s: present, checksum ok", dest)
+        else:
+            log.info("downloading %s", file)
+            _fetch(f"{base.rstrip('/')}/{file}", dest, md5)
+        if file == remote.extract:  # also when skipped: the unpacked files may be gone
+            _extract(dest, root)
+        paths.append(dest)
+    return paths
+
+
+def _extract(archive: Path, root: Path) -> None:
+    try:
+        with tarfile.open(archive) as tar:
+            # the "data" filter refuses absolute paths, links out of root and device files
+            tar.extractall(root, filter="data")
+    except (tarfile.TarError, OSError) as e:
+        raise DataError(f"{archive.name}: cannot extract ({e})") from None

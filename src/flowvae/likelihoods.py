@@ -1,0 +1,124 @@
+"""Observation models p(x|z) over images, given decoder outputs (N, P, C, H, W).
+
+Each likelihood says how many parameters per pixel it needs (``params``), scores images
+(``log_prob`` sums over pixels) and turns parameters into images (``mean``, ``sample``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .numerics import (
+    discretized_logistic_log_prob,
+    discretized_logistic_mixture_log_prob,
+    log_bernoulli,
+    log_normal,
+)
+
+
+class Bernoulli(nn.Module):
+    """Binary pixels; parameters are logits."""
+
+    params = 1
+
+    def log_prob(self, x: Tensor, out: Tensor) -> Tensor:
+        return log_bernoulli(x, out[..., 0, :, :, :]).flatten(-3).sum(-1)
+
+    def mean(self, out: Tensor) -> Tensor:
+        return torch.sigmoid(out[..., 0, :, :, :])
+
+    def sample(self, out: Tensor) -> Tensor:
+        return torch.bernoulli(self.mean(out))
+
+
+class DiscretizedLogistic(nn.Module):
+    """8-bit pixels (values k/255) under a discretized logistic (IAF paper, openai/iaf)."""
+
+    params = 2
+
+    def log_prob(self, x: Tensor, out: Tensor) -> Tensor:
+        mean, log_scale = out[..., 0, :, :, :], out[..., 1, :, :, :].clamp(min=-7.0)
+        return discretized_logistic_log_prob(x, mean, log_scale).flatten(-3).sum(-1)
+
+    def mean(self, out: Tensor) -> Tensor:
+        return ((out[..., 0, :, :, :] + 1) / 2).clamp(0, 1)
+
+    def sample(self, out: Tensor) -> Tensor:
+        mean, log_scale = out[..., 0, :, :, :], out[..., 1, :, :, :].clamp(min=-7.0)
+        u = torch.rand_like(mean).clamp(1e-5, 1 - 1e-5)
+        x = mean + torch.exp(log_scale) * (torch.log(u) - torch.log1p(-u))
+        return (torch.round((x.clamp(-1, 1) + 1) / 2 * 255) / 255).clamp(0, 1)
+
+
+class DiscretizedLogisticMixture(nn.Module):
+    """8-bit pixels under a mixture of ``k`` discretized logistics per pixel (no channel coupling)."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+        self.params = 3 * k
+
+    def _split(self, out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = out.movedim(-4, -1)  # (..., C, H, W, 3k)
+        logits, means, log_scales = out.split(self.k, dim=-1)
+        return logits, means, log_scales.clamp(min=-7.0)
+
+    def log_prob(self, x: Tensor, out: Tensor) -> Tensor:
+        return discretized_logistic_mixture_log_prob(x, *self._split(out)).flatten(-3).sum(-1)
+
+    def mean(self, out: Tensor) -> Tensor:
+        logits, means, _ = self._split(out)
+        return ((torch.softmax(logits, -1) * means).sum(-1) + 1).div(2).clamp(0, 1)
+
+    def sample(self, out: Tensor) -> Tensor:
+        logits, means, log_scales = self._split(out)
+        pick = torch.distributions.Categorical(logits=logits).sample().unsqueeze(-1)
+        mean, log_scale = means.gather(-1, pick)[..., 0], log_scales.gather(-1, pick)[..., 0]
+        u = torch.rand_like(mean).clamp(1e-5, 1 - 1e-5)
+        x = mean + torch.exp(log_scale) * (torch.log(u) - torch.log1p(-u))
+        return (torch.round((x.clamp(-1, 1) + 1) / 2 * 255) / 255).clamp(0, 1)
+
+
+class Gaussian(nn.Module):
+    """Continuous pixels x ~ N(mean, sigma^2) with a learned log sigma per pixel.
+
+    With a linear decoder and an N(0, I) prior this is probabilistic PCA, whose log p(x) and
+    posterior are exact (see :mod:`flowvae.linear_gaussian`).
+    """
+
+    params = 1
+
+    def __init__(self, shape: tuple[int, int, int], init_log_std: float = math.log(0.1)):
+        super().__init__()
+        self.log_std = nn.Parameter(torch.full(shape, init_log_std))
+
+    def log_prob(self, x: Tensor, out: Tensor) -> Tensor:
+        return log_normal(x, out[..., 0, :, :, :], self.log_std).flatten(-3).sum(-1)
+
+    def mean(self, out: Tensor) -> Tensor:
+        return out[..., 0, :, :, :]
+
+    def sample(self, out: Tensor) -> Tensor:
+        return self.mean(out) + torch.exp(self.log_std) * torch.randn_like(self.mean(out))
+
+
+def build_likelihood(name: str, binary: bool, shape: tuple[int, int, int], mixtures: int) -> nn.Module:
+    """``auto`` picks Bernoulli for binary data and the discretized logistic for 8-bit data."""
+    if name == "auto":
+        name = "bernoulli" if binary else "logistic"
+    if name == "bernoulli" and not binary:
+        raise ValueError("model.likelihood=bernoulli needs binary data (set data.binarize)")
+    if name in ("logistic", "logistic-mixture") and binary:
+        raise ValueError(f"model.likelihood={name} is for 8-bit data; this data is binary")
+    table = {
+        "bernoulli": lambda: Bernoulli(),
+        "logistic": lambda: DiscretizedLogistic(),
+        "logistic-mixture": lambda: DiscretizedLogisticMixture(mixtures),
+        "gaussian": lambda: Gaussian(shape),
+    }
+    if name not in table:
+        raise ValueError(f"unknown likelihood {name!r}; available: auto, {', '.join(table)}")
+    return table[name]()

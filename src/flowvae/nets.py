@@ -1,0 +1,239 @@
+"""Encoders and decoders of the flat (one stochastic layer) VAE.
+
+An encoder maps images (B, C, H, W) to features (B, out_features); a decoder maps latents
+(N, D) to per-pixel likelihood parameters (N, P, C, H, W). They receive numbers (image shape,
+widths), never a dataset name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .config import ModelConfig
+
+Shape = tuple[int, int, int]
+
+
+# ----------------------------------------------------------------------------- mlp
+
+
+class MLP(nn.Module):
+    """ELU MLP; optional batch norm; optionally the input is fed to every hidden layer."""
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: list[int],
+        batch_norm: bool = False,
+        input_to_all: bool = False,
+    ):
+        super().__init__()
+        self.input_to_all = input_to_all
+        self.layers = nn.ModuleList()
+        width = in_features
+        for h in hidden:
+            layer = [nn.Linear(width, h)]
+            if batch_norm:
+                layer.append(nn.BatchNorm1d(h))
+            layer.append(nn.ELU())
+            self.layers.append(nn.Sequential(*layer))
+            width = h + (in_features if input_to_all else 0)
+        self.out_features = width
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x
+        for layer in self.layers:
+            h = layer(h)
+            if self.input_to_all:
+                h = torch.cat([h, x], dim=-1)
+        return h
+
+
+class MLPEncoder(nn.Module):
+    def __init__(self, cfg: ModelConfig, shape: Shape):
+        super().__init__()
+        c, h, w = shape
+        self.net = MLP(c * h * w, cfg.hidden, cfg.batch_norm, cfg.input_to_all)
+        self.out_features = self.net.out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.flatten(1))
+
+
+class MLPDecoder(nn.Module):
+    def __init__(self, cfg: ModelConfig, shape: Shape, params: int):
+        super().__init__()
+        self.shape, self.params = shape, params
+        self.net = MLP(cfg.latent_dim, list(reversed(cfg.hidden)), cfg.batch_norm, cfg.input_to_all)
+        self.out = nn.Linear(self.net.out_features, params * shape[0] * shape[1] * shape[2])
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.out(self.net(z)).view(-1, self.params, *self.shape)
+
+
+# ----------------------------------------------------------------------------- linear
+
+
+class LinearEncoder(nn.Module):
+    """x -> W x + b: enough for the exact posterior mean of a linear-Gaussian model."""
+
+    def __init__(self, cfg: ModelConfig, shape: Shape):
+        super().__init__()
+        c, h, w = shape
+        self.out_features = c * h * w
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(1)
+
+
+class LinearDecoder(nn.Module):
+    """z -> W z + b (probabilistic PCA when paired with a Gaussian likelihood)."""
+
+    def __init__(self, cfg: ModelConfig, shape: Shape, params: int):
+        super().__init__()
+        self.shape, self.params = shape, params
+        self.out = nn.Linear(cfg.latent_dim, params * shape[0] * shape[1] * shape[2])
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.out(z).view(-1, self.params, *self.shape)
+
+
+# ----------------------------------------------------------------------------- gated conv
+
+
+class GatedConv(nn.Module):
+    """h = conv_h(x) * sigmoid(conv_g(x)) (Dauphin et al. 2017; Sylvester flows' encoder)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, transpose: bool = False):
+        super().__init__()
+        if transpose:
+            conv = lambda: nn.ConvTranspose2d(cin, cout, 5, stride, 2, output_padding=stride - 1)  # noqa: E731
+        else:
+            conv = lambda: nn.Conv2d(cin, cout, 5, stride, 2)  # noqa: E731
+        self.h, self.g = conv(), conv()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.h(x) * torch.sigmoid(self.g(x))
+
+
+class GatedConvEncoder(nn.Module):
+    """5x5 gated convolutions, two stride-2 downsamplings, then a linear layer."""
+
+    def __init__(self, cfg: ModelConfig, shape: Shape):
+        super().__init__()
+        c, h, w = shape
+        ch = cfg.channels
+        self.convs = nn.Sequential(
+            GatedConv(c, ch), GatedConv(ch, ch, 2), GatedConv(ch, 2 * ch),
+            GatedConv(2 * ch, 2 * ch, 2), GatedConv(2 * ch, 2 * ch),
+        )  # fmt: skip
+        self.out_features = 2 * ch * _down(h) * _down(w)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.convs(x).flatten(1)
+
+
+class GatedConvDecoder(nn.Module):
+    def __init__(self, cfg: ModelConfig, shape: Shape, params: int):
+        super().__init__()
+        c, h, w = shape
+        ch = cfg.channels
+        self.shape, self.params, self.start = shape, params, (2 * ch, _down(h), _down(w))
+        self.inp = nn.Linear(cfg.latent_dim, 2 * ch * _down(h) * _down(w))
+        self.convs = nn.Sequential(
+            GatedConv(2 * ch, 2 * ch), GatedConv(2 * ch, ch, 2, transpose=True),
+            GatedConv(ch, ch), GatedConv(ch, ch, 2, transpose=True), GatedConv(ch, ch),
+        )  # fmt: skip
+        self.out = nn.Conv2d(ch, params * c, 1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.convs(self.inp(z).view(-1, *self.start))
+        return self.out(h).view(-1, self.params, *self.shape)
+
+
+# ----------------------------------------------------------------------------- resnet
+
+
+class ResidualBlock(nn.Module):
+    """ELU -> 3x3 conv -> ELU -> 3x3 conv, added to the input."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.ELU(), nn.Conv2d(ch, ch, 3, 1, 1), nn.ELU(), nn.Conv2d(ch, ch, 3, 1, 1)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.net(x)
+
+
+class ResNetEncoder(nn.Module):
+    """3x3 residual blocks with two strided downsamplings (IAF paper's MNIST encoder)."""
+
+    def __init__(self, cfg: ModelConfig, shape: Shape):
+        super().__init__()
+        c, h, w = shape
+        ch = cfg.channels
+        layers: list[nn.Module] = [nn.Conv2d(c, ch, 3, 1, 1)]
+        for _ in range(2):
+            layers += [ResidualBlock(ch) for _ in range(cfg.blocks)]
+            layers += [nn.ELU(), nn.Conv2d(ch, ch, 3, 2, 1)]
+        layers.append(nn.ELU())
+        self.net = nn.Sequential(*layers)
+        self.out_features = ch * _down(h) * _down(w)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).flatten(1)
+
+
+class ResNetDecoder(nn.Module):
+    def __init__(self, cfg: ModelConfig, shape: Shape, params: int):
+        super().__init__()
+        c, h, w = shape
+        ch = cfg.channels
+        self.shape, self.params, self.start = shape, params, (ch, _down(h), _down(w))
+        self.inp = nn.Linear(cfg.latent_dim, ch * _down(h) * _down(w))
+        layers: list[nn.Module] = []
+        for _ in range(2):
+            layers += [ResidualBlock(ch) for _ in range(cfg.blocks)]
+            layers += [nn.ELU(), nn.ConvTranspose2d(ch, ch, 3, 2, 1, output_padding=1)]
+        layers += [nn.ELU(), nn.Conv2d(ch, params * c, 3, 1, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(self.inp(z).view(-1, *self.start)).view(-1, self.params, *self.shape)
+
+
+def _down(n: int) -> int:
+    """Size after two stride-2 convolutions with padding (ceil twice)."""
+    once = (n + 1) // 2
+    return (once + 1) // 2
+
+
+ENCODERS: dict[str, Callable[[ModelConfig, Shape], nn.Module]] = {
+    "mlp": MLPEncoder,
+    "gated-conv": GatedConvEncoder,
+    "resnet": ResNetEncoder,
+    "linear": LinearEncoder,
+}
+DECODERS: dict[str, Callable[[ModelConfig, Shape, int], nn.Module]] = {
+    "mlp": MLPDecoder,
+    "gated-conv": GatedConvDecoder,
+    "resnet": ResNetDecoder,
+    "linear": LinearDecoder,
+}
+
+
+def build_encoder(cfg: ModelConfig, shape: Shape) -> nn.Module:
+    if cfg.encoder not in ENCODERS:
+        raise ValueError(f"unknown encoder {cfg.encoder!r}; available: {', '.join(ENCODERS)}")
+    return ENCODERS[cfg.encoder](cfg, shape)
+
+
+def build_decoder(cfg: ModelConfig, shape: Shape, params: int) -> nn.Module:
+    if cfg.decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {cfg.decoder!r}; available: {', '.join(DECODERS)}")
+    return DECODERS[cfg.decoder](cfg, shape, params)

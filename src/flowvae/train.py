@@ -1,0 +1,439 @@
+"""Training: small named steps (``train_step``, ``evaluate_elbo``, ``train``) and the run directory.
+
+A run directory holds ``config.yaml`` (fully resolved), ``metrics.csv`` (a row per evaluation),
+TensorBoard event files, ``checkpoint.pt`` (latest), ``best.pt`` (best valid ELBO),
+``samples.png`` and ``reconstructions.png``. Resuming restores model, optimizer, EMA, RNG
+states and the position inside the epoch, so an interrupted run ends where an uninterrupted
+one does.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import distributed
+from .checkpoint import CheckpointError, load_checkpoint, save_atomic
+from .config import Config, ConfigError, from_dict, save_yaml
+from .data import ImageData, iterate_batches, load_data, num_batches
+from .estimators import ElboTerms, elbo_terms
+from .images import save_grid
+from .model import build_model
+from .numerics import bits_per_dim
+
+METRICS = ["epoch", "step", "seconds", "train_elbo", "valid_elbo", "kl", "lr", "kl_weight", "skipped"]
+MAX_CONSECUTIVE_SKIPS = 50
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (diverged, bad run directory). One-line message."""
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+class EMA:
+    """Polyak averaging of the weights: shadow <- decay * shadow + (1 - decay) * weights."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for s, p in zip(self.model.parameters(), model.parameters(), strict=True):
+            s.lerp_(p, 1 - self.decay)
+        for s, b in zip(self.model.buffers(), model.buffers(), strict=True):
+            s.copy_(b)
+
+
+def learning_rate(cfg: Config, progress: float) -> float:
+    """The lr after ``progress`` epochs: a pure function of progress, so resume needs no state."""
+    t = cfg.train
+    if t.lr_schedule == "constant":
+        return t.lr
+    if t.lr_schedule == "exponential":
+        return t.lr * t.lr_decay ** math.floor(progress)
+    if t.lr_schedule == "cosine":
+        frac = min(progress / max(t.epochs, 1), 1.0)
+        return t.lr_min + 0.5 * (t.lr - t.lr_min) * (1 + math.cos(math.pi * frac))
+    raise ConfigError(f"unknown train.lr_schedule {t.lr_schedule!r}; use constant, exponential, cosine")
+
+
+def kl_weight(cfg: Config, progress: float) -> float:
+    """KL warm-up (Sønderby et al. 2016): the weight rises linearly to 1 over kl_warmup_epochs."""
+    w = cfg.train.kl_warmup_epochs
+    return 1.0 if w <= 0 else min(1.0, progress / w)
+
+
+def training_loss(terms: ElboTerms, beta: float, kl_min: float, latent_dim: int) -> Tensor:
+    """-(E[log p(x|z)] - beta * KL) per example, with free bits (Kingma et al. 2016, Eq. 15).
+
+    Free bits: the KL of each group, averaged over the minibatch, is clamped from below at
+    ``kl_min`` nats per latent dimension (a group is the whole latent vector of a flat VAE, a
+    feature map of a layer in the hierarchical model). Reported numbers never use this.
+    """
+    if terms.kl_groups is None:
+        kl = terms.kl.mean()
+        if kl_min > 0:
+            kl = torch.clamp(kl, min=kl_min * latent_dim)
+    else:
+        kl = terms.kl_groups.flatten(0, -2).mean(0)  # (G,) mean over samples and batch
+        kl = torch.clamp(kl, min=kl_min).sum() if kl_min > 0 else kl.sum()
+    return -terms.log_likelihood.mean() + beta * kl
+
+
+def optimizer_for(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    opts = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}
+    if cfg.train.optimizer not in opts:
+        raise ConfigError(f"unknown train.optimizer {cfg.train.optimizer!r}; use adam or adamax")
+    return opts[cfg.train.optimizer]([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but CUDA is not available on this machine")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ConfigError(f"unknown train.device {name!r}; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    cfg: Config,
+    beta: float,
+    lr: float,
+) -> dict[str, float]:
+    """One update. Returns floats; ``skipped`` is 1 when the loss or gradient was not finite
+    (or the gradient norm exceeded ``train.skip_threshold``) and the update was not applied.
+
+    ``model`` may be wrapped in DistributedDataParallel: backward always runs (a NaN loss gives
+    NaN gradients), so every rank reaches the same skip decision after the gradient all-reduce.
+    """
+    t = cfg.train
+    model.train()
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    terms = model(x, t.samples)
+    latent_dim = getattr(model, "module", model).latent_dim
+    loss = training_loss(terms, beta, t.kl_min, latent_dim)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
+    skip = not math.isfinite(grad_norm) or not math.isfinite(loss.item())
+    skip = skip or (t.skip_threshold > 0 and grad_norm > t.skip_threshold)
+    if skip:
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        optimizer.step()
+    return {
+        "loss": loss.item(), "elbo": terms.log_weight.mean().item(), "kl": terms.kl.mean().item(),
+        "grad_norm": grad_norm, "skipped": float(skip),
+    }  # fmt: skip
+
+
+@torch.no_grad()
+def evaluate_elbo(model: nn.Module, data: ImageData, split: str, cfg: Config) -> float:
+    """Mean ELBO (true KL, no warm-up, no free bits) over a split, with a fixed RNG stream."""
+    model.eval()
+    device = next(model.parameters()).device
+    total, n = 0.0, 0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.eval.seed)
+        for x in iterate_batches(data, split, cfg.eval.batch_size, shuffle=False, seed=cfg.eval.seed):
+            x = x.to(device)
+            total += elbo_terms(model, x, cfg.eval.valid_samples).log_weight.mean(0).sum().item()
+            n += x.shape[0]
+    return total / n
+
+
+@torch.no_grad()
+def save_images(model: nn.Module, data: ImageData, run_dir: Path, seed: int, n: int = 64) -> None:
+    """samples.png (means of p(x|z), z from the prior) and reconstructions.png (pairs of rows)."""
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        save_grid(model.decode_mean(model.sample_prior((n,))).cpu(), run_dir / "samples.png", nrow=8)
+        x = data.valid[: n // 2].to(device)
+        z, _ = model.encode(x).rsample_and_log_prob()
+        rec = model.decode_mean(z)
+        pairs = torch.stack([x.view_as(rec), rec], 1).view(-1, *rec.shape[1:])  # x, x̂ side by side
+        save_grid(pairs.cpu(), run_dir / "reconstructions.png", nrow=8)
+
+
+# ----------------------------------------------------------------------------- state
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches done inside the current epoch
+    step: int = 0
+    seconds: float = 0.0
+    best_valid: float = -math.inf
+    best_epoch: int = -1
+    bad_evals: int = 0
+    skipped: int = 0
+    consecutive_skips: int = 0
+    epoch_elbo_sum: float = 0.0  # running sums of the current epoch's train ELBO and KL
+    epoch_kl_sum: float = 0.0
+    epoch_count: int = 0
+    lr: float = 0.0  # of the last step
+    kl_weight: float = 0.0
+    stopped: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = run_dir / ".metrics.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRICS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(run_dir / "metrics.csv")
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+RESUMABLE_OVERRIDES = {"train.epochs", "train.max_minutes", "train.max_steps", "train.early_stopping"}
+
+
+def prepare_run(cfg: Config | None, run_dir: Path, resume: bool, overrides: list[str]) -> Config:
+    """Check the run directory; on resume, the saved config plus budget-only overrides."""
+    from .config import apply_overrides, parse_override
+
+    if resume:
+        ckpt_cfg = load_checkpoint(run_dir / "checkpoint.pt")["config"]
+        cfg = from_dict(ckpt_cfg)
+        for text in overrides:
+            key, _ = parse_override(text)
+            if key not in RESUMABLE_OVERRIDES:
+                raise ConfigError(
+                    f"cannot change {key} when resuming; allowed: {', '.join(sorted(RESUMABLE_OVERRIDES))}"
+                )
+        return apply_overrides(cfg, overrides)
+    if (run_dir / "checkpoint.pt").exists():
+        raise TrainingError(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
+    assert cfg is not None
+    return cfg
+
+
+def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainState:
+    """Train (or resume) the run in ``run_dir``; returns the final state.
+
+    Under torchrun every process runs this function: ``train.batch_size`` is the effective
+    (global) batch, split evenly over the processes; rank 0 alone writes the run directory.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    run_dir = Path(run_dir)
+    d = distributed.setup(resolve_device(cfg.train.device))
+    device = distributed.local_device(resolve_device(cfg.train.device), d)
+    if cfg.train.batch_size % d.world:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by {d.world} processes")
+    batch_size = cfg.train.batch_size // d.world  # per process
+    if d.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    data = load_data(cfg.data)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, data.shape, data.binary).to(device)
+    optimizer = optimizer_for(cfg, model)
+    ema = EMA(model, cfg.train.ema) if cfg.train.ema > 0 else None
+    state = TrainState()
+    if resume:
+        ckpt = load_checkpoint(run_dir / "checkpoint.pt", map_location=device)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ema is not None:
+            ema.model.load_state_dict(ckpt["ema"])
+        state = TrainState(**{**ckpt["state"], "stopped": ""})
+        if len(ckpt["ranks"]) != d.world:
+            raise ConfigError(
+                f"{run_dir} was written by {len(ckpt['ranks'])} process(es); resume it with as many "
+                f"(this is {d.world})"
+            )
+        mine = ckpt["ranks"][d.rank]
+        set_rng_state(mine["rng"])
+        state.epoch_elbo_sum, state.epoch_kl_sum, state.epoch_count = mine["epoch_sums"]
+    # DDP broadcasts rank 0's weights at construction: all ranks start identical
+    net = DistributedDataParallel(model) if d.enabled else model
+    writer = None
+    if d.is_main:
+        save_yaml(cfg, run_dir / "config.yaml")
+        write_metrics(run_dir, state.history)
+        writer = SummaryWriter(log_dir=str(run_dir))
+        if d.enabled:
+            print(
+                f"DDP: {d.world} processes x {batch_size} examples = effective batch {cfg.train.batch_size}",
+                flush=True,
+            )
+    eval_model = ema.model if ema is not None else model
+    dims = math.prod(data.shape)
+    n_batches = num_batches(math.ceil(data.train.shape[0] / d.world), batch_size)
+    started = time.perf_counter() - state.seconds
+
+    def checkpoint(path: str = "checkpoint.pt") -> None:
+        """Collective (every rank's RNG state and running sums are kept); rank 0 writes."""
+        state.seconds = time.perf_counter() - started
+        sums = (state.epoch_elbo_sum, state.epoch_kl_sum, state.epoch_count)
+        ranks = distributed.all_gather({"rng": rng_state(), "epoch_sums": sums}, d)
+        if not d.is_main:
+            return
+        save_atomic(
+            {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "ema": ema.model.state_dict() if ema is not None else None,
+                "config": cfg.to_dict(), "state": asdict(state), "ranks": ranks,
+                "image_shape": list(data.shape), "binary": data.binary, "world": d.world,
+            },
+            run_dir / path,
+        )  # fmt: skip
+
+    def out_of_budget() -> str:
+        t = cfg.train
+        if t.max_steps and state.step >= t.max_steps:
+            return f"max_steps={t.max_steps}"
+        late = bool(t.max_minutes) and time.perf_counter() - started >= 60 * t.max_minutes
+        if distributed.any_rank(late, d, device):  # clocks differ: rank 0 alone must not stop
+            return f"max_minutes={t.max_minutes:g}"
+        return ""
+
+    try:
+        while state.epoch < cfg.train.epochs and not state.stopped:
+            epoch = state.epoch
+            batches = iterate_batches(
+                data, "train", batch_size, shuffle=True, seed=cfg.train.seed,
+                epoch=epoch, start=state.batch, rank=d.rank, world=d.world,
+            )  # fmt: skip
+            bar = tqdm(
+                batches, total=n_batches, initial=state.batch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                disable=not progress or not d.is_main, leave=False, dynamic_ncols=True,
+            )  # fmt: skip
+            for x in bar:
+                p = epoch + state.batch / n_batches
+                state.lr, state.kl_weight = learning_rate(cfg, p), kl_weight(cfg, p)
+                out = train_step(net, optimizer, x.to(device), cfg, state.kl_weight, state.lr)
+                state.step += 1
+                state.batch += 1
+                if out["skipped"]:
+                    state.skipped += 1
+                    state.consecutive_skips += 1
+                    if state.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                        raise TrainingError(
+                            f"training diverged: {state.consecutive_skips} consecutive non-finite updates "
+                            f"at step {state.step}; the last good checkpoint is {run_dir / 'checkpoint.pt'}"
+                        )
+                else:
+                    state.consecutive_skips = 0
+                    if ema is not None:
+                        ema.update(model)
+                if math.isfinite(out["elbo"]):
+                    state.epoch_elbo_sum += out["elbo"] * x.shape[0]
+                    state.epoch_kl_sum += out["kl"] * x.shape[0]
+                    state.epoch_count += x.shape[0]
+                bar.set_postfix(elbo=f"{out['elbo']:.2f}", refresh=False)
+                every = cfg.train.checkpoint_every_steps
+                if every and state.step % every == 0:
+                    checkpoint()
+                state.stopped = out_of_budget()
+                if state.stopped and state.batch < n_batches:
+                    break
+            bar.close()
+            if state.batch < n_batches:  # stopped inside the epoch: resume continues here
+                break
+            state.epoch, state.batch = epoch + 1, 0
+            last = state.epoch == cfg.train.epochs or bool(state.stopped)
+            if state.epoch % cfg.train.eval_every == 0 or last:
+                # every rank evaluates the same weights with the same seed: identical decisions
+                valid = evaluate_elbo(eval_model, data, "valid", cfg)
+                elbo_sum, kl_sum, count = distributed.all_reduce_sum(
+                    [state.epoch_elbo_sum, state.epoch_kl_sum, float(state.epoch_count)], d, device
+                )
+                row = {
+                    "epoch": state.epoch, "step": state.step,
+                    "seconds": round(time.perf_counter() - started, 3),
+                    "train_elbo": elbo_sum / max(count, 1), "valid_elbo": valid,
+                    "kl": kl_sum / max(count, 1), "lr": state.lr, "kl_weight": state.kl_weight,
+                    "skipped": state.skipped,
+                }  # fmt: skip
+                state.history.append(row)
+                if writer is not None:
+                    write_metrics(run_dir, state.history)
+                    for key in ("train_elbo", "valid_elbo", "kl", "lr", "kl_weight"):
+                        writer.add_scalar(key, row[key], state.step)
+                    if not data.binary:
+                        writer.add_scalar("valid_bits_per_dim", bits_per_dim(-valid, dims), state.step)
+                    save_images(eval_model, data, run_dir, cfg.eval.seed)
+                if valid > state.best_valid:
+                    state.best_valid, state.best_epoch, state.bad_evals = valid, state.epoch, 0
+                    checkpoint("best.pt")
+                else:
+                    state.bad_evals += 1
+                    if cfg.train.early_stopping and state.bad_evals >= cfg.train.early_stopping:
+                        state.stopped = f"early stopping after {state.bad_evals} evaluations"
+            state.epoch_elbo_sum = state.epoch_kl_sum = 0.0
+            state.epoch_count = 0
+            checkpoint()
+        if state.batch:  # a budget stop inside an epoch
+            checkpoint()
+    finally:
+        if writer is not None:
+            writer.close()
+    return state
+
+
+def summary_line(state: TrainState, run_dir: Path, binary: bool, dims: int) -> str:
+    if state.best_epoch < 0:
+        best = "no evaluation yet"
+    elif binary:
+        best = f"best valid ELBO {state.best_valid:.2f} nats (epoch {state.best_epoch})"
+    else:
+        best = (
+            f"best valid ELBO {state.best_valid:.2f} nats = "
+            f"{bits_per_dim(-state.best_valid, dims):.3f} bits/dim (epoch {state.best_epoch})"
+        )
+    stop = f"; stopped: {state.stopped}" if state.stopped else ""
+    return f"{best}; {state.step} steps, {state.skipped} skipped{stop}; run dir: {run_dir}"
+
+
+__all__ = [
+    "CheckpointError", "EMA", "TrainState", "TrainingError", "evaluate_elbo", "kl_weight",
+    "learning_rate", "prepare_run", "summary_line", "train", "train_step", "training_loss",
+]  # fmt: skip

@@ -1,0 +1,49 @@
+import contextlib
+import io
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, check: bool = True, subprocess_: bool = False) -> Result:
+    """Run ``flowvae ARGS``: in-process through ``cli.main`` (fast), or as a real subprocess.
+
+    In-process, an uncaught exception propagates and fails the test, which is stricter than
+    looking for "Traceback" in stderr.
+    """
+    if subprocess_:
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        p = subprocess.run([sys.executable, "-m", "flowvae", *args], capture_output=True, text=True, env=env)
+        result = Result(p.returncode, p.stdout, p.stderr)
+    else:
+        from flowvae.cli import main
+
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse errors
+                code = e.code if isinstance(e.code, int) else 1
+        result = Result(code, out.getvalue(), err.getvalue())
+    if check and result.returncode != 0:
+        raise AssertionError(f"flowvae {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def cli():
+    return run_cli

@@ -1,0 +1,96 @@
+"""The command line end to end on `digits`, as a new user would run it."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import run_cli
+
+SMALL = ["model.hidden=[32]", "model.latent_dim=4", "train.epochs=2", "eval.samples=20"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli") / "run"
+    proc = run_cli("train", "--run-dir", str(d), "--no-progress", *SMALL, subprocess_=True)
+    assert "best valid ELBO" in proc.stdout and str(d) in proc.stdout
+    return d
+
+
+def test_train_writes_the_run_directory(run_dir):
+    names = {p.name for p in run_dir.iterdir()}
+    expected = {"config.yaml", "metrics.csv", "checkpoint.pt", "best.pt", "samples.png"}
+    assert expected | {"reconstructions.png"} <= names
+    assert any(n.startswith("events.out.tfevents") for n in names)
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0]
+    for col in ("epoch", "step", "seconds", "train_elbo", "valid_elbo", "kl", "lr"):
+        assert col in header
+    assert "latent_dim: 4" in (run_dir / "config.yaml").read_text()
+
+
+def test_eval_json_is_one_object_with_the_promised_fields(run_dir):
+    out = run_cli("eval", str(run_dir), "--samples", "50", "--json").stdout
+    result = json.loads(out)
+    for key in ("estimator", "split", "n", "samples", "nll", "stderr", "bits_per_dim", "seconds"):
+        assert key in result
+    assert result["estimator"] == "iwae" and result["samples"] == 50 and result["n"] == 250
+    assert 0 < result["nll"] < 64 * math.log(2) and result["stderr"] > 0
+    elbo = json.loads(run_cli("eval", str(run_dir), "--estimator", "elbo", "--json").stdout)
+    assert elbo["nll"] > result["nll"] - 3 * result["stderr"]  # IWAE(50) is the tighter bound
+
+
+def test_eval_limit_uses_a_seeded_random_subset(run_dir):
+    a = json.loads(run_cli("eval", str(run_dir), "--limit", "40", "--samples", "5", "--json").stdout)
+    b = json.loads(run_cli("eval", str(run_dir), "--limit", "40", "--samples", "5", "--json").stdout)
+    assert a["n"] == 40 and a["nll"] == b["nll"] and "random subset" in a["subset"]
+
+
+def test_sample_writes_a_png(run_dir, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "s.png"
+    run_cli("sample", str(run_dir), "--n", "16", "--out", str(out))
+    assert Image.open(out).size[0] > 8 * 4
+
+
+def test_presets_lists_one_line_each():
+    lines = run_cli("presets").stdout.strip().splitlines()
+    assert any(line.startswith("digits ") for line in lines)
+    assert all(len(line.split(None, 1)) == 2 for line in lines)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["train", "model.latent_dimm=3"], "unknown config key 'model.latent_dimm'"),
+        (["train", "train.lr=fast"], "train.lr: expected a number"),
+        (["train", "model.posterior=nope"], "unknown posterior 'nope'"),
+        (["train", "data.name=binarized_mnist", "data.root=/nonexistent"], "binarized_mnist"),
+        (["train", "--preset", "nope"], "unknown preset"),
+        (["eval", "/nonexistent/run"], "run directory not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(args, words):
+    proc = run_cli(*args, check=False, subprocess_=args[-1] == "model.latent_dimm=3")
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_corrupt_checkpoint_is_reported(run_dir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(run_dir, bad)
+    (bad / "best.pt").write_bytes(b"not a checkpoint")
+    proc = run_cli("eval", str(bad), check=False)
+    assert proc.returncode != 0 and "not a readable checkpoint" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_existing_run_dir_is_not_overwritten(run_dir):
+    before = torch.load(run_dir / "checkpoint.pt", weights_only=False)["state"]["step"]
+    proc = run_cli("train", "--run-dir", str(run_dir), *SMALL, check=False)
+    assert proc.returncode != 0 and "--resume" in proc.stderr
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["state"]["step"] == before

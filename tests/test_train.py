@@ -1,0 +1,136 @@
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ROOT
+
+from flowvae.checkpoint import load_checkpoint, load_run
+from flowvae.config import apply_overrides, preset
+from flowvae.data import load_data
+from flowvae.estimators import ElboTerms
+from flowvae.train import (
+    TrainingError,
+    evaluate_elbo,
+    kl_weight,
+    learning_rate,
+    prepare_run,
+    train,
+    training_loss,
+)
+
+SMALL = [
+    "model.hidden=[32]", "model.latent_dim=4", "train.batch_size=100", "train.epochs=3",
+    "train.ema=0.9", "train.kl_warmup_epochs=2", "train.lr_schedule=cosine", "eval.samples=10",
+]  # fmt: skip
+
+
+def small_cfg(*extra):
+    return apply_overrides(preset("digits"), SMALL + list(extra))
+
+
+def rows(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(small_cfg(), a, progress=False)
+    state = train(small_cfg("train.max_steps=17"), b, progress=False)  # stops inside epoch 2
+    assert state.stopped == "max_steps=17" and state.batch == 4
+    assert len(rows(b)) == 1
+    cfg = prepare_run(None, b, True, ["train.max_steps=0"])
+    train(cfg, b, resume=True, progress=False)
+    assert rows(a) == rows(b) and len(rows(a)) == 3
+    ma, mb = load_checkpoint(a / "checkpoint.pt"), load_checkpoint(b / "checkpoint.pt")
+    for key in ma["model"]:
+        assert torch.equal(ma["model"][key], mb["model"][key]), key
+    for key in ma["ema"]:
+        assert torch.equal(ma["ema"][key], mb["ema"][key]), key
+
+
+def test_resume_refuses_changes_that_break_exactness(tmp_path):
+    train(small_cfg("train.epochs=1"), tmp_path / "r", progress=False)
+    with pytest.raises(Exception, match="cannot change model.latent_dim"):
+        prepare_run(None, tmp_path / "r", True, ["model.latent_dim=3"])
+    with pytest.raises(TrainingError, match="already holds a run"):
+        prepare_run(small_cfg(), tmp_path / "r", False, [])
+
+
+def _cli_env():
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+    args = ["--run-dir={}", "--no-progress", *SMALL, "train.epochs=4", "train.checkpoint_every_steps=3"]
+    full = tmp_path / "full"
+    cmd = [sys.executable, "-m", "flowvae", "train"]
+    subprocess.run(cmd + [a.format(full) for a in args], check=True, env=_cli_env(), timeout=300)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + [a.format(killed) for a in args], env=_cli_env())
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait for a mid-run checkpoint, then kill -9
+        ckpt = killed / "checkpoint.pt"
+        if ckpt.exists() and load_checkpoint(ckpt)["state"]["step"] >= 20:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = load_checkpoint(killed / "checkpoint.pt")["state"]["step"]  # never torn
+    assert step >= 20
+    subprocess.run(cmd + ["--resume", str(killed), "--no-progress"], check=True, env=_cli_env(), timeout=300)
+    assert rows(full) == rows(killed) and len(rows(full)) == 4
+
+
+def test_free_bits_change_the_objective_not_the_reported_elbo(tmp_path):
+    log_lik = torch.tensor([[-10.0, -12.0]])
+    log_q = torch.tensor([[1.0, 1.2]], requires_grad=True)
+    terms = ElboTerms(log_lik, torch.tensor([[-0.5, -0.5]]), log_q)
+    loss = training_loss(terms, beta=1.0, kl_min=1.0, latent_dim=4)  # KL 1.6 < 4 nats: clamped
+    loss.backward()
+    assert torch.equal(log_q.grad, torch.zeros_like(log_q))
+    assert loss.item() == pytest.approx(11.0 + 4.0)
+    assert terms.log_weight.mean().item() == pytest.approx(-11.0 - 1.6)
+    # end to end: the valid ELBO logged under free bits is the true ELBO of the saved model
+    cfg = small_cfg("train.kl_min=2.0", "train.epochs=1", "train.ema=0")
+    train(cfg, tmp_path / "fb", progress=False)
+    _, model, _ = load_run(tmp_path / "fb", "best")
+    logged = float(rows(tmp_path / "fb")[0]["valid_elbo"])
+    assert evaluate_elbo(model, load_data(cfg.data), "valid", cfg) == pytest.approx(logged, abs=1e-6)
+
+
+def test_schedules():
+    cfg = small_cfg("train.lr=0.01", "train.lr_min=0.001")
+    assert learning_rate(cfg, 0) == pytest.approx(0.01)
+    assert learning_rate(cfg, 3) == pytest.approx(0.001)
+    assert kl_weight(cfg, 1.0) == pytest.approx(0.5) and kl_weight(cfg, 5) == 1.0
+    cfg = apply_overrides(cfg, ["train.lr_schedule=exponential", "train.lr_decay=0.5"])
+    assert learning_rate(cfg, 2.5) == pytest.approx(0.0025)
+
+
+def test_nonfinite_updates_are_skipped_and_divergence_stops_cleanly(tmp_path, monkeypatch):
+    from flowvae import train as train_module
+
+    cfg = small_cfg("train.epochs=2")
+    real = train_module.train_step
+    calls = {"n": 0}
+
+    def poisoned(model, optimizer, x, cfg, beta, lr):
+        calls["n"] += 1
+        if calls["n"] == 3:  # one NaN batch: skipped, counted, training goes on
+            x = x * float("nan")
+        return real(model, optimizer, x, cfg, beta, lr)
+
+    monkeypatch.setattr(train_module, "train_step", poisoned)
+    state = train(cfg, tmp_path / "one", progress=False)
+    assert state.skipped == 1 and state.epoch == 2
+    always_nan = lambda m, o, x, c, b, lr: real(m, o, x * float("nan"), c, b, lr)  # noqa: E731
+    monkeypatch.setattr(train_module, "train_step", always_nan)
+    cfg = small_cfg("train.epochs=60", "train.checkpoint_every_steps=1")
+    with pytest.raises(TrainingError, match="diverged"):
+        train(cfg, tmp_path / "nan", progress=False)
