@@ -94,3 +94,36 @@ def test_existing_run_dir_is_not_overwritten(run_dir):
     proc = run_cli("train", "--run-dir", str(run_dir), *SMALL, check=False)
     assert proc.returncode != 0 and "--resume" in proc.stderr
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["state"]["step"] == before
+
+
+@pytest.fixture(scope="module")
+def linear_gaussian_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli") / "lg"
+    run_cli(
+        "train", "--run-dir", str(d), "--no-progress", "model.encoder=linear", "model.decoder=linear",
+        "model.likelihood=gaussian", "data.binarize=none", "model.latent_dim=3", "train.epochs=3",
+    )  # fmt: skip
+    return d
+
+
+def test_estimators_from_the_cli_agree_with_the_exact_value(linear_gaussian_run):
+    def nll(*args):
+        out = json.loads(run_cli("eval", str(linear_gaussian_run), "--limit", "30", "--json", *args).stdout)
+        return out
+
+    exact = nll("--estimator", "exact")
+    iwae = nll("--estimator", "iwae", "--samples", "500")
+    elbo = nll("--estimator", "elbo", "--samples", "50")
+    ais = nll("--estimator", "ais", "--chains", "8", "--steps", "100", "--init", "posterior")
+    assert elbo["nll"] > iwae["nll"] > exact["nll"] - 0.05
+    assert abs(ais["nll"] - exact["nll"]) < 0.5
+    for key in ("chains", "steps", "leapfrog", "schedule", "init", "target_accept", "acceptance"):
+        assert key in ais
+    assert ais["chains"] == 8 and ais["init"] == "posterior" and 0 < ais["acceptance"] <= 1
+    bdmc = nll("--estimator", "bdmc", "--chains", "4", "--steps", "50")
+    assert bdmc["n"] == 30 and bdmc["lower"] <= bdmc["upper"] + 0.05 and bdmc["gap"] >= -0.05
+
+
+def test_exact_refuses_models_without_an_exact_likelihood(run_dir):
+    proc = run_cli("eval", str(run_dir), "--estimator", "exact", check=False)
+    assert proc.returncode != 0 and "linear-Gaussian" in proc.stderr

@@ -62,16 +62,22 @@ def _eval(args: argparse.Namespace) -> int:
     if args.limit and args.limit < x.shape[0]:
         x = x[subset_indices(x.shape[0], args.limit, args.seed)]
         subset = f"random subset of {args.limit} of {data.split(args.split).shape[0]} (seed {args.seed})"
-    samples = args.samples or (1 if args.estimator == "elbo" else cfg.eval.samples)
-    options = {
-        "chunk": args.chunk or cfg.eval.chunk, "chains": args.chains, "steps": args.steps,
-        "leapfrog": args.leapfrog, "schedule": args.schedule, "init": args.init,
-        "target_accept": args.target_accept,
+    ais_options = {
+        "chains": args.chains, "steps": args.steps, "leapfrog": args.leapfrog,
+        "schedule": args.schedule, "init": args.init, "target_accept": args.target_accept,
+        "step_size": args.step_size,
     }  # fmt: skip
-    fn = ESTIMATORS[args.estimator]
-    accepted = inspect.signature(fn).parameters
-    options = {k: v for k, v in options.items() if v is not None and k in accepted}
     batch = args.batch_size or cfg.eval.batch_size
+    if args.estimator == "bdmc":  # simulates its own data: no split, no per-example batches
+        return _bdmc(args, model, ais_options, batch, d)
+    # samples: K for iwae, chains for ais; a single draw for the ELBO unless asked
+    samples = args.samples or DEFAULT_SAMPLES.get(args.estimator, cfg.eval.samples)
+    accepted = inspect.signature(ESTIMATORS[args.estimator]).parameters
+    options = {k: v for k, v in {**ais_options, "chunk": args.chunk or cfg.eval.chunk}.items()
+               if v is not None and k in accepted}  # fmt: skip
+    stats: dict = {}
+    if "stats" in accepted:
+        options["stats"] = stats
     result = evaluate(
         model, x.split(batch), estimator=args.estimator, split=args.split,
         dims=math.prod(data.shape), samples=samples, seed=args.seed, dist=d, **options,
@@ -79,12 +85,12 @@ def _eval(args: argparse.Namespace) -> int:
     distributed.cleanup(d)
     if not d.is_main:
         return 0
-    out = result.to_json()
-    out.update({k: v for k, v in options.items()})
+    options.pop("stats", None)
+    settings = {k: options.get(k, accepted[k].default) for k in ais_options if k in accepted}
+    if "chains" in settings:
+        settings["chains"] = settings["chains"] or samples
+    out = {**result.to_json(), **options, **settings, **{k: v for k, v in stats.items() if k == "acceptance"}}
     out.update({"checkpoint": args.checkpoint, "data": cfg.data.name, "subset": subset or None})
-    extra = getattr(result, "extra", None)
-    if extra:
-        out.update(extra)
     if args.json:
         print(json.dumps(out))
     else:
@@ -97,13 +103,42 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_SAMPLES = {"elbo": 1, "exact": 1, "ais": 16}
+
+
+def _bdmc(args: argparse.Namespace, model: torch.nn.Module, options: dict, batch: int, d) -> int:
+    """BDMC (Grosse et al. 2015) on ``--limit`` (default 100) examples simulated from the model.
+
+    Forward AIS from the prior gives a stochastic lower bound of log p(x), reverse AIS from the
+    simulated (exact posterior) z an upper bound: their gap bounds the AIS error at these
+    settings for data like the model's own, which tells how many steps real data needs.
+    """
+    from .ais import bdmc
+
+    if d.enabled:
+        raise ValueError("--estimator bdmc runs in one process; launch it without torchrun")
+    options = {k: v for k, v in options.items() if v is not None and k != "init"}
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    result = bdmc(model, n=args.limit or 100, batch_size=batch, **options)
+    out = {"estimator": "bdmc", **result.to_json(), **options, "seconds": time.perf_counter() - start}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(
+            f"BDMC on {out['n']} simulated examples: {result.lower_mean:.3f} <= log p(x) <= "
+            f"{result.upper_mean:.3f} (gap {result.gap:.3f} nats; {out['seconds']:.1f} s)"
+        )
+    return 0
+
+
 def _sample(args: argparse.Namespace) -> int:
     from .images import save_grid
 
     _, model, _ = load_run(args.run_dir, args.checkpoint)
     torch.manual_seed(args.seed)
     with torch.no_grad():
-        images = model.decode_mean(model.sample_prior((args.n,)))
+        images = model.decode_mean(model.sample_prior((args.n,), temperature=args.temperature))
     out = Path(args.out or Path(args.run_dir) / "samples.png")
     save_grid(images, out, nrow=int(math.ceil(math.sqrt(args.n))))
     print(f"wrote {args.n} samples to {out}")
@@ -140,7 +175,7 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="estimate log p(x) of a trained run")
     e.add_argument("run_dir")
-    e.add_argument("--estimator", default="iwae", choices=sorted(ESTIMATORS))
+    e.add_argument("--estimator", default="iwae", choices=sorted([*ESTIMATORS, "bdmc"]))
     e.add_argument("--samples", type=int, help="K importance samples (default eval.samples)")
     e.add_argument("--split", default="test", choices=["test", "valid", "train"])
     e.add_argument("--limit", type=int, default=0, help="a fixed seeded random subset of N examples")
@@ -151,13 +186,14 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu")
     e.add_argument("--threads", type=int, default=0)
     e.add_argument("--json", action="store_true", help="print exactly one JSON object")
-    ais = e.add_argument_group("AIS (--estimator ais)")
-    ais.add_argument("--chains", type=int)
+    ais = e.add_argument_group("AIS (--estimator ais|bdmc)")
+    ais.add_argument("--chains", type=int, help="chains per example (ais default 16)")
     ais.add_argument("--steps", type=int, help="intermediate distributions")
     ais.add_argument("--leapfrog", type=int)
     ais.add_argument("--schedule", choices=["linear", "sigmoid"])
     ais.add_argument("--init", choices=["prior", "posterior"])
-    ais.add_argument("--target-accept", type=float)
+    ais.add_argument("--target-accept", type=float, help="HMC acceptance target (0.65)")
+    ais.add_argument("--step-size", type=float, help="initial HMC step size (0.1)")
     e.set_defaults(fn=_eval)
 
     s = sub.add_parser("sample", help="draw images from a trained run's prior")
@@ -166,6 +202,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="PNG path (default RUN_DIR/samples.png)")
     s.add_argument("--checkpoint", default="best", choices=["best", "latest"])
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--temperature", type=float, default=1.0, help="scale of the prior's std (1: the model itself)"
+    )
     s.set_defaults(fn=_sample)
 
     sub.add_parser("presets", help="list the named presets").set_defaults(fn=_presets)

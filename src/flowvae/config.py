@@ -28,6 +28,7 @@ class DataConfig:
     root: str = ""  # folder of the dataset files; "" -> $FLOWVAE_DATA, else ./data
     binarize: str = "auto"  # auto | dynamic | threshold | none  (auto: the dataset's usual)
     valid_size: int = -1  # examples held out of train for validation; -1: dataset default
+    test_size: int = -1  # digits/npz (no test file): examples held out for test; -1: as valid_size
     file: str = ""  # npz: path of the .npz file (relative to root or absolute)
     key: str = ""  # npz: array name; "" -> the first uint8 array in the file
     seed: int = 0  # seed of the fixed valid/test binarization and of fixed splits
@@ -55,6 +56,12 @@ class ModelConfig:
     num_householder: int = 8  # sylvester-householder: reflections per step
     num_ortho_vecs: int = 8  # sylvester-orthogonal: columns of Q (M <= latent_dim)
     aux_dim: int = 0  # realnvp-aux: size of v; 0 -> latent_dim
+    # hierarchical ResNet VAE (model.type=hierarchical; openai/iaf names in README)
+    depths: list[int] = field(default_factory=lambda: [2, 2])  # blocks per level (resolution)
+    n_h: int = 64  # deterministic feature maps per block
+    n_z: int = 32  # stochastic feature maps per block
+    depth_ar: int = 1  # hidden layers of each block's IAF (masked convolutions)
+    prior: str = "diag"  # hierarchical prior p(z_i|z_>i): diag | iaf
 
 
 @dataclass
@@ -80,6 +87,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | auto
     threads: int = 0  # torch intra-op threads (0 = torch default)
+    freeze: str = ""  # "" | decoder | encoder: parameters left out of the optimizer
+    init_from: str = ""  # a run directory whose best weights initialise the model
 
 
 @dataclass

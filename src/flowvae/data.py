@@ -110,22 +110,32 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(f"{path.name}: corrupt gzip file ({e})") from None
 
 
-def _valid_size(cfg: DataConfig, default: int, n: int, held_out: int = 1) -> int:
-    """Resolved ``valid_size``; ``held_out`` is how many such blocks leave train (2 if test too)."""
+def _valid_size(cfg: DataConfig, default: int, n: int) -> int:
+    """Resolved ``valid_size`` for datasets whose test split is a file of its own."""
     v = default if cfg.valid_size < 0 else cfg.valid_size
-    if n - held_out * v < 1:
+    if n - v < 1:
         raise DataError(f"{cfg.name}: valid_size={v} leaves no training examples out of {n}")
     return v
+
+
+def _held_out_sizes(cfg: DataConfig, default: int, n: int) -> tuple[int, int]:
+    """Resolved (valid, test) sizes for datasets split from one array; test defaults to valid's."""
+    v = default if cfg.valid_size < 0 else cfg.valid_size
+    t = v if cfg.test_size < 0 else cfg.test_size
+    if n - v - t < 1 or t < 1:
+        raise DataError(f"{cfg.name}: valid_size={v}, test_size={t} do not fit {n} examples")
+    return v, t
 
 
 def _hold_out_last(x: np.ndarray, v: int) -> tuple[np.ndarray, np.ndarray]:
     return x[: len(x) - v], x[len(x) - v :]
 
 
-def _permuted_split(x: np.ndarray, v: int, seed: int) -> tuple[np.ndarray, ...]:
-    """A fixed seeded split into train / valid (``v``) / test (``v``)."""
+def _permuted_split(x: np.ndarray, sizes: tuple[int, int], seed: int) -> tuple[np.ndarray, ...]:
+    """A fixed seeded split into train / valid (``sizes[0]``) / test (``sizes[1]``)."""
+    v, t = sizes
     perm = torch.randperm(len(x), generator=_generator(_SPLIT, seed)).numpy()
-    return x[perm[2 * v :]], x[perm[:v]], x[perm[v : 2 * v]]
+    return x[perm[v + t :]], x[perm[:v]], x[perm[v : v + t]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,7 +149,7 @@ def _load_digits(cfg: DataConfig, root: Path) -> Arrays:
 
     x = (load_digits().images / 16.0).astype(np.float32)[:, None]
     # seed 0, not cfg.seed: the split is part of the dataset's definition
-    return _permuted_split(x, _valid_size(cfg, 250, len(x), held_out=2), seed=0)
+    return _permuted_split(x, _held_out_sizes(cfg, 250, len(x)), seed=0)
 
 
 AMAT_PIXELS = 784
@@ -272,7 +282,7 @@ def _load_cifar10(cfg: DataConfig, root: Path) -> Arrays:
 def _load_npz(cfg: DataConfig, root: Path) -> Arrays:
     """``cfg.file``: array ``cfg.key`` (or the first uint8 one), (N, H, W) or (N, H, W, C) uint8
     with C in {1, 3}. Fixed split seeded by ``cfg.seed``: ``valid_size`` examples (default 10%)
-    for valid, as many for test, the rest for train."""
+    for valid, ``test_size`` (default: as many) for test, the rest for train."""
     if not cfg.file:
         raise DataError("npz: data.file is not set (path of the .npz, relative to data.root)")
     path = Path(cfg.file).expanduser()
@@ -298,7 +308,7 @@ def _load_npz(cfg: DataConfig, root: Path) -> Arrays:
             "expected uint8 (N, H, W) or (N, H, W, C) with C 1 or 3"
         )
     x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    return _permuted_split(x, _valid_size(cfg, round(0.1 * len(x)), len(x), 2), cfg.seed)
+    return _permuted_split(x, _held_out_sizes(cfg, round(0.1 * len(x)), len(x)), cfg.seed)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,9 @@ class VAE(nn.Module):
         """The ELBO's terms for ``samples`` draws of z per example (what training differentiates)."""
         return elbo_terms(self, x, samples)
 
+    def data_init(self, x: Tensor) -> None:
+        """Data-dependent initialisation from a first batch: none for the flat VAE."""
+
     def encode(self, x: Tensor) -> Posterior:
         return self.posterior(self.encoder(x))
 
@@ -63,9 +66,12 @@ class VAE(nn.Module):
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         return self.log_prior(z) + self.log_likelihood(x, z)
 
-    def sample_prior(self, sample_shape: Sequence[int], like: Tensor | None = None) -> Tensor:
+    def sample_prior(
+        self, sample_shape: Sequence[int], like: Tensor | None = None, temperature: float = 1.0
+    ) -> Tensor:
+        """z ~ N(0, temperature^2 I), (*sample_shape, D)."""
         p = next(self.parameters()) if like is None else like
-        return torch.randn(*sample_shape, self.latent_dim, dtype=p.dtype, device=p.device)
+        return temperature * torch.randn(*sample_shape, self.latent_dim, dtype=p.dtype, device=p.device)
 
     def decode_mean(self, z: Tensor) -> Tensor:
         return self.likelihood.mean(self._decode(z))
@@ -78,4 +84,8 @@ def build_model(cfg: ModelConfig, shape: tuple[int, int, int], binary: bool) -> 
     """The model named by ``cfg.type``."""
     if cfg.type == "flat":
         return VAE(cfg, shape, binary)
-    raise ValueError(f"unknown model.type {cfg.type!r}; available: flat")
+    if cfg.type == "hierarchical":
+        from .hierarchical import HierarchicalVAE
+
+        return HierarchicalVAE(cfg, shape, binary)
+    raise ValueError(f"unknown model.type {cfg.type!r}; available: flat, hierarchical")

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed
-from .checkpoint import CheckpointError, load_checkpoint, save_atomic
+from .checkpoint import CheckpointError, load_checkpoint, load_run, save_atomic
 from .config import Config, ConfigError, from_dict, save_yaml
 from .data import ImageData, iterate_batches, load_data, num_batches
 from .estimators import ElboTerms, elbo_terms
@@ -91,6 +91,24 @@ def training_loss(terms: ElboTerms, beta: float, kl_min: float, latent_dim: int)
         kl = terms.kl_groups.flatten(0, -2).mean(0)  # (G,) mean over samples and batch
         kl = torch.clamp(kl, min=kl_min).sum() if kl_min > 0 else kl.sum()
     return -terms.log_likelihood.mean() + beta * kl
+
+
+FREEZE = {"decoder": ("decoder.", "likelihood."), "encoder": ("encoder.", "posterior.")}
+
+
+def freeze(model: nn.Module, part: str) -> None:
+    """Leave a part of the model out of training (``train.freeze``), e.g. to retrain only the
+    encoder of a trained model (Cremer et al. 2018, with ``train.init_from``)."""
+    if not part:
+        return
+    if part not in FREEZE:
+        raise ConfigError(f"unknown train.freeze {part!r}; use decoder or encoder")
+    names = [n for n, p in model.named_parameters() if n.startswith(FREEZE[part])]
+    if not names:
+        raise ConfigError(f"train.freeze={part}: this model has no {part} parameters")
+    for name, p in model.named_parameters():
+        if name in names:
+            p.requires_grad_(False)
 
 
 def optimizer_for(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -274,15 +292,19 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     data = load_data(cfg.data)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, data.shape, data.binary).to(device)
+    if cfg.train.init_from and not resume:
+        model.load_state_dict(load_run(cfg.train.init_from, "best", device)[1].state_dict())
+    elif not resume:  # e.g. weight normalisation's data-dependent init (hierarchical model)
+        first = next(iterate_batches(data, "train", batch_size, shuffle=True, seed=cfg.train.seed))
+        model.data_init(first.to(device))
+    freeze(model, cfg.train.freeze)
     optimizer = optimizer_for(cfg, model)
-    ema = EMA(model, cfg.train.ema) if cfg.train.ema > 0 else None
     state = TrainState()
+    ckpt = None
     if resume:
         ckpt = load_checkpoint(run_dir / "checkpoint.pt", map_location=device)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        if ema is not None:
-            ema.model.load_state_dict(ckpt["ema"])
         state = TrainState(**{**ckpt["state"], "stopped": ""})
         if len(ckpt["ranks"]) != d.world:
             raise ConfigError(
@@ -294,6 +316,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
         state.epoch_elbo_sum, state.epoch_kl_sum, state.epoch_count = mine["epoch_sums"]
     # DDP broadcasts rank 0's weights at construction: all ranks start identical
     net = DistributedDataParallel(model) if d.enabled else model
+    ema = EMA(model, cfg.train.ema) if cfg.train.ema > 0 else None
+    if ema is not None and ckpt is not None:
+        ema.model.load_state_dict(ckpt["ema"])
     writer = None
     if d.is_main:
         save_yaml(cfg, run_dir / "config.yaml")

@@ -1,0 +1,618 @@
+"""The hierarchical ResNet VAE of the IAF paper, with bidirectional inference (openai/iaf's CIFAR-10 model).
+
+The model stacks ``sum(depths)`` residual blocks ("IAF layers"), each holding ``n_h`` deterministic
+and ``n_z`` stochastic feature maps. Level i operates at resolution H / 2^(i+1): the input
+convolution halves the image, and the first block of every later level halves it again.
+
+- **Bottom-up pass** (inference only): for each block, a convolution of the residual stream gives
+  the bottom-up posterior parameters (mean, log-std of z_i, and the IAF context h) and a
+  deterministic residual update.
+- **Top-down pass** (generative model and inference): from a learned top bias, each block computes
+  the prior p(z_i | z_>i) and the top-down posterior parameters, samples z_i (the ``down-*``
+  posteriors add bottom-up and top-down parameters; ``up-*`` use the bottom-up ones alone),
+  refines it with one IAF step for ``*-iaf`` posteriors, and updates the residual stream with
+  (z_i, deterministic features). An output deconvolution gives the likelihood's parameters.
+
+Weight normalisation with data-dependent initialisation (Salimans & Kingma 2016) on every
+convolution; ELU nonlinearities; residual branches scaled by 0.1 for stability, as in openai/iaf.
+
+The model offers exactly the flat VAE's interface (see :mod:`flowvae.model`): latents are flat
+vectors (*S, B, D) holding every block's z in top-down order, each flattened as (n_z, h, w); the
+posterior's base ``eps`` has the same layout. ``forward`` additionally returns per-layer,
+per-feature-map KL terms (``kl_groups``) for free bits (paper Eq. 15).
+
+Images whose size is not a multiple of 2^levels (28x28 MNIST with three levels) are zero-padded
+at the input and the decoder's output is cropped back before the likelihood: the model remains a
+density over the H x W image (openai/iaf padded MNIST to 32x32 with ``pad_x=2`` the same way).
+
+References:
+    Kingma, Salimans, Jozefowicz, Chen, Sutskever & Welling, Improving variational inference with
+    inverse autoregressive flow, arXiv 1606.04934 (section 6 and appendix C); code: openai/iaf.
+    Salimans & Kingma, Weight normalization, arXiv 1602.07868.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .estimators import ElboTerms
+from .likelihoods import build_likelihood
+from .numerics import log_normal, log_standard_normal
+from .posteriors import Posterior
+
+POSTERIORS = ("up-diag", "up-iaf", "down-diag", "down-iaf", "down-iaf-mean")
+PRIORS = ("diag", "iaf")
+RESIDUAL_SCALE = 0.1  # residual branches: stream + 0.1 * branch (openai/iaf)
+AR_SCALE = 0.1  # the autoregressive nets' outputs are scaled by 0.1 (openai/iaf's arw_mean *= .1)
+HEAD_INIT_SCALE = 0.1  # std at data-dependent init of convs that feed residuals or distributions
+
+
+# ----------------------------------------------------------------------------- weight-norm conv
+
+
+class WNConv2d(nn.Module):
+    """A (transposed) convolution with weight normalisation and data-dependent init.
+
+    ``w = g * v / ||v||`` (norm per output channel), optionally ``v`` masked. After
+    :meth:`request_data_init`, the next forward pass sets ``g`` and ``b`` so that on that batch
+    every output channel has mean 0 and standard deviation ``init_scale``, and returns the
+    normalised output (so layers downstream are initialised on normalised inputs).
+
+    Arguments:
+        in_channels, out_channels: feature maps.
+        kernel_size: odd; padding keeps the size (stride 1), halves it (stride 2), or doubles it
+            (``transpose=True``, stride 2).
+        stride: 1 or 2.
+        transpose: a transposed convolution (upsampling).
+        mask: a 0/1 tensor of the weight's shape (out, in, k, k); masked convolutions only.
+        init_scale: the output standard deviation at data-dependent init.
+
+    References:
+        Salimans & Kingma, Weight normalization, arXiv 1602.07868 (section 3).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        transpose: bool = False,
+        mask: Tensor | None = None,
+        init_scale: float = 1.0,
+    ):
+        super().__init__()
+        self.stride, self.padding, self.transpose = stride, kernel_size // 2, transpose
+        self.init_scale = init_scale
+        shape = (in_channels, out_channels) if transpose else (out_channels, in_channels)
+        self.v = nn.Parameter(0.05 * torch.randn(*shape, kernel_size, kernel_size))
+        self.g = nn.Parameter(torch.ones(out_channels))
+        self.b = nn.Parameter(torch.zeros(out_channels))
+        self.register_buffer("mask", None if mask is None else mask.float())
+        self._init_pending = False
+
+    def weight(self) -> Tensor:
+        v = self.v if self.mask is None else self.v * self.mask
+        dims = (0, 2, 3) if self.transpose else (1, 2, 3)
+        norm = torch.linalg.vector_norm(v, dim=dims, keepdim=True).clamp_min(1e-12)
+        g = self.g.view(1, -1, 1, 1) if self.transpose else self.g.view(-1, 1, 1, 1)
+        return g * v / norm
+
+    def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self.transpose:
+            return F.conv_transpose2d(
+                x, weight, bias, self.stride, self.padding, output_padding=self.stride - 1
+            )
+        return F.conv2d(x, weight, bias, self.stride, self.padding)
+
+    def request_data_init(self) -> None:
+        self._init_pending = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._init_pending:
+            return self._data_init(x)
+        return self._conv(x, self.weight(), self.b)
+
+    @torch.no_grad()
+    def _data_init(self, x: Tensor) -> Tensor:
+        self._init_pending = False
+        self.g.fill_(1.0)
+        y = self._conv(x, self.weight(), None)
+        mean = y.mean((0, 2, 3))
+        std = y.std((0, 2, 3), unbiased=False)
+        # a channel with no inputs (fully masked) stays constant: leave its scale at 1
+        scale = torch.where(std > 1e-8, self.init_scale / std.clamp_min(1e-8), torch.ones_like(std))
+        self.g.copy_(scale)
+        self.b.copy_(-mean * scale)
+        return (y - mean.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1)
+
+
+# ----------------------------------------------------------------------------- masked AR convs
+
+
+def channel_mask(in_degrees: Tensor, out_degrees: Tensor, strict: bool, kernel_size: int = 3) -> Tensor:
+    """A conv weight mask (out, in, k, k) connecting output channel j to input channel i iff
+    ``out_degrees[j] > in_degrees[i]`` (``strict``) or ``>=``, at every kernel position."""
+    out, inp = out_degrees[:, None], in_degrees[None, :]
+    allowed = out > inp if strict else out >= inp
+    return allowed[:, :, None, None].expand(-1, -1, kernel_size, kernel_size).float()
+
+
+class ARConvNet(nn.Module):
+    """Masked 3x3 convolutions, autoregressive over the channels of z (openai/iaf's
+    ``ar_multiconv2d``).
+
+    Output channel c of every output group depends on input channels < c only, at all pixels of
+    the receptive field, so d out[c] / d z[c'] = 0 for c' >= c: the Jacobian is strictly
+    triangular in channel order (channel-major over pixels). Hidden channel j has degree
+    ``j * n_z // hidden``. The context is added to the first hidden layer's pre-activations.
+    (openai/iaf's masks are autoregressive over pixels in raster order as well; these are over
+    channels only.)
+
+    Arguments:
+        channels: n_z, the autoregressive channels.
+        hidden: width of the hidden layers (n_h).
+        depth: number of hidden layers (``depth_ar``); 0 is one masked conv, which takes no context.
+        outputs: outputs per channel (2: mean and log-scale; 1: mean only).
+
+    Returns:
+        (forward) a tuple of ``outputs`` tensors shaped like z.
+    """
+
+    def __init__(self, channels: int, hidden: int, depth: int, outputs: int):
+        super().__init__()
+        self.outputs = outputs
+        degrees_in = torch.arange(channels)
+        degrees, width = degrees_in, channels
+        self.hidden = nn.ModuleList()
+        for _ in range(depth):
+            degrees_hidden = torch.arange(hidden) * channels // hidden
+            self.hidden.append(WNConv2d(width, hidden, 3, mask=channel_mask(degrees, degrees_hidden, False)))
+            degrees, width = degrees_hidden, hidden
+        mask = channel_mask(degrees, degrees_in.repeat(outputs), strict=True)
+        self.out = WNConv2d(width, outputs * channels, 3, mask=mask)
+
+    @property
+    def takes_context(self) -> bool:
+        return len(self.hidden) > 0
+
+    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, ...]:
+        h = z
+        for i, layer in enumerate(self.hidden):
+            h = layer(h)
+            if i == 0 and context is not None:
+                h = h + context
+            h = F.elu(h)
+        return self.out(h).chunk(self.outputs, dim=1)
+
+
+# ----------------------------------------------------------------------------- one block
+
+
+@dataclass
+class BlockOutput:
+    """What one block's top-down step produces; z-shaped tensors are (N, n_z, h, w)."""
+
+    h: Tensor  # the residual stream after the block
+    z: Tensor
+    log_p: Tensor  # elementwise log p(z | z_above)
+    ladj: Tensor | None  # elementwise log|dz/deps| (posterior sampling only)
+
+
+class HierarchicalBlock(nn.Module):
+    """One ResNet block with n_h deterministic and n_z stochastic feature maps (openai/iaf ``IAFLayer``).
+
+    Arguments:
+        cfg: the model config (``n_h``, ``n_z``, ``depth_ar``, ``posterior``, ``prior``).
+        downsample: the first block of a level after the first: its bottom-up conv has stride 2,
+            its top-down output conv is a stride-2 transposed conv, and the residual stream is
+            resampled by nearest neighbour.
+        top: the last block of the bottom-up pass, whose residual output nothing would use (it
+            has none, so that every parameter gets a gradient, as DDP requires).
+    """
+
+    def __init__(self, cfg: ModelConfig, downsample: bool, top: bool = False):
+        super().__init__()
+        n_h, n_z = cfg.n_h, cfg.n_z
+        self.n_z, self.downsample = n_z, downsample
+        self.top_down = cfg.posterior.startswith("down")
+        flow = cfg.posterior in ("up-iaf", "down-iaf", "down-iaf-mean")
+        outputs = 1 if cfg.posterior == "down-iaf-mean" else 2
+        self.flow = ARConvNet(n_z, n_h, cfg.depth_ar, outputs) if flow else None
+        self.prior_flow = ARConvNet(n_z, n_h, cfg.depth_ar, 2) if cfg.prior == "iaf" else None
+        n_ctx = n_h if self.flow is not None and self.flow.takes_context else 0
+        n_prior_ctx = n_h if self.prior_flow is not None and self.prior_flow.takes_context else 0
+        stride = 2 if downsample else 1
+        # bottom-up conv: q mean, q log-std, IAF context | deterministic features
+        self.up_split = [n_z, n_z, n_ctx, 0 if top else n_h]
+        self.up_conv1 = WNConv2d(n_h, sum(self.up_split), 3, stride, init_scale=HEAD_INIT_SCALE)
+        self.up_conv2 = None if top else WNConv2d(n_h, n_h, 3, init_scale=HEAD_INIT_SCALE)
+        # top-down conv: prior mean, log-std, prior-flow context | posterior mean, log-std,
+        # context (down-* only) | deterministic features
+        n_down = (n_z, n_z, n_ctx) if self.top_down else (0, 0, 0)
+        self.down_split = [n_z, n_z, n_prior_ctx, *n_down, n_h]
+        self.down_conv1 = WNConv2d(n_h, sum(self.down_split), 3, init_scale=HEAD_INIT_SCALE)
+        self.down_conv2 = WNConv2d(
+            n_z + n_h, n_h, 3, stride, transpose=downsample, init_scale=HEAD_INIT_SCALE
+        )
+
+    def up(self, h: Tensor) -> tuple[Tensor | None, Tensor]:
+        """Bottom-up step: (next residual stream (None for the top block), bottom-up posterior
+        parameters (N, 2 n_z + n_ctx, h, w))."""
+        a = self.up_conv1(F.elu(h))
+        n_q = sum(self.up_split[:3])
+        if self.up_conv2 is None:
+            return None, a
+        if self.downsample:
+            h = h[:, :, ::2, ::2]
+        return h + RESIDUAL_SCALE * self.up_conv2(F.elu(a[:, n_q:])), a[:, :n_q]
+
+    def down(
+        self,
+        h: Tensor,
+        up: Tensor | None = None,
+        eps: Tensor | None = None,
+        z: Tensor | None = None,
+        temperature: float = 1.0,
+    ) -> BlockOutput:
+        """Top-down step. Three modes: ``z`` given (densities of the generative model);
+        ``up`` and ``eps`` (a posterior sample); ``eps`` alone (a prior sample, std times
+        ``temperature``)."""
+        d = self.down_conv1(F.elu(h))
+        p_mean, p_log_std, p_ctx, r_mean, r_log_std, r_ctx, features = d.split(self.down_split, dim=1)
+        ladj = None
+        if z is None and up is not None:
+            q_mean, q_log_std, q_ctx = up.split(self.up_split[:3], dim=1)
+            if self.top_down:
+                q_mean, q_log_std, q_ctx = q_mean + r_mean, q_log_std + r_log_std, q_ctx + r_ctx
+            z, ladj = self._posterior_sample(eps, q_mean, q_log_std, q_ctx)
+        elif z is None:
+            z = self._prior_sample(temperature * eps, p_mean, p_log_std, p_ctx)
+        log_p = self._prior_log_prob(z, p_mean, p_log_std, p_ctx)
+        if self.downsample:
+            h = F.interpolate(h, scale_factor=2.0, mode="nearest")
+        h = h + RESIDUAL_SCALE * self.down_conv2(F.elu(torch.cat([z, features], dim=1)))
+        return BlockOutput(h, z, log_p, ladj)
+
+    @staticmethod
+    def _context(ctx: Tensor) -> Tensor | None:
+        return ctx if ctx.shape[1] else None
+
+    def _posterior_sample(
+        self, eps: Tensor, mean: Tensor, log_std: Tensor, ctx: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """z and the elementwise log|dz/deps| (valid elementwise: the map is triangular in channel order)."""
+        z = mean + torch.exp(log_std) * eps
+        ladj = log_std
+        if self.flow is not None:
+            out = self.flow(z, self._context(ctx))
+            if len(out) == 1:  # mean-only: volume preserving
+                z = z - AR_SCALE * out[0]
+            else:
+                m, s = (AR_SCALE * t for t in out)
+                z = (z - m) * torch.exp(-s)
+                ladj = ladj - s
+        return z, ladj
+
+    def _prior_params(self, z: Tensor, mean: Tensor, log_std: Tensor, ctx: Tensor) -> tuple[Tensor, Tensor]:
+        if self.prior_flow is None:
+            return mean, log_std
+        m, s = self.prior_flow(z, self._context(ctx))
+        return mean + AR_SCALE * m, log_std + AR_SCALE * s
+
+    def _prior_log_prob(self, z: Tensor, mean: Tensor, log_std: Tensor, ctx: Tensor) -> Tensor:
+        return log_normal(z, *self._prior_params(z, mean, log_std, ctx))
+
+    def _prior_sample(self, eps: Tensor, mean: Tensor, log_std: Tensor, ctx: Tensor) -> Tensor:
+        z = mean + torch.exp(log_std) * eps
+        if self.prior_flow is not None:
+            # an autoregressive prior samples sequentially: after pass k, channels < k are exact
+            for _ in range(self.n_z):
+                m, s = self._prior_params(z, mean, log_std, ctx)
+                z = m + torch.exp(s) * eps
+        return z
+
+
+# ----------------------------------------------------------------------------- the posterior
+
+
+class HierarchicalPosterior(Posterior):
+    """q(z|x) of the hierarchical model: the top-down pass with x's bottom-up activations.
+
+    ``transform(eps)`` runs the top-down pass with the given noise (z of lower blocks depends on
+    the z above them through the top-down stream) and returns flat z (*S, B, D) and
+    ladj (*S, B), so that log q(z|x) = log N(eps; 0, I) - ladj.
+    """
+
+    def __init__(self, model: HierarchicalVAE, up: list[Tensor]):
+        super().__init__(model.latent_dim, up[0].shape[0], up[0])
+        self.model, self.up = model, up
+
+    def transform(self, eps: Tensor) -> tuple[Tensor, Tensor]:
+        lead = eps.shape[:-1]
+        flat = eps.reshape(-1, eps.shape[-1])
+
+        def rows(index: Tensor) -> tuple[Tensor, Tensor]:
+            up = [u.index_select(0, index % self.batch_size) for u in self.up]
+            out = self.model.top_down(len(index), up=up, eps=self.model.split_latent(flat[index]))
+            ladj = torch.cat([t.flatten(1) for t in out.ladj], dim=1).sum(-1)
+            return self.model.join_latent(out.z), ladj
+
+        z, ladj = self.model.map_rows(flat.shape[0], rows)
+        return z.view(*lead, -1), ladj.view(lead)
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+@dataclass
+class TopDown:
+    """A top-down pass: per-block lists in top-down order, and the decoder's output (or None)."""
+
+    z: list[Tensor]
+    log_p: list[Tensor]
+    ladj: list[Tensor] | None
+    out: Tensor | None  # (N, P * C, H_padded, W_padded)
+
+
+class HierarchicalVAE(nn.Module):
+    """The ResNet VAE with bidirectional inference (IAF paper, section 6; openai/iaf ``cvae1``).
+
+    Arguments:
+        cfg: the model section of the config; uses ``depths``, ``n_h``, ``n_z``, ``depth_ar``,
+            ``posterior`` (one of :data:`POSTERIORS`), ``prior`` (:data:`PRIORS`),
+            ``likelihood`` and ``mixtures``.
+        shape: image shape (C, H, W).
+        binary: whether pixels are binary (else 8-bit).
+
+    Attributes:
+        latent_dim: D, the total number of latent variables (all blocks).
+        latent_shapes: each block's z shape (n_z, h, w), in the (top-down) order of the flat latent.
+        max_rows: evaluation passes (``encode(x).transform``, ``log_joint``, ...) run over at most
+            this many (sample, example) rows at a time, so IWAE with many samples fits in memory.
+
+    Example:
+        >>> from flowvae.config import ModelConfig
+        >>> cfg = ModelConfig(type="hierarchical", depths=[1, 1], n_h=8, n_z=2, posterior="down-iaf")
+        >>> model = HierarchicalVAE(cfg, (1, 8, 8), binary=True)
+        >>> model.latent_dim, model(torch.zeros(3, 1, 8, 8), samples=2).kl_groups.shape
+        (40, torch.Size([2, 3, 4]))
+    """
+
+    def __init__(self, cfg: ModelConfig, shape: tuple[int, int, int], binary: bool, max_rows: int = 2048):
+        super().__init__()
+        _check(cfg)
+        self.shape = tuple(shape)
+        c, height, width = self.shape
+        levels = len(cfg.depths)
+        factor = 2**levels
+        padded = [math.ceil(n / factor) * factor for n in (height, width)]
+        pad_h, pad_w = padded[0] - height, padded[1] - width
+        self.pad = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)  # F.pad order
+        self.top_size = (padded[0] // factor, padded[1] // factor)
+        self.max_rows = max_rows
+        self.likelihood = build_likelihood(cfg.likelihood, binary, self.shape, cfg.mixtures)
+        self.x_enc = WNConv2d(c, cfg.n_h, 5, stride=2)
+        levels_of_blocks = [i for i, depth in enumerate(cfg.depths) for _ in range(depth)]
+        first = {i: sum(cfg.depths[:i]) for i in range(levels)}  # index of each level's first block
+        self.blocks = nn.ModuleList(
+            HierarchicalBlock(cfg, downsample=i > 0 and k == first[i], top=k == len(levels_of_blocks) - 1)
+            for k, i in enumerate(levels_of_blocks)
+        )
+        self.h_top = nn.Parameter(torch.zeros(cfg.n_h))
+        self.x_dec = WNConv2d(
+            cfg.n_h, self.likelihood.params * c, 5, stride=2, transpose=True, init_scale=HEAD_INIT_SCALE
+        )
+        self.latent_shapes = [
+            (cfg.n_z, padded[0] // 2 ** (i + 1), padded[1] // 2 ** (i + 1))
+            for i in reversed(levels_of_blocks)
+        ]
+        self.latent_sizes = [math.prod(s) for s in self.latent_shapes]
+        self.latent_dim = sum(self.latent_sizes)
+
+    # -- flat latents <-> per-block tensors (top-down order)
+
+    def split_latent(self, flat: Tensor) -> list[Tensor]:
+        """(N, D) -> per-block (N, n_z, h, w), top-down order."""
+        parts = flat.split(self.latent_sizes, dim=-1)
+        return [p.reshape(-1, *s) for p, s in zip(parts, self.latent_shapes, strict=True)]
+
+    @staticmethod
+    def join_latent(parts: Sequence[Tensor]) -> Tensor:
+        return torch.cat([p.flatten(1) for p in parts], dim=1)
+
+    # -- the two passes
+
+    def bottom_up(self, x: Tensor) -> list[Tensor]:
+        """Per-block bottom-up posterior parameters, in block (bottom-up) order, each (B, ., h, w)."""
+        h = self.x_enc(F.pad(2 * x - 1, self.pad))
+        params = []
+        for block in self.blocks:
+            h, q = block.up(h)
+            params.append(q)
+        return params
+
+    def top_down(
+        self,
+        n: int,
+        up: list[Tensor] | None = None,
+        eps: list[Tensor] | None = None,
+        z: list[Tensor] | None = None,
+        temperature: float = 1.0,
+        decode: bool = False,
+    ) -> TopDown:
+        """The top-down pass over n rows: given z, a posterior sample (``up`` in bottom-up
+        order, ``eps``) or a prior sample (``eps`` alone). Lists of z/eps are in top-down order."""
+        h = self.h_top.view(1, -1, 1, 1).expand(n, -1, *self.top_size)
+        zs, log_ps, ladjs = [], [], []
+        for k, block in enumerate(reversed(self.blocks)):
+            out = block.down(
+                h,
+                up=None if up is None else up[len(self.blocks) - 1 - k],
+                eps=None if eps is None else eps[k],
+                z=None if z is None else z[k],
+                temperature=temperature,
+            )
+            h = out.h
+            zs.append(out.z)
+            log_ps.append(out.log_p)
+            ladjs.append(out.ladj)
+        out = self.x_dec(F.elu(h)) if decode else None
+        return TopDown(zs, log_ps, ladjs if up is not None else None, out)
+
+    def _params(self, out: Tensor) -> Tensor:
+        """Decoder output (N, P*C, Hp, Wp) -> likelihood parameters (N, P, C, H, W), padding cropped."""
+        c, height, width = self.shape
+        left, _, top, _ = self.pad
+        out = out[:, :, top : top + height, left : left + width]
+        return out.reshape(out.shape[0], -1, c, height, width)
+
+    def map_rows(self, n: int, fn: Callable[[Tensor], tuple[Tensor, ...]]) -> list[Tensor]:
+        """``fn`` over rows 0..n-1 in chunks of ``max_rows``, concatenated (autograd flows through)."""
+        device = self.h_top.device
+        parts = [
+            fn(torch.arange(start, min(start + self.max_rows, n), device=device))
+            for start in range(0, n, self.max_rows)
+        ]
+        return [torch.cat(p) for p in zip(*parts, strict=True)]
+
+    # -- the flat VAE's interface
+
+    def forward(self, x: Tensor, samples: int = 1, eps: Tensor | None = None) -> ElboTerms:
+        """The ELBO's terms for ``samples`` posterior draws per example, in one top-down pass.
+
+        Arguments:
+            x: images (B, C, H, W).
+            samples: S.
+            eps: optional base noise (S, B, D); drawn from N(0, I) when None.
+
+        Returns:
+            :class:`~flowvae.estimators.ElboTerms` with (S, B) terms and ``kl_groups``
+            (S, B, G), G = blocks x n_z: for each block and feature map, log q - log p summed over
+            the map's positions (free bits clamp its minibatch mean, paper Eq. 15).
+        """
+        batch = x.shape[0]
+        if eps is None:
+            eps = torch.randn(samples, batch, self.latent_dim, dtype=self.h_top.dtype, device=x.device)
+        s = eps.shape[0]
+        up = [u.repeat(s, 1, 1, 1) for u in self.bottom_up(x)]  # rows are sample-major
+        eps_blocks = self.split_latent(eps.reshape(s * batch, -1))
+        out = self.top_down(s * batch, up=up, eps=eps_blocks, decode=True)
+        log_q = [log_standard_normal(e) - a for e, a in zip(eps_blocks, out.ladj, strict=True)]
+        kl_groups = torch.cat([(q - p).sum((2, 3)) for q, p in zip(log_q, out.log_p, strict=True)], dim=1)
+        log_lik = self.likelihood.log_prob(x, self._params(out.out).unflatten(0, (s, batch)))
+        return ElboTerms(
+            log_likelihood=log_lik,
+            log_prior=_total(out.log_p).view(s, batch),
+            log_q=_total(log_q).view(s, batch),
+            kl_groups=kl_groups.view(s, batch, -1),
+        )
+
+    @torch.no_grad()
+    def data_init(self, x: Tensor) -> None:
+        """Weight normalisation's data-dependent init from a first batch: one forward pass in
+        which every convolution, in the order the data reaches it, sets its scale and bias so
+        that its outputs have zero mean and standard deviation ``init_scale`` on the batch."""
+        convs = [m for m in self.modules() if isinstance(m, WNConv2d)]
+        for conv in convs:
+            conv.request_data_init()
+        self.forward(x)
+        for conv in convs:  # any conv this configuration never runs keeps its default init
+            conv._init_pending = False
+
+    def encode(self, x: Tensor) -> HierarchicalPosterior:
+        return HierarchicalPosterior(self, self.bottom_up(x))
+
+    def _densities(self, z: Tensor, x: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """log p(z) and (if x is given) log p(x|z) for flat z (*S, B, D)."""
+        lead = z.shape[:-1]
+        flat = z.reshape(-1, z.shape[-1])
+        batch = lead[-1] if lead else 1
+
+        def rows(index: Tensor) -> tuple[Tensor, ...]:
+            out = self.top_down(len(index), z=self.split_latent(flat[index]), decode=x is not None)
+            log_p = _total(out.log_p)
+            if x is None:
+                return (log_p,)
+            return log_p, self.likelihood.log_prob(x.index_select(0, index % batch), self._params(out.out))
+
+        parts = self.map_rows(flat.shape[0], rows)
+        log_p = parts[0].view(lead)
+        return log_p, parts[1].view(lead) if x is not None else None
+
+    def log_prior(self, z: Tensor) -> Tensor:
+        """log p(z) = sum_i log p(z_i | z_>i): z (*S, B, D) -> (*S, B)."""
+        return self._densities(z, None)[0]
+
+    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x|z): x (B, C, H, W), z (*S, B, D) -> (*S, B)."""
+        return self._densities(z, x)[1]
+
+    def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
+        log_p, log_lik = self._densities(z, x)
+        return log_p + log_lik
+
+    def sample_prior(self, sample_shape: Sequence[int], temperature: float = 1.0) -> Tensor:
+        """Flat z (*sample_shape, D) drawn ancestrally from the prior; ``temperature`` scales the
+        prior's standard deviations (temperature < 1 gives smoother samples)."""
+        n = math.prod(sample_shape)
+        like = self.h_top
+
+        def rows(index: Tensor) -> tuple[Tensor]:
+            eps = torch.randn(len(index), self.latent_dim, dtype=like.dtype, device=like.device)
+            out = self.top_down(len(index), eps=self.split_latent(eps), temperature=temperature)
+            return (self.join_latent(out.z),)
+
+        return self.map_rows(n, rows)[0].view(*sample_shape, self.latent_dim)
+
+    def _decode(self, z: Tensor) -> Tensor:
+        """Likelihood parameters (*S, B, P, C, H, W) for flat z (*S, B, D)."""
+        flat = z.reshape(-1, z.shape[-1])
+
+        def rows(index: Tensor) -> tuple[Tensor]:
+            out = self.top_down(len(index), z=self.split_latent(flat[index]), decode=True)
+            return (self._params(out.out),)
+
+        out = self.map_rows(flat.shape[0], rows)[0]
+        return out.view(*z.shape[:-1], *out.shape[1:])
+
+    def decode_mean(self, z: Tensor) -> Tensor:
+        return self.likelihood.mean(self._decode(z))
+
+    def decode_sample(self, z: Tensor) -> Tensor:
+        return self.likelihood.sample(self._decode(z))
+
+
+def _total(parts: Sequence[Tensor]) -> Tensor:
+    """Sum of per-block elementwise terms (N, n_z, h, w) -> (N,)."""
+    return torch.cat([p.flatten(1) for p in parts], dim=1).sum(-1)
+
+
+def _check(cfg: ModelConfig) -> None:
+    if cfg.posterior not in POSTERIORS:
+        raise ValueError(
+            f"unknown posterior {cfg.posterior!r} for model.type=hierarchical; "
+            f"available: {', '.join(POSTERIORS)}"
+        )
+    if cfg.prior not in PRIORS:
+        raise ValueError(f"unknown model.prior {cfg.prior!r}; available: {', '.join(PRIORS)}")
+    if not cfg.depths or min(cfg.depths) < 1:
+        raise ValueError(f"model.depths must be a non-empty list of positive block counts, got {cfg.depths}")
+    if cfg.n_h < 1 or cfg.n_z < 1 or cfg.depth_ar < 0:
+        raise ValueError(
+            f"model.n_h and model.n_z must be >= 1 and model.depth_ar >= 0 "
+            f"(got n_h={cfg.n_h}, n_z={cfg.n_z}, depth_ar={cfg.depth_ar})"
+        )
+
+
+__all__ = [
+    "ARConvNet", "HierarchicalBlock", "HierarchicalPosterior", "HierarchicalVAE", "POSTERIORS",
+    "PRIORS", "WNConv2d", "channel_mask",
+]  # fmt: skip

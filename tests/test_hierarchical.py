@@ -1,0 +1,287 @@
+"""The hierarchical ResNet VAE (model.type=hierarchical): autoregressive masks, free bits, the flat
+interface's consistency, shapes, learning, estimators and the CLI end to end."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import run_cli
+
+from flowvae.config import Config, ModelConfig
+from flowvae.estimators import ESTIMATORS, ElboTerms, elbo, evaluate, iwae
+from flowvae.hierarchical import POSTERIORS, ARConvNet, HierarchicalBlock, HierarchicalVAE
+from flowvae.model import build_model
+from flowvae.train import train_step, training_loss
+
+TINY = dict(type="hierarchical", n_h=6, n_z=2, depth_ar=1)
+
+
+def tiny(shape=(1, 8, 8), binary=True, dtype=torch.float64, **overrides) -> HierarchicalVAE:
+    cfg = ModelConfig(**{**TINY, "depths": [1, 1], "posterior": "down-iaf", **overrides})
+    return build_model(cfg, shape, binary).to(dtype)
+
+
+def images(n=4, shape=(1, 8, 8), binary=True, seed=0, dtype=torch.float64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    p = torch.rand(n, *shape, generator=g, dtype=dtype)
+    return torch.bernoulli(p, generator=g) if binary else torch.round(p * 255) / 255
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_ar_conv_net_is_strictly_triangular_in_channel_order(depth):
+    torch.manual_seed(depth)
+    n_z, hidden, size = 4, 6, 3
+    net = ARConvNet(n_z, hidden, depth, outputs=2).double()
+    for p in net.parameters():  # random biases and scales too, so nothing is zero by accident
+        p.data.normal_()
+    context = torch.randn(1, hidden, size, size, dtype=torch.float64) if depth else None
+    z = torch.randn(1, n_z, size, size, dtype=torch.float64)
+    for out in range(2):
+        jac = torch.autograd.functional.jacobian(lambda z, out=out: net(z, context)[out], z)
+        jac = jac.reshape(n_z, size * size, n_z, size * size)  # (c_out, pixel, c_in, pixel)
+        for c in range(n_z):
+            assert torch.all(jac[c, :, c:, :] == 0), f"output channel {c} sees input channels >= {c}"
+            if c > 0:  # but it does see the earlier channels, at its own pixel and its neighbours'
+                assert jac[c, 4, :c, 4].abs().sum() > 0 and jac[c, 4, :c, 1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("posterior", ["up-iaf", "down-iaf", "down-iaf-mean"])
+@pytest.mark.parametrize("depth_ar", [0, 1, 2])
+def test_iaf_step_is_triangular_and_its_log_det_is_exact(posterior, depth_ar):
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**TINY, "n_z": 3, "depth_ar": depth_ar, "posterior": posterior})
+    block = HierarchicalBlock(cfg, downsample=False).double()
+    for p in block.parameters():
+        p.data.normal_(std=0.5)
+    mean = torch.randn(1, 3, 2, 2, dtype=torch.float64)
+    log_std = 0.3 * torch.randn(1, 3, 2, 2, dtype=torch.float64)
+    ctx = torch.randn(1, block.up_split[2], 2, 2, dtype=torch.float64)
+    eps = torch.randn(1, 3, 2, 2, dtype=torch.float64)
+
+    def sample(e):
+        return block._posterior_sample(e, mean, log_std, ctx)[0]
+
+    jac = torch.autograd.functional.jacobian(sample, eps).reshape(12, 12)  # channel-major order
+    assert torch.all(jac.triu(1) == 0)
+    _, ladj = block._posterior_sample(eps, mean, log_std, ctx)
+    assert torch.allclose(torch.linalg.slogdet(jac)[1], ladj.sum(), atol=1e-10)
+
+
+def test_iaf_prior_samples_invert_its_density():
+    torch.manual_seed(0)
+    model = tiny(prior="iaf", depth_ar=2, n_z=3)
+    for p in model.parameters():
+        p.data.normal_(std=0.3)
+    torch.manual_seed(1)
+    z_top = model.split_latent(model.sample_prior((5,)))[0]
+    torch.manual_seed(1)
+    eps_top = model.split_latent(torch.randn(5, model.latent_dim, dtype=torch.float64))[0]
+    block = model.blocks[-1]  # the top block, sampled first
+    top = model.h_top.view(1, -1, 1, 1).expand(5, -1, *model.top_size)
+    p_mean, p_log_std, p_ctx, *_ = block.down_conv1(F.elu(top)).split(block.down_split, dim=1)
+    mean, log_std = block._prior_params(z_top, p_mean, p_log_std, p_ctx)
+    assert torch.allclose((z_top - mean) * torch.exp(-log_std), eps_top, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- free bits
+
+
+def test_free_bits_gradient_is_zero_below_kl_min_and_the_true_kl_gradient_above():
+    torch.manual_seed(0)
+    model = tiny(depths=[2, 1])
+    x = images(6)
+    model.data_init(x)
+    terms = model(x, samples=2)
+    mean_kl = terms.kl_groups.detach().flatten(0, 1).mean(0)  # (G,)
+    ordered = mean_kl.sort().values
+    kl_min = (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]).item() / 2
+    below, above = mean_kl < kl_min, mean_kl > kl_min
+    assert below.any() and above.any()
+
+    kl = terms.kl_groups.detach().requires_grad_(True)
+    loss = training_loss(ElboTerms(terms.log_likelihood, terms.log_prior, terms.log_q, kl), 1.0, kl_min, 0)
+    (grad,) = torch.autograd.grad(loss, kl)
+    assert torch.all(grad[..., below] == 0)
+    assert torch.allclose(grad[..., above], torch.full_like(grad[..., above], 1 / 12))
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    got = torch.autograd.grad(training_loss(terms, 1.0, kl_min, 0), params, retain_graph=True)
+    true = -terms.log_likelihood.mean() + terms.kl_groups.flatten(0, 1).mean(0)[above].sum()
+    want = torch.autograd.grad(true, params, retain_graph=True, allow_unused=True)
+    for g, w in zip(got, want, strict=True):
+        assert torch.allclose(g, torch.zeros_like(g) if w is None else w, atol=1e-10)
+    # without free bits the loss is exactly the negative ELBO
+    assert torch.allclose(training_loss(terms, 1.0, 0.0, 0), -terms.log_weight.mean(), atol=1e-9)
+
+
+def test_reported_elbo_never_uses_kl_min():
+    model = tiny(dtype=torch.float32)
+    x = images(6, dtype=torch.float32)
+    model.data_init(x)
+    torch.manual_seed(1)
+    expected = model(x).log_weight.mean().item()
+    cfg = Config()
+    cfg.train.kl_min = 5.0
+    optimizer = torch.optim.Adamax(model.parameters(), lr=1e-3)
+    torch.manual_seed(1)
+    out = train_step(model, optimizer, x, cfg, beta=1.0, lr=1e-3)
+    assert out["elbo"] == pytest.approx(expected, rel=1e-6)
+    assert out["loss"] > -expected  # the free-bits objective is looser than the ELBO
+
+
+# ----------------------------------------------------------------------------- the interface
+
+
+@pytest.mark.parametrize("posterior", POSTERIORS)
+@pytest.mark.parametrize("prior", ["diag", "iaf"])
+def test_forward_matches_encode_transform_and_log_joint(posterior, prior):
+    torch.manual_seed(0)
+    model = tiny(depths=[1, 2], posterior=posterior, prior=prior)
+    x = images(3)
+    model.data_init(x)
+    eps = torch.randn(2, 3, model.latent_dim, dtype=torch.float64)
+    terms = model(x, eps=eps)
+    posterior_ = model.encode(x)
+    z, ladj = posterior_.transform(eps)
+    log_q = posterior_.base_log_prob(eps) - ladj
+    assert torch.allclose(terms.log_q, log_q, atol=1e-5)
+    assert torch.allclose(terms.log_prior, model.log_prior(z), atol=1e-5)
+    assert torch.allclose(terms.log_likelihood, model.log_likelihood(x, z), atol=1e-5)
+    assert torch.allclose(terms.log_weight, model.log_joint(x, z) - log_q, atol=1e-5)
+    assert torch.allclose(terms.kl_groups.sum(-1), terms.kl, atol=1e-8)
+
+
+@pytest.mark.parametrize("posterior", POSTERIORS)
+def test_every_parameter_gets_a_gradient(posterior):
+    """DistributedDataParallel requires it (no parameter may be left out of the loss)."""
+    model = tiny(depths=[2, 1], posterior=posterior, prior="iaf", dtype=torch.float32)
+    x = images(3, dtype=torch.float32)
+    model.data_init(x)
+    (-model(x).log_weight.mean()).backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_evaluation_in_chunks_of_rows_matches_one_pass():
+    torch.manual_seed(0)
+    model = tiny(prior="iaf")
+    x = images(3)
+    eps = torch.randn(4, 3, model.latent_dim, dtype=torch.float64)
+    z, ladj = model.encode(x).transform(eps)
+    joint = model.log_joint(x, z)
+    model.max_rows = 5  # 12 rows in chunks of 5, 5, 2
+    z2, ladj2 = model.encode(x).transform(eps)
+    assert torch.allclose(z, z2) and torch.allclose(ladj, ladj2)
+    assert torch.allclose(joint, model.log_joint(x, z))
+
+
+IMAGE_KINDS = [((1, 28, 28), True), ((3, 16, 16), False)]
+
+
+@pytest.mark.parametrize("depths", [[1], [2, 1], [1, 1, 1]])
+@pytest.mark.parametrize("shape,binary", IMAGE_KINDS)
+def test_shapes_for_every_posterior(depths, shape, binary):
+    torch.manual_seed(0)
+    c, height, width = shape
+    x = images(2, shape, binary, dtype=torch.float32)
+    for posterior in POSTERIORS:
+        model = tiny(shape, binary, torch.float32, depths=depths, posterior=posterior, n_h=4)
+        factor = 2 ** len(depths)
+        padded = math.ceil(height / factor) * factor  # 28 -> 32 with three levels
+        resolutions = [padded // 2 ** (i + 1) for i, d in enumerate(depths) for _ in range(d)]
+        assert model.latent_dim == sum(2 * r * r for r in resolutions)
+        terms = model(x, samples=3)
+        for t in (terms.log_likelihood, terms.log_prior, terms.log_q):
+            assert t.shape == (3, 2) and torch.isfinite(t).all()
+        assert terms.kl_groups.shape == (3, 2, 2 * sum(depths))
+        z, log_q = model.encode(x).rsample_and_log_prob((5,))
+        assert z.shape == (5, 2, model.latent_dim) and log_q.shape == (5, 2)
+        assert model.log_joint(x, z).shape == (5, 2)
+        prior_z = model.sample_prior((4,), temperature=0.7)
+        assert prior_z.shape == (4, model.latent_dim)
+        assert model.decode_mean(prior_z).shape == (4, c, height, width)
+        assert model.decode_sample(z).shape == (5, 2, c, height, width)
+
+
+def test_unknown_posterior_or_prior_fails_listing_the_valid_names():
+    with pytest.raises(ValueError, match="up-diag, up-iaf, down-diag, down-iaf, down-iaf-mean"):
+        tiny(posterior="iaf")
+    with pytest.raises(ValueError, match="diag, iaf"):
+        tiny(prior="made")
+
+
+def test_data_init_normalises_the_first_batch():
+    torch.manual_seed(0)
+    model = tiny(n_h=8)
+    x = images(16)
+    model.data_init(x)
+    h = model.x_enc(F.pad(2 * x - 1, model.pad))
+    assert torch.allclose(h.mean((0, 2, 3)), torch.zeros(8, dtype=h.dtype), atol=1e-8)
+    assert torch.allclose(h.std((0, 2, 3), unbiased=False), torch.ones(8, dtype=h.dtype), atol=1e-6)
+    q = model.blocks[0].up_conv1(F.elu(h))
+    assert torch.allclose(q.std((0, 2, 3), unbiased=False), torch.full((q.shape[1],), 0.1, dtype=h.dtype))
+
+
+def test_bits_per_dim_of_8bit_data_is_nats_over_d_ln2():
+    torch.manual_seed(0)
+    shape = (3, 8, 8)
+    model = tiny(shape, binary=False, dtype=torch.float32)
+    x = images(6, shape, binary=False, dtype=torch.float32)
+    model.data_init(x)
+    est = evaluate(model, x.split(3), "elbo", dims=math.prod(shape))
+    assert est.bits_per_dim == pytest.approx(est.nll / (192 * math.log(2)))
+    assert 8 < est.bits_per_dim < 10  # untrained: a logistic of scale 1 on [-1, 1], near uniform
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+def test_tiny_model_overfits_a_few_images():
+    torch.manual_seed(0)
+    model = tiny(dtype=torch.float32, n_h=16, n_z=4)
+    x = images(8, dtype=torch.float32)
+    model.data_init(x)
+    optimizer = torch.optim.Adamax(model.parameters(), lr=5e-3)
+    curve = []
+    for _ in range(100):
+        terms = model(x)
+        loss = training_loss(terms, 1.0, 0.0, 0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        assert torch.isfinite(loss)
+        curve.append(terms.log_weight.mean().item())
+    means = [sum(curve[i : i + 20]) / 20 for i in range(0, 100, 20)]
+    assert all(b > a for a, b in zip(means, means[1:], strict=False)), means
+    assert means[-1] > means[0] + 5
+
+
+def test_iwae_bounds_elbo_and_ais_runs_through_the_same_interface():
+    torch.manual_seed(0)
+    model = tiny(dtype=torch.float32, prior="iaf").eval()
+    x = images(4, dtype=torch.float32)
+    model.data_init(x)
+    with torch.no_grad():
+        assert iwae(model, x, samples=64, chunk=16).mean() > elbo(model, x, samples=64).mean()
+    for init in ("prior", "posterior"):
+        log_p = ESTIMATORS["ais"](model, x, samples=2, steps=3, leapfrog=2, init=init)
+        assert log_p.shape == (4,) and torch.isfinite(log_p).all()
+
+
+def test_cli_trains_evaluates_and_samples_a_hierarchical_model(tmp_path):
+    run = tmp_path / "run"
+    overrides = [
+        "model.type=hierarchical", "model.depths=[1,1]", "model.n_h=8", "model.n_z=2",
+        "model.posterior=down-iaf", "train.epochs=1", "train.optimizer=adamax", "train.lr=0.002",
+        "train.kl_min=0.1", "train.ema=0.99",
+    ]  # fmt: skip
+    out = run_cli("train", "--run-dir", str(run), "--no-progress", *overrides).stdout
+    assert "best valid ELBO" in out
+    result = json.loads(run_cli("eval", str(run), "--estimator", "iwae", "--samples", "10", "--json").stdout)
+    assert result["n"] == 250 and 0 < result["nll"] < 64 * math.log(2)
+    run_cli("sample", str(run), "--n", "4", "--temperature", "0.5", "--out", str(tmp_path / "s.png"))
+    assert (tmp_path / "s.png").is_file()
