@@ -160,6 +160,33 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gaps(args: argparse.Namespace) -> int:
+    from .gaps import GapSettings, markdown_table, run_gaps, write_report
+    from .local import LocalOptions
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    local = LocalOptions(
+        lr=args.lr, samples=args.local_samples, max_steps=args.steps_cap, check_every=args.check_every,
+        patience=args.patience,
+    )  # fmt: skip
+    settings = GapSettings(
+        estimator=args.estimator, samples=args.samples, chains=args.chains, ais_steps=args.ais_steps,
+        elbo_samples=args.elbo_samples, local_flow=args.local_flow, local=local,
+        batch_size=args.batch_size, seed=args.seed,
+        flow_options={k: v for k, v in [("flow_steps", args.flow_steps), ("flow_hidden", args.flow_hidden)]
+                      if v is not None},
+    )  # fmt: skip
+    report = run_gaps(args.run_dir, args.split, args.n, settings, args.seed, args.checkpoint, args.device)
+    paths = write_report(report, args.out or Path(args.run_dir) / "gaps")
+    if args.json:
+        print(json.dumps({**report.to_json(), "files": {k: str(v) for k, v in paths.items()}}))
+    else:
+        print(markdown_table([report]))
+        print(f"\nwrote {', '.join(p.name for p in paths.values())} to {paths['csv'].parent}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flowvae", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -206,6 +233,33 @@ def parser() -> argparse.ArgumentParser:
         "--temperature", type=float, default=1.0, help="scale of the prior's std (1: the model itself)"
     )
     s.set_defaults(fn=_sample)
+
+    g = sub.add_parser("gaps", help="inference suboptimality: approximation and amortization gaps")
+    g.add_argument("run_dir")
+    g.add_argument("--split", default="test", choices=["test", "valid", "train"])
+    g.add_argument("--n", type=int, default=100, help="a fixed seeded random subset of N examples")
+    g.add_argument("--local-flow", default="realnvp-aux", help="family of q*_flow (none: only q*_FFG)")
+    g.add_argument("--estimator", default="max", choices=["ais", "iwae", "max"],
+                   help="log p(x) estimate; max: per example the larger of AIS and IWAE")  # fmt: skip
+    g.add_argument("--samples", type=int, default=5000, help="K of the IWAE estimate")
+    g.add_argument("--ais-steps", type=int, default=1000, help="AIS intermediate distributions")
+    g.add_argument("--chains", type=int, default=16, help="AIS chains per example")
+    g.add_argument("--elbo-samples", type=int, default=1000, help="draws of every ELBO estimate")
+    g.add_argument("--steps-cap", type=int, default=10000, help="local optimisation step cap")
+    g.add_argument("--lr", type=float, default=1e-3, help="local optimisation Adam learning rate")
+    g.add_argument("--local-samples", type=int, default=10, help="z draws per local step")
+    g.add_argument("--flow-steps", type=int, help="steps of the local flow (default 2)")
+    g.add_argument("--flow-hidden", type=int, help="hidden units of the local flow's nets (default 100)")
+    g.add_argument("--check-every", type=int, default=100, help="steps between convergence checks")
+    g.add_argument("--patience", type=int, default=5, help="checks without improvement to stop")
+    g.add_argument("--batch-size", type=int, default=100)
+    g.add_argument("--checkpoint", default="best", choices=["best", "latest"])
+    g.add_argument("--seed", type=int, default=1234, help="seed of the subset and of the estimates")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--threads", type=int, default=0)
+    g.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    g.add_argument("--out", help="output folder (default RUN_DIR/gaps)")
+    g.set_defaults(fn=_gaps)
 
     sub.add_parser("presets", help="list the named presets").set_defaults(fn=_presets)
 

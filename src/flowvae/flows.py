@@ -60,19 +60,6 @@ def _amortizer(context_features: int, out_features: int) -> nn.Linear:
     return layer
 
 
-def _distinct(context: Tensor) -> Tensor:
-    """``context`` with its broadcast (stride-0) leading dims shrunk to size 1.
-
-    :class:`~flowvae.posteriors.FlowPosterior` hands steps a context expanded over the sample
-    dims. Amortized steps compute their parameters from it once per example instead of once per
-    sample: for Sylvester steps that is O(B (D M + M^2)) memory instead of O(S B (D M + M^2)).
-    """
-    for dim in range(context.dim() - 1):
-        if context.stride(dim) == 0 and context.shape[dim] > 1:
-            context = context.narrow(dim, 0, 1)
-    return context
-
-
 def _matvec(matrix: Tensor, vector: Tensor) -> Tensor:
     """Batched matrix-vector product with broadcasting: (..., N, M) x (..., M) -> (..., N)."""
     return (matrix @ vector.unsqueeze(-1)).squeeze(-1)
@@ -323,7 +310,7 @@ class PlanarStep(nn.Module):
 
     def _amortized(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """u_hat (..., D), w (..., D), b (..., 1) and w.u_hat = m(w.u) (..., 1)."""
-        u, w, b = self.params(_distinct(context)).split([self.features, self.features, 1], -1)
+        u, w, b = self.params(context).split([self.features, self.features, 1], -1)
         wu = (w * u).sum(-1, keepdim=True)
         w_u_hat = F.softplus(wu) - 1  # > -1
         u_hat = u + (w_u_hat - wu) * w / (w * w).sum(-1, keepdim=True)
@@ -392,7 +379,6 @@ class SylvesterStep(nn.Module):
         raise NotImplementedError
 
     def _amortized(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        context = _distinct(context)
         m, n_upper = self.num_vectors, len(self.upper_index)
         upper, upper_tilde, diag, diag_tilde, b = self.params(context).split([n_upper, n_upper, m, m, m], -1)
         return (

@@ -80,11 +80,8 @@ class FlowPosterior(Posterior):
     def transform(self, eps: Tensor) -> tuple[Tensor, Tensor]:
         z = self.mean + torch.exp(self.log_std) * eps
         ladj = self.log_std.sum(-1).expand(z.shape[:-1])
-        context = None
-        if self.steps:
-            context = self.context.expand(*z.shape[:-1], self.context.shape[-1])
-        for step in self.steps:
-            z, step_ladj = step(z, context)
+        for step in self.steps:  # the context (B, C) broadcasts against z (*S, B, D)
+            z, step_ladj = step(z, self.context)
             ladj = ladj + step_ladj
         return z, ladj
 
