@@ -247,7 +247,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--elbo-samples", type=int, default=1000, help="draws of every ELBO estimate")
     g.add_argument("--steps-cap", type=int, default=10000, help="local optimisation step cap")
     g.add_argument("--lr", type=float, default=1e-3, help="local optimisation Adam learning rate")
-    g.add_argument("--local-samples", type=int, default=10, help="z draws per local step")
+    g.add_argument("--local-samples", type=int, default=50, help="z draws per local step")
     g.add_argument("--flow-steps", type=int, help="steps of the local flow (default 2)")
     g.add_argument("--flow-hidden", type=int, help="hidden units of the local flow's nets (default 100)")
     g.add_argument("--check-every", type=int, default=100, help="steps between convergence checks")

@@ -41,8 +41,8 @@ class ElboTerms:
 
 
 def elbo_terms(model: nn.Module, x: Tensor, samples: int = 1) -> ElboTerms:
-    z, log_q = model.encode(x).rsample_and_log_prob((samples,))
-    return ElboTerms(model.log_likelihood(x, z), model.log_prior(z), log_q)
+    """The model's forward pass: one pass computes z ~ q, log q, log p(z) and log p(x|z)."""
+    return model(x, samples)
 
 
 def elbo(model: nn.Module, x: Tensor, samples: int = 1) -> Tensor:
@@ -56,12 +56,9 @@ def iwae(model: nn.Module, x: Tensor, samples: int = 5000, chunk: int = 500) -> 
     log p̂(x) = log (1/K) Σ_k p(x, z_k) / q(z_k|x). The K samples are drawn ``chunk`` at a time
     and combined with a running log-sum-exp, so memory is bounded by B * chunk whatever K.
     """
-    posterior = model.encode(x)
     total = None
     for start in range(0, samples, chunk):
-        n = min(chunk, samples - start)
-        z, log_q = posterior.rsample_and_log_prob((n,))
-        lse = torch.logsumexp(model.log_joint(x, z) - log_q, dim=0)
+        lse = torch.logsumexp(elbo_terms(model, x, min(chunk, samples - start)).log_weight, dim=0)
         total = lse if total is None else torch.logaddexp(total, lse)
     return total - math.log(samples)
 

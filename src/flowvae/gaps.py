@@ -40,10 +40,11 @@ from torch import Tensor, nn
 
 from .ais import ais_estimator
 from .estimators import iwae
+from .linear_gaussian import exact
 from .local import LocalOptions, elbo_with_stderr, frozen_model, local_optimise
 from .posteriors import POSTERIORS
 
-LOG_P_ESTIMATORS = ("ais", "iwae", "max")
+LOG_P_ESTIMATORS = ("ais", "iwae", "max", "exact")  # exact: linear-Gaussian models only
 SIGMAS = 3.0  # an ordering fails when violated by more than this many standard errors
 
 DEFINITIONS = {
@@ -62,7 +63,8 @@ class GapSettings:
     """Everything that determines a gap report besides the model and the data.
 
     Arguments:
-        estimator: ``ais``, ``iwae`` or ``max`` (per example, the larger of the two).
+        estimator: ``ais``, ``iwae`` or ``max`` (per example, the larger of the two); ``exact``
+            for a linear-Gaussian model (a ground truth for tests).
         samples: K of the IWAE estimate.
         chunk: IWAE samples per chunk (bounds memory).
         chains, ais_steps, leapfrog, ais_init: the AIS estimate (see :func:`flowvae.ais.ais`).
@@ -149,7 +151,9 @@ def _log_p(model: nn.Module, x: Tensor, s: GapSettings) -> dict[str, Tensor]:
         out["log_p_ais"] = ais_estimator(
             model, x, chains=s.chains, steps=s.ais_steps, leapfrog=s.leapfrog, init=s.ais_init
         ).double()
-    if s.estimator == "max":
+    if s.estimator == "exact":
+        out["log_p"] = exact(model, x).double()
+    elif s.estimator == "max":
         out["log_p"] = torch.maximum(out["log_p_iwae"], out["log_p_ais"])
     else:
         out["log_p"] = out[f"log_p_{s.estimator}"]
@@ -189,9 +193,7 @@ def add_gaps(columns: dict[str, Tensor], q_star: str) -> None:
 # ----------------------------------------------------------------------------- sanity checks
 
 
-def _check(
-    label: str, upper: Tensor, lower: Tensor, mc_se: Tensor, hint: str
-) -> tuple[str | None, int]:
+def _check(label: str, upper: Tensor, lower: Tensor, mc_se: Tensor, hint: str) -> tuple[str | None, int]:
     """Whether ``upper >= lower`` on average, up to SIGMAS standard errors; per-example count.
 
     The mean's error is the larger of the spread over examples and the Monte Carlo error of the
@@ -304,7 +306,8 @@ def run_gaps(
     device: str = "cpu",
 ) -> GapReport:
     """:func:`compute_gaps` for a trained run on a fixed, seeded random subset of ``n`` examples
-    of ``split`` (``data.subset_indices``), never the first n."""
+    of ``split`` (``data.subset_indices``), never the first n. The training split of a
+    dynamically binarized dataset holds intensities: the subset is binarized once, seeded."""
     from .checkpoint import load_run
     from .data import load_data, subset_indices
 
@@ -316,10 +319,13 @@ def run_gaps(
     subset = f"{split}: random subset of {len(indices)} of {total} (seed {subset_seed})"
     if len(indices) == total:
         subset = f"{split}: all {total} examples"
+    x = x[indices]
+    if data.dynamic and split == "train":  # intensities: one fixed Bernoulli draw per example
+        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(subset_seed))
+        subset += ", binarized once with the same seed"
     return compute_gaps(
-        model, x[indices], cfg.model.posterior, settings, name=Path(run_dir).name,
-        indices=indices, subset=subset,
-    )  # fmt: skip
+        model, x, cfg.model.posterior, settings, name=Path(run_dir).name, indices=indices, subset=subset
+    )
 
 
 # ----------------------------------------------------------------------------- output

@@ -209,6 +209,12 @@ class BlockOutput:
 class HierarchicalBlock(nn.Module):
     """One ResNet block with n_h deterministic and n_z stochastic feature maps (openai/iaf ``IAFLayer``).
 
+    Posterior (``*-iaf``): z0 = mean + std * eps, then one IAF step z = (z0 - m(z0, h)) / exp(s(z0, h))
+    with m, s from an :class:`ARConvNet` scaled by 0.1 (``down-iaf-mean``: z = z0 - m). Prior
+    ``diag``: N(mean, std^2) from the top-down stream; ``iaf``: an autoregressive Gaussian over the
+    channels (openai/iaf's ``made`` prior), whose mean and log-std get corrections
+    m(z, h'), s(z, h') from an :class:`ARConvNet`: its density takes one pass, a sample n_z passes.
+
     Arguments:
         cfg: the model config (``n_h``, ``n_z``, ``depth_ar``, ``posterior``, ``prior``).
         downsample: the first block of a level after the first: its bottom-up conv has stride 2,
@@ -313,10 +319,10 @@ class HierarchicalBlock(nn.Module):
     def _prior_sample(self, eps: Tensor, mean: Tensor, log_std: Tensor, ctx: Tensor) -> Tensor:
         z = mean + torch.exp(log_std) * eps
         if self.prior_flow is not None:
-            # an autoregressive prior samples sequentially: after pass k, channels < k are exact
+            # the autoregressive prior samples sequentially: after pass k, channels < k are exact
             for _ in range(self.n_z):
-                m, s = self._prior_params(z, mean, log_std, ctx)
-                z = m + torch.exp(s) * eps
+                mean_k, log_std_k = self._prior_params(z, mean, log_std, ctx)
+                z = mean_k + torch.exp(log_std_k) * eps
         return z
 
 

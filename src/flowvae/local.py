@@ -71,7 +71,7 @@ class LocalOptions:
     """
 
     lr: float = 1e-3
-    samples: int = 10
+    samples: int = 50
     max_steps: int = 10000
     check_every: int = 100
     patience: int = 5

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .estimators import ElboTerms, elbo_terms
+from .estimators import ElboTerms
 from .likelihoods import build_likelihood
 from .nets import build_decoder, build_encoder
 from .numerics import log_standard_normal
@@ -44,7 +44,8 @@ class VAE(nn.Module):
 
     def forward(self, x: Tensor, samples: int = 1) -> ElboTerms:
         """The ELBO's terms for ``samples`` draws of z per example (what training differentiates)."""
-        return elbo_terms(self, x, samples)
+        z, log_q = self.encode(x).rsample_and_log_prob((samples,))
+        return ElboTerms(self.log_likelihood(x, z), self.log_prior(z), log_q)
 
     def data_init(self, x: Tensor) -> None:
         """Data-dependent initialisation from a first batch: none for the flat VAE."""

@@ -131,3 +131,84 @@ register_preset(
     train__epochs=50,
     eval__samples=5000,
 )
+
+# --------------------------------------------------------------------------------------------
+# inference suboptimality (Cremer, Li & Duvenaud 2018, arXiv 1801.03558): `flowvae gaps RUN`.
+# z=50, MLP 200-200 (ELU) encoder and decoder, Adam 1e-3 decayed tenfold over the 3280 epochs of
+# the IWAE schedule (here smoothly: 0.9993 per epoch), KL warm-up over 400 epochs (CIFAR-10: 50),
+# as in the authors' code. The flow q is the auxiliary coupling flow with 2 steps of 100 units.
+# model.hidden is shared by encoder and decoder (the decoder reversed), so the encoder- and
+# decoder-size variants below change both networks.
+
+register_preset(
+    "gaps-mnist-ffg",
+    "Cremer et al. 2018: dynamic MNIST, z=50, MLP 200-200, FFG (diag) q, KL warm-up 400 epochs",
+    data__name="mnist",
+    data__binarize="dynamic",
+    model__latent_dim=50,
+    model__hidden=[200, 200],
+    model__posterior="diag",
+    train__epochs=3280,
+    train__batch_size=100,
+    train__lr=1e-3,
+    train__lr_schedule="exponential",
+    train__lr_decay=0.9993,
+    train__kl_warmup_epochs=400.0,
+    eval__samples=5000,
+)
+register_preset(
+    "gaps-mnist-flow",
+    "gaps-mnist-ffg with the realnvp-aux flow q (2 steps, 100 hidden units)",
+    parent="gaps-mnist-ffg",
+    model__posterior="realnvp-aux",
+    model__flow_steps=2,
+    model__flow_hidden=100,
+    model__flow_layers=1,
+)
+for _q in ("ffg", "flow"):
+    register_preset(
+        f"gaps-fashion-{_q}",
+        f"gaps-mnist-{_q} on dynamically binarized Fashion-MNIST",
+        parent=f"gaps-mnist-{_q}",
+        data__name="fashion_mnist",
+    )
+    register_preset(
+        f"gaps-cifar10-{_q}",
+        f"gaps-mnist-{_q} on CIFAR-10 binarized at 0.5 (per channel), KL warm-up 50 epochs",
+        parent=f"gaps-mnist-{_q}",
+        data__name="cifar10",
+        data__binarize="threshold",
+        train__kl_warmup_epochs=50.0,
+    )
+    register_preset(
+        f"gaps-mnist-{_q}-no-warmup",
+        f"gaps-mnist-{_q} without KL warm-up",
+        parent=f"gaps-mnist-{_q}",
+        train__kl_warmup_epochs=0.0,
+    )
+    register_preset(
+        f"gaps-mnist-{_q}-large-encoder",
+        f"gaps-mnist-{_q} with 500-500 hidden layers (model.hidden is shared: the decoder widens too)",
+        parent=f"gaps-mnist-{_q}",
+        model__hidden=[500, 500],
+    )
+    register_preset(
+        f"gaps-mnist-{_q}-new-encoder",
+        f"gaps-mnist-{_q} retrained with the decoder frozen; needs train.init_from=RUN_DIR",
+        parent=f"gaps-mnist-{_q}",
+        train__freeze="decoder",
+    )
+# decoder capacity: 0 or 4 hidden layers of 200 units (the authors' decoder-size experiment);
+# with model.hidden shared, the encoder has the same layers
+register_preset(
+    "gaps-mnist-ffg-decoder-0",
+    "gaps-mnist-ffg with no hidden layers (linear decoder; model.hidden is shared by the encoder)",
+    parent="gaps-mnist-ffg",
+    model__hidden=[],
+)
+register_preset(
+    "gaps-mnist-ffg-decoder-4",
+    "gaps-mnist-ffg with 4 hidden layers of 200 units (model.hidden is shared by the encoder)",
+    parent="gaps-mnist-ffg",
+    model__hidden=[200, 200, 200, 200],
+)

@@ -1,0 +1,217 @@
+"""The gap report: its arithmetic, its sanity checks, the linear-Gaussian ground truth, and
+``flowvae gaps`` end to end on a tiny trained model."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+
+import pytest
+import torch
+from conftest import run_cli
+
+from flowvae.data import subset_indices
+from flowvae.gaps import GapSettings, add_gaps, check_ordering, compute_gaps, markdown_table, plot_gaps
+from flowvae.linear_gaussian import best_diag_elbo, exact_log_marginal, random_linear_gaussian_vae
+from flowvae.local import LocalOptions
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread is fastest and immune to oversubscription on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------- ground truth
+
+
+@pytest.fixture(scope="module")
+def linear_report():
+    """Gaps of a linear-Gaussian VAE whose posterior is strongly correlated; a local IAF step
+    (a triangular map: any Gaussian) can fit it, a factorised Gaussian cannot."""
+    model = random_linear_gaussian_vae(seed=0).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        x = model.decode_sample(model.sample_prior((4,)))
+    settings = GapSettings(
+        estimator="exact", elbo_samples=1000, local_flow="iaf",
+        flow_options={"flow_steps": 1, "flow_hidden": 16}, batch_size=4, seed=0,
+        local=LocalOptions(lr=0.05, samples=10, max_steps=3000, check_every=50, patience=5),
+    )  # fmt: skip
+    report = compute_gaps(model, x, "diag", settings, name="linear-gaussian")
+    return report, exact_log_marginal(model, x).double(), best_diag_elbo(model, x).double()
+
+
+def test_gaps_match_the_linear_gaussian_truth(linear_report):
+    report, exact, best_diag = linear_report
+    c = report.columns
+    true_ffg_gap = (exact - best_diag).mean().item()
+    assert true_ffg_gap > 1.0
+    # L[q*_FFG] is the analytic optimum up to MC noise (se ~0.02) and optimisation slack (<0.05)
+    assert abs((c["elbo_ffg_star"] - best_diag).mean().item()) < 0.1
+    torch.testing.assert_close(c["log_p"], exact)
+    assert abs(c["approximation_gap_ffg"].mean().item() - true_ffg_gap) < 0.1
+    # the local flow closes the approximation gap
+    flow_gap = c["approximation_gap_flow"].mean().item()
+    assert flow_gap < 0.1 and flow_gap < true_ffg_gap / 10, (flow_gap, true_ffg_gap)
+    assert c["converged_ffg"].all() and c["converged_flow"].all()
+
+
+def test_the_gaps_add_up_exactly(linear_report):
+    report, _, _ = linear_report
+    c = report.columns
+    assert report.q_star == "ffg"  # q = diag: q* = q*_FFG, as in the paper's FFG column
+    assert torch.equal(c["approximation_gap"], c["approximation_gap_ffg"])
+    torch.testing.assert_close(
+        c["approximation_gap"] + c["amortization_gap"], c["inference_gap"], rtol=0, atol=1e-12
+    )
+    torch.testing.assert_close(c["inference_gap"], c["log_p"] - c["elbo_q"], rtol=0, atol=0)
+    for family in ("ffg", "flow"):
+        total = c[f"approximation_gap_{family}"] + c[f"amortization_gap_{family}"]
+        torch.testing.assert_close(total, c["inference_gap"], rtol=0, atol=1e-12)
+    s = report.summary()
+    assert math.isclose(
+        s["approximation_gap"]["mean"] + s["amortization_gap"]["mean"],
+        s["inference_gap"]["mean"],
+        abs_tol=1e-9,
+    )
+    # a flow q takes q* = q*_flow
+    flow = {k: v for k, v in c.items() if not k.endswith("_gap")}
+    add_gaps(flow, "flow")
+    assert torch.equal(flow["approximation_gap"], c["approximation_gap_flow"])
+    assert torch.equal(flow["amortization_gap"], c["amortization_gap_flow"])
+
+
+def test_table_and_plot_for_several_models(linear_report, tmp_path):
+    report, _, _ = linear_report
+    other = copy.copy(report)
+    other.name, other.posterior = "other", "realnvp-aux"
+    table = markdown_table([report, other])
+    header = table.splitlines()[0]
+    assert "q = FFG: linear-gaussian" in header and "q = flow (realnvp-aux): other" in header
+    for row in ("log p̂(x)", "L[q*_flow]", "L[q*_FFG]", "L[q]", "Approximation gap", "Amortization gap"):
+        assert any(line.startswith(f"| {row}") for line in table.splitlines()), row
+    plot_gaps([report, other], tmp_path / "two.png")
+    assert (tmp_path / "two.png").stat().st_size > 1000
+
+
+# ----------------------------------------------------------------------------- sanity checks
+
+
+def _columns(n: int = 40, log_p: float = -10.0, ffg: float = -11.0, flow: float = -10.5, q: float = -12.0):
+    g = torch.Generator().manual_seed(0)
+
+    def noisy(v: float) -> torch.Tensor:
+        return v + 0.1 * torch.randn(n, generator=g, dtype=torch.float64)
+
+    se = torch.full((n,), 0.02, dtype=torch.float64)
+    ones = torch.ones(n, dtype=torch.float64)
+    return {
+        "log_p": noisy(log_p), "elbo_q": noisy(q), "elbo_q_se": se, "elbo_ffg_star": noisy(ffg),
+        "elbo_ffg_star_se": se, "elbo_flow_star": noisy(flow), "elbo_flow_star_se": se,
+        "converged_ffg": ones, "converged_flow": ones.clone(),
+    }  # fmt: skip
+
+
+def test_a_consistent_ordering_gives_no_warning():
+    warnings, violations = check_ordering(_columns(), "ffg")
+    assert warnings == [] and set(violations.values()) == {0}
+
+
+@pytest.mark.parametrize(
+    ("values", "q_star", "expected"),
+    [
+        ({"flow": -9.0}, "flow", "log p̂(x) ≥ L[q*_flow] fails"),  # the estimate is too loose
+        ({"ffg": -9.5, "flow": -9.6}, "ffg", "log p̂(x) ≥ L[q*_FFG] fails"),
+        ({"ffg": -12.5}, "ffg", "L[q*_FFG] ≥ L[q] fails"),  # under-converged local optimisation
+        ({"flow": -11.5}, "flow", "L[q*_flow] ≥ L[q*_FFG] fails"),
+    ],
+)
+def test_a_broken_ordering_is_reported(values, q_star, expected):
+    warnings, violations = check_ordering(_columns(**values), q_star)
+    assert any(w.startswith(expected) for w in warnings), warnings
+    assert max(violations.values()) > 0
+
+
+def test_examples_stopped_by_the_cap_are_reported():
+    c = _columns()
+    c["converged_flow"][:3] = 0
+    warnings, _ = check_ordering(c, "flow")
+    assert warnings == ["3 of 40 examples hit the step cap before their local flow optimisation converged "
+                        "(raise --steps-cap)"]  # fmt: skip
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="unknown estimator"):
+        GapSettings(estimator="elbo")
+    with pytest.raises(ValueError, match="unknown local flow"):
+        GapSettings(local_flow="nope")
+
+
+# ----------------------------------------------------------------------------- end to end
+
+FAST = [
+    "--samples", "50", "--ais-steps", "10", "--chains", "2", "--elbo-samples", "100", "--steps-cap", "100",
+    "--lr", "0.01", "--local-samples", "4", "--check-every", "25", "--patience", "2", "--threads", "1",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny diag VAE on scikit-learn's digits, trained for one epoch with the library's train()."""
+    from flowvae.config import apply_overrides, preset
+    from flowvae.train import train
+
+    run_dir = tmp_path_factory.mktemp("gaps") / "run"
+    overrides = ["model.hidden=[32]", "model.latent_dim=4", "train.epochs=1", "train.threads=1"]
+    train(apply_overrides(preset("digits"), overrides), run_dir, progress=False)
+    return run_dir
+
+
+def test_cli_writes_the_four_files(tiny_run, tmp_path):
+    out = tmp_path / "gaps"
+    args = ["--n", "12", "--batch-size", "6", "--flow-steps", "1", "--flow-hidden", "8", "--json"]
+    proc = run_cli("gaps", str(tiny_run), *FAST, *args, "--out", str(out))
+    result = json.loads(proc.stdout)
+    assert {p.name for p in out.iterdir()} == {"gaps.csv", "gaps.json", "gaps.md", "gaps.png"}
+    assert json.loads((out / "gaps.json").read_text())["summary"] == result["summary"]
+    assert result["n"] == 12 and result["q_star"] == "ffg" and "random subset of 12" in result["subset"]
+    # a fixed seeded random subset (data.subset_indices), not the first 12 rows
+    with open(out / "gaps.csv") as f:
+        rows = list(csv.DictReader(f))
+    indices = [int(r["index"]) for r in rows]
+    assert indices == subset_indices(250, 12, 1234).tolist() and indices != list(range(12))
+    for r in rows:
+        gaps = float(r["approximation_gap"]) + float(r["amortization_gap"])
+        assert abs(gaps - float(r["inference_gap"])) < 1e-5
+        assert math.isfinite(float(r["elbo_flow_star"]))
+    s = result["summary"]
+    # the sanity ordering log p̂ >= L[q*] >= L[q] holds up to noise, or the report says it fails
+    for upper, lower, label in [
+        ("log_p", "elbo_ffg_star", "log p̂(x) ≥ L[q*_FFG]"),
+        ("elbo_ffg_star", "elbo_q", "L[q*_FFG] ≥ L[q]"),
+        ("log_p", "elbo_q", "log p̂(x) ≥ L[q]"),
+    ]:
+        holds = s[upper]["mean"] >= s[lower]["mean"] - 3 * max(s[upper]["stderr"], s[lower]["stderr"])
+        assert holds or any(w.startswith(label) for w in result["warnings"]), (label, result["warnings"])
+    assert "| Approximation gap |" in (out / "gaps.md").read_text()
+
+
+def test_cli_prints_the_table(tiny_run):
+    args = ["--n", "5", "--estimator", "iwae", "--local-flow", "none"]
+    proc = run_cli("gaps", str(tiny_run), *FAST, *args)
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("| | q = FFG: run |")
+    assert any(line.startswith("| L[q*_FFG] |") for line in lines)
+    assert any(line.startswith("| L[q*_flow] (none) | –") for line in lines)
+    assert (tiny_run / "gaps" / "gaps.png").is_file()
+
+
+def test_cli_rejects_an_unknown_local_flow(tiny_run):
+    proc = run_cli("gaps", str(tiny_run), "--local-flow", "nope", check=False)
+    assert proc.returncode == 1 and "unknown local flow 'nope'" in proc.stderr
