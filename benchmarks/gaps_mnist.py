@@ -46,8 +46,11 @@ def main() -> None:
     p.add_argument("--local-samples", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", default="runs/gaps-mnist")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     settings = GapSettings(
         estimator=args.estimator, samples=args.samples, chains=args.chains, ais_steps=args.ais_steps,

@@ -65,11 +65,12 @@ def main() -> None:
     p.add_argument("--preset", default="mnist-mlp")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = p.parse_args()
-    machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     rows = []
     for posterior in args.posteriors.split(","):
         row = run(args, posterior)
         rows.append(row)
+        # after train(), which applies train.threads
+        machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
         print(json.dumps({**row, "machine": machine, "date": time.strftime("%Y-%m-%d")}), flush=True)
     print("\n| posterior | test −log p(x) IWAE | ± | test ELBO | epochs | train img/s | IWAE samples/s |")
     print("|---|---|---|---|---|---|---|")

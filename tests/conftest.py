@@ -44,6 +44,15 @@ def run_cli(*args: str, check: bool = True, subprocess_: bool = False) -> Result
     return result
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """The tests' tensors are tiny: one intra-op thread is fastest, and immune to
+    oversubscription when other processes share the cores (up to 10x on a busy 2-core box)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture
 def cli():
     return run_cli

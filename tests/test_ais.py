@@ -35,14 +35,6 @@ B = 32  # examples
 FAST = dict(chains=16, leapfrog=5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is fastest and immune to oversubscription on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @functools.cache
 def _problem(posterior: str = "diag", n: int = B):

@@ -17,16 +17,6 @@ from flowvae.gaps import GapSettings, add_gaps, check_ordering, compute_gaps, ma
 from flowvae.linear_gaussian import best_diag_elbo, exact_log_marginal, random_linear_gaussian_vae
 from flowvae.local import LocalOptions
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is fastest and immune to oversubscription on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------- ground truth
 
 
@@ -187,6 +177,7 @@ def test_cli_writes_the_four_files(tiny_run, tmp_path):
     indices = [int(r["index"]) for r in rows]
     assert indices == subset_indices(250, 12, 1234).tolist() and indices != list(range(12))
     for r in rows:
+        assert float(r["log_p"]) == max(float(r["log_p_ais"]), float(r["log_p_iwae"]))  # --estimator max
         gaps = float(r["approximation_gap"]) + float(r["amortization_gap"])
         assert abs(gaps - float(r["inference_gap"])) < 1e-5
         assert math.isfinite(float(r["elbo_flow_star"]))
@@ -203,9 +194,11 @@ def test_cli_writes_the_four_files(tiny_run, tmp_path):
 
 
 def test_cli_prints_the_table(tiny_run):
-    args = ["--n", "5", "--estimator", "iwae", "--local-flow", "none"]
+    args = ["--n", "5", "--estimator", "iwae", "--local-flow", "none", "--split", "train"]
     proc = run_cli("gaps", str(tiny_run), *FAST, *args)
     lines = proc.stdout.splitlines()
+    # digits are dynamically binarized: the training subset is binarized once, seeded
+    assert "train: random subset of 5 of 1297 (seed 1234), binarized once" in proc.stdout
     assert lines[0].startswith("| | q = FFG: run |")
     assert any(line.startswith("| L[q*_FFG] |") for line in lines)
     assert any(line.startswith("| L[q*_flow] (none) | –") for line in lines)

@@ -18,14 +18,6 @@ from flowvae.train import train_step, training_loss
 TINY = dict(type="hierarchical", n_h=6, n_z=2, depth_ar=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions run faster on one thread, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny(shape=(1, 8, 8), binary=True, dtype=torch.float64, **overrides) -> HierarchicalVAE:
     cfg = ModelConfig(**{**TINY, "depths": [1, 1], "posterior": "down-iaf", **overrides})

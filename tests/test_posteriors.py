@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -69,15 +68,6 @@ def autograd_log_det(posterior: Posterior, eps: Tensor) -> Tensor:
         assert sign != 0
         out.append(logabsdet)
     return torch.stack(out)
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Tiny ops run faster on one thread, and far faster on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def invert(posterior: FlowPosterior, z: Tensor) -> Tensor:
@@ -208,7 +198,6 @@ def test_auxiliary_log_weight_holds_the_reverse_model() -> None:
     torch.testing.assert_close(log_q, log_q_joint - log_r)
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_iaf_density_by_brute_force() -> None:
     """The classic sign bug: log q(z) must be log N(eps) - log|det dz/deps|, not + .
 
@@ -283,7 +272,6 @@ def elbo_gap(posterior: str, x: Tensor, steps: int = 200) -> tuple[float, float]
     return gap, best_diag_gap
 
 
-@pytest.mark.usefixtures("one_thread")
 def test_a_flow_beats_the_best_factorised_gaussian_on_a_linear_gaussian_model() -> None:
     """ELBO gaps to the exact log p(x) after training q alone: iaf < best diag <= diag."""
     model = linear_gaussian_vae("diag")

@@ -134,3 +134,31 @@ def test_nonfinite_updates_are_skipped_and_divergence_stops_cleanly(tmp_path, mo
     cfg = small_cfg("train.epochs=60", "train.checkpoint_every_steps=1")
     with pytest.raises(TrainingError, match="diverged"):
         train(cfg, tmp_path / "nan", progress=False)
+
+
+def test_new_encoder_on_a_frozen_trained_decoder(tmp_path):
+    base = small_cfg("train.epochs=1")
+    train(base, tmp_path / "base", progress=False)
+    _, trained, _ = load_run(tmp_path / "base", "best")
+    cfg = small_cfg("train.epochs=1", "train.freeze=decoder", f"train.init_from={tmp_path / 'base'}")
+    train(cfg, tmp_path / "new", progress=False)
+    new = load_checkpoint(tmp_path / "new" / "checkpoint.pt")["model"]
+    old = trained.state_dict()
+    for key in new:
+        if key.startswith(("decoder.", "likelihood.")):
+            assert torch.equal(new[key], old[key]), key  # loaded and never updated
+        else:
+            assert not torch.equal(new[key], old[key]), key  # a fresh encoder, trained
+    with pytest.raises(Exception, match="needs train.init_from"):
+        train(small_cfg("train.freeze=decoder"), tmp_path / "x", progress=False)
+
+
+def test_decoder_widths_are_separate_from_the_encoders():
+    from flowvae.model import build_model
+
+    cfg = apply_overrides(preset("digits"), ["model.hidden=[40]", "model.decoder_hidden=[]"])
+    model = build_model(cfg.model, (1, 8, 8), True)
+    assert [m.out_features for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)] == [40]
+    assert [m.out_features for m in model.decoder.modules() if isinstance(m, torch.nn.Linear)] == [64]
+    cfg = apply_overrides(cfg, ["model.decoder_hidden=null"])
+    assert cfg.model.decoder_hidden is None

@@ -15,7 +15,7 @@ import torch
 
 from .checkpoint import CheckpointError, load_run
 from .config import PRESETS, Config, ConfigError, apply_overrides, load_yaml, preset
-from .data import DataError, download, load_data, subset_indices
+from .data import DataError, download, evaluation_images, load_data
 from .estimators import ESTIMATORS, evaluate
 
 
@@ -57,11 +57,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load_data(cfg.data)
-    x = data.split(args.split)
-    subset = ""
-    if args.limit and args.limit < x.shape[0]:
-        x = x[subset_indices(x.shape[0], args.limit, args.seed)]
-        subset = f"random subset of {args.limit} of {data.split(args.split).shape[0]} (seed {args.seed})"
+    x, subset = evaluation_images(data, args.split, args.limit, args.seed)
     ais_options = {
         "chains": args.chains, "steps": args.steps, "leapfrog": args.leapfrog,
         "schedule": args.schedule, "init": args.init, "target_accept": args.target_accept,
@@ -170,12 +166,12 @@ def _gaps(args: argparse.Namespace) -> int:
         lr=args.lr, samples=args.local_samples, max_steps=args.steps_cap, check_every=args.check_every,
         patience=args.patience,
     )  # fmt: skip
+    flow_options = {"flow_steps": args.flow_steps, "flow_hidden": args.flow_hidden}
     settings = GapSettings(
         estimator=args.estimator, samples=args.samples, chains=args.chains, ais_steps=args.ais_steps,
         elbo_samples=args.elbo_samples, local_flow=args.local_flow, local=local,
+        flow_options={k: v for k, v in flow_options.items() if v is not None},
         batch_size=args.batch_size, seed=args.seed,
-        flow_options={k: v for k, v in [("flow_steps", args.flow_steps), ("flow_hidden", args.flow_hidden)]
-                      if v is not None},
     )  # fmt: skip
     report = run_gaps(args.run_dir, args.split, args.n, settings, args.seed, args.checkpoint, args.device)
     paths = write_report(report, args.out or Path(args.run_dir) / "gaps")

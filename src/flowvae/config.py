@@ -41,7 +41,8 @@ class ModelConfig:
     decoder: str = "mlp"  # mlp | gated-conv | resnet | linear
     likelihood: str = "auto"  # auto | bernoulli | logistic | logistic-mixture | gaussian
     latent_dim: int = 32
-    hidden: list[int] = field(default_factory=lambda: [300, 300])  # mlp widths
+    hidden: list[int] = field(default_factory=lambda: [300, 300])  # mlp widths (encoder)
+    decoder_hidden: list[int] | None = None  # mlp decoder widths; None: hidden reversed
     batch_norm: bool = False  # mlp: batch norm after each hidden layer
     input_to_all: bool = False  # mlp: feed the network's input to every hidden layer
     channels: int = 32  # conv encoders/decoders: feature maps
@@ -88,7 +89,7 @@ class TrainConfig:
     device: str = "cpu"  # cpu | cuda | auto
     threads: int = 0  # torch intra-op threads (0 = torch default)
     freeze: str = ""  # "" | decoder | encoder: parameters left out of the optimizer
-    init_from: str = ""  # a run directory whose best weights initialise the model
+    init_from: str = ""  # a run whose best weights initialise the model (with freeze: that part only)
 
 
 @dataclass
@@ -147,6 +148,10 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{key}: {value!r} does not match {typ}")
+    if typ is type(None):
+        if value is None or value == "null":
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
     if typ is bool:
         if isinstance(value, bool):
             return value

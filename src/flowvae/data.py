@@ -383,6 +383,26 @@ def subset_indices(n: int, limit: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=_generator(_SUBSET, seed))[:limit].sort().values
 
 
+def evaluation_images(data: ImageData, split: str, limit: int, seed: int) -> tuple[torch.Tensor, str]:
+    """The images an evaluation scores: a fixed seeded random subset of ``limit`` examples of
+    ``split`` (all if ``limit <= 0``) and a description of it.
+
+    The training split of dynamically binarized data holds intensities: it is binarized once
+    with ``seed``, the same Bernoulli scheme as every other split (never scored as grey levels).
+    """
+    x = data.split(split)
+    total = x.shape[0]
+    indices = subset_indices(total, limit, seed)
+    what = f"{split}: all {total} examples"
+    if len(indices) < total:
+        what = f"{split}: random subset of {len(indices)} of {total} (seed {seed})"
+    x = x[indices]
+    if data.dynamic and split == "train":
+        x = torch.bernoulli(x, generator=_generator(_FIXED, seed, len(SPLITS)))
+        what += ", binarized once with the same seed"
+    return x, what
+
+
 def iterate_batches(
     data: ImageData,
     split: str,

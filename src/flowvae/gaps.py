@@ -309,20 +309,12 @@ def run_gaps(
     of ``split`` (``data.subset_indices``), never the first n. The training split of a
     dynamically binarized dataset holds intensities: the subset is binarized once, seeded."""
     from .checkpoint import load_run
-    from .data import load_data, subset_indices
+    from .data import evaluation_images, load_data, subset_indices
 
     cfg, model, _ = load_run(run_dir, checkpoint, device)
     data = load_data(cfg.data)
-    x = data.split(split)
-    total = x.shape[0]
-    indices = subset_indices(total, n, subset_seed)
-    subset = f"{split}: random subset of {len(indices)} of {total} (seed {subset_seed})"
-    if len(indices) == total:
-        subset = f"{split}: all {total} examples"
-    x = x[indices]
-    if data.dynamic and split == "train":  # intensities: one fixed Bernoulli draw per example
-        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(subset_seed))
-        subset += ", binarized once with the same seed"
+    x, subset = evaluation_images(data, split, n, subset_seed)
+    indices = subset_indices(data.split(split).shape[0], n, subset_seed)
     return compute_gaps(
         model, x, cfg.model.posterior, settings, name=Path(run_dir).name, indices=indices, subset=subset
     )
@@ -391,7 +383,7 @@ def plot_gaps(reports: list[GapReport], path: str | Path) -> None:
     span = max(max(top) - min(elbo), 1e-3)
     floor = min(elbo) - 2 * span  # the ELBO bar starts here: the gaps are small next to |ELBO|
     xs = list(range(len(reports)))
-    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(reports), 4.0))
+    fig, ax = plt.subplots(figsize=(3.4 + 1.6 * len(reports), 4.0))
     ax.bar(xs, [e - floor for e in elbo], bottom=floor, color="#9ecae1", label="L[q]")
     ax.bar(xs, amort, bottom=elbo, color="#fd8d3c", label="amortization gap")
     ax.bar(xs, approx, bottom=[e + a for e, a in zip(elbo, amort, strict=True)], color="#74c476",
@@ -402,7 +394,7 @@ def plot_gaps(reports: list[GapReport], path: str | Path) -> None:
     ax.set_ylim(floor, max(top) + 0.3 * span)
     ax.set_ylabel("nats per example")
     ax.set_title("Inference suboptimality")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -311,7 +311,7 @@ def local_optimise(
         running = torch.zeros(batch, dtype=torch.float64, device=x.device)
         steps = torch.zeros(batch, dtype=torch.long, device=x.device)
         scale = torch.ones(batch, dtype=like.dtype, device=x.device)  # per-example lr factor
-        skipped = 0
+        skipped = torch.zeros((), dtype=torch.long, device=x.device)  # no host sync per step
         with torch.enable_grad():
             for step in range(1, options.max_steps + 1):
                 objective = log_weights(model, x, local, options.samples).mean(0)  # (B,)
@@ -319,7 +319,7 @@ def local_optimise(
                 # each example's parameters get the gradient of its own ELBO only
                 (-objective.sum()).backward()
                 update = active & _per_example_finite(objective.detach(), [p.grad for p in trainable])
-                skipped += int((active & ~update).sum())
+                skipped += (active & ~update).sum()
                 before = [p.detach().clone() for p in trainable]
                 for p in trainable:  # a zero gradient keeps Adam's moments finite
                     mask = update.view(-1, *([1] * (p.dim() - 1)))
@@ -347,7 +347,7 @@ def local_optimise(
             elbo, stderr = elbo_with_stderr(model, x, local, options.eval_samples, options.eval_chunk)
     return LocalResult(
         posterior=posterior, elbo=elbo, stderr=stderr, steps=steps.cpu(), converged=~active.cpu(),
-        skipped=skipped, seconds=time.perf_counter() - start, local=local,
+        skipped=int(skipped), seconds=time.perf_counter() - start, local=local,
     )  # fmt: skip
 
 

@@ -67,7 +67,8 @@ class MLPDecoder(nn.Module):
     def __init__(self, cfg: ModelConfig, shape: Shape, params: int):
         super().__init__()
         self.shape, self.params = shape, params
-        self.net = MLP(cfg.latent_dim, list(reversed(cfg.hidden)), cfg.batch_norm, cfg.input_to_all)
+        hidden = list(reversed(cfg.hidden)) if cfg.decoder_hidden is None else cfg.decoder_hidden
+        self.net = MLP(cfg.latent_dim, hidden, cfg.batch_norm, cfg.input_to_all)
         self.out = nn.Linear(self.net.out_features, params * shape[0] * shape[1] * shape[2])
 
     def forward(self, z: Tensor) -> Tensor:

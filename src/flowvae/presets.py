@@ -137,8 +137,8 @@ register_preset(
 # z=50, MLP 200-200 (ELU) encoder and decoder, Adam 1e-3 decayed tenfold over the 3280 epochs of
 # the IWAE schedule (here smoothly: 0.9993 per epoch), KL warm-up over 400 epochs (CIFAR-10: 50),
 # as in the authors' code. The flow q is the auxiliary coupling flow with 2 steps of 100 units.
-# model.hidden is shared by encoder and decoder (the decoder reversed), so the encoder- and
-# decoder-size variants below change both networks.
+# The encoder- and decoder-size variants change one network each (model.hidden is the encoder's,
+# model.decoder_hidden the decoder's).
 
 register_preset(
     "gaps-mnist-ffg",
@@ -147,6 +147,7 @@ register_preset(
     data__binarize="dynamic",
     model__latent_dim=50,
     model__hidden=[200, 200],
+    model__decoder_hidden=[200, 200],
     model__posterior="diag",
     train__epochs=3280,
     train__batch_size=100,
@@ -188,27 +189,26 @@ for _q in ("ffg", "flow"):
     )
     register_preset(
         f"gaps-mnist-{_q}-large-encoder",
-        f"gaps-mnist-{_q} with 500-500 hidden layers (model.hidden is shared: the decoder widens too)",
+        f"gaps-mnist-{_q} with a 500-500 encoder (the decoder stays 200-200)",
         parent=f"gaps-mnist-{_q}",
         model__hidden=[500, 500],
     )
     register_preset(
         f"gaps-mnist-{_q}-new-encoder",
-        f"gaps-mnist-{_q} retrained with the decoder frozen; needs train.init_from=RUN_DIR",
+        f"a new gaps-mnist-{_q} encoder on a trained, frozen decoder: add train.init_from=RUN_DIR",
         parent=f"gaps-mnist-{_q}",
         train__freeze="decoder",
     )
-# decoder capacity: 0 or 4 hidden layers of 200 units (the authors' decoder-size experiment);
-# with model.hidden shared, the encoder has the same layers
+# decoder capacity: 0 or 4 hidden layers of 200 units (the authors' decoder-size experiment)
 register_preset(
     "gaps-mnist-ffg-decoder-0",
-    "gaps-mnist-ffg with no hidden layers (linear decoder; model.hidden is shared by the encoder)",
+    "gaps-mnist-ffg with a decoder of no hidden layers (encoder 200-200)",
     parent="gaps-mnist-ffg",
-    model__hidden=[],
+    model__decoder_hidden=[],
 )
 register_preset(
     "gaps-mnist-ffg-decoder-4",
-    "gaps-mnist-ffg with 4 hidden layers of 200 units (model.hidden is shared by the encoder)",
+    "gaps-mnist-ffg with a decoder of 4 hidden layers of 200 units (encoder 200-200)",
     parent="gaps-mnist-ffg",
-    model__hidden=[200, 200, 200, 200],
+    model__decoder_hidden=[200, 200, 200, 200],
 )

@@ -111,6 +111,24 @@ def freeze(model: nn.Module, part: str) -> None:
             p.requires_grad_(False)
 
 
+def init_from(model: nn.Module, run_dir: str, part: str, device: torch.device) -> None:
+    """Initialise from a trained run's best weights: all of them, or with ``train.freeze`` only
+    the frozen part (the rest starts fresh: e.g. a new encoder on a trained decoder)."""
+    source = load_run(run_dir, "best", device)[1].state_dict()
+    if part:
+        if part not in FREEZE:
+            raise ConfigError(f"unknown train.freeze {part!r}; use decoder or encoder")
+        source = {k: v for k, v in source.items() if k.startswith(FREEZE[part])}
+    own = model.state_dict()
+    bad = [k for k, v in source.items() if k not in own or own[k].shape != v.shape]
+    if bad or not source:
+        raise ConfigError(
+            f"train.init_from={run_dir}: its {part or 'model'} does not match this model's "
+            f"({len(bad)} mismatched tensors, e.g. {bad[:1]})"
+        )
+    model.load_state_dict(source, strict=not part)
+
+
 def optimizer_for(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     opts = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}
     if cfg.train.optimizer not in opts:
@@ -293,7 +311,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, data.shape, data.binary).to(device)
     if cfg.train.init_from and not resume:
-        model.load_state_dict(load_run(cfg.train.init_from, "best", device)[1].state_dict())
+        init_from(model, cfg.train.init_from, cfg.train.freeze, device)
+    elif cfg.train.freeze:
+        raise ConfigError(f"train.freeze={cfg.train.freeze} needs train.init_from=RUN_DIR (trained weights)")
     elif not resume:  # e.g. weight normalisation's data-dependent init (hierarchical model)
         first = next(iterate_batches(data, "train", batch_size, shuffle=True, seed=cfg.train.seed))
         model.data_init(first.to(device))
