@@ -147,3 +147,18 @@ def test_checksum_table() -> None:
         assert remote.url.endswith("/")
         assert all(len(h) == 32 and int(h, 16) >= 0 for h in remote.md5.values())
     assert data.DOWNLOADS is DOWNLOADS
+
+
+def test_cli_download_and_its_errors(server: Server, tmp_path: Path, monkeypatch) -> None:
+    from conftest import run_cli
+
+    files = {"train-images-idx3-ubyte.gz": idx(3), "t10k-images-idx3-ubyte.gz": idx(2)}
+    publish(server, monkeypatch, "mnist", files)
+    monkeypatch.setenv("FLOWVAE_DOWNLOAD_URL", server.url)
+    out = run_cli("data", "download", "mnist", "--root", str(tmp_path / "d")).stdout
+    assert "2 files" in out and sorted(p.name for p in (tmp_path / "d").iterdir()) == sorted(files)
+    (server.folder / "files" / "t10k-images-idx3-ubyte.gz").write_bytes(b"tampered")
+    (tmp_path / "d" / "t10k-images-idx3-ubyte.gz").unlink()
+    proc = run_cli("data", "download", "mnist", "--root", str(tmp_path / "d"), check=False)
+    assert proc.returncode == 1 and "checksum mismatch" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
