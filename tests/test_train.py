@@ -162,3 +162,25 @@ def test_decoder_widths_are_separate_from_the_encoders():
     assert [m.out_features for m in model.decoder.modules() if isinstance(m, torch.nn.Linear)] == [64]
     cfg = apply_overrides(cfg, ["model.decoder_hidden=null"])
     assert cfg.model.decoder_hidden is None
+
+
+def test_bf16_autocast_trains_and_reports_in_float32(tmp_path):
+    state = train(small_cfg("train.epochs=1", "train.amp=bf16"), tmp_path / "amp", progress=False)
+    row = rows(tmp_path / "amp")[0]
+    assert state.skipped == 0 and -100 < float(row["valid_elbo"]) < 0
+    with pytest.raises(Exception, match="unknown train.amp"):
+        train(small_cfg("train.amp=fp8"), tmp_path / "bad", progress=False)
+
+
+def test_torch_compile_trains_and_saves_plain_weights(tmp_path):
+    train(small_cfg("train.epochs=1", "train.compile=true", "train.ema=0"), tmp_path / "c", progress=False)
+    ckpt = load_checkpoint(tmp_path / "c" / "checkpoint.pt")
+    assert not any("_orig_mod" in k for k in ckpt["model"])
+    _, model, _ = load_run(tmp_path / "c", "best")  # loads into an uncompiled model
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_asking_for_cuda_without_it_is_a_clear_error(tmp_path):
+    with pytest.raises(Exception, match="CUDA is not available"):
+        train(small_cfg("train.device=cuda"), tmp_path / "cuda", progress=False)

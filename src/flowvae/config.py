@@ -87,6 +87,8 @@ class TrainConfig:
     max_steps: int = 0  # step budget; then a clean stop with a checkpoint (0 = off)
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | auto
+    amp: str = "none"  # none | bf16: autocast the training forward pass (for GPUs; off by default)
+    compile: bool = False  # torch.compile the training forward pass (for GPUs; off by default)
     threads: int = 0  # torch intra-op threads (0 = torch default)
     freeze: str = ""  # "" | decoder | encoder: parameters left out of the optimizer
     init_from: str = ""  # a run whose best weights initialise the model (with freeze: that part only)

@@ -164,8 +164,10 @@ def train_step(
     model.train()
     for group in optimizer.param_groups:
         group["lr"] = lr
-    terms = model(x, t.samples)
-    latent_dim = getattr(model, "module", model).latent_dim
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=t.amp == "bf16"):
+        terms = model(x, t.samples)
+    latent_dim = getattr(model, "_orig_mod", model)
+    latent_dim = getattr(latent_dim, "module", latent_dim).latent_dim
     loss = training_loss(terms, beta, t.kl_min, latent_dim)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -336,6 +338,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
         state.epoch_elbo_sum, state.epoch_kl_sum, state.epoch_count = mine["epoch_sums"]
     # DDP broadcasts rank 0's weights at construction: all ranks start identical
     net = DistributedDataParallel(model) if d.enabled else model
+    if cfg.train.amp not in ("none", "bf16"):
+        raise ConfigError(f"unknown train.amp {cfg.train.amp!r}; use none or bf16")
+    if cfg.train.compile:
+        net = torch.compile(net)
     ema = EMA(model, cfg.train.ema) if cfg.train.ema > 0 else None
     if ema is not None and ckpt is not None:
         ema.model.load_state_dict(ckpt["ema"])

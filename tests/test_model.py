@@ -1,0 +1,78 @@
+"""Encoders, decoders, likelihoods and the flat VAE's interface."""
+
+import math
+
+import pytest
+import torch
+
+from flowvae.config import ModelConfig
+from flowvae.likelihoods import Bernoulli, DiscretizedLogistic, DiscretizedLogisticMixture, Gaussian
+from flowvae.model import VAE, build_model
+
+SHAPES = [((1, 8, 8), True), ((1, 28, 28), True), ((3, 32, 32), False)]
+
+
+@pytest.mark.parametrize("net", ["mlp", "gated-conv", "resnet", "linear"])
+@pytest.mark.parametrize("shape, binary", SHAPES)
+def test_encoders_and_decoders_shapes_and_gradients(net, shape, binary):
+    cfg = ModelConfig(encoder=net, decoder=net, latent_dim=5, hidden=[16], channels=4, blocks=1)
+    model = VAE(cfg, shape, binary)
+    x = torch.rand(3, *shape)
+    x = x.round() if binary else (x * 255).round() / 255
+    terms = model(x, samples=2)
+    assert terms.log_weight.shape == (2, 3) and torch.isfinite(terms.log_weight).all()
+    z = model.sample_prior((4,))
+    assert model.decode_mean(z).shape == (4, *shape) and model.decode_sample(z).shape == (4, *shape)
+    (-terms.log_weight.mean()).backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_mlp_options_batch_norm_and_input_to_every_layer():
+    cfg = ModelConfig(hidden=[16, 8], batch_norm=True, input_to_all=True, latent_dim=3)
+    model = VAE(cfg, (1, 4, 4), True)
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in model.encoder.modules())
+    assert model.encoder.out_features == 8 + 16  # the last layer's units plus the input
+    first_decoder = model.decoder.net.layers[1][0]
+    assert first_decoder.in_features == 8 + 3  # widths reversed (8, 16), latent fed to every layer
+
+
+def test_log_joint_is_prior_plus_likelihood_and_forward_matches_the_parts():
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(latent_dim=3, hidden=[8]), (1, 4, 4), True)
+    x = torch.rand(5, 1, 4, 4).round()
+    z = torch.randn(2, 5, 3)
+    assert torch.allclose(model.log_joint(x, z), model.log_prior(z) + model.log_likelihood(x, z))
+    torch.manual_seed(1)
+    terms = model(x, samples=2)
+    torch.manual_seed(1)
+    z, log_q = model.encode(x).rsample_and_log_prob((2,))
+    assert torch.allclose(terms.log_weight, model.log_joint(x, z) - log_q)
+
+
+def test_likelihoods_are_normalised_where_they_are_discrete():
+    pixel = torch.randn(4, 1, 1, 1, 1)  # one-pixel images: p(0) + p(1) = 1
+    p = sum(Bernoulli().log_prob(torch.full((1, 1, 1), v), pixel).exp() for v in (0.0, 1.0))
+    assert torch.allclose(p, torch.ones(4))
+    values = torch.arange(256.0).view(256, 1, 1, 1) / 255
+    for lik in (DiscretizedLogistic(), DiscretizedLogisticMixture(3)):
+        params = torch.randn(1, lik.params, 1, 1, 1) * 0.5
+        total = lik.log_prob(values, params.expand(256, -1, -1, -1, -1)).exp().sum()
+        assert math.isclose(total.item(), 1.0, abs_tol=1e-4)
+        sample = lik.sample(params)
+        assert ((sample * 255).round() == sample * 255).all() and (0 <= sample).all() and (sample <= 1).all()
+
+
+def test_gaussian_likelihood_matches_torch():
+    lik = Gaussian((1, 2, 2))
+    x, mean = torch.randn(1, 2, 2), torch.randn(3, 1, 1, 2, 2)
+    ref = torch.distributions.Normal(mean[:, 0], lik.log_std.exp()).log_prob(x).flatten(1).sum(-1)
+    assert torch.allclose(lik.log_prob(x, mean), ref)
+
+
+def test_bad_model_configs_fail_clearly():
+    with pytest.raises(ValueError, match="unknown encoder"):
+        build_model(ModelConfig(encoder="transformer"), (1, 8, 8), True)
+    with pytest.raises(ValueError, match="needs binary data"):
+        build_model(ModelConfig(likelihood="bernoulli"), (1, 8, 8), False)
+    with pytest.raises(ValueError, match="unknown model.type"):
+        build_model(ModelConfig(type="deep"), (1, 8, 8), True)
