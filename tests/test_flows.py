@@ -179,6 +179,9 @@ def test_orthogonal_sylvester_basis_is_orthonormal() -> None:
     step = perturb(OrthogonalSylvesterStep(6, C, 4).double())
     q = step._basis(randn(10, C))  # (10, 6, 4)
     torch.testing.assert_close(q.mT @ q, torch.eye(4, dtype=torch.float64).expand(10, 4, 4))
+    step.fixed_iterations = 40  # the vmap-safe variant (local optimisation) converges as well
+    q = torch.vmap(step._basis)(randn(10, C))
+    torch.testing.assert_close(q.mT @ q, torch.eye(4, dtype=torch.float64).expand(10, 4, 4))
 
 
 def test_alternating_mask() -> None:

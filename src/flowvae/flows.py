@@ -439,6 +439,9 @@ class OrthogonalSylvesterStep(SylvesterStep):
     """
 
     max_iterations = 100
+    # None: iterate until converged. A fixed count runs without data-dependent control flow,
+    # which torch.vmap (per-example local optimisation) requires.
+    fixed_iterations: int | None = None
 
     def __init__(self, features: int, context_features: int, num_vectors: int):
         super().__init__(features, context_features, num_vectors)
@@ -450,9 +453,9 @@ class OrthogonalSylvesterStep(SylvesterStep):
         eye = torch.eye(self.num_vectors, dtype=q.dtype, device=q.device)
         eps = torch.finfo(q.dtype).eps  # stop near rounding level: ~1e-12 (f64), ~1e-5 (f32)
         tolerance = max(eps**0.75, 20 * self.num_vectors * eps)
-        for _ in range(self.max_iterations):
+        for _ in range(self.fixed_iterations or self.max_iterations):
             gram = q.mT @ q  # (..., M, M)
-            if (gram - eye).abs().max() < tolerance:
+            if self.fixed_iterations is None and (gram - eye).abs().max() < tolerance:
                 break
             q = q @ (1.5 * eye - 0.5 * gram)
         return q

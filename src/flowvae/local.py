@@ -156,6 +156,9 @@ class LocalPosterior(Posterior):
 
     def __init__(self, head: nn.Module, batch_size: int, like: Tensor):
         self.module = _PerExample(head).to(dtype=like.dtype, device=like.device)
+        for m in self.module.modules():  # iterative steps: a fixed count, as vmap requires
+            if hasattr(m, "fixed_iterations"):
+                m.fixed_iterations = 40
         with torch.no_grad():
             probe = head(like.new_zeros(1, 0))
         super().__init__(probe.base_dim, batch_size, like)
