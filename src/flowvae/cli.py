@@ -28,11 +28,11 @@ def _train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         cfg = prepare_run(None, run_dir, True, args.overrides)
     else:
-        cfg = preset(args.preset) if args.preset else preset("digits")
+        name = args.preset or "digits"
+        cfg = preset(name)
         if args.config:
             cfg = load_yaml(args.config, cfg)
         apply_overrides(cfg, args.overrides)
-        name = args.preset or "run"
         run_dir = Path(args.run_dir or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
         prepare_run(cfg, run_dir, False, [])
     state = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
