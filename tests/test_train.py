@@ -184,3 +184,17 @@ def test_torch_compile_trains_and_saves_plain_weights(tmp_path):
 def test_asking_for_cuda_without_it_is_a_clear_error(tmp_path):
     with pytest.raises(Exception, match="CUDA is not available"):
         train(small_cfg("train.device=cuda"), tmp_path / "cuda", progress=False)
+
+
+def test_ema_forgets_its_initialisation_early_and_averages_later():
+    from flowvae.train import EMA
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = EMA(model, 0.999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model, step=1)  # decay min(0.999, 2/11): mostly the new weights
+    assert ema.model.weight.item() == pytest.approx(1 - 2 / 11)
+    ema.update(model, step=100_000)  # decay 0.999 once warmed up
+    assert ema.model.weight.item() == pytest.approx(1 - (2 / 11) * 0.999)

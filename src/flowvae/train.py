@@ -43,16 +43,22 @@ class TrainingError(RuntimeError):
 
 
 class EMA:
-    """Polyak averaging of the weights: shadow <- decay * shadow + (1 - decay) * weights."""
+    """Polyak averaging of the weights: shadow <- d * shadow + (1 - d) * weights.
+
+    d = min(decay, (1 + step) / (10 + step)): early on the average forgets quickly, so a short
+    run is not evaluated with weights still close to their initialisation (as TensorFlow's
+    ExponentialMovingAverage with num_updates). A function of the step: resumes exactly.
+    """
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
         for s, p in zip(self.model.parameters(), model.parameters(), strict=True):
-            s.lerp_(p, 1 - self.decay)
+            s.lerp_(p, 1 - decay)
         for s, b in zip(self.model.buffers(), model.buffers(), strict=True):
             s.copy_(b)
 
@@ -414,7 +420,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
                 else:
                     state.consecutive_skips = 0
                     if ema is not None:
-                        ema.update(model)
+                        ema.update(model, state.step)
                 if math.isfinite(out["elbo"]):
                     state.epoch_elbo_sum += out["elbo"] * x.shape[0]
                     state.epoch_kl_sum += out["kl"] * x.shape[0]
