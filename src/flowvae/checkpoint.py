@@ -52,6 +52,11 @@ def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: run directory not found")
+    if which == "best" and not (run_dir / names[which]).exists() and (run_dir / names["latest"]).exists():
+        raise CheckpointError(
+            f"{run_dir}: no best.pt yet (the run stopped before its first evaluation); "
+            "use --checkpoint latest"
+        )
     return run_dir / names[which]
 
 
