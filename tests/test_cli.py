@@ -115,8 +115,11 @@ def test_estimators_from_the_cli_agree_with_the_exact_value(linear_gaussian_run)
     iwae = nll("--estimator", "iwae", "--samples", "500")
     elbo = nll("--estimator", "elbo", "--samples", "50")
     ais = nll("--estimator", "ais", "--chains", "8", "--steps", "100", "--init", "posterior")
+    # wiring and ordering only: both are lower bounds on log p(x) that beat the ELBO (0.05 nats of
+    # slack for their Monte Carlo noise); their accuracy against the exact value, with tolerances
+    # from their standard errors, is tested in test_ais.py / test_estimators.py
     assert elbo["nll"] > iwae["nll"] > exact["nll"] - 0.05
-    assert abs(ais["nll"] - exact["nll"]) < 0.5
+    assert elbo["nll"] > ais["nll"] > exact["nll"] - 0.05
     for key in ("chains", "steps", "leapfrog", "schedule", "init", "target_accept", "acceptance"):
         assert key in ais
     assert ais["chains"] == 8 and ais["init"] == "posterior" and 0 < ais["acceptance"] <= 1

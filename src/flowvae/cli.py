@@ -53,7 +53,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     d = distributed.setup(torch.device(args.device))
     device = distributed.local_device(torch.device(args.device), d)
-    cfg, model, ckpt = load_run(args.run_dir, args.checkpoint, device)
+    cfg, model, _ = load_run(args.run_dir, args.checkpoint, device)
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load_data(cfg.data)

@@ -83,8 +83,7 @@ class Estimate:
     per_example: Tensor  # (n,) log p̂(x)
 
     def to_json(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items() if k != "per_example"}
-        return d
+        return {k: v for k, v in self.__dict__.items() if k != "per_example"}
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed
-from .checkpoint import CheckpointError, load_checkpoint, load_run, save_atomic
+from .checkpoint import load_checkpoint, load_run, save_atomic
 from .config import Config, ConfigError, from_dict, save_yaml
 from .data import ImageData, iterate_batches, load_data, num_batches
 from .estimators import ElboTerms, elbo_terms
@@ -491,6 +491,6 @@ def summary_line(state: TrainState, run_dir: Path, binary: bool, dims: int) -> s
 
 
 __all__ = [
-    "CheckpointError", "EMA", "TrainState", "TrainingError", "evaluate_elbo", "kl_weight",
+    "EMA", "TrainState", "TrainingError", "evaluate_elbo", "kl_weight",
     "learning_rate", "prepare_run", "summary_line", "train", "train_step", "training_loss",
 ]  # fmt: skip
