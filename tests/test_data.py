@@ -65,13 +65,13 @@ def cifar_batch(n: int) -> dict[bytes, object]:
     return {b"batch_label": b"x", b"labels": [0] * n, b"data": data}
 
 
-def write_cifar(root: Path, n: int = 4) -> dict[str, np.ndarray]:
+def write_cifar(root: Path, n: int = 4, protocol: int = pickle.DEFAULT_PROTOCOL) -> dict[str, np.ndarray]:
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         batch = cifar_batch(n)
-        (folder / name).write_bytes(pickle.dumps(batch))
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
         out[name] = batch[b"data"]
     return out
 
@@ -216,6 +216,13 @@ def _idx_files(root: Path) -> str:
 def _npz(root: Path, x: np.ndarray) -> str:
     np.savez(root / "bad.npz", x=x)
     return "bad.npz"
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_cifar10_batches_of_every_pickle_protocol(tmp_path: Path, protocol: int) -> None:
+    batches = write_cifar(tmp_path, protocol=protocol)
+    d = load_data(DataConfig(name="cifar10", root=str(tmp_path), valid_size=3))
+    assert torch.equal(d.test.flatten(1) * 255, torch.from_numpy(batches["test_batch"]).float())
 
 
 def _corrupt_pickle(root: Path) -> str:

@@ -241,11 +241,17 @@ def _load_idx(cfg: DataConfig, root: Path) -> Arrays:
 
 
 class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles only plain containers and numpy arrays: a pickle can otherwise run code."""
+    """Unpickles only plain containers and numpy arrays: a pickle can otherwise run code.
+
+    Arrays come back through ``_reconstruct`` (protocols 0-4) or ``_frombuffer`` (protocol 5,
+    which numpy uses when a batch is re-saved with ``pickle.HIGHEST_PROTOCOL``).
+    """
 
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
     }
