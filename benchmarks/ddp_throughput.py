@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-import torch
+from flowvae.checkpoint import load_checkpoint
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
                 f"train.threads={threads}", "train.epochs=1000",
             ]  # fmt: skip
             subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-            state = torch.load(f"{tmp}/run/checkpoint.pt", weights_only=False)["state"]
+            state = load_checkpoint(f"{tmp}/run/checkpoint.pt")["state"]
             print(json.dumps({
                 "processes": procs, "threads_per_process": threads, "effective_batch": args.batch_size,
                 "steps": state["step"], "seconds": round(state["seconds"], 2),

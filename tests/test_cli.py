@@ -4,8 +4,9 @@ import json
 import math
 
 import pytest
-import torch
 from conftest import run_cli
+
+from flowvae.checkpoint import load_checkpoint
 
 SMALL = ["model.hidden=[32]", "model.latent_dim=4", "train.epochs=2", "eval.samples=20"]
 
@@ -90,10 +91,10 @@ def test_corrupt_checkpoint_is_reported(run_dir, tmp_path):
 
 
 def test_existing_run_dir_is_not_overwritten(run_dir):
-    before = torch.load(run_dir / "checkpoint.pt", weights_only=False)["state"]["step"]
+    before = load_checkpoint(run_dir / "checkpoint.pt")["state"]["step"]
     proc = run_cli("train", "--run-dir", str(run_dir), *SMALL, check=False)
     assert proc.returncode != 0 and "--resume" in proc.stderr
-    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["state"]["step"] == before
+    assert load_checkpoint(run_dir / "checkpoint.pt")["state"]["step"] == before
 
 
 @pytest.fixture(scope="module")

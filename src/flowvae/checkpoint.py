@@ -1,8 +1,13 @@
-"""Checkpoints: one dict per file, written atomically; loading a trained run back."""
+"""Checkpoints: one dict per file, written atomically; loading a trained run back.
+
+A checkpoint holds only tensors and plain Python data (dicts, lists, tuples, str, numbers), so
+it is read with ``torch.load(weights_only=True)``: a crafted file cannot run code, it is refused.
+"""
 
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,14 +40,47 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
         raise
 
 
+TEMP_PREFIXES = (".checkpoint.pt.", ".best.pt.", ".metrics.csv.")
+
+
+def remove_temp_files(run_dir: str | Path) -> list[Path]:
+    """Delete the temp files a kill during :func:`save_atomic` (or a metrics write) left behind."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    stale = [p for p in run_dir.iterdir() if p.is_file() and p.name.startswith(TEMP_PREFIXES)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+REQUIRED = ("model", "config", "image_shape", "binary")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint dict; only tensors and plain data are accepted (never code).
+
+    Raises :class:`CheckpointError` (one line) for a missing, torn, foreign or unsafe file, or one
+    that lacks the keys every checkpoint has.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"{path}: refused: it holds objects other than tensors and plain data "
+                "(a checkpoint is never allowed to run code)"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (UnpicklingError)") from None
     except Exception as e:  # torch raises several types for torn or foreign files
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
+    missing = [k for k in REQUIRED if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint (no {', '.join(missing)})")
+    return ckpt
 
 
 def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
