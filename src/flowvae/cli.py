@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import itertools
 import json
 import math
 import os
@@ -20,11 +21,12 @@ from .estimators import ESTIMATORS, evaluate
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import prepare_run, summary_line, train
+    from .train import new_run_dir, prepare_run, summary_line, train
 
     if args.resume:
-        if args.preset or args.config:
-            raise ConfigError("--resume takes its config from the run; drop --preset/--config")
+        if args.preset or args.config or args.run_dir or args.overwrite:
+            raise ConfigError("--resume takes its config and folder from the run; drop --preset/--config/"
+                              "--run-dir/--overwrite")  # fmt: skip
         run_dir = Path(args.resume)
         cfg = prepare_run(None, run_dir, True, args.overrides)
     else:
@@ -33,12 +35,30 @@ def _train(args: argparse.Namespace) -> int:
         if args.config:
             cfg = load_yaml(args.config, cfg)
         apply_overrides(cfg, args.overrides)
-        run_dir = Path(args.run_dir or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        prepare_run(cfg, run_dir, False, [])
-    state = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+        run_dir = Path(args.run_dir) if args.run_dir else None
+        if run_dir is not None:
+            prepare_run(cfg, run_dir, False, [], overwrite=args.overwrite)
+    created = None
+    if run_dir is None:  # claimed atomically now, removed again if the run never starts
+        run_dir = created = new_run_dir(Path("runs"), default_run_name(name, cfg))
+    try:
+        state = train(
+            cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
+            overwrite=args.overwrite, overrides=args.overrides,
+        )  # fmt: skip
+    finally:
+        if created is not None and not any(created.iterdir()):
+            created.rmdir()
     if int(os.environ.get("RANK", "0")) == 0:
         print(summary_line(state, run_dir, *_dims(run_dir)))
     return 0
+
+
+def default_run_name(preset_name: str, cfg: Config) -> str:
+    """``PRESET-DATA-POSTERIOR`` without repeats: ``digits-iaf``, ``mnist-mlp-binarized_mnist-diag``."""
+    model = cfg.model.posterior if cfg.model.type == "flat" else cfg.model.type
+    parts = [preset_name] + [p for p in (cfg.data.name, model) if p not in preset_name.split("-")]
+    return "-".join(parts)
 
 
 def _dims(run_dir: Path) -> tuple[bool, int]:
@@ -81,6 +101,11 @@ def _eval(args: argparse.Namespace) -> int:
     distributed.cleanup(d)
     if not d.is_main:
         return 0
+    if not math.isfinite(result.nll):
+        raise ValueError(
+            f"{args.estimator} on {args.split}: -log p(x) is {result.nll} (not finite): the model in "
+            f"{args.run_dir} gives non-finite likelihoods"
+        )
     options.pop("stats", None)
     settings = {k: options.get(k, accepted[k].default) for k in ais_options if k in accepted}
     if "chains" in settings:
@@ -135,10 +160,23 @@ def _sample(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     with torch.no_grad():
         images = model.decode_mean(model.sample_prior((args.n,), temperature=args.temperature))
-    out = Path(args.out or Path(args.run_dir) / "samples.png")
+    out = Path(args.out) if args.out else _new_file(Path(args.run_dir), "samples", ".png")
     save_grid(images, out, nrow=int(math.ceil(math.sqrt(args.n))))
     print(f"wrote {args.n} samples to {out}")
     return 0
+
+
+def _new_file(folder: Path, stem: str, suffix: str) -> Path:
+    """Claim ``folder/STEM-N.SUFFIX`` with the first free N (created exclusively): never overwrites
+    the run's own ``samples.png`` nor an earlier draw."""
+    for i in itertools.count(1):
+        path = folder / f"{stem}-{i}{suffix}"
+        try:
+            path.open("xb").close()
+            return path
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
 
 
 def _presets(args: argparse.Namespace) -> int:
@@ -191,8 +229,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. model.posterior=iaf")
     t.add_argument("--preset", help="start from a named preset (see `flowvae presets`)")
     t.add_argument("--config", help="a YAML config file applied over the preset")
-    t.add_argument("--run-dir", help="where to write the run (default runs/NAME-TIME)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly where it stopped")
+    t.add_argument("--run-dir", help="where to write the run (default: new runs/PRESET-DATA-POSTERIOR-TIME)")
+    t.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a run exactly where it stopped; budgets (train.max_minutes, "
+                        "train.max_steps) count from this invocation")  # fmt: skip
+    t.add_argument("--overwrite", action="store_true", help="replace the run files already in --run-dir")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(fn=_train)
 
@@ -222,7 +263,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="draw images from a trained run's prior")
     s.add_argument("run_dir")
     s.add_argument("--n", type=int, default=64)
-    s.add_argument("--out", help="PNG path (default RUN_DIR/samples.png)")
+    s.add_argument("--out", help="PNG path (default: a new RUN_DIR/samples-N.png)")
     s.add_argument("--checkpoint", default="best", choices=["best", "latest"])
     s.add_argument("--seed", type=int, default=0)
     s.add_argument(
@@ -280,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"flowvae: error: {msg}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
-    except KeyboardInterrupt:
-        print("flowvae: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # train: Interrupted says where its checkpoint is
+        print(f"flowvae: interrupted{'; ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130
 
 

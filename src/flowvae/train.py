@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import copy
 import csv
+import itertools
+import json
 import math
 import random
+import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,11 +28,11 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed
-from .checkpoint import load_checkpoint, load_run, save_atomic
-from .config import Config, ConfigError, from_dict, save_yaml
+from .checkpoint import load_checkpoint, load_run, remove_temp_files, save_atomic
+from .config import Config, ConfigError, TrainConfig, from_dict, save_yaml
 from .data import ImageData, iterate_batches, load_data, num_batches
 from .estimators import ElboTerms, elbo_terms
-from .images import save_grid
+from .images import make_grid, save_grid
 from .model import build_model
 from .numerics import bits_per_dim
 
@@ -208,18 +213,27 @@ def evaluate_elbo(model: nn.Module, data: ImageData, split: str, cfg: Config) ->
 
 
 @torch.no_grad()
-def save_images(model: nn.Module, data: ImageData, run_dir: Path, seed: int, n: int = 64) -> None:
-    """samples.png (means of p(x|z), z from the prior) and reconstructions.png (pairs of rows)."""
+def save_images(
+    model: nn.Module, data: ImageData, run_dir: Path, seed: int, n: int = 64
+) -> dict[str, np.ndarray]:
+    """samples.png (means of p(x|z), z from the prior) and reconstructions.png (pairs of rows).
+
+    Returns both grids as uint8 ``(H, W, C)`` arrays (for TensorBoard), keyed by name.
+    """
     model.eval()
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        save_grid(model.decode_mean(model.sample_prior((n,))).cpu(), run_dir / "samples.png", nrow=8)
+        samples = model.decode_mean(model.sample_prior((n,))).cpu()
         x = data.valid[: n // 2].to(device)
         z, _ = model.encode(x).rsample_and_log_prob()
         rec = model.decode_mean(z)
-        pairs = torch.stack([x.view_as(rec), rec], 1).view(-1, *rec.shape[1:])  # x, x̂ side by side
-        save_grid(pairs.cpu(), run_dir / "reconstructions.png", nrow=8)
+        pairs = torch.stack([x.view_as(rec), rec], 1).view(-1, *rec.shape[1:]).cpu()  # x, x̂ side by side
+    grids = {}
+    for name, images in {"samples": samples, "reconstructions": pairs}.items():
+        save_grid(images, run_dir / f"{name}.png", nrow=8)
+        grids[name] = make_grid(images, nrow=8)
+    return grids
 
 
 # ----------------------------------------------------------------------------- state
@@ -277,15 +291,69 @@ def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
 
 
 RESUMABLE_OVERRIDES = {"train.epochs", "train.max_minutes", "train.max_steps", "train.early_stopping"}
+BUDGETS = ("max_minutes", "max_steps")  # per invocation: a resume starts without them unless given
+RUN_FILES = (
+    "config.yaml", "metrics.csv", "checkpoint.pt", "best.pt", "samples.png", "reconstructions.png",
+    "invocations.jsonl",
+)  # fmt: skip
+INTERRUPTED = "interrupted (Ctrl-C)"
 
 
-def prepare_run(cfg: Config | None, run_dir: Path, resume: bool, overrides: list[str]) -> Config:
-    """Check the run directory; on resume, the saved config plus budget-only overrides."""
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training at a safe point, after writing a checkpoint. One-line message."""
+
+
+def run_files(run_dir: Path) -> list[Path]:
+    """The run artifacts in ``run_dir``: what starting a new run there would overwrite."""
+    if not run_dir.is_dir():
+        return []
+    names = [p for p in run_dir.iterdir() if p.name in RUN_FILES or p.name.startswith("events.out.tfevents")]
+    return sorted(names)
+
+
+def check_new_run_dir(run_dir: Path, overwrite: bool = False) -> None:
+    """A new run goes to a missing or empty folder; one holding run files only with ``overwrite``."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainingError(f"{run_dir}: exists and is not a directory; choose another --run-dir")
+    found = run_files(run_dir)
+    if found and not overwrite:
+        names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
+        raise TrainingError(
+            f"{run_dir} already holds a run ({names}); use --resume {run_dir} to continue it, "
+            "--overwrite to replace it, or another --run-dir"
+        )
+
+
+def new_run_dir(parent: Path, stem: str) -> Path:
+    """Create ``parent/STEM-YYYYmmdd-HHMMSS`` atomically (``mkdir`` fails if it exists), with
+    ``-2``, ``-3``... when taken: two runs started in the same second never share a folder."""
+    parent.mkdir(parents=True, exist_ok=True)
+    base = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for i in itertools.count(1):
+        path = parent / (base if i == 1 else f"{base}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def prepare_run(
+    cfg: Config | None, run_dir: Path, resume: bool, overrides: list[str], overwrite: bool = False
+) -> Config:
+    """Check the run directory before anything is written.
+
+    A new run: ``cfg``, if ``run_dir`` holds no run files (or ``overwrite``). A resume: the saved
+    config with the budgets (``train.max_minutes``, ``train.max_steps``) switched off, since they
+    count per invocation, then ``overrides`` (only :data:`RESUMABLE_OVERRIDES`).
+    """
     from .config import apply_overrides, parse_override
 
     if resume:
-        ckpt_cfg = load_checkpoint(run_dir / "checkpoint.pt")["config"]
-        cfg = from_dict(ckpt_cfg)
+        cfg = from_dict(load_checkpoint(run_dir / "checkpoint.pt")["config"])
+        for name in BUDGETS:
+            setattr(cfg.train, name, getattr(TrainConfig(), name))
         for text in overrides:
             key, _ = parse_override(text)
             if key not in RESUMABLE_OVERRIDES:
@@ -293,14 +361,53 @@ def prepare_run(cfg: Config | None, run_dir: Path, resume: bool, overrides: list
                     f"cannot change {key} when resuming; allowed: {', '.join(sorted(RESUMABLE_OVERRIDES))}"
                 )
         return apply_overrides(cfg, overrides)
-    if (run_dir / "checkpoint.pt").exists():
-        raise TrainingError(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
+    check_new_run_dir(run_dir, overwrite)
     assert cfg is not None
     return cfg
 
 
-def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainState:
+def record_invocation(run_dir: Path, resume: bool, overrides: list[str], state: TrainState) -> None:
+    """Append this invocation (time, resume or not, its overrides, where it starts) to
+    ``invocations.jsonl``: a resume's budget overrides hold for that invocation only."""
+    entry = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "resume": resume,
+        "overrides": list(overrides), "epoch": state.epoch, "step": state.step,
+    }  # fmt: skip
+    with open(run_dir / "invocations.jsonl", "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def _install_sigint() -> tuple[dict[str, bool], Any]:
+    """The first Ctrl-C only sets a flag (training stops at the next step with a checkpoint);
+    a second one interrupts at once. Returns the flag and the handler to restore."""
+    flag = {"set": False}
+    if threading.current_thread() is not threading.main_thread():
+        return flag, None
+    previous = signal.getsignal(signal.SIGINT)
+    previous = previous if previous is not None else signal.default_int_handler
+
+    def handler(signum: int, frame: Any) -> None:
+        flag["set"] = True
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, handler)
+    return flag, previous
+
+
+def train(
+    cfg: Config,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    overwrite: bool = False,
+    overrides: list[str] | None = None,
+) -> TrainState:
     """Train (or resume) the run in ``run_dir``; returns the final state.
+
+    Nothing is written before the data and model are built, so a bad value fails with an
+    untouched (or no) folder. ``overwrite`` replaces a folder's run files; ``overrides`` are only
+    recorded in ``invocations.jsonl``. Ctrl-C writes a checkpoint and raises :class:`Interrupted`.
+    A checkpoint is never written with non-finite weights, nor after a non-finite valid ELBO.
 
     Under torchrun every process runs this function: ``train.batch_size`` is the effective
     (global) batch, split evenly over the processes; rank 0 alone writes the run directory.
@@ -310,13 +417,13 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     from tqdm import tqdm
 
     run_dir = Path(run_dir)
+    if not resume:
+        check_new_run_dir(run_dir, overwrite)
     d = distributed.setup(resolve_device(cfg.train.device))
     device = distributed.local_device(resolve_device(cfg.train.device), d)
     if cfg.train.batch_size % d.world:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by {d.world} processes")
     batch_size = cfg.train.batch_size // d.world  # per process
-    if d.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     data = load_data(cfg.data)
@@ -331,6 +438,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
         model.data_init(first.to(device))
     freeze(model, cfg.train.freeze)
     optimizer = optimizer_for(cfg, model)
+    learning_rate(cfg, 0.0)  # an unknown schedule fails here, before anything is written
     state = TrainState()
     ckpt = None
     if resume:
@@ -356,10 +464,17 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     if ema is not None and ckpt is not None:
         ema.model.load_state_dict(ckpt["ema"])
     writer = None
-    if d.is_main:
+    if d.is_main:  # the run really starts: from here on the folder holds it
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_temp_files(run_dir)
+        if overwrite and not resume:
+            for path in run_files(run_dir):
+                path.unlink()
         save_yaml(cfg, run_dir / "config.yaml")
         write_metrics(run_dir, state.history)
-        writer = SummaryWriter(log_dir=str(run_dir))
+        record_invocation(run_dir, resume, overrides or [], state)
+        # purge_step: TensorBoard drops what a killed invocation logged after the checkpoint
+        writer = SummaryWriter(log_dir=str(run_dir), purge_step=state.step if resume else None)
         if d.enabled:
             print(
                 f"DDP: {d.world} processes x {batch_size} examples = effective batch {cfg.train.batch_size}",
@@ -368,13 +483,28 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     eval_model = ema.model if ema is not None else model
     dims = math.prod(data.shape)
     n_batches = num_batches(math.ceil(data.train.shape[0] / d.world), batch_size)
-    started = time.perf_counter() - state.seconds
+    started = time.perf_counter() - state.seconds  # of the whole run (metrics' seconds)
+    invoked, first_step = time.perf_counter(), state.step  # of this invocation (budgets)
+    last_good = state.step if resume else -1  # step of the checkpoint.pt on disk
+
+    def finite_weights() -> bool:
+        nets = [model] + ([ema.model] if ema is not None else [])
+        return all(bool(torch.isfinite(p).all()) for net in nets for p in net.parameters())
 
     def checkpoint(path: str = "checkpoint.pt") -> None:
-        """Collective (every rank's RNG state and running sums are kept); rank 0 writes."""
+        """Collective (every rank's RNG state and running sums are kept); rank 0 writes.
+
+        The latest checkpoint is only replaced by a good one: finite weights, the last update
+        applied (not inside a run of skipped, non-finite updates). Every rank decides alike.
+        """
+        nonlocal last_good
+        if not finite_weights() or (path == "checkpoint.pt" and state.consecutive_skips):
+            return
         state.seconds = time.perf_counter() - started
         sums = (state.epoch_elbo_sum, state.epoch_kl_sum, state.epoch_count)
         ranks = distributed.all_gather({"rng": rng_state(), "epoch_sums": sums}, d)
+        if path == "checkpoint.pt":
+            last_good = state.step
         if not d.is_main:
             return
         save_atomic(
@@ -387,27 +517,40 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
             run_dir / path,
         )  # fmt: skip
 
-    def out_of_budget() -> str:
-        t = cfg.train
-        if t.max_steps and state.step >= t.max_steps:
-            return f"max_steps={t.max_steps}"
-        late = bool(t.max_minutes) and time.perf_counter() - started >= 60 * t.max_minutes
-        if distributed.any_rank(late, d, device):  # clocks differ: rank 0 alone must not stop
-            return f"max_minutes={t.max_minutes:g}"
-        return ""
+    def kept() -> str:
+        if last_good < 0:
+            return "no checkpoint was written"
+        return f"the last good checkpoint is {run_dir / 'checkpoint.pt'} (step {last_good})"
 
+    def stop_reason() -> str:
+        t = cfg.train
+        if t.max_steps and state.step - first_step >= t.max_steps:
+            return f"max_steps={t.max_steps}"
+        late = bool(t.max_minutes) and time.perf_counter() - invoked >= 60 * t.max_minutes
+        # clocks and signals differ between processes: every rank must take the same decision
+        late, interrupted = distributed.all_reduce_sum([float(late), float(sigint["set"])], d, device)
+        if interrupted:
+            return INTERRUPTED
+        return f"max_minutes={t.max_minutes:g}" if late else ""
+
+    position = state.epoch * n_batches + state.batch
+    total = cfg.train.epochs * n_batches
+    if cfg.train.max_steps:
+        total = min(total, position + cfg.train.max_steps)
+    bar = tqdm(
+        total=total, initial=position, unit="step", disable=not progress or not d.is_main,
+        dynamic_ncols=True,
+    )  # fmt: skip
+    sigint, previous_handler = _install_sigint()
     try:
         while state.epoch < cfg.train.epochs and not state.stopped:
             epoch = state.epoch
+            bar.set_description(f"epoch {epoch + 1}/{cfg.train.epochs}", refresh=False)
             batches = iterate_batches(
                 data, "train", batch_size, shuffle=True, seed=cfg.train.seed,
                 epoch=epoch, start=state.batch, rank=d.rank, world=d.world,
             )  # fmt: skip
-            bar = tqdm(
-                batches, total=n_batches, initial=state.batch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-                disable=not progress or not d.is_main, leave=False, dynamic_ncols=True,
-            )  # fmt: skip
-            for x in bar:
+            for x in batches:
                 p = epoch + state.batch / n_batches
                 state.lr, state.kl_weight = learning_rate(cfg, p), kl_weight(cfg, p)
                 out = train_step(net, optimizer, x.to(device), cfg, state.kl_weight, state.lr)
@@ -419,7 +562,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
                     if state.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
                         raise TrainingError(
                             f"training diverged: {state.consecutive_skips} consecutive non-finite updates "
-                            f"at step {state.step}; the last good checkpoint is {run_dir / 'checkpoint.pt'}"
+                            f"at step {state.step}; {kept()}"
                         )
                 else:
                     state.consecutive_skips = 0
@@ -430,20 +573,25 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
                     state.epoch_kl_sum += out["kl"] * x.shape[0]
                     state.epoch_count += x.shape[0]
                 bar.set_postfix(elbo=f"{out['elbo']:.2f}", refresh=False)
+                bar.update(1)
                 every = cfg.train.checkpoint_every_steps
                 if every and state.step % every == 0:
                     checkpoint()
-                state.stopped = out_of_budget()
-                if state.stopped and state.batch < n_batches:
+                state.stopped = stop_reason()
+                if state.stopped == INTERRUPTED or (state.stopped and state.batch < n_batches):
                     break
-            bar.close()
-            if state.batch < n_batches:  # stopped inside the epoch: resume continues here
-                break
+            if state.batch < n_batches or state.stopped == INTERRUPTED:
+                break  # stopped inside the epoch (or at its end, by Ctrl-C): resume continues here
             state.epoch, state.batch = epoch + 1, 0
             last = state.epoch == cfg.train.epochs or bool(state.stopped)
             if state.epoch % cfg.train.eval_every == 0 or last:
                 # every rank evaluates the same weights with the same seed: identical decisions
                 valid = evaluate_elbo(eval_model, data, "valid", cfg)
+                if not math.isfinite(valid):
+                    raise TrainingError(
+                        f"training diverged: the valid ELBO after epoch {state.epoch} is {valid}; "
+                        f"{kept()} (try a smaller train.lr than {cfg.train.lr:g})"
+                    )
                 elbo_sum, kl_sum, count = distributed.all_reduce_sum(
                     [state.epoch_elbo_sum, state.epoch_kl_sum, float(state.epoch_count)], d, device
                 )
@@ -461,7 +609,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
                         writer.add_scalar(key, row[key], state.step)
                     if not data.binary:
                         writer.add_scalar("valid_bits_per_dim", bits_per_dim(-valid, dims), state.step)
-                    save_images(eval_model, data, run_dir, cfg.eval.seed)
+                    for name, grid in save_images(eval_model, data, run_dir, cfg.eval.seed).items():
+                        writer.add_image(name, grid, state.step, dataformats="HWC")
                 if valid > state.best_valid:
                     state.best_valid, state.best_epoch, state.bad_evals = valid, state.epoch, 0
                     checkpoint("best.pt")
@@ -469,15 +618,31 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
                     state.bad_evals += 1
                     if cfg.train.early_stopping and state.bad_evals >= cfg.train.early_stopping:
                         state.stopped = f"early stopping after {state.bad_evals} evaluations"
+                if not bar.disable:  # one line per evaluation stays on screen above the bar
+                    bar.write(evaluation_line(row, state, cfg.train.epochs), file=sys.stderr)
             state.epoch_elbo_sum = state.epoch_kl_sum = 0.0
             state.epoch_count = 0
             checkpoint()
-        if state.batch:  # a budget stop inside an epoch
+        if state.batch:  # a budget stop or Ctrl-C inside an epoch
             checkpoint()
     finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
+        bar.close()
         if writer is not None:
             writer.close()
+    if state.stopped == INTERRUPTED:
+        raise Interrupted(f"stopped at step {state.step}; {kept()}; continue with --resume {run_dir}")
     return state
+
+
+def evaluation_line(row: dict[str, Any], state: TrainState, epochs: int) -> str:
+    """``epoch 3/30  train ELBO -98.12  valid ELBO -97.50  best -97.50 (epoch 3)  0:01:02``."""
+    elapsed = time.strftime("%H:%M:%S", time.gmtime(row["seconds"]))
+    return (
+        f"epoch {row['epoch']}/{epochs}  train ELBO {row['train_elbo']:.2f}  valid ELBO "
+        f"{row['valid_elbo']:.2f}  best {state.best_valid:.2f} (epoch {state.best_epoch})  {elapsed}"
+    )
 
 
 def summary_line(state: TrainState, run_dir: Path, binary: bool, dims: int) -> str:
@@ -495,6 +660,6 @@ def summary_line(state: TrainState, run_dir: Path, binary: bool, dims: int) -> s
 
 
 __all__ = [
-    "EMA", "TrainState", "TrainingError", "evaluate_elbo", "kl_weight",
-    "learning_rate", "prepare_run", "summary_line", "train", "train_step", "training_loss",
+    "EMA", "Interrupted", "TrainState", "TrainingError", "check_new_run_dir", "evaluate_elbo", "kl_weight",
+    "learning_rate", "new_run_dir", "prepare_run", "summary_line", "train", "train_step", "training_loss",
 ]  # fmt: skip

@@ -1,0 +1,88 @@
+"""Runs never collide or overwrite: unique default folders, refused non-empty --run-dir, no
+empty folders after a failure, `sample` never overwrites."""
+
+import shutil
+
+import pytest
+from conftest import run_cli
+
+from flowvae import train as train_module
+from flowvae.checkpoint import load_checkpoint
+from flowvae.train import new_run_dir
+
+TINY = ["--no-progress", "model.hidden=[16]", "model.latent_dim=2", "train.epochs=1", "eval.samples=4"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rundir") / "run"
+    run_cli("train", "--run-dir", str(d), *TINY)
+    return d
+
+
+def test_new_run_dirs_started_in_the_same_second_differ(tmp_path):
+    first, second = new_run_dir(tmp_path, "x"), new_run_dir(tmp_path, "x")
+    assert first != second and first.is_dir() and second.is_dir()
+    assert second.name == f"{first.name}-2"
+
+
+def test_two_default_runs_in_the_same_second_keep_both_results(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train_module.time, "strftime", lambda fmt, *a: "20260101-000000")
+    run_cli("train", *TINY, "model.posterior=iaf", "model.flow_steps=1")
+    run_cli("train", *TINY, "model.posterior=iaf", "model.flow_steps=1")
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert runs == ["digits-iaf-20260101-000000", "digits-iaf-20260101-000000-2"]
+    for name in runs:
+        assert load_checkpoint(tmp_path / "runs" / name / "best.pt")["state"]["epoch"] == 1
+
+
+def test_default_folder_names_preset_data_and_posterior(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_cli("train", "--preset", "digits", *TINY, "model.posterior=planar", "model.flow_steps=1")
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("digits-planar-")
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "metrics.csv", "best.pt", "events.out.tfevents.1.host.2.0"])
+def test_a_run_dir_holding_any_run_file_is_refused_unless_overwrite(tmp_path, name):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / name).write_bytes(b"an earlier run's file")
+    proc = run_cli("train", "--run-dir", str(run), *TINY, check=False)
+    assert proc.returncode == 1 and "already holds a run" in proc.stderr and "--overwrite" in proc.stderr
+    assert [p.name for p in run.iterdir()] == [name]
+    assert (run / name).read_bytes() == b"an earlier run's file"
+    run_cli("train", "--run-dir", str(run), "--overwrite", *TINY)
+    assert load_checkpoint(run / "best.pt")["state"]["epoch"] == 1
+    if name.startswith("events"):
+        assert not (run / name).exists()  # replaced, not mixed with the new run's events
+    else:
+        assert (run / name).read_bytes() != b"an earlier run's file"
+
+
+def test_an_empty_existing_folder_is_fine(tmp_path):
+    (tmp_path / "run").mkdir()
+    run_cli("train", "--run-dir", str(tmp_path / "run"), *TINY)
+
+
+@pytest.mark.parametrize(
+    "bad", [["data.name=binarized_mnist", "data.root=missing"], ["train.lr_schedule=cosin"]]
+)
+def test_a_failed_train_leaves_no_folder(tmp_path, monkeypatch, bad):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("train", *TINY, *bad, check=False).returncode != 0
+    assert run_cli("train", "--run-dir", "explicit/run", *TINY, *bad, check=False).returncode != 0
+    assert not (tmp_path / "explicit").exists()
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_sample_without_out_writes_a_new_file(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = (run / "samples.png").read_bytes()
+    first = run_cli("sample", str(run), "--n", "4").stdout
+    second = run_cli("sample", str(run), "--n", "4", "--seed", "1").stdout
+    assert str(run / "samples-1.png") in first and str(run / "samples-2.png") in second
+    assert (run / "samples.png").read_bytes() == before
+    assert (run / "samples-1.png").read_bytes() != (run / "samples-2.png").read_bytes()
