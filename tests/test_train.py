@@ -198,3 +198,144 @@ def test_ema_forgets_its_initialisation_early_and_averages_later():
     assert ema.model.weight.item() == pytest.approx(1 - 2 / 11)
     ema.update(model, step=100_000)  # decay 0.999 once warmed up
     assert ema.model.weight.item() == pytest.approx(1 - (2 / 11) * 0.999)
+
+
+# ----------------------------------------------------------------------------- divergence, Ctrl-C, budgets
+
+
+def _poison_from(monkeypatch, first_bad_call: int):
+    """From the ``first_bad_call``-th training step on, the weights are set to NaN before the step."""
+    from flowvae import train as train_module
+
+    real, calls = train_module.train_step, {"n": 0}
+
+    def poisoned(model, optimizer, x, cfg, beta, lr):
+        calls["n"] += 1
+        if calls["n"] >= first_bad_call:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return real(model, optimizer, x, cfg, beta, lr)
+
+    monkeypatch.setattr(train_module, "train_step", poisoned)
+
+
+def test_diverged_weights_never_reach_a_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "r"
+    cfg = small_cfg("train.ema=0", "train.checkpoint_every_steps=1")
+    n = len(load_data(cfg.data).train) // cfg.train.batch_size + 1  # batches per epoch (13)
+    _poison_from(monkeypatch, n + 3)  # epoch 2 goes bad
+    with pytest.raises(TrainingError, match=f"the last good checkpoint is .*checkpoint.pt .step {n + 2}"):
+        train(cfg, run, progress=False)
+    for name, step in (("checkpoint.pt", n + 2), ("best.pt", n)):
+        ckpt = load_checkpoint(run / name)
+        assert ckpt["state"]["step"] == step
+        assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_a_diverging_learning_rate_stops_without_writing_a_checkpoint(tmp_path):
+    # one step takes |w| to ~1e6, after which every loss is NaN and every update skipped
+    with pytest.raises(TrainingError, match=r"of 13 updates of epoch 1 were skipped .*; no checkpoint was"):
+        train(small_cfg("train.lr=1e6"), tmp_path / "r", progress=False)
+    assert not (tmp_path / "r" / "checkpoint.pt").exists() and not (tmp_path / "r" / "best.pt").exists()
+
+
+def test_a_nan_valid_elbo_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from flowvae import train as train_module
+
+    real = train_module.evaluate_elbo
+    values = iter([None, float("nan")])
+    monkeypatch.setattr(train_module, "evaluate_elbo", lambda *a: next(values) or real(*a))
+    with pytest.raises(TrainingError, match="valid ELBO after epoch 2 is nan; the last good .*step 13"):
+        train(small_cfg(), tmp_path / "r", progress=False)
+    for name in ("checkpoint.pt", "best.pt"):
+        assert load_checkpoint(tmp_path / "r" / name)["state"]["step"] == 13
+
+
+def test_eval_of_a_model_with_nan_weights_exits_nonzero(tmp_path):
+    from conftest import run_cli
+
+    from flowvae.checkpoint import save_atomic
+
+    train(small_cfg("train.epochs=1", "train.ema=0"), tmp_path / "r", progress=False)
+    ckpt = load_checkpoint(tmp_path / "r" / "best.pt")
+    first = next(iter(ckpt["model"]))
+    ckpt["model"][first].fill_(float("nan"))
+    save_atomic(ckpt, tmp_path / "r" / "best.pt")
+    proc = run_cli("eval", str(tmp_path / "r"), "--samples", "2", "--json", check=False)
+    assert proc.returncode == 1 and "not finite" in proc.stderr and proc.stdout == ""
+
+
+@pytest.mark.parametrize("at", [5, 13], ids=["mid-epoch", "epoch-end"])
+def test_ctrl_c_writes_a_checkpoint_and_resume_matches_uninterrupted(tmp_path, monkeypatch, at):
+    from conftest import run_cli
+
+    from flowvae import train as train_module
+
+    args = [*SMALL, "train.epochs=2"]
+    run_cli("train", "--run-dir", str(tmp_path / "full"), "--no-progress", *args)
+    real, calls = train_module.train_step, {"n": 0}
+
+    def ctrl_c_at(*a):
+        calls["n"] += 1
+        if calls["n"] == at:
+            os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C: handled, not raised here
+        return real(*a)
+
+    monkeypatch.setattr(train_module, "train_step", ctrl_c_at)
+    run = tmp_path / "int"
+    proc = run_cli("train", "--run-dir", str(run), "--no-progress", *args, check=False)
+    assert proc.returncode == 130 and f"--resume {run}" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert load_checkpoint(run / "checkpoint.pt")["state"]["step"] == at  # nothing lost
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    monkeypatch.setattr(train_module, "train_step", real)
+    run_cli("train", "--resume", str(run), "--no-progress")
+    assert rows(run) == rows(tmp_path / "full")
+    a, b = load_checkpoint(run / "checkpoint.pt"), load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_temp_files_left_by_a_kill_are_removed_at_the_next_start(tmp_path):
+    run = tmp_path / "r"
+    train(small_cfg("train.epochs=1"), run, progress=False)
+    (run / ".checkpoint.pt.k1ll3d").write_bytes(b"torn")
+    (run / ".metrics.csv.tmp").write_bytes(b"torn")
+    train(prepare_run(None, run, True, ["train.epochs=2"]), run, resume=True, progress=False)
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]
+
+
+def test_budgets_count_per_invocation_and_each_resume_is_recorded(tmp_path):
+    import json
+
+    run = tmp_path / "r"
+    cfg = small_cfg("train.max_steps=5")
+    assert train(cfg, run, progress=False, overrides=["train.max_steps=5"]).step == 5
+    resumed = prepare_run(None, run, True, ["train.max_minutes=1e-9"])  # the issue's case: one step
+    assert train(resumed, run, resume=True, progress=False, overrides=["train.max_minutes=1e-9"]).step == 6
+    resumed = prepare_run(None, run, True, ["train.max_steps=3"])
+    assert train(resumed, run, resume=True, progress=False, overrides=["train.max_steps=3"]).step == 9
+    plain = prepare_run(None, run, True, [])  # no budget: to the end (3 epochs of 13 steps)
+    assert plain.train.max_steps == 0 and plain.train.max_minutes == 0
+    state = train(plain, run, resume=True, progress=False)
+    assert state.step == 39 and state.epoch == 3 and not state.stopped
+    lines = [json.loads(line) for line in (run / "invocations.jsonl").read_text().splitlines()]
+    assert [(e["resume"], e["step"], e["overrides"]) for e in lines] == [
+        (False, 0, ["train.max_steps=5"]), (True, 5, ["train.max_minutes=1e-9"]),
+        (True, 6, ["train.max_steps=3"]), (True, 9, []),
+    ]  # fmt: skip
+
+
+def test_progress_keeps_one_line_per_evaluation_and_tensorboard_gets_the_grids(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "r"
+    train(small_cfg("train.epochs=2"), run, progress=True)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "valid ELBO" in line]
+    assert len(lines) == 2 and lines[0].lstrip("\r ").startswith("epoch 1/2") and "best" in lines[1]
+    assert "/26" in err  # one bar over the whole run (2 epochs x 13 steps): its ETA is the run's
+    (events,) = run.glob("events.out.tfevents*")
+    acc = EventAccumulator(str(events), size_guidance={"images": 0})
+    acc.Reload()
+    assert {"samples", "reconstructions"} <= set(acc.Tags()["images"])
+    assert [e.step for e in acc.Images("samples")] == [13, 26]

@@ -250,6 +250,7 @@ class TrainState:
     bad_evals: int = 0
     skipped: int = 0
     consecutive_skips: int = 0
+    epoch_skipped: int = 0  # skipped updates of the current epoch
     epoch_elbo_sum: float = 0.0  # running sums of the current epoch's train ELBO and KL
     epoch_kl_sum: float = 0.0
     epoch_count: int = 0
@@ -297,6 +298,7 @@ RUN_FILES = (
     "invocations.jsonl",
 )  # fmt: skip
 INTERRUPTED = "interrupted (Ctrl-C)"
+LR_HINT = " (a smaller train.lr than {:g} may help)"
 
 
 class Interrupted(KeyboardInterrupt):
@@ -491,14 +493,14 @@ def train(
         nets = [model] + ([ema.model] if ema is not None else [])
         return all(bool(torch.isfinite(p).all()) for net in nets for p in net.parameters())
 
-    def checkpoint(path: str = "checkpoint.pt") -> None:
+    def checkpoint(path: str = "checkpoint.pt", periodic: bool = False) -> None:
         """Collective (every rank's RNG state and running sums are kept); rank 0 writes.
 
-        The latest checkpoint is only replaced by a good one: finite weights, the last update
-        applied (not inside a run of skipped, non-finite updates). Every rank decides alike.
+        Never with non-finite weights, nor (``periodic``, inside an epoch) in a run of skipped
+        updates: a diverging model does not replace a good checkpoint. Every rank decides alike.
         """
         nonlocal last_good
-        if not finite_weights() or (path == "checkpoint.pt" and state.consecutive_skips):
+        if not finite_weights() or (periodic and state.consecutive_skips):
             return
         state.seconds = time.perf_counter() - started
         sums = (state.epoch_elbo_sum, state.epoch_kl_sum, state.epoch_count)
@@ -558,6 +560,7 @@ def train(
                 state.batch += 1
                 if out["skipped"]:
                     state.skipped += 1
+                    state.epoch_skipped += 1
                     state.consecutive_skips += 1
                     if state.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
                         raise TrainingError(
@@ -576,12 +579,17 @@ def train(
                 bar.update(1)
                 every = cfg.train.checkpoint_every_steps
                 if every and state.step % every == 0:
-                    checkpoint()
+                    checkpoint(periodic=True)
                 state.stopped = stop_reason()
                 if state.stopped == INTERRUPTED or (state.stopped and state.batch < n_batches):
                     break
             if state.batch < n_batches or state.stopped == INTERRUPTED:
                 break  # stopped inside the epoch (or at its end, by Ctrl-C): resume continues here
+            if 2 * state.epoch_skipped > n_batches:  # e.g. one huge step left |w| ~ 1e6: all NaN since
+                raise TrainingError(
+                    f"training diverged: {state.epoch_skipped} of {n_batches} updates of epoch {epoch + 1} "
+                    f"were skipped (non-finite loss or gradient); {kept()}{LR_HINT.format(cfg.train.lr)}"
+                )
             state.epoch, state.batch = epoch + 1, 0
             last = state.epoch == cfg.train.epochs or bool(state.stopped)
             if state.epoch % cfg.train.eval_every == 0 or last:
@@ -590,7 +598,7 @@ def train(
                 if not math.isfinite(valid):
                     raise TrainingError(
                         f"training diverged: the valid ELBO after epoch {state.epoch} is {valid}; "
-                        f"{kept()} (try a smaller train.lr than {cfg.train.lr:g})"
+                        f"{kept()}{LR_HINT.format(cfg.train.lr)}"
                     )
                 elbo_sum, kl_sum, count = distributed.all_reduce_sum(
                     [state.epoch_elbo_sum, state.epoch_kl_sum, float(state.epoch_count)], d, device
@@ -621,7 +629,7 @@ def train(
                 if not bar.disable:  # one line per evaluation stays on screen above the bar
                     bar.write(evaluation_line(row, state, cfg.train.epochs), file=sys.stderr)
             state.epoch_elbo_sum = state.epoch_kl_sum = 0.0
-            state.epoch_count = 0
+            state.epoch_count = state.epoch_skipped = 0
             checkpoint()
         if state.batch:  # a budget stop or Ctrl-C inside an epoch
             checkpoint()
