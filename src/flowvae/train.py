@@ -2,9 +2,10 @@
 
 A run directory holds ``config.yaml`` (fully resolved), ``metrics.csv`` (a row per evaluation),
 TensorBoard event files, ``checkpoint.pt`` (latest), ``best.pt`` (best valid ELBO),
-``samples.png`` and ``reconstructions.png``. Resuming restores model, optimizer, EMA, RNG
-states and the position inside the epoch, so an interrupted run ends where an uninterrupted
-one does.
+``samples.png``, ``reconstructions.png`` and ``invocations.jsonl`` (one line per invocation).
+Resuming restores model, optimizer, EMA, RNG states and the position inside the epoch, so an
+interrupted run ends where an uninterrupted one does. Budgets (``train.max_minutes``,
+``train.max_steps``) count per invocation and are not carried into the next resume.
 """
 
 from __future__ import annotations
