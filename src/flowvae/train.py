@@ -641,7 +641,8 @@ def train(
         if writer is not None:
             writer.close()
     if state.stopped == INTERRUPTED:
-        raise Interrupted(f"stopped at step {state.step}; {kept()}; continue with --resume {run_dir}")
+        saved = f"wrote {run_dir / 'checkpoint.pt'}" if last_good == state.step else kept()
+        raise Interrupted(f"stopped at step {state.step}; {saved}; continue with --resume {run_dir}")
     return state
 
 
