@@ -48,3 +48,18 @@ def test_temp_files_of_a_killed_write_are_removed(tmp_path):
     removed = {p.name for p in remove_temp_files(tmp_path)}
     assert removed == {".checkpoint.pt.abc123", ".best.pt.x", ".metrics.csv.tmp"}
     assert {p.name for p in tmp_path.iterdir()} == {"keep.pt", ".hidden"}
+
+
+def test_checkpoints_with_numpy_rng_states_still_load_and_resume(tmp_path):
+    """Runs written before RNG states were tensors: numpy's array reconstruction is allowed."""
+    import numpy as np
+
+    from flowvae.train import prepare_run
+
+    run = tmp_path / "old"
+    train(apply_overrides(preset("digits"), TINY), run, progress=False)
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    ckpt["ranks"][0]["rng"]["numpy"] = np.random.get_state()  # as the old code stored it
+    torch.save(ckpt, run / "checkpoint.pt")
+    cfg = prepare_run(None, run, True, ["train.epochs=2"])
+    assert train(cfg, run, resume=True, progress=False).epoch == 2

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -57,6 +58,17 @@ def remove_temp_files(run_dir: str | Path) -> list[Path]:
 REQUIRED = ("model", "config", "image_shape", "binary")
 
 
+def _numpy_array_globals() -> list[Any]:
+    """What unpickling a numpy array needs, nothing more: checkpoints written before RNG states
+    were stored as tensors hold numpy's RNG key array (uint32)."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    dtypes = [type(np.dtype(np.uint32))] if hasattr(np, "dtypes") else []
+    return [_reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The checkpoint dict; only tensors and plain data are accepted (never code).
 
@@ -67,7 +79,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(_numpy_array_globals()):
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if "Unsupported global" in str(e):
             raise CheckpointError(
