@@ -30,6 +30,8 @@ CASES = [
     ("run dir is a file", ["train", "--run-dir", "{tmp}/file", *TINY], 1, "is not a directory"),
     ("unknown lr schedule", ["train", "--run-dir", "{tmp}/new", *TINY, "train.lr_schedule=cosin"], 2,
      "train.lr_schedule"),
+    ("missing data, default folder", ["train", *TINY, "data.name=binarized_mnist", "data.root=missing"], 1,
+     "binarized_mnist"),
     ("diverging lr", ["train", "--run-dir", "{tmp}/new", *TINY, "train.lr=1e6"], 1, "training diverged"),
     ("code in best.pt: eval", ["eval", "{run}", "--samples", "2"], 1, "refused"),
     ("code in best.pt: sample", ["sample", "{run}", "--n", "4"], 1, "refused"),

@@ -38,17 +38,20 @@ def _train(args: argparse.Namespace) -> int:
         run_dir = Path(args.run_dir) if args.run_dir else None
         if run_dir is not None:
             prepare_run(cfg, run_dir, False, [], overwrite=args.overwrite)
-    created = None
-    if run_dir is None:  # claimed atomically now, removed again if the run never starts
-        run_dir = created = new_run_dir(Path("runs"), default_run_name(name, cfg))
+    created: list[Path] = []  # claimed atomically now, removed again if the run never starts
+    if run_dir is None:
+        created += [] if Path("runs").exists() else [Path("runs")]
+        run_dir = new_run_dir(Path("runs"), default_run_name(name, cfg))
+        created.insert(0, run_dir)
     try:
         state = train(
             cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
             overwrite=args.overwrite, overrides=args.overrides,
         )  # fmt: skip
     finally:
-        if created is not None and not any(created.iterdir()):
-            created.rmdir()
+        for folder in created:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
     if int(os.environ.get("RANK", "0")) == 0:
         print(summary_line(state, run_dir, *_dims(run_dir)))
     return 0
