@@ -339,3 +339,20 @@ def test_progress_keeps_one_line_per_evaluation_and_tensorboard_gets_the_grids(t
     acc.Reload()
     assert {"samples", "reconstructions"} <= set(acc.Tags()["images"])
     assert [e.step for e in acc.Images("samples")] == [13, 26]
+
+
+def test_tensorboard_drops_what_a_killed_invocation_logged_after_its_checkpoint(tmp_path):
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "r"
+    train(small_cfg("train.epochs=1"), run, progress=False)
+    shutil.copy(run / "checkpoint.pt", tmp_path / "step13.pt")
+    train(prepare_run(None, run, True, ["train.epochs=2"]), run, resume=True, progress=False)
+    shutil.copy(tmp_path / "step13.pt", run / "checkpoint.pt")  # as if killed before its last save
+    train(prepare_run(None, run, True, ["train.epochs=2"]), run, resume=True, progress=False)
+    acc = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("valid_elbo")] == [13, 26]
+    assert [e.step for e in acc.Images("samples")] == [13, 26]

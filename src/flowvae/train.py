@@ -478,7 +478,7 @@ def train(
         write_metrics(run_dir, state.history)
         record_invocation(run_dir, resume, overrides or [], state)
         # purge_step: TensorBoard drops what a killed invocation logged after the checkpoint
-        writer = SummaryWriter(log_dir=str(run_dir), purge_step=state.step if resume else None)
+        writer = SummaryWriter(log_dir=str(run_dir), purge_step=state.step + 1 if resume else None)
         if d.enabled:
             print(
                 f"DDP: {d.world} processes x {batch_size} examples = effective batch {cfg.train.batch_size}",
