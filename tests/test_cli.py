@@ -65,7 +65,7 @@ def test_presets_lists_one_line_each():
     [
         (["train", "model.latent_dimm=3"], "unknown config key 'model.latent_dimm'"),
         (["train", "train.lr=fast"], "train.lr: expected a number"),
-        (["train", "model.posterior=nope"], "unknown posterior 'nope'"),
+        (["train", "model.posterior=nope"], "model.posterior: 'nope' is not a valid value"),
         (["train", "data.name=binarized_mnist", "data.root=/nonexistent"], "binarized_mnist"),
         (["train", "--preset", "nope"], "unknown preset"),
         (["eval", "/nonexistent/run"], "run directory not found"),

@@ -14,10 +14,10 @@ from flowvae.config import (
 
 
 def test_overrides_are_typed():
-    overrides = ["model.hidden=[500,500]", "train.lr=3e-4", "train.ema=1", "model.batch_norm=true"]
+    overrides = ["model.hidden=[500,500]", "train.lr=3e-4", "train.kl_min=1", "model.batch_norm=true"]
     cfg = apply_overrides(Config(), overrides)
     assert cfg.model.hidden == [500, 500]
-    assert cfg.train.lr == 3e-4 and isinstance(cfg.train.ema, float)
+    assert cfg.train.lr == 3e-4 and isinstance(cfg.train.kl_min, float)
     assert cfg.model.batch_norm is True
 
 

@@ -3,7 +3,7 @@
 ``flowvae presets`` lists them; ``flowvae train --preset NAME key=value ...`` starts from one.
 """
 
-from .config import register_preset
+from .config import DATA_PRESETS, register_preset
 
 register_preset(
     "digits",
@@ -212,3 +212,27 @@ register_preset(
     parent="gaps-mnist-ffg",
     model__decoder_hidden=[200, 200, 200, 200],
 )
+
+# --------------------------------------------------------------------------------------------
+# the dataset's default preset: where `flowvae train data.name=NAME` (no --preset) starts
+
+register_preset(
+    "mnist-dynamic-mlp",
+    "mnist-mlp on dynamically binarized MNIST",
+    parent="mnist-mlp",
+    data__name="mnist",
+    data__binarize="dynamic",
+)
+register_preset(
+    "fashion-mnist-mlp",
+    "mnist-mlp on dynamically binarized Fashion-MNIST",
+    parent="mnist-dynamic-mlp",
+    data__name="fashion_mnist",
+)
+DATA_PRESETS.update(
+    digits="digits",
+    binarized_mnist="mnist-mlp",
+    mnist="mnist-dynamic-mlp",
+    fashion_mnist="fashion-mnist-mlp",
+    cifar10="iaf-cifar10",
+)  # npz has none: its images can be anything
