@@ -56,7 +56,10 @@ def save_grid(
 ) -> None:  # fmt: skip
     """Save :func:`make_grid` of ``images`` as an image file (format from the suffix, e.g. PNG)."""
     grid = make_grid(images, nrow, padding, min_size=min_size)
-    Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid).save(path)
+    try:
+        Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid).save(path)
+    except OSError as e:  # pillow's write errors (disk full) do not name the file
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
 
 
 @torch.no_grad()

@@ -23,14 +23,15 @@ def progress_bar(
 ) -> tqdm:  # fmt: skip
     """A bar on ``file`` (default stderr): ``desc: done/total unit [elapsed, ETA]``.
 
-    On a terminal it redraws in place every 0.5 s; into a log file it writes a line at most
-    every 30 s (``interval`` overrides both). Disabled, it prints nothing; stdout stays clean
-    either way (``--json`` prints exactly one object there).
+    On a terminal it redraws in place every 0.5 s and is cleared at the end; into a log file it
+    first writes after 30 s, then a line at most every 30 s, and nothing for a shorter job (an
+    error stays the only line). ``interval`` overrides both. Disabled, it prints nothing; stdout
+    stays clean either way (``--json`` prints exactly one object there).
     """
     file = file or sys.stderr
     tty = hasattr(file, "isatty") and file.isatty()
+    every = interval if interval is not None else (0.5 if tty else 30.0)
     return tqdm(
         total=total, desc=desc, unit=unit, file=file, disable=not enabled, leave=not tty,
-        mininterval=interval if interval is not None else (0.5 if tty else 30.0),
-        bar_format=FORMAT, dynamic_ncols=tty, ascii=not tty,
+        mininterval=every, delay=0 if tty else every, bar_format=FORMAT, dynamic_ncols=tty, ascii=not tty,
     )  # fmt: skip
