@@ -3,9 +3,10 @@
 ``BAD_INPUTS`` is the single table: (case, argv, expected exit code, expected message fragment).
 Placeholders in argv: ``{run}`` a small trained run, ``{tmp}`` an empty folder, ``{file}`` an
 existing plain file, ``{incomplete}`` a run whose best.pt lacks its weights, ``{truncated}`` a
-run whose best.pt is cut short, ``{bad_yaml}`` a YAML config with a bad value, ``{full}`` a PNG
-path on a full disk (/dev/full), ``{readonly}`` a read-only folder. Exit codes: 2 for a bad
-value or flag (argparse and config errors), 1 for a problem met while running (files, OS).
+run whose best.pt is cut short, ``{bad_yaml}`` / ``{hier_yaml}`` YAML configs with a bad value /
+an ignored key, ``{full}`` a PNG path on a full disk (/dev/full), ``{readonly}`` a read-only
+folder. Exit codes: 2 for a bad value or flag (argparse and config errors), 1 for a problem met
+while running (files, OS).
 """
 
 from __future__ import annotations
@@ -53,9 +54,13 @@ BAD_INPUTS: list[tuple[str, list[str], int, str]] = [
     ("flat-key-on-hierarchical", ["train", "model.type=hierarchical", "model.posterior=down-iaf",
                                   "model.hidden=[10]"], 2,
      "model.hidden is ignored by model.type=hierarchical"),
+    ("hierarchical-no-levels", ["train", "model.type=hierarchical", "model.posterior=down-iaf",
+                                "model.depths=[]"], 2, "model.type=hierarchical needs at least one level"),
     ("hierarchical-key-on-flat", ["train", "model.n_h=16"], 2, "model.n_h is ignored by model.type=flat"),
     ("hierarchical-posterior-on-flat", ["train", "model.posterior=down-iaf"], 2,
      "model.posterior=down-iaf is not a posterior of model.type=flat"),
+    ("ignored-key-in-yaml", ["train", "--config", "{hier_yaml}"], 2,
+     "hier.yaml: model.latent_dim is ignored by model.type=hierarchical"),
     ("bad-value-in-yaml", ["train", "--config", "{bad_yaml}"], 2, "train.lr=-1.0: must be > 0"),
     ("unknown-preset", ["train", "--preset", "nope"], 2, "unknown preset 'nope'"),
     # --- train flags ---
@@ -138,9 +143,12 @@ def places(trained: Path, tmp_path: Path) -> dict[str, str]:
     (truncated / "best.pt").write_bytes((trained / "best.pt").read_bytes()[:200])
     (truncated / "config.yaml").write_text((trained / "config.yaml").read_text())
     (tmp_path / "bad.yaml").write_text("train:\n  lr: -1\n")
+    hierarchical = "model:\n  type: hierarchical\n  posterior: up-iaf\n  latent_dim: 5\n"
+    (tmp_path / "hier.yaml").write_text(hierarchical)
     return {
         "run": str(trained), "tmp": str(tmp_path / "empty"), "file": str(tmp_path / "file.txt"),
         "incomplete": str(incomplete), "truncated": str(truncated), "bad_yaml": str(tmp_path / "bad.yaml"),
+        "hier_yaml": str(tmp_path / "hier.yaml"),
         "full": str(tmp_path / "full.png"), "readonly": str(tmp_path / "readonly"),
     }  # fmt: skip
 

@@ -290,11 +290,24 @@ POSTERIORS_BY_TYPE = {
 }  # fmt: skip
 
 
-def validate(cfg: Config) -> Config:
+def check_ignored(cfg: Config, given: list[str] | tuple[str, ...]) -> None:
+    """Refuse a ``given`` (dotted) key that ``cfg.model.type`` does not read."""
+    for other, keys in MODEL_TYPE_KEYS.items():
+        ignored = [k for k in given if other != cfg.model.type and k.startswith("model.") and k[6:] in keys]
+        if ignored:
+            raise ConfigError(
+                f"{ignored[0]} is ignored by model.type={cfg.model.type} (it is for model.type={other}); "
+                "remove it"
+            )
+
+
+def validate(cfg: Config, given: list[str] | tuple[str, ...] = ()) -> Config:
     """Checks across keys, made once the whole config is known (before any file is written).
 
     Every key's own range is checked when it is set (:func:`check_value`); here: the posterior
-    and the keys that ``model.type`` reads, and flow steps for a flow posterior.
+    of ``model.type``, hierarchical levels, flow steps for a flow posterior, and that none of
+    the keys the user ``given`` (dotted) is one that ``model.type`` ignores (a preset's own
+    values for the other type are harmless and not reported).
     """
     m = cfg.model
     allowed = POSTERIORS_BY_TYPE[m.type]
@@ -303,14 +316,9 @@ def validate(cfg: Config) -> Config:
             f"model.posterior={m.posterior} is not a posterior of model.type={m.type}; "
             f"valid values: {', '.join(allowed)}"
         )
-    default = ModelConfig()
-    for other, keys in MODEL_TYPE_KEYS.items():
-        ignored = sorted(k for k in keys if other != m.type and getattr(m, k) != getattr(default, k))
-        if ignored:
-            raise ConfigError(
-                f"model.{ignored[0]} is ignored by model.type={m.type} (it is for model.type={other}); "
-                f"remove it"
-            )
+    check_ignored(cfg, given)
+    if m.type == "hierarchical" and not m.depths:
+        raise ConfigError("model.depths=[]: model.type=hierarchical needs at least one level, e.g. [2, 2]")
     if m.type == "flat" and m.posterior != "diag" and m.flow_steps <= 0:
         raise ConfigError(f"model.flow_steps={m.flow_steps}: model.posterior={m.posterior} needs >= 1 step")
     for key in valid_keys(cfg):
@@ -350,9 +358,12 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     The last step of building a run's config (preset, YAML, overrides; or a resumed run's saved
     config): everything a bad value can break is caught here, before any file is written.
     """
+    given = []
     for text in overrides:
-        set_key(cfg, *parse_override(text))
-    return validate(cfg)
+        key, value = parse_override(text)
+        set_key(cfg, key, value)
+        given.append(key)
+    return validate(cfg, given)
 
 
 def apply_dict(cfg: Config, values: dict[str, Any], origin: str = "config") -> Config:
@@ -375,7 +386,18 @@ def load_yaml(path: str | Path, cfg: Config | None = None) -> Config:
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    return apply_dict(cfg or Config(), values or {}, origin=str(path))
+    cfg = cfg or Config()
+    before = copy.deepcopy(cfg.model)
+    cfg = apply_dict(cfg, values or {}, origin=str(path))
+    # keys the file changed that the model type ignores (a full dump, e.g. a run's config.yaml,
+    # repeats the other type's defaults: harmless); against the type in effect after this file
+    changed = [f"model.{f.name}" for f in dataclasses.fields(before)
+               if getattr(before, f.name) != getattr(cfg.model, f.name)]  # fmt: skip
+    try:
+        check_ignored(cfg, changed)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return cfg
 
 
 def from_dict(values: dict[str, Any]) -> Config:
