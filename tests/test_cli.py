@@ -161,13 +161,15 @@ def test_help_states_the_samples_default_per_estimator_and_how_to_list_keys():
 
 
 def test_config_lists_every_key_as_an_override():
-    from flowvae.config import apply_overrides, preset, valid_keys
+    from flowvae.config import parse_override, preset, set_key, valid_keys
 
     lines = run_cli("config", "--preset", "mnist-mlp").stdout.strip().splitlines()
     assert [line.split("=", 1)[0] for line in lines] == valid_keys()
     assert any(line.startswith("train.lr_schedule=constant") and "exponential" in line for line in lines)
-    overrides = [line.split("  (")[0] for line in lines]  # each line is a valid override
-    assert apply_overrides(preset("digits"), overrides) == preset("mnist-mlp")
+    cfg = preset("digits")
+    for line in lines:  # each line is a valid override, together they make the preset
+        set_key(cfg, *parse_override(line.split("  (")[0]))
+    assert cfg == preset("mnist-mlp")
 
 
 def test_train_without_preset_says_which_preset_it_starts_from(tmp_path):
