@@ -27,7 +27,7 @@ CASES = [
     ("run dir holds a lone best.pt", ["train", "--run-dir", "{tmp}/old", *TINY], 1, "already holds a run"),
     ("run dir holds events", ["train", "--run-dir", "{tmp}/old", *TINY], 1, "already holds a run"),
     ("run dir holds a finished run", ["train", "--run-dir", "{run}", *TINY], 1, "--resume"),
-    ("run dir is a file", ["train", "--run-dir", "{tmp}/file", *TINY], 1, "is not a directory"),
+    ("run dir is a file", ["train", "--run-dir", "{tmp}/file", *TINY], 2, "exists and is a file"),
     ("unknown lr schedule", ["train", "--run-dir", "{tmp}/new", *TINY, "train.lr_schedule=cosin"], 2,
      "train.lr_schedule"),
     ("missing data, default folder", ["train", *TINY, "data.name=binarized_mnist", "data.root=missing"], 1,

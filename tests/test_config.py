@@ -9,15 +9,17 @@ from flowvae.config import (
     parse_override,
     preset,
     save_yaml,
+    starting_preset,
     valid_keys,
+    validate,
 )
 
 
 def test_overrides_are_typed():
-    overrides = ["model.hidden=[500,500]", "train.lr=3e-4", "train.ema=1", "model.batch_norm=true"]
+    overrides = ["model.hidden=[500,500]", "train.lr=3e-4", "train.kl_min=1", "model.batch_norm=true"]
     cfg = apply_overrides(Config(), overrides)
     assert cfg.model.hidden == [500, 500]
-    assert cfg.train.lr == 3e-4 and isinstance(cfg.train.ema, float)
+    assert cfg.train.lr == 3e-4 and isinstance(cfg.train.kl_min, float)
     assert cfg.model.batch_norm is True
 
 
@@ -73,3 +75,63 @@ def test_every_preset_resolves_and_parents_exist():
 def test_parse_override_keeps_strings():
     assert parse_override("model.posterior=iaf") == ("model.posterior", "iaf")
     assert parse_override("data.root=") == ("data.root", "")
+
+
+def test_every_preset_passes_validation():
+    for name in PRESETS:
+        assert validate(preset(name)) is not None
+
+
+def test_string_choices_are_the_registries():
+    """The Literal choices in config.py list exactly what the builders accept."""
+    import typing
+
+    from flowvae import hierarchical, nets, posteriors
+    from flowvae.config import DataConfig, FlatPosterior, HierarchicalPosterior, ModelConfig, Network
+    from flowvae.data import BINARIZE_MODES, DATASETS
+
+    hints = typing.get_type_hints(ModelConfig)
+    assert set(typing.get_args(FlatPosterior)) == set(posteriors.POSTERIORS)
+    assert set(typing.get_args(HierarchicalPosterior)) == set(hierarchical.POSTERIORS)
+    assert set(typing.get_args(Network)) == set(nets.ENCODERS) == set(nets.DECODERS)
+    assert set(typing.get_args(hints["prior"])) == set(hierarchical.PRIORS)
+    data = typing.get_type_hints(DataConfig)
+    assert set(typing.get_args(data["name"])) == set(DATASETS)
+    assert set(typing.get_args(data["binarize"])) == set(BINARIZE_MODES)
+
+
+def test_ranges_hold_for_yaml_files_too(tmp_path):
+    (tmp_path / "c.yaml").write_text("model:\n  latent_dim: 0\n")
+    with pytest.raises(ConfigError, match="model.latent_dim=0: must be > 0"):
+        load_yaml(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize(
+    "overrides, config, expected",
+    [
+        ([], None, "digits"),
+        (["data.name=binarized_mnist"], None, "mnist-mlp"),
+        (["data.name=mnist", "train.epochs=3"], None, "mnist-dynamic-mlp"),
+        (["data.name=mnist", "data.name=fashion_mnist"], None, "fashion-mnist-mlp"),
+        ([], "data:\n  name: cifar10\n", "iaf-cifar10"),
+        (["data.name=npz"], None, "digits"),
+    ],
+)
+def test_a_run_without_a_preset_starts_from_its_datasets_preset(tmp_path, overrides, config, expected):
+    path = None
+    if config:
+        path = tmp_path / "c.yaml"
+        path.write_text(config)
+    name, note = starting_preset(overrides, str(path) if path else None)
+    assert name == expected and f"preset {expected}" in note and "\n" not in note
+    if expected != "digits":
+        assert preset(name).data.name in " ".join(overrides) + (config or "")
+
+
+def test_the_mnist_default_is_not_the_digits_sizes():
+    """Measured 0.8 nat worse at batch 50 (issue 12): MNIST starts from mnist-mlp's sizes."""
+    cfg, digits = preset(starting_preset(["data.name=binarized_mnist"])[0]), preset("digits")
+    assert (cfg.model.latent_dim, cfg.model.hidden, cfg.train.batch_size) != (
+        digits.model.latent_dim, digits.model.hidden, digits.train.batch_size,
+    )  # fmt: skip
+    assert cfg.train.batch_size == 100 and cfg.model.hidden == [300, 300]

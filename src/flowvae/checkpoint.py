@@ -117,12 +117,22 @@ def load_run(
     """Rebuild the model of a run; its EMA weights when the run kept them (those are evaluated)."""
     from .model import build_model
 
-    ckpt = load_checkpoint(checkpoint_path(run_dir, which), map_location=device)
+    path = checkpoint_path(run_dir, which)
+    ckpt = load_checkpoint(path, map_location=device)
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: not a flowvae checkpoint (a {type(ckpt).__name__}, not a dict)")
+    missing = [k for k in ("config", "image_shape", "binary", "model") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint (no {', '.join(missing)})")
     try:
         cfg = from_dict(ckpt["config"])
     except (KeyError, ConfigError) as e:
         raise CheckpointError(f"{run_dir}: checkpoint has no valid config ({e})") from None
     model = build_model(cfg.model, tuple(ckpt["image_shape"]), ckpt["binary"]).to(device)
-    model.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])
+    except (RuntimeError, TypeError, AttributeError) as e:  # missing / mis-shaped tensors
+        raise CheckpointError(f"{path}: incomplete checkpoint (weights do not fit its config: "
+                              f"{str(e).splitlines()[0][:120]})") from None
     model.eval()
     return cfg, model, ckpt

@@ -10,14 +10,27 @@ import math
 import os
 import sys
 import time
+import typing
 from pathlib import Path
 
 import torch
+import yaml
 
 from .checkpoint import CheckpointError, load_run
-from .config import PRESETS, Config, ConfigError, apply_overrides, load_yaml, preset
+from .config import (
+    PRESETS,
+    Config,
+    ConfigError,
+    apply_overrides,
+    check_value,
+    load_yaml,
+    preset,
+    starting_preset,
+    valid_keys,
+)
 from .data import DataError, download, evaluation_images, load_data
 from .estimators import ESTIMATORS, evaluate
+from .progress import progress_bar
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -30,11 +43,13 @@ def _train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         cfg = prepare_run(None, run_dir, True, args.overrides)
     else:
-        name = args.preset or "digits"
+        name, note = (args.preset, "") if args.preset else starting_preset(args.overrides, args.config)
         cfg = preset(name)
         if args.config:
             cfg = load_yaml(args.config, cfg)
         apply_overrides(cfg, args.overrides)
+        if note:
+            print(note)
         run_dir = Path(args.run_dir) if args.run_dir else None
         if run_dir is not None:
             prepare_run(cfg, run_dir, False, [], overwrite=args.overwrite)
@@ -80,7 +95,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load_data(cfg.data)
-    x, subset = evaluation_images(data, args.split, args.limit, args.seed)
+    x, subset = evaluation_images(data, args.split, args.limit or 0, args.seed)
     ais_options = {
         "chains": args.chains, "steps": args.steps, "leapfrog": args.leapfrog,
         "schedule": args.schedule, "init": args.init, "target_accept": args.target_accept,
@@ -97,10 +112,14 @@ def _eval(args: argparse.Namespace) -> int:
     stats: dict = {}
     if "stats" in accepted:
         options["stats"] = stats
-    result = evaluate(
-        model, x.split(batch), estimator=args.estimator, split=args.split,
-        dims=math.prod(data.shape), samples=samples, seed=args.seed, dist=d, **options,
-    )  # fmt: skip
+    batches = x.split(batch)
+    mine = sum(len(b) for i, b in enumerate(batches) if i % d.world == d.rank)  # this rank's examples
+    desc = f"eval {args.estimator} (K={samples})"
+    with progress_bar(mine, desc, enabled=d.is_main and not args.no_progress) as bar:
+        result = evaluate(
+            model, batches, estimator=args.estimator, split=args.split, dims=math.prod(data.shape),
+            samples=samples, seed=args.seed, dist=d, progress=bar.update, **options,
+        )  # fmt: skip
     distributed.cleanup(d)
     if not d.is_main:
         return 0
@@ -157,12 +176,12 @@ def _bdmc(args: argparse.Namespace, model: torch.nn.Module, options: dict, batch
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from .images import save_grid
+    from .images import sample_images, save_grid
 
     _, model, _ = load_run(args.run_dir, args.checkpoint)
     torch.manual_seed(args.seed)
-    with torch.no_grad():
-        images = model.decode_mean(model.sample_prior((args.n,), temperature=args.temperature))
+    with progress_bar(args.n, "sample", enabled=not args.no_progress, unit="images") as bar:
+        images = sample_images(model, args.n, args.temperature, progress=bar.update)
     out = Path(args.out) if args.out else _new_file(Path(args.run_dir), "samples", ".png")
     save_grid(images, out, nrow=int(math.ceil(math.sqrt(args.n))))
     print(f"wrote {args.n} samples to {out}")
@@ -187,6 +206,22 @@ def _presets(args: argparse.Namespace) -> int:
     width = max(len(n) for n in PRESETS)
     for name in sorted(PRESETS):
         print(f"{name:<{width}}  {PRESETS[name].description}")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    """One line per key as an override would set it (``key=value``); a string choice lists its values."""
+    cfg = preset(args.preset) if args.preset else Config()
+    width = max(len(k) for k in valid_keys(cfg))
+    for key in valid_keys(cfg):
+        section, name = key.split(".")
+        obj = getattr(cfg, section)
+        typ = typing.get_type_hints(type(obj))[name]
+        literal = typing.get_origin(typ) is typing.Literal
+        choices = [c if c else '""' for c in typing.get_args(typ)] if literal else []
+        value = yaml.safe_dump(getattr(obj, name), default_flow_style=True).removesuffix("\n...\n").strip()
+        line = f"{key}={value}"
+        print(f"{line:<{width + 12}}  ({' | '.join(choices)})" if choices else line)
     return 0
 
 
@@ -224,90 +259,308 @@ def _gaps(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# parse-time checks: a bad flag fails before a file is read or written, in one line
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage is one ``--help`` away), exit code 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _integer(low: int) -> typing.Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {low}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _number(low: float, high: float = math.inf, open_low: bool = True) -> typing.Callable[[str], float]:
+    """A finite float in (low, high) (``open_low=False``: [low, high))."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        ok = math.isfinite(value) and (value > low if open_low else value >= low) and value < high
+        if not ok:
+            lo = f"({low}" if open_low else f"[{low}"
+            raise argparse.ArgumentTypeError(f"{text} must be a finite number in {lo}, {high})")
+        return value
+
+    return parse
+
+
+POSITIVE, NON_NEGATIVE = _integer(1), _integer(0)
+
+
+def _device(text: str) -> str:
+    """cpu, cuda, cuda:N or auto; CUDA must be available (said here, not as a checkpoint error)."""
+    try:
+        check_value("train.device", text)  # the config key's syntax
+    except ConfigError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use cpu, cuda, cuda:N or auto") from None
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            problem = "CUDA is not available on this machine (use --device cpu)"
+            raise argparse.ArgumentTypeError(f"{text}: {problem}")
+        if int(text.partition(":")[2] or 0) >= torch.cuda.device_count():
+            problem = f"this machine has {torch.cuda.device_count()} CUDA devices"
+            raise argparse.ArgumentTypeError(f"{text}: {problem}")
+    return text
+
+
+def _run_dir(text: str) -> str:
+    """An existing run folder (eval, sample, gaps, train --resume)."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text}: run directory not found")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a file, not a run directory")
+    return text
+
+
+def _new_dir(text: str) -> str:
+    """A folder to write into: absent (created later) or a folder, never a file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: exists and is a file, not a folder")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a folder")
+    return text
+
+
+def _image_out(text: str) -> str:
+    """An image file in an existing folder, its format known from the suffix (e.g. .png)."""
+    from PIL import Image
+
+    path = Path(text)
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise argparse.ArgumentTypeError(f"{text}: unknown image format {path.suffix!r}; use a .png name")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a folder; give a file name such as samples.png")
+    return text
+
+
+def _existing_file(text: str) -> str:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text}: file not found")
+    return text
+
+
+TRAIN_EPILOG = """\
+config keys: `flowvae config` lists every key with its default value and valid values
+(`flowvae config --preset NAME`: with a preset's values); `flowvae presets` lists the presets.
+Without --preset a run starts from the preset of its data.name (digits for the default data)."""
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="flowvae", description=__doc__)
+    p = _Parser(prog="flowvae", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a VAE (default preset: digits, zero download)")
-    t.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. model.posterior=iaf")
-    t.add_argument("--preset", help="start from a named preset (see `flowvae presets`)")
-    t.add_argument("--config", help="a YAML config file applied over the preset")
-    t.add_argument("--run-dir", help="where to write the run (default: new runs/PRESET-DATA-POSTERIOR-TIME)")
-    t.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue a run exactly where it stopped; budgets (train.max_minutes, "
-                        "train.max_steps) count from this invocation")  # fmt: skip
-    t.add_argument("--overwrite", action="store_true", help="replace the run files already in --run-dir")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t = sub.add_parser(
+        "train", help="train a VAE (default preset: digits, zero download)", epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    t.add_argument(
+        "overrides", nargs="*", metavar="key=value",
+        help="config overrides, e.g. model.posterior=iaf train.epochs=10 (see `flowvae config`)",
+    )  # fmt: skip
+    t.add_argument(
+        "--preset", help="start from a named preset (see `flowvae presets`; default: the preset of "
+        "data.name, digits if none is given)",
+    )  # fmt: skip
+    t.add_argument(
+        "--config", type=_existing_file, help="a YAML config file applied over the preset (default: none)"
+    )
+    t.add_argument(
+        "--run-dir", type=_new_dir,
+        help="where to write the run (default: a new runs/PRESET-DATA-POSTERIOR-TIME)",
+    )  # fmt: skip
+    t.add_argument(
+        "--resume", metavar="RUN_DIR", type=_run_dir,
+        help="continue the run in RUN_DIR exactly where it stopped (default: start a new run); "
+        "budgets (train.max_minutes, train.max_steps) count from this invocation",
+    )  # fmt: skip
+    t.add_argument(
+        "--overwrite", action="store_true",
+        help="replace the run files already in --run-dir (default: refuse such a folder)",
+    )  # fmt: skip
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
     t.set_defaults(fn=_train)
 
     e = sub.add_parser("eval", help="estimate log p(x) of a trained run")
-    e.add_argument("run_dir")
-    e.add_argument("--estimator", default="iwae", choices=sorted([*ESTIMATORS, "bdmc"]))
-    e.add_argument("--samples", type=int, help="K importance samples (default eval.samples)")
-    e.add_argument("--split", default="test", choices=["test", "valid", "train"])
-    e.add_argument("--limit", type=int, default=0, help="a fixed seeded random subset of N examples")
-    e.add_argument("--batch-size", type=int, default=0)
-    e.add_argument("--chunk", type=int, default=0, help="samples per chunk (bounds memory)")
-    e.add_argument("--checkpoint", default="best", choices=["best", "latest"])
-    e.add_argument("--seed", type=int, default=1234)
-    e.add_argument("--device", default="cpu")
-    e.add_argument("--threads", type=int, default=0)
-    e.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    e.add_argument("run_dir", type=_run_dir, help="the run folder (written by `flowvae train`)")
+    e.add_argument(
+        "--estimator", default="iwae", choices=sorted([*ESTIMATORS, "bdmc"]),
+        help="iwae: importance sampling with q; elbo; ais: annealed importance sampling (HMC); exact: "
+        "linear-Gaussian models only; bdmc: AIS sandwich on simulated data (default: iwae)",
+    )  # fmt: skip
+    e.add_argument(
+        "--samples", type=POSITIVE,
+        help="iwae: K importance samples (default: the run's eval.samples); elbo: z samples "
+        f"(default {DEFAULT_SAMPLES['elbo']}); ais: chains per example unless --chains is given "
+        f"(default {DEFAULT_SAMPLES['ais']}); exact: unused",
+    )  # fmt: skip
+    e.add_argument(
+        "--split", default="test", choices=["test", "valid", "train"], help="data split (default: test)"
+    )
+    e.add_argument(
+        "--limit", type=POSITIVE, help="a fixed seeded random subset of N examples (default: all; "
+        "bdmc: N simulated examples, default 100)",
+    )  # fmt: skip
+    e.add_argument(
+        "--batch-size", type=POSITIVE, help="examples per batch (default: the run's eval.batch_size)"
+    )
+    e.add_argument(
+        "--chunk", type=POSITIVE,
+        help="iwae: samples per chunk, bounds memory to batch-size x chunk (default: the run's eval.chunk)",
+    )  # fmt: skip
+    e.add_argument(
+        "--checkpoint", default="best", choices=["best", "latest"],
+        help="best: best valid ELBO (best.pt); latest: last checkpoint (default: best)",
+    )  # fmt: skip
+    e.add_argument("--seed", type=int, default=1234, help="seed of the subset and samples (default: 1234)")
+    e.add_argument(
+        "--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)"
+    )
+    e.add_argument(
+        "--threads", type=NON_NEGATIVE, default=0, help="torch intra-op threads (default: 0, torch's choice)"
+    )
+    e.add_argument("--json", action="store_true", help="print exactly one JSON object (default: a sentence)")
+    e.add_argument(
+        "--no-progress", action="store_true", help="no progress and ETA on stderr (default: shown)"
+    )
     ais = e.add_argument_group("AIS (--estimator ais|bdmc)")
-    ais.add_argument("--chains", type=int, help="chains per example (ais default 16)")
-    ais.add_argument("--steps", type=int, help="intermediate distributions")
-    ais.add_argument("--leapfrog", type=int)
-    ais.add_argument("--schedule", choices=["linear", "sigmoid"])
-    ais.add_argument("--init", choices=["prior", "posterior"])
-    ais.add_argument("--target-accept", type=float, help="HMC acceptance target (0.65)")
-    ais.add_argument("--step-size", type=float, help="initial HMC step size (0.1)")
+    ais.add_argument(
+        "--chains", type=POSITIVE,
+        help=f"chains per example (default: --samples, else {DEFAULT_SAMPLES['ais']})",
+    )  # fmt: skip
+    ais.add_argument("--steps", type=POSITIVE, help="intermediate distributions (default: 1000)")
+    ais.add_argument("--leapfrog", type=POSITIVE, help="leapfrog steps per HMC move (default: 10)")
+    ais.add_argument(
+        "--schedule", choices=["linear", "sigmoid"], help="spacing of the temperatures (default: sigmoid)"
+    )
+    ais.add_argument(
+        "--init", choices=["prior", "posterior"],
+        help="ais: start chains from the prior, or from q(z|x), then not a proper bound (default: prior)",
+    )  # fmt: skip
+    ais.add_argument(
+        "--target-accept", type=_number(0.0, 1.0),
+        help="HMC acceptance rate the step size adapts to (default: 0.65)",
+    )  # fmt: skip
+    ais.add_argument("--step-size", type=_number(0.0), help="initial HMC step size (default: 0.1)")
     e.set_defaults(fn=_eval)
 
     s = sub.add_parser("sample", help="draw images from a trained run's prior")
-    s.add_argument("run_dir")
-    s.add_argument("--n", type=int, default=64)
-    s.add_argument("--out", help="PNG path (default: a new RUN_DIR/samples-N.png)")
-    s.add_argument("--checkpoint", default="best", choices=["best", "latest"])
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("run_dir", type=_run_dir, help="the run folder (written by `flowvae train`)")
+    s.add_argument("--n", type=POSITIVE, default=64, help="number of images (default: 64)")
     s.add_argument(
-        "--temperature", type=float, default=1.0, help="scale of the prior's std (1: the model itself)"
+        "--out", type=_image_out, help="PNG path in an existing folder (default: a new RUN_DIR/samples-N.png)"
+    )
+    s.add_argument(
+        "--checkpoint", default="best", choices=["best", "latest"],
+        help="best: best valid ELBO (best.pt); latest: last checkpoint (default: best)",
+    )  # fmt: skip
+    s.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default: 0)")
+    s.add_argument(
+        "--temperature", type=_number(0.0, open_low=False), default=1.0,
+        help="scale of the prior's std; 1 samples the model itself (default: 1)",
+    )  # fmt: skip
+    s.add_argument(
+        "--no-progress", action="store_true", help="no progress and ETA on stderr (default: shown)"
     )
     s.set_defaults(fn=_sample)
 
     g = sub.add_parser("gaps", help="inference suboptimality: approximation and amortization gaps")
-    g.add_argument("run_dir")
-    g.add_argument("--split", default="test", choices=["test", "valid", "train"])
-    g.add_argument("--n", type=int, default=100, help="a fixed seeded random subset of N examples")
-    g.add_argument("--local-flow", default="realnvp-aux", help="family of q*_flow (none: only q*_FFG)")
-    g.add_argument("--estimator", default="max", choices=["ais", "iwae", "max"],
-                   help="log p(x) estimate; max: per example the larger of AIS and IWAE")  # fmt: skip
-    g.add_argument("--samples", type=int, default=5000, help="K of the IWAE estimate")
-    g.add_argument("--ais-steps", type=int, default=1000, help="AIS intermediate distributions")
-    g.add_argument("--chains", type=int, default=16, help="AIS chains per example")
-    g.add_argument("--elbo-samples", type=int, default=1000, help="draws of every ELBO estimate")
-    g.add_argument("--steps-cap", type=int, default=10000, help="local optimisation step cap")
-    g.add_argument("--lr", type=float, default=1e-3, help="local optimisation Adam learning rate")
-    g.add_argument("--local-samples", type=int, default=50, help="z draws per local step")
-    g.add_argument("--flow-steps", type=int, help="steps of the local flow (default 2)")
-    g.add_argument("--flow-hidden", type=int, help="hidden units of the local flow's nets (default 100)")
-    g.add_argument("--check-every", type=int, default=100, help="steps between convergence checks")
-    g.add_argument("--patience", type=int, default=5, help="checks without improvement to stop")
-    g.add_argument("--batch-size", type=int, default=100)
-    g.add_argument("--checkpoint", default="best", choices=["best", "latest"])
-    g.add_argument("--seed", type=int, default=1234, help="seed of the subset and of the estimates")
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--threads", type=int, default=0)
-    g.add_argument("--json", action="store_true", help="print exactly one JSON object")
-    g.add_argument("--out", help="output folder (default RUN_DIR/gaps)")
+    g.add_argument("run_dir", type=_run_dir, help="the run folder (written by `flowvae train`)")
+    g.add_argument(
+        "--split", default="test", choices=["test", "valid", "train"], help="data split (default: test)"
+    )
+    g.add_argument(
+        "--n", type=POSITIVE, default=100, help="a fixed seeded random subset of N examples (default: 100)"
+    )
+    g.add_argument(
+        "--local-flow", default="realnvp-aux",
+        help="family of q*_flow, a flat posterior name; none: only q*_FFG (default: realnvp-aux)",
+    )  # fmt: skip
+    g.add_argument(
+        "--estimator", default="max", choices=["ais", "iwae", "max"],
+        help="log p(x) estimate; max: per example the larger of AIS and IWAE (default: max)",
+    )  # fmt: skip
+    g.add_argument("--samples", type=POSITIVE, default=5000, help="K of the IWAE estimate (default: 5000)")
+    g.add_argument(
+        "--ais-steps", type=POSITIVE, default=1000, help="AIS intermediate distributions (default: 1000)"
+    )
+    g.add_argument("--chains", type=POSITIVE, default=16, help="AIS chains per example (default: 16)")
+    g.add_argument(
+        "--elbo-samples", type=POSITIVE, default=1000, help="draws of every ELBO estimate (default: 1000)"
+    )
+    g.add_argument(
+        "--steps-cap", type=POSITIVE, default=10000, help="local optimisation step cap (default: 10000)"
+    )
+    g.add_argument(
+        "--lr", type=_number(0.0), default=1e-3, help="local optimisation Adam learning rate (default: 1e-3)"
+    )
+    g.add_argument(
+        "--local-samples", type=POSITIVE, default=50, help="z draws per local step (default: 50)"
+    )
+    g.add_argument("--flow-steps", type=POSITIVE, help="steps of the local flow (default: 2)")
+    g.add_argument(
+        "--flow-hidden", type=POSITIVE, help="hidden units of the local flow's nets (default: 100)"
+    )
+    g.add_argument(
+        "--check-every", type=POSITIVE, default=100, help="steps between convergence checks (default: 100)"
+    )
+    g.add_argument(
+        "--patience", type=POSITIVE, default=5, help="checks without improvement to stop (default: 5)"
+    )
+    g.add_argument("--batch-size", type=POSITIVE, default=100, help="examples per batch (default: 100)")
+    g.add_argument(
+        "--checkpoint", default="best", choices=["best", "latest"],
+        help="best: best valid ELBO (best.pt); latest: last checkpoint (default: best)",
+    )  # fmt: skip
+    g.add_argument(
+        "--seed", type=int, default=1234, help="seed of the subset and of the estimates (default: 1234)"
+    )
+    g.add_argument(
+        "--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)"
+    )
+    g.add_argument(
+        "--threads", type=NON_NEGATIVE, default=0, help="torch intra-op threads (default: 0, torch's choice)"
+    )
+    g.add_argument("--json", action="store_true", help="print exactly one JSON object (default: a table)")
+    g.add_argument("--out", type=_new_dir, help="output folder (default: RUN_DIR/gaps)")
     g.set_defaults(fn=_gaps)
 
     sub.add_parser("presets", help="list the named presets").set_defaults(fn=_presets)
 
+    c = sub.add_parser("config", help="list every config key with its value and valid values")
+    c.add_argument("--preset", help="show this preset's values (default: the built-in defaults)")
+    c.set_defaults(fn=_config)
+
     d = sub.add_parser("data", help="dataset utilities")
     dsub = d.add_subparsers(dest="data_command", required=True)
     dl = dsub.add_parser("download", help="fetch a dataset's standard files and verify checksums")
-    dl.add_argument("name", choices=["binarized_mnist", "mnist", "fashion_mnist", "cifar10"])
-    dl.add_argument("--root", help="target folder (default $FLOWVAE_DATA or ./data)")
+    dl.add_argument(
+        "name", choices=["binarized_mnist", "mnist", "fashion_mnist", "cifar10"], help="the dataset"
+    )
+    dl.add_argument("--root", type=_new_dir, help="target folder (default: $FLOWVAE_DATA, else ./data)")
     dl.set_defaults(fn=_download)
     return p
 
@@ -324,6 +577,15 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"flowvae: error: {msg}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
+    except BrokenPipeError:  # e.g. `flowvae config | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as e:  # read-only folder, disk full, a file where a folder should be, ...
+        if os.environ.get("FLOWVAE_DEBUG"):
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"flowvae: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as e:  # train: Interrupted says where its checkpoint is
         print(f"flowvae: interrupted{'; ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -22,11 +25,30 @@ class ConfigError(ValueError):
     """A bad configuration: unknown key, wrong type, unknown preset. One-line message."""
 
 
+# string choices: an override outside them fails when parsed, listing the valid values
+DatasetName = Literal["digits", "binarized_mnist", "mnist", "fashion_mnist", "cifar10", "npz"]
+Binarize = Literal["auto", "dynamic", "threshold", "none"]
+ModelType = Literal["flat", "hierarchical"]
+Network = Literal["mlp", "gated-conv", "resnet", "linear"]
+LikelihoodName = Literal["auto", "bernoulli", "logistic", "logistic-mixture", "gaussian"]
+FlatPosterior = Literal[
+    "diag", "iaf", "iaf-mean", "planar", "sylvester-orthogonal", "sylvester-householder",
+    "sylvester-triangular", "realnvp", "realnvp-aux",
+]  # fmt: skip
+HierarchicalPosterior = Literal["up-diag", "up-iaf", "down-diag", "down-iaf", "down-iaf-mean"]
+PosteriorName = Literal[FlatPosterior, HierarchicalPosterior]
+PriorName = Literal["diag", "iaf"]
+Optimizer = Literal["adam", "adamax"]
+LrSchedule = Literal["constant", "exponential", "cosine"]
+Amp = Literal["none", "bf16"]
+Freeze = Literal["", "decoder", "encoder"]
+
+
 @dataclass
 class DataConfig:
-    name: str = "digits"  # digits | binarized_mnist | mnist | fashion_mnist | cifar10 | npz
+    name: DatasetName = "digits"
     root: str = ""  # folder of the dataset files; "" -> $FLOWVAE_DATA, else ./data
-    binarize: str = "auto"  # auto | dynamic | threshold | none  (auto: the dataset's usual)
+    binarize: Binarize = "auto"  # auto: the dataset's usual
     valid_size: int = -1  # examples held out of train for validation; -1: dataset default
     test_size: int = -1  # digits/npz (no test file): examples held out for test; -1: as valid_size
     file: str = ""  # npz: path of the .npz file (relative to root or absolute)
@@ -36,10 +58,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    type: str = "flat"  # flat | hierarchical
-    encoder: str = "mlp"  # mlp | gated-conv | resnet | linear
-    decoder: str = "mlp"  # mlp | gated-conv | resnet | linear
-    likelihood: str = "auto"  # auto | bernoulli | logistic | logistic-mixture | gaussian
+    type: ModelType = "flat"
+    encoder: Network = "mlp"
+    decoder: Network = "mlp"
+    likelihood: LikelihoodName = "auto"
     latent_dim: int = 32
     hidden: list[int] = field(default_factory=lambda: [300, 300])  # mlp widths (encoder)
     decoder_hidden: list[int] | None = None  # mlp decoder widths; None: hidden reversed
@@ -49,7 +71,7 @@ class ModelConfig:
     blocks: int = 2  # resnet: residual blocks per resolution
     mixtures: int = 5  # logistic-mixture: components
     # posterior q(z|x)
-    posterior: str = "diag"
+    posterior: PosteriorName = "diag"  # flat: FlatPosterior; hierarchical: HierarchicalPosterior
     context_dim: int = 64  # size of the context vector h the encoder hands to flows
     flow_steps: int = 4
     flow_hidden: int = 320  # MADE / coupling-net hidden units
@@ -62,16 +84,16 @@ class ModelConfig:
     n_h: int = 64  # deterministic feature maps per block
     n_z: int = 32  # stochastic feature maps per block
     depth_ar: int = 1  # hidden layers of each block's IAF (masked convolutions)
-    prior: str = "diag"  # hierarchical prior p(z_i|z_>i): diag | iaf
+    prior: PriorName = "diag"  # hierarchical prior p(z_i|z_>i)
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 50
     batch_size: int = 100
-    optimizer: str = "adam"  # adam | adamax
+    optimizer: Optimizer = "adam"
     lr: float = 1e-3
-    lr_schedule: str = "constant"  # constant | exponential | cosine
+    lr_schedule: LrSchedule = "constant"
     lr_decay: float = 1.0  # exponential: multiply the lr by this every epoch
     lr_min: float = 0.0  # cosine: final lr
     kl_warmup_epochs: float = 0.0  # KL weight rises linearly from 0 to 1 over this many epochs
@@ -87,10 +109,10 @@ class TrainConfig:
     max_steps: int = 0  # step budget; then a clean stop with a checkpoint (0 = off)
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | auto
-    amp: str = "none"  # none | bf16: autocast the training forward pass (for GPUs; off by default)
+    amp: Amp = "none"  # bf16: autocast the training forward pass (for GPUs; off by default)
     compile: bool = False  # torch.compile the training forward pass (for GPUs; off by default)
     threads: int = 0  # torch intra-op threads (0 = torch default)
-    freeze: str = ""  # "" | decoder | encoder: parameters left out of the optimizer
+    freeze: Freeze = ""  # parameters left out of the optimizer
     init_from: str = ""  # a run whose best weights initialise the model (with freeze: that part only)
 
 
@@ -136,6 +158,14 @@ def _field_type(obj: Any, name: str) -> Any:
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``typ``; ints are accepted for floats."""
     origin = typing.get_origin(typ)
+    if origin is Literal:
+        choices = typing.get_args(typ)
+        if value is None and "" in choices:
+            return ""
+        if isinstance(value, str) and value in choices:
+            return value
+        valid = ", ".join(c if c else '""' for c in choices)
+        raise ConfigError(f"{key}: {value!r} is not a valid value; valid values: {valid}")
     if origin in (list, tuple):
         (inner,) = typing.get_args(typ)[:1]
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -180,15 +210,134 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {typ}")
 
 
+# ---------------------------------------------------------------------------------------------
+# value checks: each key's range, checked whenever a key is set (overrides, YAML, presets)
+
+Check = tuple[Callable[[Any], bool], str]
+_POSITIVE: Check = (lambda v: v > 0, "must be > 0")
+_NON_NEGATIVE: Check = (lambda v: v >= 0, "must be >= 0")
+_SPLIT_SIZE: Check = (lambda v: v >= -1, "must be >= 0, or -1 for the dataset default")
+_FRACTION: Check = (lambda v: 0 <= v < 1, "must be in [0, 1)")
+_DEVICE: Check = (
+    lambda v: re.fullmatch(r"cpu|auto|cuda(:\d+)?", v) is not None, "must be cpu, cuda, cuda:N or auto"
+)
+
+CHECKS: dict[str, Check] = {
+    "data.valid_size": _SPLIT_SIZE,
+    "data.test_size": _SPLIT_SIZE,
+    "model.latent_dim": _POSITIVE,
+    "model.hidden": _POSITIVE,  # lists: every element
+    "model.decoder_hidden": _POSITIVE,
+    "model.channels": _POSITIVE,
+    "model.blocks": _POSITIVE,
+    "model.mixtures": _POSITIVE,
+    "model.context_dim": _NON_NEGATIVE,
+    "model.flow_steps": _NON_NEGATIVE,
+    "model.flow_hidden": _POSITIVE,
+    "model.flow_layers": _NON_NEGATIVE,
+    "model.num_householder": _POSITIVE,
+    "model.num_ortho_vecs": _POSITIVE,
+    "model.aux_dim": _NON_NEGATIVE,
+    "model.depths": _POSITIVE,
+    "model.n_h": _POSITIVE,
+    "model.n_z": _POSITIVE,
+    "model.depth_ar": _NON_NEGATIVE,
+    "train.epochs": _POSITIVE,
+    "train.batch_size": _POSITIVE,
+    "train.lr": _POSITIVE,
+    "train.lr_decay": _POSITIVE,
+    "train.lr_min": _NON_NEGATIVE,
+    "train.kl_warmup_epochs": _NON_NEGATIVE,
+    "train.kl_min": _NON_NEGATIVE,
+    "train.samples": _POSITIVE,
+    "train.ema": _FRACTION,
+    "train.grad_clip": _NON_NEGATIVE,
+    "train.skip_threshold": _NON_NEGATIVE,
+    "train.early_stopping": _NON_NEGATIVE,
+    "train.eval_every": _POSITIVE,
+    "train.checkpoint_every_steps": _NON_NEGATIVE,
+    "train.max_minutes": _NON_NEGATIVE,
+    "train.max_steps": _NON_NEGATIVE,
+    "train.device": _DEVICE,
+    "train.threads": _NON_NEGATIVE,
+    "eval.samples": _POSITIVE,
+    "eval.chunk": _POSITIVE,
+    "eval.batch_size": _POSITIVE,
+    "eval.valid_samples": _POSITIVE,
+}
+
+
+def check_value(key: str, value: Any) -> None:
+    """Reject a non-finite float, or a value outside ``CHECKS[key]`` (lists: each element)."""
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{key}={v}: must be a finite number")
+        if key in CHECKS and v is not None and not CHECKS[key][0](v):
+            raise ConfigError(f"{key}={v}: {CHECKS[key][1]}")
+
+
+# keys read by one model.type only: setting one for the other type is a mistake (it would be ignored)
+MODEL_TYPE_KEYS: dict[str, set[str]] = {
+    "flat": {
+        "encoder", "decoder", "latent_dim", "hidden", "decoder_hidden", "batch_norm", "input_to_all",
+        "channels", "blocks", "context_dim", "flow_steps", "flow_hidden", "flow_layers",
+        "num_householder", "num_ortho_vecs", "aux_dim",
+    },
+    "hierarchical": {"depths", "n_h", "n_z", "depth_ar", "prior"},
+}  # fmt: skip
+POSTERIORS_BY_TYPE = {
+    "flat": typing.get_args(FlatPosterior), "hierarchical": typing.get_args(HierarchicalPosterior),
+}  # fmt: skip
+
+
+def check_ignored(cfg: Config, given: list[str] | tuple[str, ...]) -> None:
+    """Refuse a ``given`` (dotted) key that ``cfg.model.type`` does not read."""
+    for other, keys in MODEL_TYPE_KEYS.items():
+        ignored = [k for k in given if other != cfg.model.type and k.startswith("model.") and k[6:] in keys]
+        if ignored:
+            raise ConfigError(
+                f"{ignored[0]} is ignored by model.type={cfg.model.type} (it is for model.type={other}); "
+                "remove it"
+            )
+
+
+def validate(cfg: Config, given: list[str] | tuple[str, ...] = ()) -> Config:
+    """Checks across keys, made once the whole config is known (before any file is written).
+
+    Every key's own range is checked when it is set (:func:`check_value`); here: the posterior
+    of ``model.type``, hierarchical levels, flow steps for a flow posterior, and that none of
+    the keys the user ``given`` (dotted) is one that ``model.type`` ignores (a preset's own
+    values for the other type are harmless and not reported).
+    """
+    m = cfg.model
+    allowed = POSTERIORS_BY_TYPE[m.type]
+    if m.posterior not in allowed:
+        raise ConfigError(
+            f"model.posterior={m.posterior} is not a posterior of model.type={m.type}; "
+            f"valid values: {', '.join(allowed)}"
+        )
+    check_ignored(cfg, given)
+    if m.type == "hierarchical" and not m.depths:
+        raise ConfigError("model.depths=[]: model.type=hierarchical needs at least one level, e.g. [2, 2]")
+    if m.type == "flat" and m.posterior != "diag" and m.flow_steps <= 0:
+        raise ConfigError(f"model.flow_steps={m.flow_steps}: model.posterior={m.posterior} needs >= 1 step")
+    for key in valid_keys(cfg):
+        section, name = key.split(".")
+        check_value(key, getattr(getattr(cfg, section), name))
+    return cfg
+
+
 def set_key(cfg: Config, key: str, value: Any) -> None:
-    """Set ``section.name`` to ``value`` (already parsed), type-checked."""
+    """Set ``section.name`` to ``value`` (already parsed), type- and range-checked."""
     parts = key.split(".")
     if len(parts) != 2 or not hasattr(cfg, parts[0]) or not dataclasses.is_dataclass(
         getattr(cfg, parts[0])
     ) or parts[1] not in {f.name for f in dataclasses.fields(getattr(cfg, parts[0]))}:
         raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys(cfg))}")
     section = getattr(cfg, parts[0])
-    setattr(section, parts[1], _coerce(value, _field_type(section, parts[1]), key))
+    value = _coerce(value, _field_type(section, parts[1]), key)
+    check_value(key, value)
+    setattr(section, parts[1], value)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -204,9 +353,17 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``key=value`` overrides, then :func:`validate` the result as a whole.
+
+    The last step of building a run's config (preset, YAML, overrides; or a resumed run's saved
+    config): everything a bad value can break is caught here, before any file is written.
+    """
+    given = []
     for text in overrides:
-        set_key(cfg, *parse_override(text))
-    return cfg
+        key, value = parse_override(text)
+        set_key(cfg, key, value)
+        given.append(key)
+    return validate(cfg, given)
 
 
 def apply_dict(cfg: Config, values: dict[str, Any], origin: str = "config") -> Config:
@@ -229,7 +386,18 @@ def load_yaml(path: str | Path, cfg: Config | None = None) -> Config:
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    return apply_dict(cfg or Config(), values or {}, origin=str(path))
+    cfg = cfg or Config()
+    before = copy.deepcopy(cfg.model)
+    cfg = apply_dict(cfg, values or {}, origin=str(path))
+    # keys the file changed that the model type ignores (a full dump, e.g. a run's config.yaml,
+    # repeats the other type's defaults: harmless); against the type in effect after this file
+    changed = [f"model.{f.name}" for f in dataclasses.fields(before)
+               if getattr(before, f.name) != getattr(cfg.model, f.name)]  # fmt: skip
+    try:
+        check_ignored(cfg, changed)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return cfg
 
 
 def from_dict(values: dict[str, Any]) -> Config:
@@ -252,6 +420,7 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {}
+DATA_PRESETS: dict[str, str] = {}  # data.name -> the preset a run without --preset starts from
 
 
 def register_preset(name: str, description: str, parent: str | None = None, **overrides: Any):
@@ -271,3 +440,30 @@ def preset(name: str) -> Config:
     for key, value in p.overrides.items():
         set_key(cfg, key, copy.deepcopy(value))
     return cfg
+
+
+def starting_preset(overrides: list[str], config_file: str | None = None) -> tuple[str, str]:
+    """The preset of a run given no ``--preset``: that of its ``data.name``, and a note saying so.
+
+    ``data.name`` comes from the overrides (the last one wins) or else the YAML config file;
+    without either the run is on ``digits``. Returns ``(preset name, one-line note)``.
+    """
+    from . import presets  # noqa: F401  (fills DATA_PRESETS)
+
+    name = None
+    if config_file:
+        try:
+            values = yaml.safe_load(Path(config_file).read_text())
+        except (OSError, yaml.YAMLError):  # reported by load_yaml with the file's name
+            values = None
+        data = values.get("data") if isinstance(values, dict) else None
+        name = data.get("name") if isinstance(data, dict) else None
+    for text in overrides:
+        key, value = parse_override(text)
+        if key == "data.name":
+            name = value
+    name = name if isinstance(name, str) and name else "digits"
+    if name in DATA_PRESETS:
+        chosen = DATA_PRESETS[name]
+        return chosen, f"no --preset: starting from preset {chosen}, the default for data.name={name}"
+    return "digits", f"no --preset and no preset for data.name={name}: starting from preset digits' values"

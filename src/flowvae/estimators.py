@@ -96,6 +96,7 @@ def evaluate(
     samples: int = 1,
     seed: int = 0,
     dist: Dist | None = None,
+    progress: Callable[[int], None] | None = None,
     **options,
 ) -> Estimate:
     """Run ``estimator`` over ``batches``; the standard error is over examples.
@@ -103,6 +104,7 @@ def evaluate(
     Batch ``i`` is estimated after ``torch.manual_seed(seed + i)``, so its samples do not depend
     on which process handles it: under torchrun (``dist``) batches are dealt round-robin to the
     ranks and the per-example values gathered, giving the single-process result exactly.
+    ``progress`` is called with each finished batch's size (e.g. a progress bar's ``update``).
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; available: {', '.join(ESTIMATORS)}")
@@ -115,6 +117,8 @@ def evaluate(
         if i % d.world == d.rank:
             torch.manual_seed(seed + i)
             mine[i] = fn(model, x.to(device), samples=samples, **options).double().cpu()
+            if progress is not None:
+                progress(x.shape[0])
     values = {i: v for part in all_gather(mine, d) for i, v in part.items()}
     log_p = torch.cat([values[i] for i in sorted(values)])
     n = log_p.numel()
