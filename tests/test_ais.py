@@ -25,11 +25,11 @@ from flowvae.estimators import ESTIMATORS, elbo_terms, iwae
 from flowvae.linear_gaussian import (
     exact_log_marginal,
     exact_posterior,
-    random_linear_gaussian_vae,
     sample_exact_posterior,
 )
 from flowvae.numerics import log_mean_exp
 from flowvae.posteriors import POSTERIORS
+from flowvae.testing import random_linear_gaussian_vae
 
 B = 32  # examples
 FAST = dict(chains=16, leapfrog=5)

@@ -10,7 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from flowvae.build import build_model
 from flowvae.config import ModelConfig
+from flowvae.core import FlowPosterior
 from flowvae.estimators import ESTIMATORS
 from flowvae.linear_gaussian import (
     best_diag_elbo,
@@ -21,11 +23,9 @@ from flowvae.linear_gaussian import (
     gaussian_elbo,
     is_linear_gaussian,
     linear_gaussian_params,
-    random_linear_gaussian_vae,
     sample_exact_posterior,
 )
-from flowvae.model import VAE
-from flowvae.posteriors import FlowPosterior
+from flowvae.testing import random_linear_gaussian_vae
 
 B = 16
 
@@ -164,7 +164,7 @@ def test_exact_estimator(model, x):
 
 def test_exact_estimator_rejects_other_models():
     cfg = ModelConfig(encoder="mlp", decoder="mlp", likelihood="bernoulli", latent_dim=2, hidden=[8])
-    model = VAE(cfg, (1, 2, 2), binary=True)
+    model = build_model(cfg, (1, 2, 2), binary=True)
     assert not is_linear_gaussian(model)
     msg = (
         r"estimator 'exact' needs a linear-Gaussian model \(model.decoder=linear, "

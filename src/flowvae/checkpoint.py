@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .build import build_model
 from .config import Config, ConfigError, from_dict
 
 
@@ -64,8 +65,6 @@ def load_run(
     run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"
 ) -> tuple[Config, nn.Module, dict[str, Any]]:
     """Rebuild the model of a run; its EMA weights when the run kept them (those are evaluated)."""
-    from .model import build_model
-
     ckpt = load_checkpoint(checkpoint_path(run_dir, which), map_location=device)
     try:
         cfg = from_dict(ckpt["config"])

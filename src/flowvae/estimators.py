@@ -16,28 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from .ais import ais_estimator
+from .core import ElboTerms
 from .distributed import Dist, all_gather
 from .linear_gaussian import exact
 from .numerics import bits_per_dim
-
-
-@dataclass
-class ElboTerms:
-    """Per-sample terms of the ELBO, each (*S, B)."""
-
-    log_likelihood: Tensor  # log p(x|z)
-    log_prior: Tensor  # log p(z)
-    log_q: Tensor  # log q(z|x) (for auxiliary posteriors: log q(z,v|x) - log r(v|x,z))
-    kl_groups: Tensor | None = None  # (*S, B, G) per-group KL for free bits (hierarchical model)
-
-    @property
-    def log_weight(self) -> Tensor:
-        return self.log_likelihood + self.log_prior - self.log_q
-
-    @property
-    def kl(self) -> Tensor:
-        """Single-sample estimate of KL(q(z|x) || p(z))."""
-        return self.log_q - self.log_prior
 
 
 def elbo_terms(model: nn.Module, x: Tensor, samples: int = 1) -> ElboTerms:

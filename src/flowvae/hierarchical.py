@@ -42,10 +42,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .estimators import ElboTerms
+from .core import ElboTerms, Posterior
 from .likelihoods import build_likelihood
 from .numerics import log_normal, log_standard_normal
-from .posteriors import Posterior
 
 POSTERIORS = ("up-diag", "up-iaf", "down-diag", "down-iaf", "down-iaf-mean")
 PRIORS = ("diag", "iaf")

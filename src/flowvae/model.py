@@ -16,31 +16,59 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .config import ModelConfig
-from .estimators import ElboTerms
-from .likelihoods import build_likelihood
-from .nets import build_decoder, build_encoder
+from .core import ElboTerms, Posterior
+from .likelihoods import LIKELIHOODS
 from .numerics import log_standard_normal
-from .posteriors import Posterior, build_posterior
 
 
 class VAE(nn.Module):
-    """A VAE with one stochastic layer.
+    """A VAE with one stochastic layer, assembled from modules (Kingma & Welling 2014).
 
     Arguments:
-        cfg: the model section of the config.
-        shape: image shape (C, H, W).
-        binary: whether pixels are binary (else 8-bit, values k/255, or continuous).
+        encoder: images (B, C, H, W) -> features (B, F).
+        posterior: a posterior head, features (B, F) -> :class:`~flowvae.core.Posterior`
+            (any of :mod:`flowvae.posteriors`, or your own); it must expose ``latent_dim``.
+        decoder: latents (N, D) -> likelihood parameters (N, P, C, H, W), P =
+            ``likelihood.params``.
+        likelihood: p(x|z) as a module of :mod:`flowvae.likelihoods`, or its name
+            (``bernoulli``, ``logistic``, ``logistic-mixture``, ``gaussian``).
+        shape: image shape (C, H, W); by default the decoder's ``shape``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> import flowvae
+        >>> encoder = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ELU())
+        >>> decoder = nn.Sequential(nn.Linear(4, 64), nn.Unflatten(1, (1, 1, 8, 8)))
+        >>> q = flowvae.posteriors.IAF(features=32, latent=4, steps=2, hidden=16, context=8)
+        >>> vae = flowvae.VAE(encoder, q, decoder, "bernoulli", shape=(1, 8, 8))
+        >>> x = torch.bernoulli(torch.full((5, 1, 8, 8), 0.3))
+        >>> flowvae.elbo(vae, x).shape
+        torch.Size([5])
     """
 
-    def __init__(self, cfg: ModelConfig, shape: tuple[int, int, int], binary: bool):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        posterior: nn.Module,
+        decoder: nn.Module,
+        likelihood: nn.Module | str,
+        shape: Sequence[int] | None = None,
+    ):
         super().__init__()
+        shape = shape if shape is not None else getattr(decoder, "shape", None)
+        if shape is None:
+            raise ValueError("VAE needs the image shape (C, H, W): pass shape=")
         self.shape = tuple(shape)
-        self.latent_dim = cfg.latent_dim
-        self.likelihood = build_likelihood(cfg.likelihood, binary, self.shape, cfg.mixtures)
-        self.encoder = build_encoder(cfg, self.shape)
-        self.posterior = build_posterior(cfg, self.encoder.out_features)
-        self.decoder = build_decoder(cfg, self.shape, self.likelihood.params)
+        self.latent_dim = posterior.latent_dim
+        if isinstance(likelihood, str):
+            if likelihood not in LIKELIHOODS:
+                raise ValueError(f"unknown likelihood {likelihood!r}; available: {', '.join(LIKELIHOODS)}")
+            likelihood = LIKELIHOODS[likelihood].build(self.shape)
+        self.likelihood = likelihood
+        self.encoder = encoder
+        self.posterior = posterior
+        self.decoder = decoder
 
     def forward(self, x: Tensor, samples: int = 1) -> ElboTerms:
         """The ELBO's terms for ``samples`` draws of z per example (what training differentiates)."""
@@ -79,14 +107,3 @@ class VAE(nn.Module):
 
     def decode_sample(self, z: Tensor) -> Tensor:
         return self.likelihood.sample(self._decode(z))
-
-
-def build_model(cfg: ModelConfig, shape: tuple[int, int, int], binary: bool) -> nn.Module:
-    """The model named by ``cfg.type``."""
-    if cfg.type == "flat":
-        return VAE(cfg, shape, binary)
-    if cfg.type == "hierarchical":
-        from .hierarchical import HierarchicalVAE
-
-        return HierarchicalVAE(cfg, shape, binary)
-    raise ValueError(f"unknown model.type {cfg.type!r}; available: flat, hierarchical")
