@@ -96,8 +96,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.limit and args.limit < x.shape[0]:
         x = x[subset_indices(x.shape[0], args.limit, args.seed)]
         subset = f"seeded random subset of {args.limit} (seed {args.seed})"
-    elbo = evaluate(model, x.split(100), "elbo", "test", dims=dims, samples=1)
-    iwae = evaluate(model, x.split(50), "iwae", "test", dims=dims, samples=args.samples, chunk=args.chunk)
+    elbo = evaluate(model, x.split(100), "elbo", split="test", dims=dims, samples=1)
+    iwae = evaluate(model, x.split(50), "iwae", split="test", dims=dims, samples=args.samples, chunk=args.chunk)
     samples_per_s = sampling_speed(model, args.n_samples, run_dir / "bench_samples.png", args.temperature)
     return {
         "preset": args.preset, "minutes": args.minutes, "steps": state.step,

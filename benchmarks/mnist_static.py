@@ -39,8 +39,8 @@ def run(args: argparse.Namespace, posterior: str) -> dict:
     _, model, _ = load_run(run_dir, "best")
     data = load_data(cfg.data)
     x = data.test[subset_indices(data.test.shape[0], args.limit, 0)]
-    iwae = evaluate(model, x.split(100), "iwae", "test", dims=784, samples=args.samples, chunk=500)
-    elbo = evaluate(model, x.split(100), "elbo", "test", dims=784, samples=1)
+    iwae = evaluate(model, x.split(100), "iwae", split="test", dims=784, samples=args.samples, chunk=500)
+    elbo = evaluate(model, x.split(100), "elbo", split="test", dims=784, samples=1)
     assert math.isfinite(iwae.nll)
     return {
         "posterior": posterior, "preset": args.preset, "minutes": args.minutes,

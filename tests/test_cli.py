@@ -120,9 +120,10 @@ def test_estimators_from_the_cli_agree_with_the_exact_value(linear_gaussian_run)
     # from their standard errors, is tested in test_ais.py / test_estimators.py
     assert elbo["nll"] > iwae["nll"] > exact["nll"] - 0.05
     assert elbo["nll"] > ais["nll"] > exact["nll"] - 0.05
-    for key in ("chains", "steps", "leapfrog", "schedule", "init", "target_accept", "acceptance"):
-        assert key in ais
-    assert ais["chains"] == 8 and ais["init"] == "posterior" and 0 < ais["acceptance"] <= 1
+    for key in ("steps", "leapfrog", "schedule", "init", "target_accept", "step_size"):
+        assert key in ais["settings"]
+    assert ais["samples"] == 8 and ais["settings"]["init"] == "posterior"
+    assert ais["settings"]["steps"] == 100 and 0 < ais["diagnostics"]["acceptance"] <= 1
     bdmc = nll("--estimator", "bdmc", "--chains", "4", "--steps", "50")
     assert bdmc["n"] == 30 and bdmc["lower"] <= bdmc["upper"] + 0.05 and bdmc["gap"] >= -0.05
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -61,10 +61,26 @@ def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
     return run_dir / names[which]
 
 
-def load_run(
-    run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"
-) -> tuple[Config, nn.Module, dict[str, Any]]:
-    """Rebuild the model of a run; its EMA weights when the run kept them (those are evaluated)."""
+class Run(NamedTuple):
+    """A trained run, loaded: its resolved config, its model (in eval mode) and the raw checkpoint."""
+
+    config: Config
+    model: nn.Module
+    checkpoint: dict[str, Any]
+
+
+def load_run(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu") -> Run:
+    """Rebuild the model of a run; its EMA weights when the run kept them (those are evaluated).
+
+    Arguments:
+        run_dir: a folder written by ``flowvae train``.
+        which: ``best`` (best validation ELBO) or ``latest``.
+        device: where the model goes.
+
+    Returns:
+        :class:`Run` ``(config, model, checkpoint)``; ``run.config.data`` says which data and
+        split the run was trained on (``flowvae.load_data(run.config.data)`` loads it).
+    """
     ckpt = load_checkpoint(checkpoint_path(run_dir, which), map_location=device)
     try:
         cfg = from_dict(ckpt["config"])
@@ -73,4 +89,4 @@ def load_run(
     model = build_model(cfg.model, tuple(ckpt["image_shape"]), ckpt["binary"]).to(device)
     model.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])
     model.eval()
-    return cfg, model, ckpt
+    return Run(cfg, model, ckpt)

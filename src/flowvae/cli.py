@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -53,44 +52,35 @@ def _eval(args: argparse.Namespace) -> int:
 
     d = distributed.setup(torch.device(args.device))
     device = distributed.local_device(torch.device(args.device), d)
-    cfg, model, _ = load_run(args.run_dir, args.checkpoint, device)
+    run = load_run(args.run_dir, args.checkpoint, device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = load_data(cfg.data)
-    x, subset = evaluation_images(data, args.split, args.limit, args.seed)
-    ais_options = {
-        "chains": args.chains, "steps": args.steps, "leapfrog": args.leapfrog,
-        "schedule": args.schedule, "init": args.init, "target_accept": args.target_accept,
-        "step_size": args.step_size,
-    }  # fmt: skip
-    batch = args.batch_size or cfg.eval.batch_size
+    batch = args.batch_size or run.config.eval.batch_size
     if args.estimator == "bdmc":  # simulates its own data: no split, no per-example batches
-        return _bdmc(args, model, ais_options, batch, d)
-    # samples: K for iwae, chains for ais; a single draw for the ELBO unless asked
-    samples = args.samples or DEFAULT_SAMPLES.get(args.estimator, cfg.eval.samples)
-    accepted = inspect.signature(ESTIMATORS[args.estimator]).parameters
-    options = {k: v for k, v in {**ais_options, "chunk": args.chunk or cfg.eval.chunk}.items()
-               if v is not None and k in accepted}  # fmt: skip
-    stats: dict = {}
-    if "stats" in accepted:
-        options["stats"] = stats
+        return _bdmc(args, run.model, batch, d)
+    data = load_data(run.config.data)
+    x, subset = evaluation_images(data, args.split, args.limit, args.seed)
+    record = ESTIMATORS[args.estimator]
+    samples = args.samples or (run.config.eval.samples if record.run_samples else record.default_samples)
+    # the estimator's own options: a flag when given, else the run's eval.* value of that name
+    options = {}
+    for name in record.settings():
+        value = getattr(args, name, None) or getattr(run.config.eval, name, None)
+        if value is not None:
+            options[name] = value
     result = evaluate(
-        model, x.split(batch), estimator=args.estimator, split=args.split,
-        dims=math.prod(data.shape), samples=samples, seed=args.seed, dist=d, **options,
+        run.model, x, args.estimator, samples, split=args.split, seed=args.seed, batch_size=batch,
+        dist=d, **options,
     )  # fmt: skip
     distributed.cleanup(d)
     if not d.is_main:
         return 0
-    options.pop("stats", None)
-    settings = {k: options.get(k, accepted[k].default) for k in ais_options if k in accepted}
-    if "chains" in settings:
-        settings["chains"] = settings["chains"] or samples
-    out = {**result.to_json(), **options, **settings, **{k: v for k, v in stats.items() if k == "acceptance"}}
-    out.update({"checkpoint": args.checkpoint, "data": cfg.data.name, "subset": subset or None})
+    out = {**result.to_json(), "checkpoint": args.checkpoint, "data": run.config.data.name,
+           "subset": subset or None}  # fmt: skip
     if args.json:
         print(json.dumps(out))
     else:
-        unit = "" if data.binary else f" = {result.bits_per_dim:.4f} bits/dim"
+        unit = "" if result.bits_per_dim is None or data.binary else f" = {result.bits_per_dim:.4f} bits/dim"
         print(
             f"{args.estimator} (K={result.samples}) on {args.split}, n={result.n}"
             f"{' [' + subset + ']' if subset else ''}: -log p(x) = {result.nll:.3f} ± "
@@ -99,10 +89,7 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-DEFAULT_SAMPLES = {"elbo": 1, "exact": 1, "ais": 16}
-
-
-def _bdmc(args: argparse.Namespace, model: torch.nn.Module, options: dict, batch: int, d) -> int:
+def _bdmc(args: argparse.Namespace, model: torch.nn.Module, batch: int, d) -> int:
     """BDMC (Grosse et al. 2015) on ``--limit`` (default 100) examples simulated from the model.
 
     Forward AIS from the prior gives a stochastic lower bound of log p(x), reverse AIS from the
@@ -113,7 +100,10 @@ def _bdmc(args: argparse.Namespace, model: torch.nn.Module, options: dict, batch
 
     if d.enabled:
         raise ValueError("--estimator bdmc runs in one process; launch it without torchrun")
-    options = {k: v for k, v in options.items() if v is not None and k != "init"}
+    names = ("steps", "leapfrog", "schedule", "target_accept", "step_size")
+    options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    if args.samples:
+        options["chains"] = args.samples
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     result = bdmc(model, n=args.limit or 100, batch_size=batch, **options)
@@ -210,7 +200,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=0)
     e.add_argument("--json", action="store_true", help="print exactly one JSON object")
     ais = e.add_argument_group("AIS (--estimator ais|bdmc)")
-    ais.add_argument("--chains", type=int, help="chains per example (ais default 16)")
+    ais.add_argument("--chains", dest="samples", type=int, help="chains per example (= --samples)")
     ais.add_argument("--steps", type=int, help="intermediate distributions")
     ais.add_argument("--leapfrog", type=int)
     ais.add_argument("--schedule", choices=["linear", "sigmoid"])

@@ -25,6 +25,7 @@ class Bernoulli(nn.Module):
     """Binary pixels; parameters are logits."""
 
     params = 1
+    discrete = True  # a probability mass: bits/dim are meaningful
 
     def log_prob(self, x: Tensor, out: Tensor) -> Tensor:
         return log_bernoulli(x, out[..., 0, :, :, :]).flatten(-3).sum(-1)
@@ -40,6 +41,7 @@ class DiscretizedLogistic(nn.Module):
     """8-bit pixels (values k/255) under a discretized logistic (IAF paper, openai/iaf)."""
 
     params = 2
+    discrete = True
 
     def log_prob(self, x: Tensor, out: Tensor) -> Tensor:
         mean, log_scale = out[..., 0, :, :, :], out[..., 1, :, :, :].clamp(min=-7.0)
@@ -57,6 +59,8 @@ class DiscretizedLogistic(nn.Module):
 
 class DiscretizedLogisticMixture(nn.Module):
     """8-bit pixels under a mixture of ``k`` discretized logistics per pixel (no channel coupling)."""
+
+    discrete = True
 
     def __init__(self, k: int):
         super().__init__()
@@ -92,6 +96,7 @@ class Gaussian(nn.Module):
     """
 
     params = 1
+    discrete = False  # a density over continuous values: no bits/dim
 
     def __init__(self, shape: tuple[int, int, int], init_log_std: float = math.log(0.1)):
         super().__init__()
