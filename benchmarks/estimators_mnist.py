@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from flowvae.checkpoint import load_run
-from flowvae.data import load_data, subset_indices
+from flowvae.data import evaluation_images, load_data
 from flowvae.estimators import evaluate
 
 
@@ -47,7 +47,7 @@ def main() -> None:
     args = p.parse_args()
     cfg, model, _ = load_run(args.run_dir, "best")
     data = load_data(cfg.data)
-    x = data.test[subset_indices(data.test.shape[0], args.limit, 0)]
+    x = evaluation_images(data, "test", args.limit, seed=0).images
     rows = []
     iwae = evaluate(model, x.split(50), "iwae", split="test", dims=784, samples=args.samples, chunk=500)
     def row(name, r):

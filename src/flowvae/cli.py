@@ -59,7 +59,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.estimator == "bdmc":  # simulates its own data: no split, no per-example batches
         return _bdmc(args, run.model, batch, d)
     data = load_data(run.config.data)
-    x, subset = evaluation_images(data, args.split, args.limit, args.seed)
+    x, _, subset = evaluation_images(data, args.split, args.limit, args.seed)
     record = ESTIMATORS[args.estimator]
     samples = args.samples or (run.config.eval.samples if record.run_samples else record.default_samples)
     # the estimator's own options: a flag when given, else the run's eval.* value of that name
