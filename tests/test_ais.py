@@ -169,7 +169,7 @@ def test_estimator_returns_its_acceptance_as_a_per_example_diagnostic():
     assert first.shape == (8,) and diagnostics["acceptance"].shape == (8,)
     assert 0 < diagnostics["acceptance"].min() <= diagnostics["acceptance"].max() <= 1
     est = evaluate(model, x[:12].split(8), "ais", samples=4, steps=20, leapfrog=2)
-    assert 0 < est.diagnostics["acceptance"] <= 1 and est.settings["steps"] == 20
+    assert 0 < est.diagnostics["acceptance"]["mean"] <= 1 and est.settings["steps"] == 20
     with pytest.raises(ValueError, match="unknown option for estimator 'ais'"):
         evaluate(model, x[:4], "ais", samples=4, stepz=20)
 

@@ -123,7 +123,7 @@ def test_estimators_from_the_cli_agree_with_the_exact_value(linear_gaussian_run)
     for key in ("steps", "leapfrog", "schedule", "init", "target_accept", "step_size"):
         assert key in ais["settings"]
     assert ais["samples"] == 8 and ais["settings"]["init"] == "posterior"
-    assert ais["settings"]["steps"] == 100 and 0 < ais["diagnostics"]["acceptance"] <= 1
+    assert ais["settings"]["steps"] == 100 and 0 < ais["diagnostics"]["acceptance"]["mean"] <= 1
     bdmc = nll("--estimator", "bdmc", "--chains", "4", "--steps", "50")
     assert bdmc["n"] == 30 and bdmc["lower"] <= bdmc["upper"] + 0.05 and bdmc["gap"] >= -0.05
 

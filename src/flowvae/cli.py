@@ -77,6 +77,8 @@ def _eval(args: argparse.Namespace) -> int:
         return 0
     out = {**result.to_json(), "checkpoint": args.checkpoint, "data": run.config.data.name,
            "subset": subset or None}  # fmt: skip
+    for warning in result.warnings:
+        print(f"flowvae: warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(out))
     else:
@@ -86,6 +88,8 @@ def _eval(args: argparse.Namespace) -> int:
             f"{' [' + subset + ']' if subset else ''}: -log p(x) = {result.nll:.3f} ± "
             f"{result.stderr:.3f} nats{unit} ({result.seconds:.1f} s)"
         )
+        for name, v in result.diagnostics.items():
+            print(f"  {name} over examples: median {v['median']:.3g}, min {v['min']:.3g}, max {v['max']:.3g}")
     return 0
 
 

@@ -17,9 +17,10 @@ from torch import Tensor, nn
 
 from .ais import AISOptions, ais_estimate
 from .core import ElboTerms
+from .diagnostics import khat_warning, weight_diagnostics
 from .distributed import Dist, all_gather
 from .linear_gaussian import exact
-from .numerics import bits_per_dim
+from .numerics import bits_per_dim, log_mean_exp
 
 
 def elbo_terms(model: nn.Module, x: Tensor, samples: int = 1) -> ElboTerms:
@@ -32,17 +33,32 @@ def elbo(model: nn.Module, x: Tensor, samples: int = 1) -> Tensor:
     return elbo_terms(model, x, samples).log_weight.mean(0)
 
 
-def iwae(model: nn.Module, x: Tensor, samples: int = 5000, chunk: int = 500) -> Tensor:
-    """Importance-sampled log p(x) with q as proposal (the IWAE bound, Burda et al. 2015).
+def importance_log_weights(model: nn.Module, x: Tensor, samples: int = 5000, chunk: int = 500) -> Tensor:
+    """K = ``samples`` log-weights log p(x, z_k) - log q(z_k|x), z_k ~ q(z|x): (K, B).
 
-    log p̂(x) = log (1/K) Σ_k p(x, z_k) / q(z_k|x). The K samples are drawn ``chunk`` at a time
-    and combined with a running log-sum-exp, so memory is bounded by B * chunk whatever K.
+    Drawn ``chunk`` at a time, so the model's memory is bounded by B * chunk whatever K; only
+    the K x B weights themselves are kept.
     """
-    total = None
-    for start in range(0, samples, chunk):
-        lse = torch.logsumexp(elbo_terms(model, x, min(chunk, samples - start)).log_weight, dim=0)
-        total = lse if total is None else torch.logaddexp(total, lse)
-    return total - math.log(samples)
+    parts = [elbo_terms(model, x, min(chunk, samples - s)).log_weight for s in range(0, samples, chunk)]
+    return torch.cat(parts)
+
+
+def iwae(model: nn.Module, x: Tensor, samples: int = 5000, chunk: int = 500) -> Tensor:
+    """Importance-sampled log p(x) with q as proposal (the IWAE bound, Burda et al. 2015): (B,).
+
+    log p̂(x) = log (1/K) Σ_k p(x, z_k) / q(z_k|x), the log-mean-exp of
+    :func:`importance_log_weights`, reduced in float64.
+    """
+    return iwae_estimate(model, x, samples, chunk)[0]
+
+
+def iwae_estimate(
+    model: nn.Module, x: Tensor, samples: int = 5000, chunk: int = 500
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The estimator ``iwae``: log p̂(x) (B,) and the weights' diagnostics (ESS, Pareto k̂)."""
+    log_weights = importance_log_weights(model, x, samples, chunk)
+    log_p = log_mean_exp(log_weights.double(), dim=0).to(log_weights.dtype)
+    return log_p, weight_diagnostics(log_weights)
 
 
 @dataclass
@@ -98,7 +114,7 @@ ESTIMATORS: dict[str, EstimatorRecord] = {
     r.name: r
     for r in [
         EstimatorRecord("elbo", _without_diagnostics(elbo), 1, "draws of z per example"),
-        EstimatorRecord("iwae", _without_diagnostics(iwae), 5000, "importance samples K", IWAEOptions, True),
+        EstimatorRecord("iwae", iwae_estimate, 5000, "importance samples K", IWAEOptions, True),
         EstimatorRecord("ais", ais_estimate, 16, "AIS chains per example", AISOptions),
         EstimatorRecord("exact", _without_diagnostics(exact), 1, "unused (exact value)"),
     ]
@@ -116,8 +132,9 @@ class Estimate:
     """A dataset-level estimate: mean -log p̂(x) per example (nats) and its standard error.
 
     ``bits_per_dim`` is None for data that is not discrete (a Gaussian likelihood).
-    ``diagnostics`` holds the mean over examples of each per-example diagnostic
-    (``per_example_diagnostics``), ``settings`` the estimator's own options.
+    ``diagnostics`` summarises each per-example diagnostic (``per_example_diagnostics``: ESS
+    and Pareto k̂ for ``iwae``, HMC acceptance for ``ais``) over examples; ``warnings`` says
+    when they make the estimate unreliable; ``settings`` are the estimator's own options.
     """
 
     estimator: str
@@ -130,12 +147,22 @@ class Estimate:
     seconds: float
     per_example: Tensor  # (n,) log p̂(x)
     settings: dict = field(default_factory=dict)
-    diagnostics: dict[str, float] = field(default_factory=dict)
+    diagnostics: dict[str, dict[str, float]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     per_example_diagnostics: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict:
         skip = ("per_example", "per_example_diagnostics")
         return {k: v for k, v in self.__dict__.items() if k not in skip}
+
+
+def summarise(values: Tensor) -> dict[str, float]:
+    """Mean, median, min and max over examples of a per-example diagnostic (NaNs left out)."""
+    v = values[torch.isfinite(values)].double()
+    if v.numel() == 0:
+        return dict.fromkeys(("mean", "median", "min", "max"), float("nan"))
+    return {"mean": v.mean().item(), "median": v.median().item(), "min": v.min().item(),
+            "max": v.max().item()}  # fmt: skip
 
 
 @torch.no_grad()
@@ -205,6 +232,8 @@ def evaluate(
         estimator=estimator, split=split, n=n, samples=samples, nll=nll, stderr=stderr,
         bits_per_dim=float(bits_per_dim(nll, dims)) if model.likelihood.discrete else None,
         seconds=time.perf_counter() - start, per_example=log_p, settings=settings,
-        diagnostics={k: v.mean().item() for k, v in per_example_diagnostics.items()},
+        diagnostics={k: summarise(v) for k, v in per_example_diagnostics.items()},
+        warnings=[w for w in [khat_warning(per_example_diagnostics["khat"])] if w]
+        if "khat" in per_example_diagnostics else [],
         per_example_diagnostics=per_example_diagnostics,
     )  # fmt: skip
