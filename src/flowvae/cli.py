@@ -14,8 +14,8 @@ import torch
 
 from .checkpoint import CheckpointError, load_run
 from .config import PRESETS, Config, ConfigError, apply_overrides, load_yaml, preset
-from .data import DataError, download, evaluation_images, load_data
-from .estimators import ESTIMATORS, evaluate
+from .data import DataError, download
+from .estimators import ESTIMATORS
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -49,47 +49,62 @@ def _dims(run_dir: Path) -> tuple[bool, int]:
 
 def _eval(args: argparse.Namespace) -> int:
     from . import distributed
+    from .compare import evaluate_run
 
     d = distributed.setup(torch.device(args.device))
     device = distributed.local_device(torch.device(args.device), d)
-    run = load_run(args.run_dir, args.checkpoint, device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    batch = args.batch_size or run.config.eval.batch_size
     if args.estimator == "bdmc":  # simulates its own data: no split, no per-example batches
-        return _bdmc(args, run.model, batch, d)
-    data = load_data(run.config.data)
-    x, _, subset = evaluation_images(data, args.split, args.limit, args.seed)
+        run = load_run(args.run_dir, args.checkpoint, device)
+        return _bdmc(args, run.model, args.batch_size or run.config.eval.batch_size, d)
     record = ESTIMATORS[args.estimator]
-    samples = args.samples or (run.config.eval.samples if record.run_samples else record.default_samples)
-    # the estimator's own options: a flag when given, else the run's eval.* value of that name
-    options = {}
-    for name in record.settings():
-        value = getattr(args, name, None) or getattr(run.config.eval, name, None)
-        if value is not None:
-            options[name] = value
-    result = evaluate(
-        run.model, x, args.estimator, samples, split=args.split, seed=args.seed, batch_size=batch,
-        dist=d, **options,
+    options = {name: getattr(args, name, None) for name in record.settings()}
+    scored = evaluate_run(
+        args.run_dir, args.estimator, args.samples, split=args.split, limit=args.limit, seed=args.seed,
+        batch_size=args.batch_size or None, checkpoint=args.checkpoint, device=device, dist=d,
+        cache=not args.no_cache, **options,
     )  # fmt: skip
     distributed.cleanup(d)
     if not d.is_main:
         return 0
-    out = {**result.to_json(), "checkpoint": args.checkpoint, "data": run.config.data.name,
-           "subset": subset or None}  # fmt: skip
+    result, subset = scored.estimate, scored.examples.description
     for warning in result.warnings:
         print(f"flowvae: warning: {warning}", file=sys.stderr)
+    out = {**result.to_json(), "checkpoint": args.checkpoint, "data": scored.run.config.data.name,
+           "subset": subset, "cached": scored.cached}  # fmt: skip
     if args.json:
         print(json.dumps(out))
+        return 0
+    binary = scored.run.checkpoint["binary"]  # binary images are reported in nats only
+    unit = "" if result.bits_per_dim is None or binary else f" = {result.bits_per_dim:.4f} bits/dim"
+    print(
+        f"{args.estimator} (K={result.samples}) on {subset}: -log p(x) = {result.nll:.3f} ± "
+        f"{result.stderr:.3f} nats{unit} ({result.seconds:.1f} s{', cached' if scored.cached else ''})"
+    )
+    for name, v in result.diagnostics.items():
+        print(f"  {name} over examples: median {v['median']:.3g}, min {v['min']:.3g}, max {v['max']:.3g}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare_runs, markdown_table, write_comparison
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    comparison = compare_runs(
+        args.run_dirs, args.baseline, args.estimator, args.samples, split=args.split, limit=args.limit,
+        seed=args.seed, checkpoint=args.checkpoint, cache=not args.no_cache,
+    )  # fmt: skip
+    for warning in comparison.warnings:
+        print(f"flowvae: warning: {warning}", file=sys.stderr)
+    paths = write_comparison(comparison, [Path(r) for r in args.run_dirs], args.out) if args.out else {}
+    if args.json:
+        print(json.dumps({**comparison.to_json(), "files": {k: str(v) for k, v in paths.items()}}))
     else:
-        unit = "" if result.bits_per_dim is None or data.binary else f" = {result.bits_per_dim:.4f} bits/dim"
-        print(
-            f"{args.estimator} (K={result.samples}) on {args.split}, n={result.n}"
-            f"{' [' + subset + ']' if subset else ''}: -log p(x) = {result.nll:.3f} ± "
-            f"{result.stderr:.3f} nats{unit} ({result.seconds:.1f} s)"
-        )
-        for name, v in result.diagnostics.items():
-            print(f"  {name} over examples: median {v['median']:.3g}, min {v['min']:.3g}, max {v['max']:.3g}")
+        print(markdown_table(comparison))
+        if paths:
+            print(f"\nwrote {', '.join(p.name for p in paths.values())} to {args.out}")
     return 0
 
 
@@ -197,12 +212,13 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=["test", "valid", "train"])
     e.add_argument("--limit", type=int, default=0, help="a fixed seeded random subset of N examples")
     e.add_argument("--batch-size", type=int, default=0)
-    e.add_argument("--chunk", type=int, default=0, help="samples per chunk (bounds memory)")
+    e.add_argument("--chunk", type=int, help="iwae: samples per chunk, bounds memory (default: eval.chunk)")
     e.add_argument("--checkpoint", default="best", choices=["best", "latest"])
     e.add_argument("--seed", type=int, default=1234)
     e.add_argument("--device", default="cpu")
     e.add_argument("--threads", type=int, default=0)
     e.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    e.add_argument("--no-cache", action="store_true", help="recompute even if RUN_DIR/eval-cache has it")
     ais = e.add_argument_group("AIS (--estimator ais|bdmc)")
     ais.add_argument("--chains", dest="samples", type=int, help="chains per example (= --samples)")
     ais.add_argument("--steps", type=int, help="intermediate distributions")
@@ -250,6 +266,21 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print exactly one JSON object")
     g.add_argument("--out", help="output folder (default RUN_DIR/gaps)")
     g.set_defaults(fn=_gaps)
+
+    c = sub.add_parser("compare", help="evaluate runs on the same examples: a paired table and curves")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    c.add_argument("--baseline", help="the run differences are paired against (default: the first)")
+    c.add_argument("--estimator", default="iwae", choices=["elbo", "iwae", "ais"], help="default iwae")
+    c.add_argument("--samples", type=int, help="K (default: each run's eval.samples for iwae)")
+    c.add_argument("--split", default="test", choices=["test", "valid", "train"], help="default test")
+    c.add_argument("--limit", type=int, default=0, help="a fixed seeded random subset of N examples (0: all)")
+    c.add_argument("--seed", type=int, default=1234, help="seed of the subset and the estimates (1234)")
+    c.add_argument("--checkpoint", default="best", choices=["best", "latest"], help="default best")
+    c.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    c.add_argument("--no-cache", action="store_true", help="recompute even if a run's eval-cache has it")
+    c.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    c.add_argument("--out", help="write comparison.{md,tex,csv,json} and curves.{png,pdf} here")
+    c.set_defaults(fn=_compare)
 
     sub.add_parser("presets", help="list the named presets").set_defaults(fn=_presets)
 

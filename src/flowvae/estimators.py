@@ -33,6 +33,14 @@ def elbo(model: nn.Module, x: Tensor, samples: int = 1) -> Tensor:
     return elbo_terms(model, x, samples).log_weight.mean(0)
 
 
+def elbo_estimate(model: nn.Module, x: Tensor, samples: int = 1) -> tuple[Tensor, dict[str, Tensor]]:
+    """The estimator ``elbo``: the Monte Carlo ELBO (B,) and its two terms as diagnostics, the
+    reconstruction ``log_likelihood`` E_q[log p(x|z)] and the true ``kl`` E_q[log q - log p(z)]."""
+    terms = elbo_terms(model, x, samples)
+    diagnostics = {"log_likelihood": terms.log_likelihood.mean(0), "kl": terms.kl.mean(0)}
+    return terms.log_weight.mean(0), diagnostics
+
+
 def importance_log_weights(model: nn.Module, x: Tensor, samples: int = 5000, chunk: int = 500) -> Tensor:
     """K = ``samples`` log-weights log p(x, z_k) - log q(z_k|x), z_k ~ q(z|x): (K, B).
 
@@ -113,7 +121,7 @@ def _without_diagnostics(fn: Callable[..., Tensor]) -> Callable[..., tuple[Tenso
 ESTIMATORS: dict[str, EstimatorRecord] = {
     r.name: r
     for r in [
-        EstimatorRecord("elbo", _without_diagnostics(elbo), 1, "draws of z per example"),
+        EstimatorRecord("elbo", elbo_estimate, 1, "draws of z per example"),
         EstimatorRecord("iwae", iwae_estimate, 5000, "importance samples K", IWAEOptions, True),
         EstimatorRecord("ais", ais_estimate, 16, "AIS chains per example", AISOptions),
         EstimatorRecord("exact", _without_diagnostics(exact), 1, "unused (exact value)"),
@@ -223,17 +231,34 @@ def evaluate(
     values = {i: v for part in all_gather(mine, d) for i, v in part.items()}
     order = sorted(values)
     log_p = torch.cat([values[i][0] for i in order])
-    per_example_diagnostics = {k: torch.cat([values[i][1][k] for i in order]) for k in values[order[0]][1]}
+    diagnostics = {k: torch.cat([values[i][1][k] for i in order]) for k in values[order[0]][1]}
+    return summarise_estimate(
+        estimator, split, samples, log_p, diagnostics, settings, dims or math.prod(model.shape),
+        model.likelihood.discrete, time.perf_counter() - start,
+    )  # fmt: skip
+
+
+def summarise_estimate(
+    estimator: str,
+    split: str,
+    samples: int,
+    log_p: Tensor,
+    diagnostics: dict[str, Tensor],
+    settings: dict,
+    dims: int,
+    discrete: bool,
+    seconds: float,
+) -> Estimate:
+    """An :class:`Estimate` from per-example values: mean, standard error over examples,
+    bits/dim (for discrete data), summaries and warnings of the diagnostics."""
     n = log_p.numel()
     nll = -log_p.mean().item()
     stderr = (log_p.std().item() / math.sqrt(n)) if n > 1 else float("nan")
-    dims = dims or math.prod(model.shape)
+    warnings = [khat_warning(diagnostics["khat"])] if "khat" in diagnostics else []
     return Estimate(
         estimator=estimator, split=split, n=n, samples=samples, nll=nll, stderr=stderr,
-        bits_per_dim=float(bits_per_dim(nll, dims)) if model.likelihood.discrete else None,
-        seconds=time.perf_counter() - start, per_example=log_p, settings=settings,
-        diagnostics={k: summarise(v) for k, v in per_example_diagnostics.items()},
-        warnings=[w for w in [khat_warning(per_example_diagnostics["khat"])] if w]
-        if "khat" in per_example_diagnostics else [],
-        per_example_diagnostics=per_example_diagnostics,
+        bits_per_dim=float(bits_per_dim(nll, dims)) if discrete else None, seconds=seconds,
+        per_example=log_p, settings=settings,
+        diagnostics={k: summarise(v) for k, v in diagnostics.items()},
+        warnings=[w for w in warnings if w], per_example_diagnostics=diagnostics,
     )  # fmt: skip
