@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import run_cli
+
 from flowvae.compare import active_units, compare_runs, evaluate_run
 from flowvae.testing import random_linear_gaussian_vae
 
