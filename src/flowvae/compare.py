@@ -377,8 +377,14 @@ def markdown_table(c: Comparison) -> str:
 
 def latex_table(c: Comparison) -> str:
     """A booktabs table (needs ``\\usepackage{booktabs}``)."""
-    esc = lambda s: s.replace("—", "---").replace("_", r"\_").replace("&", r"\&").replace("−", "$-$").replace("Δ", r"$\Delta$")  # noqa: E731
-    head = [esc(h).replace("p̂", r"$\hat p$") for h in HEADER]
+    latex = {"—": "---", "_": r"\_", "&": r"\&", "−": "$-$", "Δ": r"$\Delta$", "p̂": r"$\hat p$"}
+
+    def esc(text: str) -> str:
+        for plain, tex in latex.items():
+            text = text.replace(plain, tex)
+        return text
+
+    head = [esc(h) for h in HEADER]
     lines = [
         r"\begin{tabular}{ll" + "r" * (len(HEADER) - 2) + "}",
         r"\toprule",
