@@ -35,10 +35,19 @@ def test_readme_python_example_runs(tmp_path):
 
 
 def test_public_names():
+    import importlib
+
     for name in flowvae.__all__:
         assert hasattr(flowvae, name), name
-    for name in ("VAE", "evaluate", "elbo", "iwae", "load_run", "train", "posteriors", "ESTIMATORS"):
+    for name in ("VAE", "evaluate", "elbo", "iwae", "load_run", "fit", "posteriors", "ESTIMATORS"):
         assert name in flowvae.__all__
+    # no package attribute shadows a submodule of the same name (`import flowvae.train as t`)
+    for name in flowvae.__all__:
+        try:
+            module = importlib.import_module(f"flowvae.{name}")
+        except ModuleNotFoundError:
+            continue
+        assert getattr(flowvae, name) is module, name
     assert set(flowvae.posteriors.POSTERIORS) >= {"diag", "iaf", "planar", "realnvp-aux"}
 
 

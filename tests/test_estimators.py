@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from flowvae.ais import ais
-from flowvae.build import build_model
 from flowvae.config import ModelConfig
 from flowvae.core import Posterior
 from flowvae.estimators import ESTIMATORS, elbo, elbo_terms, evaluate, iwae
 from flowvae.linear_gaussian import exact_log_marginal
+from flowvae.model import build_model
 from flowvae.numerics import log_mean_exp
 from flowvae.testing import random_linear_gaussian_vae
 

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from conftest import run_cli
 
-from flowvae.build import build_model
 from flowvae.config import Config, ModelConfig
 from flowvae.core import ElboTerms
 from flowvae.estimators import ESTIMATORS, elbo, evaluate, iwae
 from flowvae.hierarchical import POSTERIORS, ARConvNet, HierarchicalBlock, HierarchicalVAE
+from flowvae.model import build_model
 from flowvae.train import train_step, training_loss
 
 TINY = dict(type="hierarchical", n_h=6, n_z=2, depth_ar=1)

@@ -10,7 +10,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowvae.build import build_model
 from flowvae.config import ModelConfig
 from flowvae.core import FlowPosterior
 from flowvae.estimators import ESTIMATORS
@@ -25,6 +24,7 @@ from flowvae.linear_gaussian import (
     linear_gaussian_params,
     sample_exact_posterior,
 )
+from flowvae.model import build_model
 from flowvae.testing import random_linear_gaussian_vae
 
 B = 16

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from flowvae.build import build_model
 from flowvae.config import ModelConfig
 from flowvae.likelihoods import Bernoulli, DiscretizedLogistic, DiscretizedLogisticMixture, Gaussian
+from flowvae.model import build_model
 
 SHAPES = [((1, 8, 8), True), ((1, 28, 28), True), ((3, 32, 32), False)]
 

@@ -14,12 +14,12 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Normal
 
-from flowvae.build import build_model, posterior_options
 from flowvae.config import ModelConfig
 from flowvae.core import FlowPosterior, Posterior
 from flowvae.estimators import elbo
 from flowvae.flows import AuxiliaryPosterior
 from flowvae.linear_gaussian import best_diag_elbo, exact_log_marginal
+from flowvae.model import build_model, posterior_options
 from flowvae.posteriors import IAF, POSTERIORS, build_posterior
 
 FEATURES = 5

@@ -154,7 +154,7 @@ def test_new_encoder_on_a_frozen_trained_decoder(tmp_path):
 
 
 def test_decoder_widths_are_separate_from_the_encoders():
-    from flowvae.build import build_model
+    from flowvae.model import build_model
 
     cfg = apply_overrides(preset("digits"), ["model.hidden=[40]", "model.decoder_hidden=[]"])
     model = build_model(cfg.model, (1, 8, 8), True)

@@ -10,8 +10,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from .build import build_model
 from .config import Config, ConfigError, from_dict
+from .model import build_model
 
 
 class CheckpointError(RuntimeError):

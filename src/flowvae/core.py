@@ -9,7 +9,7 @@ Three things meet here, and everything above is written against them:
 - :class:`ElboTerms`: the per-sample terms a model's forward pass returns; its
   :func:`log_weight` is the one importance log-weight formula of the package.
 - :class:`LatentVariableModel`: what ELBO, IWAE, AIS, BDMC, local optimisation and training
-  use of a model, and nothing more. The flat :class:`~flowvae.model.VAE` and the
+  use of a model, and nothing more. The flat :class:`~flowvae.vae.VAE` and the
   :class:`~flowvae.hierarchical.HierarchicalVAE` both satisfy it.
 
 Latents are flat vectors: z is (*S, B, D), log-densities are (*S, B).

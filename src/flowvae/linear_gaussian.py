@@ -1,6 +1,6 @@
 """Exact inference in the linear-Gaussian VAE (probabilistic PCA), the ground truth for estimators.
 
-A :class:`~flowvae.model.VAE` with ``decoder=linear`` and ``likelihood=gaussian`` is
+A :class:`~flowvae.vae.VAE` with ``decoder=linear`` and ``likelihood=gaussian`` is
 
     z ~ N(0, I_d),        x | z ~ N(W z + b, diag(sigma^2)),        x in R^n,
 

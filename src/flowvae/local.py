@@ -43,9 +43,9 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import Tensor, nn
 
-from .build import posterior_options
 from .config import ModelConfig
 from .core import FlowPosterior, Posterior
+from .model import posterior_options
 from .posteriors import POSTERIORS, build_posterior
 
 # the flow of q*_flow unless told otherwise: small next to an amortized flow, since B copies of

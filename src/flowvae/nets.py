@@ -223,7 +223,7 @@ def _down(n: int) -> int:
 class NetRecord:
     """A named encoder or decoder: ``net(shape, **options)`` (decoders also take ``params``
     and ``latent``); ``options`` are the keyword options it takes, filled from the config by
-    :mod:`flowvae.build`."""
+    :mod:`flowvae.model`."""
 
     name: str
     net: type[nn.Module]

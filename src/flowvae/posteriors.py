@@ -190,7 +190,7 @@ class PosteriorRecord:
             the inference-gap analysis is the record's own.
         options: the head's keyword options (a subset of steps, hidden, layers, context,
             ortho_vecs, householder, aux), each filled from the config by
-            :mod:`flowvae.build`.
+            :mod:`flowvae.model`.
     """
 
     name: str

@@ -12,9 +12,9 @@ import math
 import torch
 from torch import nn
 
-from .build import build_model
 from .config import ModelConfig
 from .linear_gaussian import linear_gaussian_params
+from .model import build_model
 from .posteriors import FlowHead
 
 

@@ -23,13 +23,13 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed
-from .build import build_model
 from .checkpoint import load_checkpoint, load_run, save_atomic
 from .config import Config, ConfigError, from_dict, save_yaml
 from .core import ElboTerms
 from .data import ImageData, iterate_batches, load_data, num_batches
 from .estimators import elbo_terms
 from .images import save_grid
+from .model import build_model
 from .numerics import bits_per_dim
 
 METRICS = ["epoch", "step", "seconds", "train_elbo", "valid_elbo", "kl", "lr", "kl_weight", "skipped"]
