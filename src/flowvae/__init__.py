@@ -7,7 +7,8 @@ The public API (everything the CLI does goes through these):
   ``Planar``, ``SylvesterOrthogonal``, ``RealNVP``, ``RealNVPAux``, ... on your own features);
 - objectives and estimators: :func:`elbo`, :func:`iwae`, :func:`evaluate` (any registered
   estimator over a dataset, with standard errors and diagnostics), :data:`ESTIMATORS`;
-- runs and data: :func:`fit` (train a run, as ``flowvae train``), :func:`load_run`, :func:`load_data`, :func:`preset`, :class:`Config`;
+- runs and data: :func:`fit` (trains a run, as ``flowvae train``), :func:`load_run`, :func:`load_data`,
+  :func:`preset`, :class:`Config`;
 - the contract every model and posterior satisfies: :class:`Posterior`, :class:`ElboTerms`,
   :class:`LatentVariableModel` (:mod:`flowvae.core`).
 """
