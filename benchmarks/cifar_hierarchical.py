@@ -29,7 +29,7 @@ import torch
 
 from flowvae.checkpoint import load_run
 from flowvae.config import Config, apply_overrides, preset
-from flowvae.data import load_data, subset_indices
+from flowvae.data import evaluation_images, load_data
 from flowvae.estimators import evaluate
 from flowvae.images import save_grid
 from flowvae.model import build_model
@@ -91,13 +91,9 @@ def run(args: argparse.Namespace) -> dict:
     _, model, _ = load_run(run_dir, "latest")
     data = load_data(cfg.data)
     dims = math.prod(data.shape)
-    x = data.test
-    subset = ""
-    if args.limit and args.limit < x.shape[0]:
-        x = x[subset_indices(x.shape[0], args.limit, args.seed)]
-        subset = f"seeded random subset of {args.limit} (seed {args.seed})"
-    elbo = evaluate(model, x.split(100), "elbo", "test", dims=dims, samples=1)
-    iwae = evaluate(model, x.split(50), "iwae", "test", dims=dims, samples=args.samples, chunk=args.chunk)
+    x, _, subset = evaluation_images(data, "test", args.limit, args.seed)
+    elbo = evaluate(model, x.split(100), "elbo", split="test", dims=dims, samples=1)
+    iwae = evaluate(model, x.split(50), "iwae", split="test", dims=dims, samples=args.samples, chunk=args.chunk)
     samples_per_s = sampling_speed(model, args.n_samples, run_dir / "bench_samples.png", args.temperature)
     return {
         "preset": args.preset, "minutes": args.minutes, "steps": state.step,

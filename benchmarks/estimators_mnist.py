@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from flowvae.checkpoint import load_run
-from flowvae.data import load_data, subset_indices
+from flowvae.data import evaluation_images, load_data
 from flowvae.estimators import evaluate
 
 
@@ -47,9 +47,9 @@ def main() -> None:
     args = p.parse_args()
     cfg, model, _ = load_run(args.run_dir, "best")
     data = load_data(cfg.data)
-    x = data.test[subset_indices(data.test.shape[0], args.limit, 0)]
+    x = evaluation_images(data, "test", args.limit, seed=0).images
     rows = []
-    iwae = evaluate(model, x.split(50), "iwae", "test", dims=784, samples=args.samples, chunk=500)
+    iwae = evaluate(model, x.split(50), "iwae", split="test", dims=784, samples=args.samples, chunk=500)
     def row(name, r):
         # paired with IWAE on the same examples: the difference's standard error is far smaller
         # than either estimate's (which is dominated by the spread of log p(x) over examples)
@@ -61,7 +61,7 @@ def main() -> None:
     for steps in map(int, args.ais_steps.split(",")):
         for init in ("prior", "posterior"):
             r = evaluate(
-                model, x.split(50), "ais", "test", dims=784, samples=args.chains, steps=steps,
+                model, x.split(50), "ais", split="test", dims=784, samples=args.chains, steps=steps,
                 leapfrog=args.leapfrog, init=init,
             )  # fmt: skip
             rows.append(row(f"AIS {steps} steps, {args.chains} chains, {args.leapfrog} leapfrog, from {init}", r))

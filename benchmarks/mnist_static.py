@@ -21,7 +21,7 @@ import torch
 
 from flowvae.checkpoint import load_run
 from flowvae.config import apply_overrides, preset
-from flowvae.data import load_data, subset_indices
+from flowvae.data import evaluation_images, load_data
 from flowvae.estimators import evaluate
 from flowvae.train import train
 
@@ -38,9 +38,9 @@ def run(args: argparse.Namespace, posterior: str) -> dict:
     train_seconds = time.perf_counter() - t0
     _, model, _ = load_run(run_dir, "best")
     data = load_data(cfg.data)
-    x = data.test[subset_indices(data.test.shape[0], args.limit, 0)]
-    iwae = evaluate(model, x.split(100), "iwae", "test", dims=784, samples=args.samples, chunk=500)
-    elbo = evaluate(model, x.split(100), "elbo", "test", dims=784, samples=1)
+    x = evaluation_images(data, "test", args.limit, seed=0).images
+    iwae = evaluate(model, x.split(100), "iwae", split="test", dims=784, samples=args.samples, chunk=500)
+    elbo = evaluate(model, x.split(100), "elbo", split="test", dims=784, samples=1)
     assert math.isfinite(iwae.nll)
     return {
         "posterior": posterior, "preset": args.preset, "minutes": args.minutes,

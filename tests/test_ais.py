@@ -15,21 +15,22 @@ import torch
 from flowvae.ais import (
     AISResult,
     ais,
+    ais_estimate,
     ais_estimator,
     anneal,
     annealing_schedule,
     bdmc,
     prior_path,
 )
-from flowvae.estimators import ESTIMATORS, elbo_terms, iwae
+from flowvae.estimators import ESTIMATORS, elbo_terms, evaluate, iwae
 from flowvae.linear_gaussian import (
     exact_log_marginal,
     exact_posterior,
-    random_linear_gaussian_vae,
     sample_exact_posterior,
 )
 from flowvae.numerics import log_mean_exp
 from flowvae.posteriors import POSTERIORS
+from flowvae.testing import random_linear_gaussian_vae
 
 B = 32  # examples
 FAST = dict(chains=16, leapfrog=5)
@@ -160,15 +161,17 @@ def test_estimate_is_the_log_mean_exp_of_the_weights_not_their_mean():
     torch.testing.assert_close(value, lme, rtol=0, atol=0)
 
 
-def test_estimator_reports_acceptance_through_stats():
+def test_estimator_returns_its_acceptance_as_a_per_example_diagnostic():
     model, x, _ = _problem()
-    assert ESTIMATORS["ais"] is ais_estimator
-    stats: dict = {}
+    assert ESTIMATORS["ais"].estimate is ais_estimate
     torch.manual_seed(3)
-    first = ais_estimator(model, x[:8], samples=999, chains=4, steps=20, leapfrog=2, stats=stats)
-    ais_estimator(model, x[8:12], chains=4, steps=20, leapfrog=2, stats=stats)
-    assert first.shape == (8,)
-    assert stats["examples"] == 12 and 0 < stats["acceptance"] <= 1
+    first, diagnostics = ais_estimate(model, x[:8], samples=999, chains=4, steps=20, leapfrog=2)
+    assert first.shape == (8,) and diagnostics["acceptance"].shape == (8,)
+    assert 0 < diagnostics["acceptance"].min() <= diagnostics["acceptance"].max() <= 1
+    est = evaluate(model, x[:12].split(8), "ais", samples=4, steps=20, leapfrog=2)
+    assert 0 < est.diagnostics["acceptance"]["mean"] <= 1 and est.settings["steps"] == 20
+    with pytest.raises(ValueError, match="unknown option for estimator 'ais'"):
+        evaluate(model, x[:4], "ais", samples=4, stepz=20)
 
 
 def test_hmc_leaves_the_posterior_invariant():

@@ -121,9 +121,10 @@ def test_estimators_from_the_cli_agree_with_the_exact_value(linear_gaussian_run)
     # from their standard errors, is tested in test_ais.py / test_estimators.py
     assert elbo["nll"] > iwae["nll"] > exact["nll"] - 0.05
     assert elbo["nll"] > ais["nll"] > exact["nll"] - 0.05
-    for key in ("chains", "steps", "leapfrog", "schedule", "init", "target_accept", "acceptance"):
-        assert key in ais
-    assert ais["chains"] == 8 and ais["init"] == "posterior" and 0 < ais["acceptance"] <= 1
+    for key in ("steps", "leapfrog", "schedule", "init", "target_accept", "step_size"):
+        assert key in ais["settings"]
+    assert ais["samples"] == 8 and ais["settings"]["init"] == "posterior"
+    assert ais["settings"]["steps"] == 100 and 0 < ais["diagnostics"]["acceptance"]["mean"] <= 1
     bdmc = nll("--estimator", "bdmc", "--chains", "4", "--steps", "50")
     assert bdmc["n"] == 30 and bdmc["lower"] <= bdmc["upper"] + 0.05 and bdmc["gap"] >= -0.05
 
@@ -140,7 +141,7 @@ def _subcommands():
     return sub.choices
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "sample", "gaps", "config"])
+@pytest.mark.parametrize("command", ["train", "eval", "sample", "gaps", "config", "compare"])
 def test_every_option_says_what_it_does_and_its_default(command):
     for action in _subcommands()[command]._actions:
         if action.dest == "help":
@@ -151,12 +152,12 @@ def test_every_option_says_what_it_does_and_its_default(command):
 
 
 def test_help_states_the_samples_default_per_estimator_and_how_to_list_keys():
-    from flowvae.cli import DEFAULT_SAMPLES
+    from flowvae.estimators import ESTIMATORS
 
-    (samples,) = [a.help for a in _subcommands()["eval"]._actions if a.dest == "samples"]
+    samples = [a.help for a in _subcommands()["eval"]._actions if a.dest == "samples"][0]  # --chains too
     assert "iwae: K importance samples (default: the run's eval.samples)" in samples
-    assert f"elbo: z samples (default {DEFAULT_SAMPLES['elbo']})" in samples
-    assert f"(default {DEFAULT_SAMPLES['ais']})" in samples.split("ais:")[1]
+    assert f"elbo: z samples (default {ESTIMATORS['elbo'].default_samples})" in samples
+    assert f"(default {ESTIMATORS['ais'].default_samples})" in samples.split("ais:")[1]
     assert "--samples" in run_cli("eval", "--help").stdout
     assert "flowvae config" in run_cli("train", "--help").stdout
 

@@ -13,11 +13,12 @@ import torch
 
 from flowvae.ais import ais
 from flowvae.config import ModelConfig
+from flowvae.core import Posterior
 from flowvae.estimators import ESTIMATORS, elbo, elbo_terms, evaluate, iwae
-from flowvae.linear_gaussian import exact_log_marginal, random_linear_gaussian_vae
-from flowvae.model import VAE
+from flowvae.linear_gaussian import exact_log_marginal
+from flowvae.model import build_model
 from flowvae.numerics import log_mean_exp
-from flowvae.posteriors import Posterior
+from flowvae.testing import random_linear_gaussian_vae
 
 B = 128
 
@@ -134,7 +135,7 @@ def trained_digits_vae():
     train, test = data[:-64], data[-64:]
     torch.manual_seed(0)
     cfg = ModelConfig(likelihood="bernoulli", latent_dim=4, hidden=[64])
-    model = VAE(cfg, (1, 8, 8), binary=True)
+    model = build_model(cfg, (1, 8, 8), binary=True)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(200):
         batch = train[torch.randint(train.shape[0], (64,), generator=g)]

@@ -14,8 +14,9 @@ from conftest import run_cli
 
 from flowvae.data import subset_indices
 from flowvae.gaps import GapSettings, add_gaps, check_ordering, compute_gaps, markdown_table, plot_gaps
-from flowvae.linear_gaussian import best_diag_elbo, exact_log_marginal, random_linear_gaussian_vae
+from flowvae.linear_gaussian import best_diag_elbo, exact_log_marginal
 from flowvae.local import LocalOptions
+from flowvae.testing import random_linear_gaussian_vae
 
 # ----------------------------------------------------------------------------- ground truth
 

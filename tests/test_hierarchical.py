@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from conftest import run_cli
 
 from flowvae.config import Config, ModelConfig
-from flowvae.estimators import ESTIMATORS, ElboTerms, elbo, evaluate, iwae
+from flowvae.core import ElboTerms
+from flowvae.estimators import ESTIMATORS, elbo, evaluate, iwae
 from flowvae.hierarchical import POSTERIORS, ARConvNet, HierarchicalBlock, HierarchicalVAE
 from flowvae.model import build_model
 from flowvae.train import train_step, training_loss

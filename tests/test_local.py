@@ -17,10 +17,10 @@ from flowvae.linear_gaussian import (
     best_diag_elbo,
     exact_log_marginal,
     gaussian_elbo,
-    random_linear_gaussian_vae,
 )
 from flowvae.local import LocalOptions, LocalPosterior, amortized_gaussian, local_head, local_optimise
 from flowvae.posteriors import POSTERIORS
+from flowvae.testing import random_linear_gaussian_vae
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 
 from flowvae.config import ModelConfig
 from flowvae.likelihoods import Bernoulli, DiscretizedLogistic, DiscretizedLogisticMixture, Gaussian
-from flowvae.model import VAE, build_model
+from flowvae.model import build_model
 
 SHAPES = [((1, 8, 8), True), ((1, 28, 28), True), ((3, 32, 32), False)]
 
@@ -16,7 +16,7 @@ SHAPES = [((1, 8, 8), True), ((1, 28, 28), True), ((3, 32, 32), False)]
 @pytest.mark.parametrize("shape, binary", SHAPES)
 def test_encoders_and_decoders_shapes_and_gradients(net, shape, binary):
     cfg = ModelConfig(encoder=net, decoder=net, latent_dim=5, hidden=[16], channels=4, blocks=1)
-    model = VAE(cfg, shape, binary)
+    model = build_model(cfg, shape, binary)
     x = torch.rand(3, *shape)
     x = x.round() if binary else (x * 255).round() / 255
     terms = model(x, samples=2)
@@ -29,7 +29,7 @@ def test_encoders_and_decoders_shapes_and_gradients(net, shape, binary):
 
 def test_mlp_options_batch_norm_and_input_to_every_layer():
     cfg = ModelConfig(hidden=[16, 8], batch_norm=True, input_to_all=True, latent_dim=3)
-    model = VAE(cfg, (1, 4, 4), True)
+    model = build_model(cfg, (1, 4, 4), True)
     assert any(isinstance(m, torch.nn.BatchNorm1d) for m in model.encoder.modules())
     assert model.encoder.out_features == 8 + 16  # the last layer's units plus the input
     first_decoder = model.decoder.net.layers[1][0]
@@ -38,7 +38,7 @@ def test_mlp_options_batch_norm_and_input_to_every_layer():
 
 def test_log_joint_is_prior_plus_likelihood_and_forward_matches_the_parts():
     torch.manual_seed(0)
-    model = VAE(ModelConfig(latent_dim=3, hidden=[8]), (1, 4, 4), True)
+    model = build_model(ModelConfig(latent_dim=3, hidden=[8]), (1, 4, 4), True)
     x = torch.rand(5, 1, 4, 4).round()
     z = torch.randn(2, 5, 3)
     assert torch.allclose(model.log_joint(x, z), model.log_prior(z) + model.log_likelihood(x, z))

@@ -15,11 +15,12 @@ from torch import Tensor, nn
 from torch.distributions import Normal
 
 from flowvae.config import ModelConfig
+from flowvae.core import FlowPosterior, Posterior
 from flowvae.estimators import elbo
-from flowvae.flows import AuxiliaryPosterior, build_iaf
+from flowvae.flows import AuxiliaryPosterior
 from flowvae.linear_gaussian import best_diag_elbo, exact_log_marginal
-from flowvae.model import VAE
-from flowvae.posteriors import POSTERIORS, FlowPosterior, Posterior
+from flowvae.model import build_model, posterior_options
+from flowvae.posteriors import IAF, POSTERIORS, build_posterior
 
 FEATURES = 5
 CFG = dict(
@@ -39,7 +40,7 @@ def perturb(module: nn.Module, scale: float = 0.5) -> nn.Module:
 def make_head(name: str, seed: int = 0, **overrides: int) -> nn.Module:
     torch.manual_seed(seed)
     cfg = ModelConfig(posterior=name, **{**CFG, **overrides})
-    return perturb(POSTERIORS[name](cfg, FEATURES).double())
+    return perturb(build_posterior(name, FEATURES, cfg.latent_dim, **posterior_options(cfg)).double())
 
 
 def features(batch: int) -> Tensor:
@@ -130,7 +131,7 @@ def test_sample_dims_are_independent_draws(name: str) -> None:
 def test_gradients_of_the_elbo_reach_every_parameter(name: str) -> None:
     torch.manual_seed(0)
     cfg = ModelConfig(posterior=name, hidden=[6], **CFG)
-    model = VAE(cfg, (1, 2, 3), binary=True).double()
+    model = build_model(cfg, (1, 2, 3), binary=True).double()
     perturb(model.posterior)
     x = torch.bernoulli(torch.full((4, 1, 2, 3), 0.5, dtype=torch.float64))
     (-elbo(model, x, samples=2).mean()).backward()
@@ -206,8 +207,7 @@ def test_iaf_density_by_brute_force() -> None:
     integrates to one over a grid (a flipped log-det would not).
     """
     torch.manual_seed(0)
-    cfg = ModelConfig(latent_dim=2, context_dim=3, flow_steps=3, flow_hidden=8, flow_layers=1)
-    head = perturb(build_iaf(cfg, FEATURES).double(), 0.7)
+    head = perturb(IAF(FEATURES, latent=2, steps=3, hidden=8, layers=1, context=3).double(), 0.7)
     posterior = head(0.3 * features(1))
     z, log_q = posterior.rsample_and_log_prob((6,))  # (6, 1, 2)
     eps = invert(posterior, z)
@@ -234,7 +234,7 @@ def test_iaf_density_by_brute_force() -> None:
 # ----------------------------------------------------------------------------- linear Gaussian
 
 
-def linear_gaussian_vae(posterior: str) -> VAE:
+def linear_gaussian_vae(posterior: str) -> nn.Module:
     """Probabilistic PCA, x in R^6, z in R^2, whose exact posterior is strongly correlated.
 
     The decoder is the same for every posterior (its own generator) and is frozen.
@@ -244,7 +244,7 @@ def linear_gaussian_vae(posterior: str) -> VAE:
         posterior=posterior, context_dim=8, flow_steps=4, flow_hidden=16, flow_layers=1,
     )  # fmt: skip
     torch.manual_seed(0)
-    model = VAE(cfg, (1, 1, 6), binary=False)
+    model = build_model(cfg, (1, 1, 6), binary=False)
     gen = torch.Generator().manual_seed(0)
     g, h, b = torch.randn(3, 6, generator=gen)
     with torch.no_grad():

@@ -11,8 +11,8 @@ from conftest import ROOT
 
 from flowvae.checkpoint import load_checkpoint, load_run
 from flowvae.config import apply_overrides, preset
+from flowvae.core import ElboTerms
 from flowvae.data import load_data
-from flowvae.estimators import ElboTerms
 from flowvae.train import (
     TrainingError,
     evaluate_elbo,

@@ -301,35 +301,34 @@ def reverse_ais(
     return result
 
 
-def ais_estimator(
-    model: nn.Module,
-    x: Tensor,
-    samples: int = 16,
-    chains: int | None = None,
-    steps: int = 1000,
-    leapfrog: int = 10,
-    schedule: str = "sigmoid",
-    init: str = "prior",
-    target_accept: float = 0.65,
-    step_size: float = 0.1,
-    stats: dict | None = None,
-) -> Tensor:
-    """The estimator ``ais``: per-example log p̂(x), (B,).
+@dataclass
+class AISOptions:
+    """The settings of the estimator ``ais`` (its ``samples`` are the chains per example)."""
 
-    ``chains`` defaults to ``samples`` (the common estimator keyword), so ``samples`` is the
-    number of chains per example unless ``chains`` is given. If ``stats`` is a dict, it is
-    updated with the running ``acceptance`` rate (weighted by examples) and ``examples``.
+    steps: int = 1000
+    leapfrog: int = 10
+    schedule: str = "sigmoid"
+    init: str = "prior"
+    target_accept: float = 0.65
+    step_size: float = 0.1
+
+
+def ais_estimate(
+    model: nn.Module, x: Tensor, samples: int = 16, chains: int | None = None, **options
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The estimator ``ais``: per-example log p̂(x) (B,) and its diagnostics, each (B,).
+
+    ``samples`` is the number of chains per example (``chains`` overrides it); ``options`` are
+    :class:`AISOptions` fields. Diagnostics: ``acceptance``, the batch's HMC acceptance rate.
     """
-    result = ais(
-        model, x, chains=chains or samples, steps=steps, leapfrog=leapfrog, schedule=schedule,
-        init=init, target_accept=target_accept, step_size=step_size,
-    )  # fmt: skip
-    if stats is not None:
-        seen = stats.get("examples", 0)
-        previous = stats.get("acceptance", 0.0) * seen
-        stats["examples"] = seen + x.shape[0]
-        stats["acceptance"] = (previous + result.acceptance * x.shape[0]) / stats["examples"]
-    return result.log_marginal
+    result = ais(model, x, chains=chains or samples, **vars(AISOptions(**options)))
+    acceptance = torch.full((x.shape[0],), result.acceptance, dtype=torch.float64)
+    return result.log_marginal, {"acceptance": acceptance}
+
+
+def ais_estimator(model: nn.Module, x: Tensor, samples: int = 16, **options) -> Tensor:
+    """:func:`ais_estimate` without the diagnostics: (B,)."""
+    return ais_estimate(model, x, samples, **options)[0]
 
 
 # ----------------------------------------------------------------------------- BDMC

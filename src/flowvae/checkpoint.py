@@ -10,13 +10,14 @@ import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from .config import Config, ConfigError, from_dict
+from .model import build_model
 
 
 class CheckpointError(RuntimeError):
@@ -111,12 +112,26 @@ def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
     return run_dir / names[which]
 
 
-def load_run(
-    run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"
-) -> tuple[Config, nn.Module, dict[str, Any]]:
-    """Rebuild the model of a run; its EMA weights when the run kept them (those are evaluated)."""
-    from .model import build_model
+class Run(NamedTuple):
+    """A trained run, loaded: its resolved config, its model (in eval mode) and the raw checkpoint."""
 
+    config: Config
+    model: nn.Module
+    checkpoint: dict[str, Any]
+
+
+def load_run(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu") -> Run:
+    """Rebuild the model of a run; its EMA weights when the run kept them (those are evaluated).
+
+    Arguments:
+        run_dir: a folder written by ``flowvae train``.
+        which: ``best`` (best validation ELBO) or ``latest``.
+        device: where the model goes.
+
+    Returns:
+        :class:`Run` ``(config, model, checkpoint)``; ``run.config.data`` says which data and
+        split the run was trained on (``flowvae.load_data(run.config.data)`` loads it).
+    """
     path = checkpoint_path(run_dir, which)
     ckpt = load_checkpoint(path, map_location=device)
     if not isinstance(ckpt, dict):
@@ -135,4 +150,4 @@ def load_run(
         raise CheckpointError(f"{path}: incomplete checkpoint (weights do not fit its config: "
                               f"{str(e).splitlines()[0][:120]})") from None
     model.eval()
-    return cfg, model, ckpt
+    return Run(cfg, model, ckpt)

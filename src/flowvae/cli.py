@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import itertools
 import json
 import math
@@ -28,8 +27,8 @@ from .config import (
     starting_preset,
     valid_keys,
 )
-from .data import DataError, download, evaluation_images, load_data
-from .estimators import ESTIMATORS, evaluate
+from .data import DataError, download
+from .estimators import ESTIMATORS
 from .progress import progress_bar
 
 
@@ -88,68 +87,76 @@ def _dims(run_dir: Path) -> tuple[bool, int]:
 
 def _eval(args: argparse.Namespace) -> int:
     from . import distributed
+    from .compare import evaluate_run
 
     d = distributed.setup(torch.device(args.device))
     device = distributed.local_device(torch.device(args.device), d)
-    cfg, model, _ = load_run(args.run_dir, args.checkpoint, device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = load_data(cfg.data)
-    x, subset = evaluation_images(data, args.split, args.limit or 0, args.seed)
-    ais_options = {
-        "chains": args.chains, "steps": args.steps, "leapfrog": args.leapfrog,
-        "schedule": args.schedule, "init": args.init, "target_accept": args.target_accept,
-        "step_size": args.step_size,
-    }  # fmt: skip
-    batch = args.batch_size or cfg.eval.batch_size
     if args.estimator == "bdmc":  # simulates its own data: no split, no per-example batches
-        return _bdmc(args, model, ais_options, batch, d)
-    # samples: K for iwae, chains for ais; a single draw for the ELBO unless asked
-    samples = args.samples or DEFAULT_SAMPLES.get(args.estimator, cfg.eval.samples)
-    accepted = inspect.signature(ESTIMATORS[args.estimator]).parameters
-    options = {k: v for k, v in {**ais_options, "chunk": args.chunk or cfg.eval.chunk}.items()
-               if v is not None and k in accepted}  # fmt: skip
-    stats: dict = {}
-    if "stats" in accepted:
-        options["stats"] = stats
-    batches = x.split(batch)
-    mine = sum(len(b) for i, b in enumerate(batches) if i % d.world == d.rank)  # this rank's examples
-    desc = f"eval {args.estimator} (K={samples})"
-    with progress_bar(mine, desc, enabled=d.is_main and not args.no_progress) as bar:
-        result = evaluate(
-            model, batches, estimator=args.estimator, split=args.split, dims=math.prod(data.shape),
-            samples=samples, seed=args.seed, dist=d, progress=bar.update, **options,
-        )  # fmt: skip
+        run = load_run(args.run_dir, args.checkpoint, device)
+        return _bdmc(args, run.model, args.batch_size or run.config.eval.batch_size, d)
+    record = ESTIMATORS[args.estimator]
+    options = {name: getattr(args, name, None) for name in record.settings()}
+
+    def bar(total: int):
+        desc = f"eval {args.estimator}" + (f" (K={args.samples})" if args.samples else "")
+        return progress_bar(total, desc, enabled=d.is_main and not args.no_progress, unit="examples")
+
+    scored = evaluate_run(
+        args.run_dir, args.estimator, args.samples, split=args.split, limit=args.limit or 0, seed=args.seed,
+        batch_size=args.batch_size, checkpoint=args.checkpoint, device=device, dist=d,
+        cache=not args.no_cache, progress=bar, **options,
+    )  # fmt: skip
     distributed.cleanup(d)
     if not d.is_main:
         return 0
+    result, subset = scored.estimate, scored.examples.description
     if not math.isfinite(result.nll):
         raise ValueError(
             f"{args.estimator} on {args.split}: -log p(x) is {result.nll} (not finite): the model in "
             f"{args.run_dir} gives non-finite likelihoods"
         )
-    options.pop("stats", None)
-    settings = {k: options.get(k, accepted[k].default) for k in ais_options if k in accepted}
-    if "chains" in settings:
-        settings["chains"] = settings["chains"] or samples
-    out = {**result.to_json(), **options, **settings, **{k: v for k, v in stats.items() if k == "acceptance"}}
-    out.update({"checkpoint": args.checkpoint, "data": cfg.data.name, "subset": subset or None})
+    for warning in result.warnings:
+        print(f"flowvae: warning: {warning}", file=sys.stderr)
+    out = {**result.to_json(), "checkpoint": args.checkpoint, "data": scored.run.config.data.name,
+           "subset": subset, "cached": scored.cached}  # fmt: skip
     if args.json:
         print(json.dumps(out))
-    else:
-        unit = "" if data.binary else f" = {result.bits_per_dim:.4f} bits/dim"
-        print(
-            f"{args.estimator} (K={result.samples}) on {args.split}, n={result.n}"
-            f"{' [' + subset + ']' if subset else ''}: -log p(x) = {result.nll:.3f} ± "
-            f"{result.stderr:.3f} nats{unit} ({result.seconds:.1f} s)"
-        )
+        return 0
+    binary = scored.run.checkpoint["binary"]  # binary images are reported in nats only
+    unit = "" if result.bits_per_dim is None or binary else f" = {result.bits_per_dim:.4f} bits/dim"
+    print(
+        f"{args.estimator} (K={result.samples}) on {subset}: -log p(x) = {result.nll:.3f} ± "
+        f"{result.stderr:.3f} nats{unit} ({result.seconds:.1f} s{', cached' if scored.cached else ''})"
+    )
+    for name, v in result.diagnostics.items():
+        print(f"  {name} over examples: median {v['median']:.3g}, min {v['min']:.3g}, max {v['max']:.3g}")
     return 0
 
 
-DEFAULT_SAMPLES = {"elbo": 1, "exact": 1, "ais": 16}
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare_runs, markdown_table, write_comparison
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    comparison = compare_runs(
+        args.run_dirs, args.baseline, args.estimator, args.samples, split=args.split, limit=args.limit or 0,
+        seed=args.seed, checkpoint=args.checkpoint, cache=not args.no_cache,
+    )  # fmt: skip
+    for warning in comparison.warnings:
+        print(f"flowvae: warning: {warning}", file=sys.stderr)
+    paths = write_comparison(comparison, [Path(r) for r in args.run_dirs], args.out) if args.out else {}
+    if args.json:
+        print(json.dumps({**comparison.to_json(), "files": {k: str(v) for k, v in paths.items()}}))
+    else:
+        print(markdown_table(comparison))
+        if paths:
+            print(f"\nwrote {', '.join(p.name for p in paths.values())} to {args.out}")
+    return 0
 
 
-def _bdmc(args: argparse.Namespace, model: torch.nn.Module, options: dict, batch: int, d) -> int:
+def _bdmc(args: argparse.Namespace, model: torch.nn.Module, batch: int, d) -> int:
     """BDMC (Grosse et al. 2015) on ``--limit`` (default 100) examples simulated from the model.
 
     Forward AIS from the prior gives a stochastic lower bound of log p(x), reverse AIS from the
@@ -160,7 +167,10 @@ def _bdmc(args: argparse.Namespace, model: torch.nn.Module, options: dict, batch
 
     if d.enabled:
         raise ValueError("--estimator bdmc runs in one process; launch it without torchrun")
-    options = {k: v for k, v in options.items() if v is not None and k != "init"}
+    names = ("steps", "leapfrog", "schedule", "target_accept", "step_size")
+    options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    if args.samples:
+        options["chains"] = args.samples
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     result = bdmc(model, n=args.limit or 100, batch_size=batch, **options)
@@ -414,8 +424,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--samples", type=POSITIVE,
         help="iwae: K importance samples (default: the run's eval.samples); elbo: z samples "
-        f"(default {DEFAULT_SAMPLES['elbo']}); ais: chains per example unless --chains is given "
-        f"(default {DEFAULT_SAMPLES['ais']}); exact: unused",
+        f"(default {ESTIMATORS['elbo'].default_samples}); ais: chains per example "
+        f"(default {ESTIMATORS['ais'].default_samples}); exact: unused",
     )  # fmt: skip
     e.add_argument(
         "--split", default="test", choices=["test", "valid", "train"], help="data split (default: test)"
@@ -446,10 +456,14 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--no-progress", action="store_true", help="no progress and ETA on stderr (default: shown)"
     )
+    e.add_argument(
+        "--no-cache", action="store_true",
+        help="recompute even if RUN_DIR/eval-cache holds the result (default: use the cache)",
+    )  # fmt: skip
     ais = e.add_argument_group("AIS (--estimator ais|bdmc)")
     ais.add_argument(
-        "--chains", type=POSITIVE,
-        help=f"chains per example (default: --samples, else {DEFAULT_SAMPLES['ais']})",
+        "--chains", type=POSITIVE, dest="samples",
+        help=f"chains per example, the same as --samples (default: {ESTIMATORS['ais'].default_samples})",
     )  # fmt: skip
     ais.add_argument("--steps", type=POSITIVE, help="intermediate distributions (default: 1000)")
     ais.add_argument("--leapfrog", type=POSITIVE, help="leapfrog steps per HMC move (default: 10)")
@@ -547,6 +561,38 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print exactly one JSON object (default: a table)")
     g.add_argument("--out", type=_new_dir, help="output folder (default: RUN_DIR/gaps)")
     g.set_defaults(fn=_gaps)
+
+    c = sub.add_parser("compare", help="evaluate runs on the same examples: a paired table and curves")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", type=_run_dir, help="run folders to compare")
+    c.add_argument(
+        "--baseline", type=_run_dir, help="the run differences are paired against (default: the first)"
+    )
+    c.add_argument(
+        "--estimator", default="iwae", choices=["elbo", "iwae", "ais"], help="estimator (default: iwae)"
+    )
+    c.add_argument("--samples", type=POSITIVE, help="K (default: each run's eval.samples for iwae)")
+    c.add_argument(
+        "--split", default="test", choices=["test", "valid", "train"], help="data split (default: test)"
+    )
+    c.add_argument(
+        "--limit", type=POSITIVE, help="a fixed seeded random subset of N examples (default: all)"
+    )
+    c.add_argument("--seed", type=int, default=1234, help="seed of the subset and estimates (default: 1234)")
+    c.add_argument(
+        "--checkpoint", default="best", choices=["best", "latest"],
+        help="best: best valid ELBO (best.pt); latest: last checkpoint (default: best)",
+    )  # fmt: skip
+    c.add_argument(
+        "--threads", type=NON_NEGATIVE, default=0, help="torch intra-op threads (default: 0, torch's choice)"
+    )
+    c.add_argument(
+        "--no-cache", action="store_true", help="recompute even if eval-cache has it (default: use it)"
+    )
+    c.add_argument("--json", action="store_true", help="print exactly one JSON object (default: a table)")
+    c.add_argument(
+        "--out", help="write comparison.{md,tex,csv,json} and curves.{png,pdf} here (default: print only)"
+    )
+    c.set_defaults(fn=_compare)
 
     sub.add_parser("presets", help="list the named presets").set_defaults(fn=_presets)
 

@@ -34,11 +34,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from flowvae.config import DataConfig
+from .config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -389,9 +390,17 @@ def subset_indices(n: int, limit: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=_generator(_SUBSET, seed))[:limit].sort().values
 
 
-def evaluation_images(data: ImageData, split: str, limit: int, seed: int) -> tuple[torch.Tensor, str]:
+class EvaluationSet(NamedTuple):
+    """The images an evaluation scores, which examples of the split they are, and in words."""
+
+    images: torch.Tensor  # (n, C, H, W)
+    indices: torch.Tensor  # (n,) positions in the split
+    description: str
+
+
+def evaluation_images(data: ImageData, split: str, limit: int = 0, seed: int = 1234) -> EvaluationSet:
     """The images an evaluation scores: a fixed seeded random subset of ``limit`` examples of
-    ``split`` (all if ``limit <= 0``) and a description of it.
+    ``split`` (all if ``limit <= 0``), the one way eval, gaps, compare and the benchmarks pick them.
 
     The training split of dynamically binarized data holds intensities: it is binarized once
     with ``seed``, the same Bernoulli scheme as every other split (never scored as grey levels).
@@ -406,7 +415,7 @@ def evaluation_images(data: ImageData, split: str, limit: int, seed: int) -> tup
     if data.dynamic and split == "train":
         x = torch.bernoulli(x, generator=_generator(_FIXED, seed, len(SPLITS)))
         what += ", binarized once with the same seed"
-    return x, what
+    return EvaluationSet(x, indices, what)
 
 
 def iterate_batches(

@@ -10,34 +10,17 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor, nn
 
-from .ais import ais_estimator
+from .ais import AISOptions, ais_estimate
+from .core import ElboTerms
+from .diagnostics import khat_warning, weight_diagnostics
 from .distributed import Dist, all_gather
 from .linear_gaussian import exact
-from .numerics import bits_per_dim
-
-
-@dataclass
-class ElboTerms:
-    """Per-sample terms of the ELBO, each (*S, B)."""
-
-    log_likelihood: Tensor  # log p(x|z)
-    log_prior: Tensor  # log p(z)
-    log_q: Tensor  # log q(z|x) (for auxiliary posteriors: log q(z,v|x) - log r(v|x,z))
-    kl_groups: Tensor | None = None  # (*S, B, G) per-group KL for free bits (hierarchical model)
-
-    @property
-    def log_weight(self) -> Tensor:
-        return self.log_likelihood + self.log_prior - self.log_q
-
-    @property
-    def kl(self) -> Tensor:
-        """Single-sample estimate of KL(q(z|x) || p(z))."""
-        return self.log_q - self.log_prior
+from .numerics import bits_per_dim, log_mean_exp
 
 
 def elbo_terms(model: nn.Module, x: Tensor, samples: int = 1) -> ElboTerms:
@@ -50,27 +33,117 @@ def elbo(model: nn.Module, x: Tensor, samples: int = 1) -> Tensor:
     return elbo_terms(model, x, samples).log_weight.mean(0)
 
 
-def iwae(model: nn.Module, x: Tensor, samples: int = 5000, chunk: int = 500) -> Tensor:
-    """Importance-sampled log p(x) with q as proposal (the IWAE bound, Burda et al. 2015).
+def elbo_estimate(model: nn.Module, x: Tensor, samples: int = 1) -> tuple[Tensor, dict[str, Tensor]]:
+    """The estimator ``elbo``: the Monte Carlo ELBO (B,) and its two terms as diagnostics, the
+    reconstruction ``log_likelihood`` E_q[log p(x|z)] and the true ``kl`` E_q[log q - log p(z)]."""
+    terms = elbo_terms(model, x, samples)
+    diagnostics = {"log_likelihood": terms.log_likelihood.mean(0), "kl": terms.kl.mean(0)}
+    return terms.log_weight.mean(0), diagnostics
 
-    log p̂(x) = log (1/K) Σ_k p(x, z_k) / q(z_k|x). The K samples are drawn ``chunk`` at a time
-    and combined with a running log-sum-exp, so memory is bounded by B * chunk whatever K.
+
+def importance_log_weights(model: nn.Module, x: Tensor, samples: int = 5000, chunk: int = 500) -> Tensor:
+    """K = ``samples`` log-weights log p(x, z_k) - log q(z_k|x), z_k ~ q(z|x): (K, B).
+
+    Drawn ``chunk`` at a time, so the model's memory is bounded by B * chunk whatever K; only
+    the K x B weights themselves are kept.
     """
-    total = None
-    for start in range(0, samples, chunk):
-        lse = torch.logsumexp(elbo_terms(model, x, min(chunk, samples - start)).log_weight, dim=0)
-        total = lse if total is None else torch.logaddexp(total, lse)
-    return total - math.log(samples)
+    parts = [elbo_terms(model, x, min(chunk, samples - s)).log_weight for s in range(0, samples, chunk)]
+    return torch.cat(parts)
 
 
-ESTIMATORS: dict[str, Callable[..., Tensor]] = {
-    "elbo": elbo, "iwae": iwae, "ais": ais_estimator, "exact": exact,
-}  # fmt: skip
+def iwae(model: nn.Module, x: Tensor, samples: int = 5000, chunk: int = 500) -> Tensor:
+    """Importance-sampled log p(x) with q as proposal (the IWAE bound, Burda et al. 2015): (B,).
+
+    log p̂(x) = log (1/K) Σ_k p(x, z_k) / q(z_k|x), the log-mean-exp of
+    :func:`importance_log_weights`, reduced in float64.
+    """
+    return iwae_estimate(model, x, samples, chunk)[0]
+
+
+def iwae_estimate(
+    model: nn.Module, x: Tensor, samples: int = 5000, chunk: int = 500
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The estimator ``iwae``: log p̂(x) (B,) and the weights' diagnostics (ESS, Pareto k̂)."""
+    log_weights = importance_log_weights(model, x, samples, chunk)
+    log_p = log_mean_exp(log_weights.double(), dim=0).to(log_weights.dtype)
+    return log_p, weight_diagnostics(log_weights)
+
+
+@dataclass
+class IWAEOptions:
+    """The settings of the estimator ``iwae``: samples are drawn ``chunk`` at a time."""
+
+    chunk: int = 500
+
+
+@dataclass(frozen=True)
+class EstimatorRecord:
+    """A named estimator of log p(x).
+
+    Attributes:
+        name: its ``--estimator`` value.
+        estimate: ``(model, x, samples, **options) -> (log_p (B,), diagnostics {name: (B,)})``.
+        default_samples: the ``samples`` used when none is given.
+        samples_are: what ``samples`` counts (for help texts and reports).
+        options: the dataclass of its own settings (None: it has none).
+        run_samples: whether a run's ``eval.samples`` sets its default ``samples`` (the K of
+            the paper protocol) instead of ``default_samples``.
+    """
+
+    name: str
+    estimate: Callable[..., tuple[Tensor, dict[str, Tensor]]]
+    default_samples: int
+    samples_are: str
+    options: type | None = None
+    run_samples: bool = False
+
+    def settings(self, **options) -> dict:
+        """Its full settings with ``options`` applied; a one-line ``ValueError`` for a bad key."""
+        if self.options is None:
+            if options:
+                raise ValueError(f"estimator {self.name!r} takes no options, got {', '.join(options)}")
+            return {}
+        try:
+            return vars(self.options(**options))
+        except TypeError:
+            valid = ", ".join(f.name for f in fields(self.options))
+            raise ValueError(f"unknown option for estimator {self.name!r}; valid: {valid}") from None
+
+    def __call__(self, model: nn.Module, x: Tensor, samples: int | None = None, **options) -> Tensor:
+        """Per-example log p̂(x) (B,)."""
+        return self.estimate(model, x, samples or self.default_samples, **options)[0]
+
+
+def _without_diagnostics(fn: Callable[..., Tensor]) -> Callable[..., tuple[Tensor, dict[str, Tensor]]]:
+    return lambda model, x, samples, **options: (fn(model, x, samples, **options), {})
+
+
+ESTIMATORS: dict[str, EstimatorRecord] = {
+    r.name: r
+    for r in [
+        EstimatorRecord("elbo", elbo_estimate, 1, "draws of z per example"),
+        EstimatorRecord("iwae", iwae_estimate, 5000, "importance samples K", IWAEOptions, True),
+        EstimatorRecord("ais", ais_estimate, 16, "AIS chains per example", AISOptions),
+        EstimatorRecord("exact", _without_diagnostics(exact), 1, "unused (exact value)"),
+    ]
+}
+
+
+def estimator_record(name: str) -> EstimatorRecord:
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {name!r}; available: {', '.join(ESTIMATORS)}")
+    return ESTIMATORS[name]
 
 
 @dataclass
 class Estimate:
-    """A dataset-level estimate: mean -log p̂(x) per example (nats) and its standard error."""
+    """A dataset-level estimate: mean -log p̂(x) per example (nats) and its standard error.
+
+    ``bits_per_dim`` is None for data that is not discrete (a Gaussian likelihood).
+    ``diagnostics`` summarises each per-example diagnostic (``per_example_diagnostics``: ESS
+    and Pareto k̂ for ``iwae``, HMC acceptance for ``ais``) over examples; ``warnings`` says
+    when they make the estimate unreliable; ``settings`` are the estimator's own options.
+    """
 
     estimator: str
     split: str
@@ -78,37 +151,76 @@ class Estimate:
     samples: int
     nll: float
     stderr: float
-    bits_per_dim: float
+    bits_per_dim: float | None
     seconds: float
     per_example: Tensor  # (n,) log p̂(x)
+    settings: dict = field(default_factory=dict)
+    diagnostics: dict[str, dict[str, float]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    per_example_diagnostics: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "per_example"}
+        skip = ("per_example", "per_example_diagnostics")
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
+
+
+def summarise(values: Tensor) -> dict[str, float]:
+    """Mean, median, min and max over examples of a per-example diagnostic (NaNs left out)."""
+    v = values[torch.isfinite(values)].double()
+    if v.numel() == 0:
+        return dict.fromkeys(("mean", "median", "min", "max"), float("nan"))
+    return {"mean": v.mean().item(), "median": v.median().item(), "min": v.min().item(),
+            "max": v.max().item()}  # fmt: skip
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    batches: Iterable[Tensor],
+    data: Tensor | Iterable[Tensor],
     estimator: str = "iwae",
+    samples: int | None = None,
+    *,
     split: str = "test",
-    dims: int = 1,
-    samples: int = 1,
+    dims: int | None = None,
     seed: int = 0,
+    batch_size: int = 100,
     dist: Dist | None = None,
     progress: Callable[[int], None] | None = None,
     **options,
 ) -> Estimate:
-    """Run ``estimator`` over ``batches``; the standard error is over examples.
+    """Estimate log p(x) of every example with ``estimator``; the standard error is over examples.
 
-    Batch ``i`` is estimated after ``torch.manual_seed(seed + i)``, so its samples do not depend
-    on which process handles it: under torchrun (``dist``) batches are dealt round-robin to the
-    ranks and the per-example values gathered, giving the single-process result exactly.
-    ``progress`` is called with each finished batch's size (e.g. a progress bar's ``update``).
+    Arguments:
+        model: a :class:`~flowvae.core.LatentVariableModel` (e.g. ``flowvae.load_run(...).model``).
+        data: images (N, C, H, W), evaluated ``batch_size`` at a time, or an iterable of batches.
+        estimator: a name in :data:`ESTIMATORS` (``elbo``, ``iwae``, ``ais``, ``exact``).
+        samples: K for ``iwae``, chains for ``ais``, draws for ``elbo``; default: the
+            estimator's own (:attr:`EstimatorRecord.default_samples`).
+        dims: pixels per image for bits/dim (default: the model's image size).
+        seed: batch ``i`` runs after ``torch.manual_seed(seed + i)``, so its samples do not
+            depend on which process handles it: under torchrun (``dist``) batches are dealt
+            round-robin to the ranks and the per-example values gathered, giving the
+            single-process result exactly.
+        progress: called with each finished batch's size (e.g. a progress bar's ``update``).
+        options: the estimator's own settings (e.g. ``chunk`` for iwae, ``steps`` for ais).
+
+    Returns:
+        :class:`Estimate` with the per-example values and the estimator's diagnostics.
+
+    Example:
+        >>> import flowvae
+        >>> from flowvae.testing import random_linear_gaussian_vae
+        >>> model = random_linear_gaussian_vae()
+        >>> x = model.decode_sample(model.sample_prior((64,)))
+        >>> lower = flowvae.evaluate(model, x, "iwae", samples=100)
+        >>> exact = flowvae.evaluate(model, x, "exact")
+        >>> bool(lower.nll >= exact.nll - 1e-9)  # IWAE is a lower bound on log p(x)
+        True
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; available: {', '.join(ESTIMATORS)}")
-    fn = ESTIMATORS[estimator]
+    record = estimator_record(estimator)
+    settings = record.settings(**options)
+    samples = samples or record.default_samples
+    batches = data.split(batch_size) if isinstance(data, Tensor) else data
     d = dist or Dist()
     device = next(model.parameters()).device
     start = time.perf_counter()
@@ -116,19 +228,41 @@ def evaluate(
     for i, x in enumerate(batches):
         if i % d.world == d.rank:
             torch.manual_seed(seed + i)
-            mine[i] = fn(model, x.to(device), samples=samples, **options).double().cpu()
+            log_p, diagnostics = record.estimate(model, x.to(device), samples, **settings)
+            mine[i] = (log_p.double().cpu(), {k: v.double().cpu() for k, v in diagnostics.items()})
             if progress is not None:
                 progress(x.shape[0])
     values = {i: v for part in all_gather(mine, d) for i, v in part.items()}
-    log_p = torch.cat([values[i] for i in sorted(values)])
-    n = log_p.numel()
-    nll = -log_p.mean().item()
-    stderr = (log_p.std().item() / math.sqrt(n)) if n > 1 else float("nan")
-    return Estimate(
-        estimator=estimator, split=split, n=n, samples=samples, nll=nll, stderr=stderr,
-        bits_per_dim=float(bits_per_dim(nll, dims)), seconds=time.perf_counter() - start,
-        per_example=log_p,
+    order = sorted(values)
+    log_p = torch.cat([values[i][0] for i in order])
+    diagnostics = {k: torch.cat([values[i][1][k] for i in order]) for k in values[order[0]][1]}
+    return summarise_estimate(
+        estimator, split, samples, log_p, diagnostics, settings, dims or math.prod(model.shape),
+        model.likelihood.discrete, time.perf_counter() - start,
     )  # fmt: skip
 
 
-
+def summarise_estimate(
+    estimator: str,
+    split: str,
+    samples: int,
+    log_p: Tensor,
+    diagnostics: dict[str, Tensor],
+    settings: dict,
+    dims: int,
+    discrete: bool,
+    seconds: float,
+) -> Estimate:
+    """An :class:`Estimate` from per-example values: mean, standard error over examples,
+    bits/dim (for discrete data), summaries and warnings of the diagnostics."""
+    n = log_p.numel()
+    nll = -log_p.mean().item()
+    stderr = (log_p.std().item() / math.sqrt(n)) if n > 1 else float("nan")
+    warnings = [khat_warning(diagnostics["khat"])] if "khat" in diagnostics else []
+    return Estimate(
+        estimator=estimator, split=split, n=n, samples=samples, nll=nll, stderr=stderr,
+        bits_per_dim=float(bits_per_dim(nll, dims)) if discrete else None, seconds=seconds,
+        per_example=log_p, settings=settings,
+        diagnostics={k: summarise(v) for k, v in diagnostics.items()},
+        warnings=[w for w in warnings if w], per_example_diagnostics=diagnostics,
+    )  # fmt: skip

@@ -1,7 +1,7 @@
 """Flow steps conditioned on the encoder's context h, and the posterior heads built from them.
 
 Every step is a small bijection module with the signature of
-:class:`~flowvae.posteriors.ConditionalBijection` (nflows style)::
+:class:`~flowvae.core.ConditionalBijection` (nflows style)::
 
     z_new, ladj = step(z, context)      # z (..., D), context (..., C), ladj = log|det dz_new/dz|
 
@@ -11,10 +11,10 @@ Inverses are for tests and analysis: they run without gradients. The context's l
 need only broadcast against z's.
 
 Posteriors assemble steps and share one composition loop,
-:class:`~flowvae.posteriors.FlowPosterior`: ``iaf``, ``iaf-mean``, ``planar``, ``sylvester-*``
+:class:`~flowvae.core.FlowPosterior`: ``iaf``, ``iaf-mean``, ``planar``, ``sylvester-*``
 and ``realnvp`` are a diagonal Gaussian followed by steps. ``realnvp-aux`` runs the same loop
-over (z, v) and adds a reverse model, see :class:`AuxiliaryPosterior`. The ``build_*``
-functions at the end are the registry entries of :data:`flowvae.posteriors.POSTERIORS`.
+over (z, v) and adds a reverse model, see :class:`AuxiliaryPosterior`. The posterior heads
+that assemble these steps, and their registry, are in :mod:`flowvae.posteriors`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ModelConfig
+from .core import FlowPosterior, Posterior
 from .numerics import log_normal
-from .posteriors import FlowHead, FlowPosterior, Posterior
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -181,7 +180,7 @@ class MADE(nn.Module):
         return h.unflatten(-1, (self.num_outputs, self.features))  # (..., P, D)
 
 
-def _alternating_order(features: int, step: int) -> Tensor:
+def alternating_order(features: int, step: int) -> Tensor:
     """The variable order of IAF step ``step``: natural, reversed, natural, ..."""
     order = torch.arange(features)
     return order.flip(0) if step % 2 else order
@@ -602,7 +601,7 @@ def alternating_mask(features: int, step: int) -> Tensor:
 class AuxiliaryPosterior(Posterior):
     """q(z|x) with an auxiliary variable v (``realnvp-aux``), as a map of a standard normal.
 
-    The base is eps = (eps_z, eps_v) of size D + A. A :class:`~flowvae.posteriors.FlowPosterior`
+    The base is eps = (eps_z, eps_v) of size D + A. A :class:`~flowvae.core.FlowPosterior`
     over (z, v) draws z0 = mean + std * eps_z, then v0 ~ q(v0|x, z0) (its first step: an affine
     map of eps_v by a net of (h, z0)), then moves (z0, v0) to (z_T, v_T) by coupling steps. A
     learned reverse model r(v_T|x, z_T) (a diagonal Gaussian from a net of (h, z_T)) closes the
@@ -708,63 +707,3 @@ class AuxiliaryHead(nn.Module):
             list(self.steps),
         )
         return AuxiliaryPosterior(joint, self.latent_dim, self.reverse, context)
-
-
-# ----------------------------------------------------------------------------- builders
-
-
-def build_iaf(cfg: ModelConfig, feature_dim: int, mean_only: bool = False) -> FlowHead:
-    """``iaf`` (``iaf-mean`` with ``mean_only``): ``flow_steps`` IAF steps, order reversed
-    between steps, MADEs of ``flow_layers`` x ``flow_hidden`` units."""
-    d, c = cfg.latent_dim, cfg.context_dim
-    step = IAFMeanStep if mean_only else IAFStep
-    steps = [
-        step(d, c, cfg.flow_hidden, cfg.flow_layers, _alternating_order(d, k)) for k in range(cfg.flow_steps)
-    ]
-    return FlowHead(feature_dim, d, c, steps)
-
-
-def build_planar(cfg: ModelConfig, feature_dim: int) -> FlowHead:
-    """``planar``: ``flow_steps`` amortized planar steps."""
-    steps = [PlanarStep(cfg.latent_dim, cfg.context_dim) for _ in range(cfg.flow_steps)]
-    return FlowHead(feature_dim, cfg.latent_dim, cfg.context_dim, steps)
-
-
-def build_sylvester(cfg: ModelConfig, feature_dim: int, kind: str) -> FlowHead:
-    """``sylvester-{orthogonal,householder,triangular}``: ``flow_steps`` amortized steps."""
-    d, c = cfg.latent_dim, cfg.context_dim
-    steps: list[nn.Module]
-    if kind == "orthogonal":
-        m = min(cfg.num_ortho_vecs, d)
-        steps = [OrthogonalSylvesterStep(d, c, m) for _ in range(cfg.flow_steps)]
-    elif kind == "householder":
-        steps = [HouseholderSylvesterStep(d, c, cfg.num_householder) for _ in range(cfg.flow_steps)]
-    elif kind == "triangular":
-        steps = [TriangularSylvesterStep(d, c, reverse=k % 2 == 1) for k in range(cfg.flow_steps)]
-    else:
-        kinds = "orthogonal, householder, triangular"
-        raise ValueError(f"unknown Sylvester kind {kind!r}; available: {kinds}")
-    return FlowHead(feature_dim, d, c, steps)
-
-
-def build_realnvp(cfg: ModelConfig, feature_dim: int) -> FlowHead:
-    """``realnvp``: ``flow_steps`` affine couplings with alternating masks."""
-    d, c = cfg.latent_dim, cfg.context_dim
-    steps = [
-        AffineCoupling(d, c, cfg.flow_hidden, cfg.flow_layers, alternating_mask(d, k))
-        for k in range(cfg.flow_steps)
-    ]
-    return FlowHead(feature_dim, d, c, steps)
-
-
-def build_realnvp_aux(cfg: ModelConfig, feature_dim: int) -> AuxiliaryHead:
-    """``realnvp-aux``: the auxiliary coupling flow; ``aux_dim`` 0 means ``latent_dim``."""
-    return AuxiliaryHead(
-        feature_dim,
-        cfg.latent_dim,
-        cfg.aux_dim or cfg.latent_dim,
-        cfg.context_dim,
-        cfg.flow_hidden,
-        cfg.flow_layers,
-        cfg.flow_steps,
-    )

@@ -309,12 +309,11 @@ def run_gaps(
     of ``split`` (``data.subset_indices``), never the first n. The training split of a
     dynamically binarized dataset holds intensities: the subset is binarized once, seeded."""
     from .checkpoint import load_run
-    from .data import evaluation_images, load_data, subset_indices
+    from .data import evaluation_images, load_data
 
     cfg, model, _ = load_run(run_dir, checkpoint, device)
     data = load_data(cfg.data)
-    x, subset = evaluation_images(data, split, n, subset_seed)
-    indices = subset_indices(data.split(split).shape[0], n, subset_seed)
+    x, indices, subset = evaluation_images(data, split, n, subset_seed)
     return compute_gaps(
         model, x, cfg.model.posterior, settings, name=Path(run_dir).name, indices=indices, subset=subset
     )

@@ -16,7 +16,7 @@ convolution halves the image, and the first block of every later level halves it
 Weight normalisation with data-dependent initialisation (Salimans & Kingma 2016) on every
 convolution; ELU nonlinearities; residual branches scaled by 0.1 for stability, as in openai/iaf.
 
-The model offers exactly the flat VAE's interface (see :mod:`flowvae.model`): latents are flat
+The model offers the flat VAE's interface (:class:`~flowvae.core.LatentVariableModel`): latents are flat
 vectors (*S, B, D) holding every block's z in top-down order, each flattened as (n_z, h, w); the
 posterior's base ``eps`` has the same layout. ``forward`` additionally returns per-layer,
 per-feature-map KL terms (``kl_groups``) for free bits (paper Eq. 15).
@@ -42,10 +42,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .estimators import ElboTerms
+from .core import ElboTerms, Posterior
 from .likelihoods import build_likelihood
 from .numerics import log_normal, log_standard_normal
-from .posteriors import Posterior
 
 POSTERIORS = ("up-diag", "up-iaf", "down-diag", "down-iaf", "down-iaf-mean")
 PRIORS = ("diag", "iaf")

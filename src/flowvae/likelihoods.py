@@ -7,6 +7,8 @@ Each likelihood says how many parameters per pixel it needs (``params``), scores
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +25,7 @@ class Bernoulli(nn.Module):
     """Binary pixels; parameters are logits."""
 
     params = 1
+    discrete = True  # a probability mass: bits/dim are meaningful
 
     def log_prob(self, x: Tensor, out: Tensor) -> Tensor:
         return log_bernoulli(x, out[..., 0, :, :, :]).flatten(-3).sum(-1)
@@ -38,6 +41,7 @@ class DiscretizedLogistic(nn.Module):
     """8-bit pixels (values k/255) under a discretized logistic (IAF paper, openai/iaf)."""
 
     params = 2
+    discrete = True
 
     def log_prob(self, x: Tensor, out: Tensor) -> Tensor:
         mean, log_scale = out[..., 0, :, :, :], out[..., 1, :, :, :].clamp(min=-7.0)
@@ -55,6 +59,8 @@ class DiscretizedLogistic(nn.Module):
 
 class DiscretizedLogisticMixture(nn.Module):
     """8-bit pixels under a mixture of ``k`` discretized logistics per pixel (no channel coupling)."""
+
+    discrete = True
 
     def __init__(self, k: int):
         super().__init__()
@@ -90,6 +96,7 @@ class Gaussian(nn.Module):
     """
 
     params = 1
+    discrete = False  # a density over continuous values: no bits/dim
 
     def __init__(self, shape: tuple[int, int, int], init_log_std: float = math.log(0.1)):
         super().__init__()
@@ -105,20 +112,37 @@ class Gaussian(nn.Module):
         return self.mean(out) + torch.exp(self.log_std) * torch.randn_like(self.mean(out))
 
 
+@dataclass(frozen=True)
+class LikelihoodRecord:
+    """A named likelihood: ``build(shape, mixtures)`` and the data it is for
+    (``binary``, ``8-bit``, or ``any``)."""
+
+    name: str
+    build: Callable[..., nn.Module]
+    data: str = "any"
+
+
+LIKELIHOODS: dict[str, LikelihoodRecord] = {
+    r.name: r
+    for r in [
+        LikelihoodRecord("bernoulli", lambda shape, mixtures=5: Bernoulli(), "binary"),
+        LikelihoodRecord("logistic", lambda shape, mixtures=5: DiscretizedLogistic(), "8-bit"),
+        LikelihoodRecord("logistic-mixture", lambda shape, mixtures=5: DiscretizedLogisticMixture(mixtures),
+                         "8-bit"),
+        LikelihoodRecord("gaussian", lambda shape, mixtures=5: Gaussian(shape), "any"),
+    ]
+}  # fmt: skip
+
+
 def build_likelihood(name: str, binary: bool, shape: tuple[int, int, int], mixtures: int) -> nn.Module:
     """``auto`` picks Bernoulli for binary data and the discretized logistic for 8-bit data."""
     if name == "auto":
         name = "bernoulli" if binary else "logistic"
-    if name == "bernoulli" and not binary:
-        raise ValueError("model.likelihood=bernoulli needs binary data (set data.binarize)")
-    if name in ("logistic", "logistic-mixture") and binary:
+    if name not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {name!r}; available: auto, {', '.join(LIKELIHOODS)}")
+    data = LIKELIHOODS[name].data
+    if data == "binary" and not binary:
+        raise ValueError(f"model.likelihood={name} needs binary data (set data.binarize)")
+    if data == "8-bit" and binary:
         raise ValueError(f"model.likelihood={name} is for 8-bit data; this data is binary")
-    table = {
-        "bernoulli": lambda: Bernoulli(),
-        "logistic": lambda: DiscretizedLogistic(),
-        "logistic-mixture": lambda: DiscretizedLogisticMixture(mixtures),
-        "gaussian": lambda: Gaussian(shape),
-    }
-    if name not in table:
-        raise ValueError(f"unknown likelihood {name!r}; available: auto, {', '.join(table)}")
-    return table[name]()
+    return LIKELIHOODS[name].build(shape, mixtures)

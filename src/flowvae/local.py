@@ -44,7 +44,9 @@ import torch
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .posteriors import POSTERIORS, FlowPosterior, Posterior
+from .core import FlowPosterior, Posterior
+from .model import posterior_options
+from .posteriors import POSTERIORS, build_posterior
 
 # the flow of q*_flow unless told otherwise: small next to an amortized flow, since B copies of
 # its parameters (and Adam's two moments) are held at once
@@ -139,7 +141,7 @@ def local_head(posterior: str, latent_dim: int, **flow_options) -> nn.Module:
         raise ValueError(f"unknown posterior {posterior!r}; available: {', '.join(sorted(POSTERIORS))}")
     options = {**LOCAL_FLOW_DEFAULTS, **flow_options, "context_dim": 0}
     cfg = ModelConfig(latent_dim=latent_dim, posterior=posterior, **options)
-    return POSTERIORS[posterior](cfg, 0)
+    return build_posterior(posterior, 0, latent_dim, **posterior_options(cfg))
 
 
 class LocalPosterior(Posterior):
@@ -287,7 +289,7 @@ def local_optimise(
         :class:`LocalResult`; ``elbo`` is L[q*] per example.
 
     Example:
-        >>> from flowvae.linear_gaussian import random_linear_gaussian_vae
+        >>> from flowvae.testing import random_linear_gaussian_vae
         >>> model = random_linear_gaussian_vae()
         >>> x = torch.randn(4, 1, 2, 4, dtype=torch.float64)
         >>> result = local_optimise(model, x, "diag", options=LocalOptions(max_steps=20))

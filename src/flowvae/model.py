@@ -1,92 +1,63 @@
-"""The flat VAE: encoder -> posterior q(z|x) -> decoder -> likelihood p(x|z), prior N(0, I).
+"""Config -> modules: the one place that reads a :class:`~flowvae.config.ModelConfig`.
 
-The model exposes what every estimator needs and nothing more (see ARCHITECTURE.md):
-
-- ``encode(x)``: the posterior q(z|x) as a :class:`~flowvae.posteriors.Posterior`,
-- ``log_prior(z)``, ``log_likelihood(x, z)``, ``log_joint(x, z)``: densities of the model,
-- ``sample_prior(n)`` and ``decode_mean(z)`` / ``decode_sample(z)`` for images.
-
-Latents are flat vectors (*S, B, D); the hierarchical model offers the same methods.
+Networks, posteriors, likelihoods and models take plain numbers (shapes, widths, step counts);
+this module maps the config's keys onto them. The mapping of ``model.*`` keys to the
+posterior heads' options is :data:`POSTERIOR_OPTIONS`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .config import ModelConfig
-from .estimators import ElboTerms
+from .hierarchical import HierarchicalVAE
 from .likelihoods import build_likelihood
 from .nets import build_decoder, build_encoder
-from .numerics import log_standard_normal
-from .posteriors import Posterior, build_posterior
+from .posteriors import build_posterior
+from .vae import VAE
+
+Shape = tuple[int, int, int]
+
+# a posterior head's option -> the model.* key that sets it
+POSTERIOR_OPTIONS = {
+    "steps": "flow_steps", "hidden": "flow_hidden", "layers": "flow_layers", "context": "context_dim",
+    "ortho_vecs": "num_ortho_vecs", "householder": "num_householder", "aux": "aux_dim",
+}  # fmt: skip
 
 
-class VAE(nn.Module):
-    """A VAE with one stochastic layer.
-
-    Arguments:
-        cfg: the model section of the config.
-        shape: image shape (C, H, W).
-        binary: whether pixels are binary (else 8-bit, values k/255, or continuous).
-    """
-
-    def __init__(self, cfg: ModelConfig, shape: tuple[int, int, int], binary: bool):
-        super().__init__()
-        self.shape = tuple(shape)
-        self.latent_dim = cfg.latent_dim
-        self.likelihood = build_likelihood(cfg.likelihood, binary, self.shape, cfg.mixtures)
-        self.encoder = build_encoder(cfg, self.shape)
-        self.posterior = build_posterior(cfg, self.encoder.out_features)
-        self.decoder = build_decoder(cfg, self.shape, self.likelihood.params)
-
-    def forward(self, x: Tensor, samples: int = 1) -> ElboTerms:
-        """The ELBO's terms for ``samples`` draws of z per example (what training differentiates)."""
-        z, log_q = self.encode(x).rsample_and_log_prob((samples,))
-        return ElboTerms(self.log_likelihood(x, z), self.log_prior(z), log_q)
-
-    def data_init(self, x: Tensor) -> None:
-        """Data-dependent initialisation from a first batch: none for the flat VAE."""
-
-    def encode(self, x: Tensor) -> Posterior:
-        return self.posterior(self.encoder(x))
-
-    def log_prior(self, z: Tensor) -> Tensor:
-        return log_standard_normal(z).sum(-1)
-
-    def _decode(self, z: Tensor) -> Tensor:
-        out = self.decoder(z.reshape(-1, z.shape[-1]))  # (N, P, C, H, W)
-        return out.view(*z.shape[:-1], *out.shape[1:])
-
-    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
-        """log p(x|z): x (B, C, H, W), z (*S, B, D) -> (*S, B)."""
-        return self.likelihood.log_prob(x, self._decode(z))
-
-    def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
-        return self.log_prior(z) + self.log_likelihood(x, z)
-
-    def sample_prior(
-        self, sample_shape: Sequence[int], like: Tensor | None = None, temperature: float = 1.0
-    ) -> Tensor:
-        """z ~ N(0, temperature^2 I), (*sample_shape, D)."""
-        p = next(self.parameters()) if like is None else like
-        return temperature * torch.randn(*sample_shape, self.latent_dim, dtype=p.dtype, device=p.device)
-
-    def decode_mean(self, z: Tensor) -> Tensor:
-        return self.likelihood.mean(self._decode(z))
-
-    def decode_sample(self, z: Tensor) -> Tensor:
-        return self.likelihood.sample(self._decode(z))
+def posterior_options(cfg: ModelConfig) -> dict:
+    """The posterior heads' keyword options from ``cfg`` (each head takes its own subset)."""
+    return {option: getattr(cfg, key) for option, key in POSTERIOR_OPTIONS.items()}
 
 
-def build_model(cfg: ModelConfig, shape: tuple[int, int, int], binary: bool) -> nn.Module:
-    """The model named by ``cfg.type``."""
-    if cfg.type == "flat":
-        return VAE(cfg, shape, binary)
-    if cfg.type == "hierarchical":
-        from .hierarchical import HierarchicalVAE
+def build_flat(cfg: ModelConfig, shape: Shape, binary: bool) -> VAE:
+    """The flat VAE: ``model.encoder`` -> ``model.posterior`` -> ``model.decoder``."""
+    net = {"batch_norm": cfg.batch_norm, "input_to_all": cfg.input_to_all, "channels": cfg.channels,
+           "blocks": cfg.blocks}  # fmt: skip
+    # built in this order so that a seed gives the same initial weights as before the re-layering
+    likelihood = build_likelihood(cfg.likelihood, binary, shape, cfg.mixtures)
+    encoder = build_encoder(cfg.encoder, shape, hidden=list(cfg.hidden), **net)
+    posterior = build_posterior(cfg.posterior, encoder.out_features, cfg.latent_dim, **posterior_options(cfg))
+    decoder_hidden = list(reversed(cfg.hidden)) if cfg.decoder_hidden is None else list(cfg.decoder_hidden)
+    decoder = build_decoder(
+        cfg.decoder, shape, likelihood.params, cfg.latent_dim, hidden=decoder_hidden, **net
+    )
+    return VAE(encoder, posterior, decoder, likelihood, shape)
 
-        return HierarchicalVAE(cfg, shape, binary)
-    raise ValueError(f"unknown model.type {cfg.type!r}; available: flat, hierarchical")
+
+MODEL_TYPES: dict[str, Callable[[ModelConfig, Shape, bool], nn.Module]] = {
+    "flat": build_flat,
+    "hierarchical": HierarchicalVAE,
+}
+
+
+def build_model(cfg: ModelConfig, shape: Shape, binary: bool) -> nn.Module:
+    """The model named by ``cfg.type`` for images of ``shape`` (binary or 8-bit)."""
+    if cfg.type not in MODEL_TYPES:
+        raise ValueError(f"unknown model.type {cfg.type!r}; available: {', '.join(MODEL_TYPES)}")
+    return MODEL_TYPES[cfg.type](cfg, tuple(shape), binary)
+
+
+__all__ = ["MODEL_TYPES", "POSTERIOR_OPTIONS", "build_flat", "build_model", "posterior_options"]

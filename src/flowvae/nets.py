@@ -7,12 +7,10 @@ widths), never a dataset name.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-
-from .config import ModelConfig
 
 Shape = tuple[int, int, int]
 
@@ -53,10 +51,10 @@ class MLP(nn.Module):
 
 
 class MLPEncoder(nn.Module):
-    def __init__(self, cfg: ModelConfig, shape: Shape):
+    def __init__(self, shape: Shape, hidden: list[int], batch_norm: bool = False, input_to_all: bool = False):
         super().__init__()
         c, h, w = shape
-        self.net = MLP(c * h * w, cfg.hidden, cfg.batch_norm, cfg.input_to_all)
+        self.net = MLP(c * h * w, hidden, batch_norm, input_to_all)
         self.out_features = self.net.out_features
 
     def forward(self, x: Tensor) -> Tensor:
@@ -64,11 +62,18 @@ class MLPEncoder(nn.Module):
 
 
 class MLPDecoder(nn.Module):
-    def __init__(self, cfg: ModelConfig, shape: Shape, params: int):
+    def __init__(
+        self,
+        shape: Shape,
+        params: int,
+        latent: int,
+        hidden: list[int],
+        batch_norm: bool = False,
+        input_to_all: bool = False,
+    ):
         super().__init__()
         self.shape, self.params = shape, params
-        hidden = list(reversed(cfg.hidden)) if cfg.decoder_hidden is None else cfg.decoder_hidden
-        self.net = MLP(cfg.latent_dim, hidden, cfg.batch_norm, cfg.input_to_all)
+        self.net = MLP(latent, hidden, batch_norm, input_to_all)
         self.out = nn.Linear(self.net.out_features, params * shape[0] * shape[1] * shape[2])
 
     def forward(self, z: Tensor) -> Tensor:
@@ -81,7 +86,7 @@ class MLPDecoder(nn.Module):
 class LinearEncoder(nn.Module):
     """x -> W x + b: enough for the exact posterior mean of a linear-Gaussian model."""
 
-    def __init__(self, cfg: ModelConfig, shape: Shape):
+    def __init__(self, shape: Shape):
         super().__init__()
         c, h, w = shape
         self.out_features = c * h * w
@@ -93,10 +98,10 @@ class LinearEncoder(nn.Module):
 class LinearDecoder(nn.Module):
     """z -> W z + b (probabilistic PCA when paired with a Gaussian likelihood)."""
 
-    def __init__(self, cfg: ModelConfig, shape: Shape, params: int):
+    def __init__(self, shape: Shape, params: int, latent: int):
         super().__init__()
         self.shape, self.params = shape, params
-        self.out = nn.Linear(cfg.latent_dim, params * shape[0] * shape[1] * shape[2])
+        self.out = nn.Linear(latent, params * shape[0] * shape[1] * shape[2])
 
     def forward(self, z: Tensor) -> Tensor:
         return self.out(z).view(-1, self.params, *self.shape)
@@ -123,10 +128,10 @@ class GatedConv(nn.Module):
 class GatedConvEncoder(nn.Module):
     """5x5 gated convolutions, two stride-2 downsamplings, then a linear layer."""
 
-    def __init__(self, cfg: ModelConfig, shape: Shape):
+    def __init__(self, shape: Shape, channels: int = 32):
         super().__init__()
         c, h, w = shape
-        ch = cfg.channels
+        ch = channels
         self.convs = nn.Sequential(
             GatedConv(c, ch), GatedConv(ch, ch, 2), GatedConv(ch, 2 * ch),
             GatedConv(2 * ch, 2 * ch, 2), GatedConv(2 * ch, 2 * ch),
@@ -138,12 +143,12 @@ class GatedConvEncoder(nn.Module):
 
 
 class GatedConvDecoder(nn.Module):
-    def __init__(self, cfg: ModelConfig, shape: Shape, params: int):
+    def __init__(self, shape: Shape, params: int, latent: int, channels: int = 32):
         super().__init__()
         c, h, w = shape
-        ch = cfg.channels
+        ch = channels
         self.shape, self.params, self.start = shape, params, (2 * ch, _down(h), _down(w))
-        self.inp = nn.Linear(cfg.latent_dim, 2 * ch * _down(h) * _down(w))
+        self.inp = nn.Linear(latent, 2 * ch * _down(h) * _down(w))
         self.convs = nn.Sequential(
             GatedConv(2 * ch, 2 * ch), GatedConv(2 * ch, ch, 2, transpose=True),
             GatedConv(ch, ch), GatedConv(ch, ch, 2, transpose=True), GatedConv(ch, ch),
@@ -174,13 +179,13 @@ class ResidualBlock(nn.Module):
 class ResNetEncoder(nn.Module):
     """3x3 residual blocks with two strided downsamplings (IAF paper's MNIST encoder)."""
 
-    def __init__(self, cfg: ModelConfig, shape: Shape):
+    def __init__(self, shape: Shape, channels: int = 32, blocks: int = 2):
         super().__init__()
         c, h, w = shape
-        ch = cfg.channels
+        ch = channels
         layers: list[nn.Module] = [nn.Conv2d(c, ch, 3, 1, 1)]
         for _ in range(2):
-            layers += [ResidualBlock(ch) for _ in range(cfg.blocks)]
+            layers += [ResidualBlock(ch) for _ in range(blocks)]
             layers += [nn.ELU(), nn.Conv2d(ch, ch, 3, 2, 1)]
         layers.append(nn.ELU())
         self.net = nn.Sequential(*layers)
@@ -191,15 +196,15 @@ class ResNetEncoder(nn.Module):
 
 
 class ResNetDecoder(nn.Module):
-    def __init__(self, cfg: ModelConfig, shape: Shape, params: int):
+    def __init__(self, shape: Shape, params: int, latent: int, channels: int = 32, blocks: int = 2):
         super().__init__()
         c, h, w = shape
-        ch = cfg.channels
+        ch = channels
         self.shape, self.params, self.start = shape, params, (ch, _down(h), _down(w))
-        self.inp = nn.Linear(cfg.latent_dim, ch * _down(h) * _down(w))
+        self.inp = nn.Linear(latent, ch * _down(h) * _down(w))
         layers: list[nn.Module] = []
         for _ in range(2):
-            layers += [ResidualBlock(ch) for _ in range(cfg.blocks)]
+            layers += [ResidualBlock(ch) for _ in range(blocks)]
             layers += [nn.ELU(), nn.ConvTranspose2d(ch, ch, 3, 2, 1, output_padding=1)]
         layers += [nn.ELU(), nn.Conv2d(ch, params * c, 3, 1, 1)]
         self.net = nn.Sequential(*layers)
@@ -214,27 +219,48 @@ def _down(n: int) -> int:
     return (once + 1) // 2
 
 
-ENCODERS: dict[str, Callable[[ModelConfig, Shape], nn.Module]] = {
-    "mlp": MLPEncoder,
-    "gated-conv": GatedConvEncoder,
-    "resnet": ResNetEncoder,
-    "linear": LinearEncoder,
-}
-DECODERS: dict[str, Callable[[ModelConfig, Shape, int], nn.Module]] = {
-    "mlp": MLPDecoder,
-    "gated-conv": GatedConvDecoder,
-    "resnet": ResNetDecoder,
-    "linear": LinearDecoder,
-}
+@dataclass(frozen=True)
+class NetRecord:
+    """A named encoder or decoder: ``net(shape, **options)`` (decoders also take ``params``
+    and ``latent``); ``options`` are the keyword options it takes, filled from the config by
+    :mod:`flowvae.model`."""
+
+    name: str
+    net: type[nn.Module]
+    options: tuple[str, ...] = ()
+
+    def build(self, *args, **options) -> nn.Module:
+        return self.net(*args, **{k: v for k, v in options.items() if k in self.options})
 
 
-def build_encoder(cfg: ModelConfig, shape: Shape) -> nn.Module:
-    if cfg.encoder not in ENCODERS:
-        raise ValueError(f"unknown encoder {cfg.encoder!r}; available: {', '.join(ENCODERS)}")
-    return ENCODERS[cfg.encoder](cfg, shape)
+def _registry(*records: NetRecord) -> dict[str, NetRecord]:
+    return {r.name: r for r in records}
 
 
-def build_decoder(cfg: ModelConfig, shape: Shape, params: int) -> nn.Module:
-    if cfg.decoder not in DECODERS:
-        raise ValueError(f"unknown decoder {cfg.decoder!r}; available: {', '.join(DECODERS)}")
-    return DECODERS[cfg.decoder](cfg, shape, params)
+_MLP = ("hidden", "batch_norm", "input_to_all")
+ENCODERS = _registry(
+    NetRecord("mlp", MLPEncoder, _MLP),
+    NetRecord("gated-conv", GatedConvEncoder, ("channels",)),
+    NetRecord("resnet", ResNetEncoder, ("channels", "blocks")),
+    NetRecord("linear", LinearEncoder),
+)
+DECODERS = _registry(
+    NetRecord("mlp", MLPDecoder, _MLP),
+    NetRecord("gated-conv", GatedConvDecoder, ("channels",)),
+    NetRecord("resnet", ResNetDecoder, ("channels", "blocks")),
+    NetRecord("linear", LinearDecoder),
+)
+
+
+def build_encoder(name: str, shape: Shape, **options) -> nn.Module:
+    """The encoder ``name`` for images of ``shape``; options it does not take are ignored."""
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; available: {', '.join(ENCODERS)}")
+    return ENCODERS[name].build(shape, **options)
+
+
+def build_decoder(name: str, shape: Shape, params: int, latent: int, **options) -> nn.Module:
+    """The decoder ``name``: latents (N, latent) -> ``params`` maps per pixel (N, P, C, H, W)."""
+    if name not in DECODERS:
+        raise ValueError(f"unknown decoder {name!r}; available: {', '.join(DECODERS)}")
+    return DECODERS[name].build(shape, params, latent, **options)

@@ -31,8 +31,9 @@ from torch import Tensor, nn
 from . import distributed
 from .checkpoint import load_checkpoint, load_run, remove_temp_files, save_atomic
 from .config import Config, ConfigError, TrainConfig, from_dict, save_yaml
+from .core import ElboTerms
 from .data import ImageData, iterate_batches, load_data, num_batches
-from .estimators import ElboTerms, elbo_terms
+from .estimators import elbo_terms
 from .images import make_grid, save_grid
 from .model import build_model
 from .numerics import bits_per_dim

@@ -1,0 +1,465 @@
+"""From runs to a paper table: cached per-example evaluation, paired differences, learning curves.
+
+:func:`evaluate_run` is how ``flowvae eval`` and ``flowvae compare`` score a run: the examples
+come from :func:`~flowvae.data.evaluation_images` (a fixed seeded subset), batch ``i`` is
+seeded with ``seed + i``, and the per-example log p̂(x) (with the estimator's diagnostics) is
+cached in ``RUN/eval-cache/`` under a key made of the checkpoint's SHA-256, the estimator and
+all its settings. A second evaluation with the same settings costs nothing; a new checkpoint or
+any changed setting misses the cache. Cache files are ``.npz`` read with
+``allow_pickle=False``: data, never code.
+
+:func:`compare_runs` scores every run on the same examples with the same seeds, so differences
+between runs are *paired*: the standard error of a difference is that of the per-example
+differences, far smaller than either run's own standard error (which is dominated by how
+log p(x) varies over examples).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import Run, checkpoint_path, load_run
+from .data import EvaluationSet, evaluation_images, load_data
+from .distributed import Dist
+from .estimators import Estimate, estimator_record, evaluate, summarise_estimate
+
+CACHE_DIR = "eval-cache"
+CACHE_VERSION = 1
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class RunEvaluation:
+    """One run scored on one set of examples."""
+
+    run: Run
+    estimate: Estimate
+    examples: EvaluationSet
+    cached: bool  # read from the cache rather than computed
+
+
+def _cache_key(run: Run, digest: str, request: dict[str, Any]) -> str:
+    data = {k: v for k, v in asdict(run.config.data).items() if k != "root"}
+    material = json.dumps(
+        {"checkpoint": digest, "data": data, "version": CACHE_VERSION, **request}, sort_keys=True, default=str
+    )
+    return hashlib.sha256(material.encode()).hexdigest()[:24]
+
+
+def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, KeyError, EOFError):  # missing, torn or foreign: recompute
+        return None
+
+
+def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Atomically (temp file + rename); a cache that cannot be written is skipped, not fatal."""
+    try:
+        path.parent.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+@torch.no_grad()
+def evaluate_run(
+    run_dir: str | Path,
+    estimator: str = "iwae",
+    samples: int | None = None,
+    *,
+    split: str = "test",
+    limit: int = 0,
+    seed: int = 1234,
+    batch_size: int | None = None,
+    checkpoint: str = "best",
+    device: str | torch.device = "cpu",
+    dist: Dist | None = None,
+    cache: bool = True,
+    progress: Callable[[int], Any] | None = None,
+    **options,
+) -> RunEvaluation:
+    """Score a trained run with ``estimator`` on ``split`` (a seeded subset of ``limit``).
+
+    Defaults come from the run: ``samples`` from ``eval.samples`` where the estimator takes
+    the paper protocol's K (iwae), else the estimator's own; options (e.g. ``chunk``) from the
+    run's ``eval.*`` key of the same name; the batch size from ``eval.batch_size``.
+    ``progress``, if given, is called with the number of examples this process scores and
+    returns a context manager with ``update(n)`` (e.g. :func:`flowvae.progress.progress_bar`).
+    """
+    run = load_run(run_dir, checkpoint, device)
+    record = estimator_record(estimator)
+    for name in record.settings():
+        if options.get(name) is None and hasattr(run.config.eval, name):
+            options[name] = getattr(run.config.eval, name)
+    settings = record.settings(**{k: v for k, v in options.items() if v is not None})
+    samples = samples or (run.config.eval.samples if record.run_samples else record.default_samples)
+    batch_size = batch_size or run.config.eval.batch_size
+    data = load_data(run.config.data)
+    examples = evaluation_images(data, split, limit, seed)
+    request = {
+        "estimator": estimator,
+        "samples": samples,
+        "settings": settings,
+        "split": split,
+        "limit": limit,
+        "seed": seed,
+        "batch_size": batch_size,
+    }
+    path = None
+    if cache:
+        digest = file_digest(checkpoint_path(run_dir, checkpoint))
+        path = Path(run_dir) / CACHE_DIR / f"{_cache_key(run, digest, request)}.npz"
+        hit = _read_cache(path)
+        if hit is not None and np.array_equal(hit["indices"], examples.indices.numpy()):
+            diagnostics = {k[5:]: torch.from_numpy(v) for k, v in hit.items() if k.startswith("diag_")}
+            estimate = summarise_estimate(
+                estimator,
+                split,
+                samples,
+                torch.from_numpy(hit["log_p"]),
+                diagnostics,
+                settings,
+                math.prod(data.shape),
+                run.model.likelihood.discrete,
+                float(hit["seconds"]),
+            )
+            return RunEvaluation(run, estimate, examples, cached=True)
+    d = dist or Dist()
+    batches = examples.images.split(batch_size)
+    mine = sum(len(b) for i, b in enumerate(batches) if i % d.world == d.rank)  # this rank's examples
+    with progress(mine) if progress is not None else contextlib.nullcontext() as bar:
+        estimate = evaluate(
+            run.model, batches, estimator, samples, split=split, seed=seed, dist=d,
+            progress=bar.update if bar is not None else None, **settings,
+        )  # fmt: skip
+    if path is not None and d.is_main and math.isfinite(estimate.nll):  # a NaN is never cached
+        arrays = {
+            "log_p": estimate.per_example.numpy(),
+            "indices": examples.indices.numpy(),
+            "seconds": np.array(estimate.seconds),
+        }
+        arrays.update({f"diag_{k}": v.numpy() for k, v in estimate.per_example_diagnostics.items()})
+        _write_cache(path, arrays)
+    return RunEvaluation(run, estimate, examples, cached=False)
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+def active_units(
+    model: nn.Module, x: Tensor, samples: int = 100, batch_size: int = 100, threshold: float = 0.01
+) -> int:
+    """Latent units whose posterior mean varies over the data: Cov_x(E_q[z_i]) > ``threshold``
+    (Burda, Grosse & Salakhutdinov 2016, arXiv 1509.00519); E_q[z] by ``samples`` draws."""
+    device = next(model.parameters()).device
+    means = []
+    with torch.no_grad():
+        for batch in x.split(batch_size):
+            z, _ = model.encode(batch.to(device)).rsample_and_log_prob((samples,))
+            means.append(z.mean(0).double().cpu())
+    return int((torch.cat(means).var(0) > threshold).sum().item())
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
+    """The rows of a run's ``metrics.csv`` as floats (empty if there is none)."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+@dataclass
+class ComparisonRow:
+    run: str
+    posterior: str
+    nll: float
+    stderr: float
+    diff: float | None  # mean -log p̂ minus the baseline's (negative: better than the baseline)
+    diff_stderr: float | None  # paired standard error of diff
+    better: int | None  # examples where this run's log p̂ is higher than the baseline's
+    worse: int | None
+    elbo: float  # test ELBO (nats, as a log-likelihood bound: negative)
+    kl: float
+    active_units: int
+    latent_dim: int
+    parameters: int
+    epochs: int
+    train_seconds: float | None
+    bits_per_dim: float | None = None
+    diagnostics: dict = field(default_factory=dict)
+
+
+@dataclass
+class Comparison:
+    estimator: str
+    samples: int
+    split: str
+    n: int
+    subset: str
+    baseline: str
+    rows: list[ComparisonRow]
+    warnings: list[str]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _data_identity(run: Run) -> dict:
+    return {k: v for k, v in asdict(run.config.data).items() if k != "root"}
+
+
+def compare_runs(
+    run_dirs: list[str | Path],
+    baseline: str | Path | None = None,
+    estimator: str = "iwae",
+    samples: int | None = None,
+    *,
+    split: str = "test",
+    limit: int = 0,
+    seed: int = 1234,
+    elbo_samples: int = 100,
+    checkpoint: str = "best",
+    cache: bool = True,
+    **options,
+) -> Comparison:
+    """Evaluate every run on the same examples with the same seeds; paired differences to the
+    baseline (default: the first run). Runs on different data or splits are refused."""
+    dirs = [Path(r) for r in run_dirs]
+    base = Path(baseline) if baseline is not None else dirs[0]
+    if base not in dirs:
+        dirs.insert(0, base)
+    if len({d.resolve() for d in dirs}) != len(dirs):
+        raise ValueError("a run is listed twice")
+    scored = [
+        evaluate_run(
+            d,
+            estimator,
+            samples,
+            split=split,
+            limit=limit,
+            seed=seed,
+            checkpoint=checkpoint,
+            cache=cache,
+            **options,
+        )
+        for d in dirs
+    ]
+    first = scored[0]
+    for d, s in zip(dirs, scored, strict=True):
+        if _data_identity(s.run) != _data_identity(first.run):
+            raise ValueError(
+                f"{d} was trained on other data or splits than {dirs[0]}; compare refuses to pair them"
+            )
+        if s.estimate.samples != first.estimate.samples:
+            raise ValueError(
+                f"{d} was evaluated with K={s.estimate.samples}, {dirs[0]} with K={first.estimate.samples}"
+            )
+    by_dir = dict(zip(dirs, scored, strict=True))
+    base_log_p = by_dir[base].estimate.per_example
+    rows, warnings = [], []
+    for d, s in zip(dirs, scored, strict=True):
+        elbo = evaluate_run(
+            d, "elbo", elbo_samples, split=split, limit=limit, seed=seed, checkpoint=checkpoint, cache=cache
+        ).estimate
+        diff = base_log_p - s.estimate.per_example  # per example: -log p̂(run) - (-log p̂(base))
+        is_base = d == base
+        metrics = read_metrics(d)
+        rows.append(
+            ComparisonRow(
+                run=d.name,
+                posterior=s.run.config.model.posterior,
+                nll=s.estimate.nll,
+                stderr=s.estimate.stderr,
+                diff=None if is_base else diff.mean().item(),
+                diff_stderr=None if is_base else (diff.std().item() / math.sqrt(diff.numel())),
+                better=None if is_base else int((diff < 0).sum()),
+                worse=None if is_base else int((diff > 0).sum()),
+                elbo=-elbo.nll,
+                kl=elbo.diagnostics["kl"]["mean"],
+                active_units=active_units(s.run.model, s.examples.images),
+                latent_dim=s.run.model.latent_dim,
+                parameters=sum(p.numel() for p in s.run.model.parameters()),
+                epochs=int(metrics[-1]["epoch"]) if metrics else 0,
+                train_seconds=metrics[-1].get("seconds") if metrics else None,
+                bits_per_dim=s.estimate.bits_per_dim,
+                diagnostics=s.estimate.diagnostics,
+            )
+        )
+        warnings += [f"{d.name}: {w}" for w in s.estimate.warnings]
+    return Comparison(
+        estimator,
+        first.estimate.samples,
+        split,
+        first.estimate.n,
+        first.examples.description,
+        base.name,
+        rows,
+        warnings,
+    )
+
+
+def _pm(value: float, err: float, digits: int = 2) -> str:
+    return f"{value:.{digits}f} ± {err:.{digits}f}"
+
+
+def _cells(c: Comparison, row: ComparisonRow, latex: bool = False) -> list[str]:
+    pm = (lambda v, e: f"${v:.2f} \\pm {e:.2f}$") if latex else _pm
+    diff = "—" if row.diff is None else pm(row.diff, row.diff_stderr)
+    favour = "—" if row.better is None else f"{row.better} / {row.worse}"
+    minutes = "—" if row.train_seconds is None else f"{row.train_seconds / 60:.1f}"
+    return [
+        row.run,
+        row.posterior,
+        pm(row.nll, row.stderr),
+        diff,
+        favour,
+        f"{row.elbo:.2f}",
+        f"{row.kl:.2f}",
+        f"{row.active_units}/{row.latent_dim}",
+        f"{row.parameters:,}",
+        str(row.epochs),
+        minutes,
+    ]
+
+
+HEADER = [
+    "run",
+    "posterior",
+    "−log p̂ (nats)",
+    "Δ vs baseline",
+    "better / worse",
+    "test ELBO",
+    "KL",
+    "active units",
+    "parameters",
+    "epochs",
+    "train min",
+]
+
+
+def markdown_table(c: Comparison) -> str:
+    lines = [
+        f"{c.estimator} (K={c.samples}) on {c.subset}; Δ: paired difference to `{c.baseline}` "
+        "(negative: better) ± paired standard error; better / worse: examples each way",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "---|" * len(HEADER),
+    ]
+    lines += ["| " + " | ".join(_cells(c, r)) + " |" for r in c.rows]
+    return "\n".join(lines)
+
+
+def latex_table(c: Comparison) -> str:
+    """A booktabs table (needs ``\\usepackage{booktabs}``)."""
+    latex = {"—": "---", "_": r"\_", "&": r"\&", "−": "$-$", "Δ": r"$\Delta$", "p̂": r"$\hat p$"}
+
+    def esc(text: str) -> str:
+        for plain, tex in latex.items():
+            text = text.replace(plain, tex)
+        return text
+
+    head = [esc(h) for h in HEADER]
+    lines = [
+        r"\begin{tabular}{ll" + "r" * (len(HEADER) - 2) + "}",
+        r"\toprule",
+        " & ".join(head) + r" \\",
+        r"\midrule",
+    ]
+    lines += [
+        " & ".join(esc(x) if i < 2 else x.replace(",", "{,}") for i, x in enumerate(_cells(c, r, True)))
+        + r" \\"
+        for r in c.rows
+    ]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines)
+
+
+def write_csv(c: Comparison, path: str | Path) -> None:
+    keys = [k for k in ComparisonRow.__dataclass_fields__ if k != "diagnostics"]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(keys)
+        for row in c.rows:
+            writer.writerow(["" if getattr(row, k) is None else getattr(row, k) for k in keys])
+
+
+def plot_curves(run_dirs: list[str | Path], path: str | Path) -> None:
+    """Valid ELBO against epoch and against wall time, one line per run (PNG or PDF by suffix)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for d in run_dirs:
+        rows = [r for r in read_metrics(d) if math.isfinite(r.get("valid_elbo", float("nan")))]
+        if not rows:
+            continue
+        by_epoch.plot([r["epoch"] for r in rows], [r["valid_elbo"] for r in rows], label=Path(d).name)
+        by_time.plot([r["seconds"] / 60 for r in rows], [r["valid_elbo"] for r in rows], label=Path(d).name)
+    by_epoch.set_xlabel("epoch")
+    by_time.set_xlabel("training time (minutes)")
+    by_epoch.set_ylabel("valid ELBO (nats)")
+    for ax in (by_epoch, by_time):
+        ax.grid(alpha=0.3)
+    by_time.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_comparison(c: Comparison, run_dirs: list[str | Path], out_dir: str | Path) -> dict[str, Path]:
+    """comparison.{md,tex,csv,json} and curves.{png,pdf} in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {k: out / f"comparison.{k}" for k in ("md", "tex", "csv", "json")}
+    paths["md"].write_text(markdown_table(c) + "\n")
+    paths["tex"].write_text(latex_table(c) + "\n")
+    write_csv(c, paths["csv"])
+    paths["json"].write_text(json.dumps(c.to_json(), indent=1) + "\n")
+    for suffix in ("png", "pdf"):
+        paths[suffix] = out / f"curves.{suffix}"
+        plot_curves(run_dirs, paths[suffix])
+    return paths
+
+
+__all__ = [
+    "Comparison",
+    "ComparisonRow",
+    "RunEvaluation",
+    "active_units",
+    "compare_runs",
+    "evaluate_run",
+    "latex_table",
+    "markdown_table",
+    "plot_curves",
+    "write_comparison",
+]

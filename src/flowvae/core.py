@@ -1,0 +1,158 @@
+"""The contract between models, posteriors and estimators: the lowest model-facing layer.
+
+Three things meet here, and everything above is written against them:
+
+- :class:`Posterior`: q(z|x) for a batch, as a reparametrised map of a standard-normal base,
+  ``z, ladj = q.transform(eps)`` with ``log q(z|x) = log N(eps; 0, I) - ladj``.
+  :class:`FlowPosterior` is the one composition loop of every flow: a diagonal Gaussian
+  followed by conditional bijections (:class:`ConditionalBijection`).
+- :class:`ElboTerms`: the per-sample terms a model's forward pass returns; its
+  :func:`log_weight` is the one importance log-weight formula of the package.
+- :class:`LatentVariableModel`: what ELBO, IWAE, AIS, BDMC, local optimisation and training
+  use of a model, and nothing more. The flat :class:`~flowvae.vae.VAE` and the
+  :class:`~flowvae.hierarchical.HierarchicalVAE` both satisfy it.
+
+Latents are flat vectors: z is (*S, B, D), log-densities are (*S, B).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from .numerics import log_standard_normal
+
+
+def log_weight(log_joint: Tensor, log_q: Tensor) -> Tensor:
+    """The importance log-weight log p(x, z) - log q(z|x); (*S, B).
+
+    For an auxiliary posterior ``log_q`` already holds log q(z,v|x) - log r(v|x,z), so this is
+    the auxiliary bound's weight. ELBO (its mean), IWAE (its log-mean-exp), local optimisation
+    and AIS from q's base all use this one formula.
+    """
+    return log_joint - log_q
+
+
+class ConditionalBijection(Protocol):
+    """One flow step: ``(z, context) -> (z', log|det dz'/dz|)``; z is (..., D), context (..., C)."""
+
+    def __call__(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
+class Posterior:
+    """q(z|x) for a batch of B examples, as a map of a standard-normal base.
+
+    Subclasses implement :meth:`transform`. Shapes: eps is (*S, B, base_dim), z is
+    (*S, B, latent_dim), log-densities are (*S, B).
+    """
+
+    def __init__(self, base_dim: int, batch_size: int, like: Tensor):
+        self.base_dim = base_dim
+        self.batch_size = batch_size
+        self._like = like  # a tensor whose dtype/device the samples follow
+
+    def transform(self, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """eps (*S, B, base_dim) -> z (*S, B, D) and ladj (*S, B)."""
+        raise NotImplementedError
+
+    def sample_base(self, sample_shape: Sequence[int] = ()) -> Tensor:
+        shape = (*sample_shape, self.batch_size, self.base_dim)
+        return torch.randn(shape, dtype=self._like.dtype, device=self._like.device)
+
+    @staticmethod
+    def base_log_prob(eps: Tensor) -> Tensor:
+        return log_standard_normal(eps).sum(-1)
+
+    def rsample_and_log_prob(self, sample_shape: Sequence[int] = ()) -> tuple[Tensor, Tensor]:
+        """Reparametrised samples z (*S, B, D) and log q(z|x) (*S, B)."""
+        eps = self.sample_base(sample_shape)
+        z, ladj = self.transform(eps)
+        return z, self.base_log_prob(eps) - ladj
+
+
+class FlowPosterior(Posterior):
+    """A diagonal Gaussian N(mean, exp(log_std)^2) followed by flow steps conditioned on h.
+
+    With no steps this is the factorised Gaussian ``diag``.
+
+    Arguments:
+        mean, log_std: (B, D) parameters of the base Gaussian.
+        context: (B, C) the encoder's context h given to every step (None without steps).
+        steps: the flow steps, applied in order.
+    """
+
+    def __init__(
+        self,
+        mean: Tensor,
+        log_std: Tensor,
+        context: Tensor | None = None,
+        steps: Sequence[ConditionalBijection] = (),
+    ):
+        super().__init__(mean.shape[-1], mean.shape[0], mean)
+        self.mean, self.log_std, self.context, self.steps = mean, log_std, context, steps
+
+    def transform(self, eps: Tensor) -> tuple[Tensor, Tensor]:
+        z = self.mean + torch.exp(self.log_std) * eps
+        ladj = self.log_std.sum(-1).expand(z.shape[:-1])
+        for step in self.steps:  # the context (B, C) broadcasts against z (*S, B, D)
+            z, step_ladj = step(z, self.context)
+            ladj = ladj + step_ladj
+        return z, ladj
+
+
+@dataclass
+class ElboTerms:
+    """Per-sample terms of the ELBO, each (*S, B)."""
+
+    log_likelihood: Tensor  # log p(x|z)
+    log_prior: Tensor  # log p(z)
+    log_q: Tensor  # log q(z|x) (for auxiliary posteriors: log q(z,v|x) - log r(v|x,z))
+    kl_groups: Tensor | None = None  # (*S, B, G) per-group KL for free bits (hierarchical model)
+
+    @property
+    def log_weight(self) -> Tensor:
+        return log_weight(self.log_likelihood + self.log_prior, self.log_q)
+
+    @property
+    def kl(self) -> Tensor:
+        """Single-sample estimate of KL(q(z|x) || p(z))."""
+        return self.log_q - self.log_prior
+
+
+@runtime_checkable
+class LatentVariableModel(Protocol):
+    """What every estimator, local optimisation and the training loop use of a model.
+
+    ``x`` is a batch of images (B, C, H, W); ``z`` flat latents (*S, B, D).
+    """
+
+    latent_dim: int
+    shape: tuple[int, ...]
+
+    def __call__(self, x: Tensor, samples: int = 1) -> ElboTerms:
+        """One pass: z ~ q(z|x) (``samples`` draws per example) and the ELBO's terms."""
+        ...
+
+    def encode(self, x: Tensor) -> Posterior: ...
+
+    def log_prior(self, z: Tensor) -> Tensor: ...
+
+    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor: ...
+
+    def log_joint(self, x: Tensor, z: Tensor) -> Tensor: ...
+
+    def sample_prior(
+        self, sample_shape: Sequence[int], like: Tensor | None = None, temperature: float = 1.0
+    ) -> Tensor: ...
+
+    def decode_mean(self, z: Tensor) -> Tensor: ...
+
+
+__all__ = [
+    "ConditionalBijection", "ElboTerms", "FlowPosterior", "LatentVariableModel", "Posterior",
+    "log_weight",
+]  # fmt: skip

@@ -1,0 +1,109 @@
+"""The flat VAE: encoder -> posterior q(z|x) -> decoder -> likelihood p(x|z), prior N(0, I).
+
+The model exposes what every estimator needs and nothing more (:class:`~flowvae.core.LatentVariableModel`):
+
+- ``encode(x)``: the posterior q(z|x) as a :class:`~flowvae.core.Posterior`,
+- ``log_prior(z)``, ``log_likelihood(x, z)``, ``log_joint(x, z)``: densities of the model,
+- ``sample_prior(n)`` and ``decode_mean(z)`` / ``decode_sample(z)`` for images.
+
+Latents are flat vectors (*S, B, D); the hierarchical model offers the same methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .core import ElboTerms, Posterior
+from .likelihoods import LIKELIHOODS
+from .numerics import log_standard_normal
+
+
+class VAE(nn.Module):
+    """A VAE with one stochastic layer, assembled from modules (Kingma & Welling 2014).
+
+    Arguments:
+        encoder: images (B, C, H, W) -> features (B, F).
+        posterior: a posterior head, features (B, F) -> :class:`~flowvae.core.Posterior`
+            (any of :mod:`flowvae.posteriors`, or your own); it must expose ``latent_dim``.
+        decoder: latents (N, D) -> likelihood parameters (N, P, C, H, W), P =
+            ``likelihood.params``.
+        likelihood: p(x|z) as a module of :mod:`flowvae.likelihoods`, or its name
+            (``bernoulli``, ``logistic``, ``logistic-mixture``, ``gaussian``).
+        shape: image shape (C, H, W); by default the decoder's ``shape``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> import flowvae
+        >>> encoder = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ELU())
+        >>> decoder = nn.Sequential(nn.Linear(4, 64), nn.Unflatten(1, (1, 1, 8, 8)))
+        >>> q = flowvae.posteriors.IAF(features=32, latent=4, steps=2, hidden=16, context=8)
+        >>> vae = flowvae.VAE(encoder, q, decoder, "bernoulli", shape=(1, 8, 8))
+        >>> x = torch.bernoulli(torch.full((5, 1, 8, 8), 0.3))
+        >>> flowvae.elbo(vae, x).shape
+        torch.Size([5])
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        posterior: nn.Module,
+        decoder: nn.Module,
+        likelihood: nn.Module | str,
+        shape: Sequence[int] | None = None,
+    ):
+        super().__init__()
+        shape = shape if shape is not None else getattr(decoder, "shape", None)
+        if shape is None:
+            raise ValueError("VAE needs the image shape (C, H, W): pass shape=")
+        self.shape = tuple(shape)
+        self.latent_dim = posterior.latent_dim
+        if isinstance(likelihood, str):
+            if likelihood not in LIKELIHOODS:
+                raise ValueError(f"unknown likelihood {likelihood!r}; available: {', '.join(LIKELIHOODS)}")
+            likelihood = LIKELIHOODS[likelihood].build(self.shape)
+        self.likelihood = likelihood
+        self.encoder = encoder
+        self.posterior = posterior
+        self.decoder = decoder
+
+    def forward(self, x: Tensor, samples: int = 1) -> ElboTerms:
+        """The ELBO's terms for ``samples`` draws of z per example (what training differentiates)."""
+        z, log_q = self.encode(x).rsample_and_log_prob((samples,))
+        return ElboTerms(self.log_likelihood(x, z), self.log_prior(z), log_q)
+
+    def data_init(self, x: Tensor) -> None:
+        """Data-dependent initialisation from a first batch: none for the flat VAE."""
+
+    def encode(self, x: Tensor) -> Posterior:
+        return self.posterior(self.encoder(x))
+
+    def log_prior(self, z: Tensor) -> Tensor:
+        return log_standard_normal(z).sum(-1)
+
+    def _decode(self, z: Tensor) -> Tensor:
+        out = self.decoder(z.reshape(-1, z.shape[-1]))  # (N, P, C, H, W)
+        return out.view(*z.shape[:-1], *out.shape[1:])
+
+    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x|z): x (B, C, H, W), z (*S, B, D) -> (*S, B)."""
+        return self.likelihood.log_prob(x, self._decode(z))
+
+    def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
+        return self.log_prior(z) + self.log_likelihood(x, z)
+
+    def sample_prior(
+        self, sample_shape: Sequence[int], like: Tensor | None = None, temperature: float = 1.0
+    ) -> Tensor:
+        """z ~ N(0, temperature^2 I), (*sample_shape, D)."""
+        p = next(self.parameters()) if like is None else like
+        return temperature * torch.randn(*sample_shape, self.latent_dim, dtype=p.dtype, device=p.device)
+
+    def decode_mean(self, z: Tensor) -> Tensor:
+        return self.likelihood.mean(self._decode(z))
+
+    def decode_sample(self, z: Tensor) -> Tensor:
+        return self.likelihood.sample(self._decode(z))
