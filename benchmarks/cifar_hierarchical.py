@@ -28,11 +28,12 @@ from pathlib import Path
 import torch
 
 from flowvae.checkpoint import load_run
-from flowvae.config import Config, apply_overrides, preset
+from flowvae.config import Config, apply_overrides
 from flowvae.data import evaluation_images, load_data
 from flowvae.estimators import evaluate
 from flowvae.images import save_grid
 from flowvae.model import build_model
+from flowvae.presets import preset
 from flowvae.train import optimizer_for, train, train_step
 
 IMAGE_SHAPE = (3, 32, 32)

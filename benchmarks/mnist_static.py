@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 
 from flowvae.checkpoint import load_run
-from flowvae.config import apply_overrides, preset
+from flowvae.config import apply_overrides
 from flowvae.data import evaluation_images, load_data
 from flowvae.estimators import evaluate
+from flowvae.presets import preset
 from flowvae.train import train
 
 

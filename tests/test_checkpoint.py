@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from flowvae.checkpoint import CheckpointError, load_checkpoint, remove_temp_files, save_atomic
-from flowvae.config import apply_overrides, preset
+from flowvae.config import apply_overrides
+from flowvae.presets import preset
 from flowvae.train import train
 
 TINY = ["model.hidden=[16]", "model.latent_dim=2", "train.epochs=1", "eval.samples=4"]

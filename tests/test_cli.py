@@ -163,7 +163,8 @@ def test_help_states_the_samples_default_per_estimator_and_how_to_list_keys():
 
 
 def test_config_lists_every_key_as_an_override():
-    from flowvae.config import parse_override, preset, set_key, valid_keys
+    from flowvae.config import parse_override, set_key, valid_keys
+    from flowvae.presets import preset
 
     lines = run_cli("config", "--preset", "mnist-mlp").stdout.strip().splitlines()
     assert [line.split("=", 1)[0] for line in lines] == valid_keys()

@@ -1,18 +1,16 @@
 import pytest
 
 from flowvae.config import (
-    PRESETS,
     Config,
     ConfigError,
     apply_overrides,
     load_yaml,
     parse_override,
-    preset,
     save_yaml,
-    starting_preset,
     valid_keys,
     validate,
 )
+from flowvae.presets import PRESETS, preset, starting_preset
 
 
 def test_overrides_are_typed():

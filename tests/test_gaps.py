@@ -155,7 +155,8 @@ FAST = [
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A tiny diag VAE on scikit-learn's digits, trained for one epoch with the library's train()."""
-    from flowvae.config import apply_overrides, preset
+    from flowvae.config import apply_overrides
+    from flowvae.presets import preset
     from flowvae.train import train
 
     run_dir = tmp_path_factory.mktemp("gaps") / "run"

@@ -10,9 +10,10 @@ import torch
 from conftest import ROOT
 
 from flowvae.checkpoint import load_checkpoint, load_run
-from flowvae.config import apply_overrides, preset
+from flowvae.config import apply_overrides
 from flowvae.core import ElboTerms
 from flowvae.data import load_data
+from flowvae.presets import preset
 from flowvae.train import (
     TrainingError,
     evaluate_elbo,

@@ -15,11 +15,12 @@ The public API (everything the CLI does goes through these):
 
 from . import posteriors
 from .checkpoint import Run, load_run
-from .config import Config, DataConfig, EvalConfig, ModelConfig, TrainConfig, preset
+from .config import Config, DataConfig, EvalConfig, ModelConfig, TrainConfig
 from .core import ElboTerms, LatentVariableModel, Posterior
 from .data import ImageData, load_data
 from .estimators import ESTIMATORS, Estimate, elbo, evaluate, iwae
 from .model import build_model
+from .presets import preset
 from .train import train as fit  # not `train`: that name is the module flowvae.train
 from .vae import VAE
 

@@ -16,19 +16,10 @@ import torch
 import yaml
 
 from .checkpoint import CheckpointError, load_run
-from .config import (
-    PRESETS,
-    Config,
-    ConfigError,
-    apply_overrides,
-    check_value,
-    load_yaml,
-    preset,
-    starting_preset,
-    valid_keys,
-)
+from .config import Config, ConfigError, apply_overrides, check_value, load_yaml, valid_keys
 from .data import DataError, download
 from .estimators import ESTIMATORS
+from .presets import PRESETS, preset, starting_preset
 from .progress import progress_bar
 
 
@@ -212,7 +203,6 @@ def _new_file(folder: Path, stem: str, suffix: str) -> Path:
 
 
 def _presets(args: argparse.Namespace) -> int:
-    preset("digits")  # fills the registry
     width = max(len(n) for n in PRESETS)
     for name in sorted(PRESETS):
         print(f"{name:<{width}}  {PRESETS[name].description}")

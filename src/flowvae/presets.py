@@ -3,7 +3,73 @@
 ``flowvae presets`` lists them; ``flowvae train --preset NAME key=value ...`` starts from one.
 """
 
-from .config import DATA_PRESETS, register_preset
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import Config, ConfigError, parse_override, set_key
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    parent: str | None
+    overrides: dict[str, Any]
+
+
+PRESETS: dict[str, Preset] = {}
+DATA_PRESETS: dict[str, str] = {}  # data.name -> the preset a run without --preset starts from
+
+
+def register_preset(name: str, description: str, parent: str | None = None, **overrides: Any):
+    """Register a preset; ``overrides`` use ``section__name`` keyword form."""
+    PRESETS[name] = Preset(
+        description, parent, {k.replace("__", "."): v for k, v in overrides.items()}
+    )
+
+
+def preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+    p = PRESETS[name]
+    cfg = preset(p.parent) if p.parent else Config()
+    for key, value in p.overrides.items():
+        set_key(cfg, key, copy.deepcopy(value))
+    return cfg
+
+
+def starting_preset(overrides: list[str], config_file: str | None = None) -> tuple[str, str]:
+    """The preset of a run given no ``--preset``: that of its ``data.name``, and a note saying so.
+
+    ``data.name`` comes from the overrides (the last one wins) or else the YAML config file;
+    without either the run is on ``digits``. Returns ``(preset name, one-line note)``.
+    """
+    name = None
+    if config_file:
+        try:
+            values = yaml.safe_load(Path(config_file).read_text())
+        except (OSError, yaml.YAMLError):  # reported by load_yaml with the file's name
+            values = None
+        data = values.get("data") if isinstance(values, dict) else None
+        name = data.get("name") if isinstance(data, dict) else None
+    for text in overrides:
+        key, value = parse_override(text)
+        if key == "data.name":
+            name = value
+    name = name if isinstance(name, str) and name else "digits"
+    if name in DATA_PRESETS:
+        chosen = DATA_PRESETS[name]
+        return chosen, f"no --preset: starting from preset {chosen}, the default for data.name={name}"
+    return "digits", f"no --preset and no preset for data.name={name}: starting from preset digits' values"
+
+
+# ---------------------------------------------------------------------------------------------
+# the presets
 
 register_preset(
     "digits",
