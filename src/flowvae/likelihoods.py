@@ -16,6 +16,7 @@ from .numerics import (
     discretized_logistic_mixture_log_prob,
     log_bernoulli,
     log_normal,
+    log_sigmoid_difference,
 )
 
 
@@ -82,6 +83,44 @@ class DiscretizedLogisticMixture(nn.Module):
         return (torch.round((x.clamp(-1, 1) + 1) / 2 * 255) / 255).clamp(0, 1)
 
 
+class IAFLogistic(nn.Module):
+    """openai/iaf's likelihood (``tf_train.py``): a discretized logistic with one learned global
+    log-scale (initialised at 0), the decoder's mean clipped to the centres of the edge bins, and
+    no tails on the edge bins.
+
+    Pixel k in 0..255 occupies the bin [(k - 128) / 256, (k - 127) / 256] of [-0.5, 0.5]; the mean
+    is clipped to ±(0.5 - 1/512). The 256 bin probabilities sum to less than one (the mass outside
+    [-0.5, 0.5] is lost), so log p(x) is lower than with edge tails (:class:`DiscretizedLogistic`).
+    The reference adds 1e-7 to each bin probability; this computes the log of the exact bin mass.
+    """
+
+    params = 1
+    BIN = 1.0 / 256
+    MEAN_LIMIT = 0.5 - 1.0 / 512
+
+    def __init__(self):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.zeros(()))
+
+    def _mean(self, out: Tensor) -> Tensor:
+        return out[..., 0, :, :, :].clamp(-self.MEAN_LIMIT, self.MEAN_LIMIT)
+
+    def log_prob(self, x: Tensor, out: Tensor) -> Tensor:
+        lower = (torch.round(x * 255) - 128) * self.BIN
+        inv_scale = torch.exp(-self.log_scale)
+        minus = (lower - self._mean(out)) * inv_scale
+        return log_sigmoid_difference(minus + self.BIN * inv_scale, minus).flatten(-3).sum(-1)
+
+    def mean(self, out: Tensor) -> Tensor:
+        return self._mean(out) + 0.5
+
+    def sample(self, out: Tensor) -> Tensor:
+        mean = self._mean(out)
+        u = torch.rand_like(mean).clamp(1e-5, 1 - 1e-5)
+        x = mean + torch.exp(self.log_scale) * (torch.log(u) - torch.log1p(-u))
+        return torch.floor((x + 0.5) * 256).clamp(0, 255) / 255
+
+
 class Gaussian(nn.Module):
     """Continuous pixels x ~ N(mean, sigma^2) with a learned log sigma per pixel.
 
@@ -105,19 +144,26 @@ class Gaussian(nn.Module):
         return self.mean(out) + torch.exp(self.log_std) * torch.randn_like(self.mean(out))
 
 
+def likelihood_name(name: str, binary: bool) -> str:
+    """The likelihood ``name`` stands for (``auto`` resolved), as reported next to every number."""
+    if name == "auto":
+        return "bernoulli" if binary else "logistic"
+    return name
+
+
 def build_likelihood(name: str, binary: bool, shape: tuple[int, int, int], mixtures: int) -> nn.Module:
     """``auto`` picks Bernoulli for binary data and the discretized logistic for 8-bit data."""
-    if name == "auto":
-        name = "bernoulli" if binary else "logistic"
+    name = likelihood_name(name, binary)
     if name == "bernoulli" and not binary:
         raise ValueError("model.likelihood=bernoulli needs binary data (set data.binarize)")
-    if name in ("logistic", "logistic-mixture") and binary:
+    if name in ("logistic", "logistic-mixture", "iaf-logistic") and binary:
         raise ValueError(f"model.likelihood={name} is for 8-bit data; this data is binary")
     table = {
         "bernoulli": lambda: Bernoulli(),
         "logistic": lambda: DiscretizedLogistic(),
         "logistic-mixture": lambda: DiscretizedLogisticMixture(mixtures),
         "gaussian": lambda: Gaussian(shape),
+        "iaf-logistic": lambda: IAFLogistic(),
     }
     if name not in table:
         raise ValueError(f"unknown likelihood {name!r}; available: auto, {', '.join(table)}")
