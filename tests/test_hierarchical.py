@@ -11,7 +11,7 @@ from conftest import run_cli
 
 from flowvae.config import Config, ModelConfig
 from flowvae.estimators import ESTIMATORS, ElboTerms, elbo, evaluate, iwae
-from flowvae.hierarchical import POSTERIORS, ARConvNet, HierarchicalBlock, HierarchicalVAE
+from flowvae.hierarchical import POSTERIORS, ARConvNet, HierarchicalBlock, HierarchicalVAE, WNConv2d
 from flowvae.model import build_model
 from flowvae.train import train_step, training_loss
 
@@ -51,11 +51,40 @@ def test_ar_conv_net_is_strictly_triangular_in_channel_order(depth):
                 assert jac[c, 4, :c, 4].abs().sum() > 0 and jac[c, 4, :c, 1].abs().sum() > 0
 
 
+def autoregressive_order(n_z: int, size: int, mask: str) -> torch.Tensor:
+    """Flat (channel-major) positions of a (n_z, size, size) tensor, sorted into the order the
+    masks make autoregressive: channels (``channel``), or reverse raster pixels then channels."""
+    c, p = torch.meshgrid(torch.arange(n_z), torch.arange(size * size), indexing="ij")
+    key = c if mask == "channel" else (size * size - 1 - p) * n_z + c
+    return key.flatten().argsort(stable=True)
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_pixel_masks_are_autoregressive_over_reverse_raster_pixels_then_channels(depth):
+    torch.manual_seed(depth)
+    n_z, hidden, size = 2, 4, 4
+    net = ARConvNet(n_z, hidden, depth, outputs=2, mask="pixel").double()
+    for p in net.parameters():
+        p.data.normal_()
+    context = torch.randn(1, hidden, size, size, dtype=torch.float64) if depth else None
+    z = torch.randn(1, n_z, size, size, dtype=torch.float64)
+    order = autoregressive_order(n_z, size, "pixel")
+    for out in range(2):
+        jac = torch.autograd.functional.jacobian(lambda z, out=out: net(z, context)[out], z)
+        jac = jac.reshape(n_z * size * size, n_z * size * size)[order][:, order]
+        assert torch.all(jac.triu() == 0), "an output sees its own or a later position"
+        jac = jac.reshape(size * size, n_z, size * size, n_z)  # (pixel, c) in AR order
+        # channel 0 at pixel (1, 1) sees every channel of the pixels after it: (1, 2) and (2, 1)
+        p = size * size - 1 - (size + 1)
+        assert jac[p, 0, p - 1].abs().sum() > 0 and jac[p, 0, p - size].abs().sum() > 0
+
+
 @pytest.mark.parametrize("posterior", ["up-iaf", "down-iaf", "down-iaf-mean"])
 @pytest.mark.parametrize("depth_ar", [0, 1, 2])
-def test_iaf_step_is_triangular_and_its_log_det_is_exact(posterior, depth_ar):
+@pytest.mark.parametrize("ar_mask", ["channel", "pixel"])
+def test_iaf_step_is_triangular_and_its_log_det_is_exact(posterior, depth_ar, ar_mask):
     torch.manual_seed(0)
-    cfg = ModelConfig(**{**TINY, "n_z": 3, "depth_ar": depth_ar, "posterior": posterior})
+    cfg = ModelConfig(**{**TINY, "n_z": 3, "depth_ar": depth_ar, "posterior": posterior, "ar_mask": ar_mask})
     block = HierarchicalBlock(cfg, downsample=False).double()
     for p in block.parameters():
         p.data.normal_(std=0.5)
@@ -67,15 +96,17 @@ def test_iaf_step_is_triangular_and_its_log_det_is_exact(posterior, depth_ar):
     def sample(e):
         return block._posterior_sample(e, mean, log_std, ctx)[0]
 
-    jac = torch.autograd.functional.jacobian(sample, eps).reshape(12, 12)  # channel-major order
+    order = autoregressive_order(3, 2, ar_mask)
+    jac = torch.autograd.functional.jacobian(sample, eps).reshape(12, 12)[order][:, order]
     assert torch.all(jac.triu(1) == 0)
     _, ladj = block._posterior_sample(eps, mean, log_std, ctx)
     assert torch.allclose(torch.linalg.slogdet(jac)[1], ladj.sum(), atol=1e-10)
 
 
-def test_iaf_prior_samples_invert_its_density():
+@pytest.mark.parametrize("ar_mask", ["channel", "pixel"])
+def test_iaf_prior_samples_invert_its_density(ar_mask):
     torch.manual_seed(0)
-    model = tiny(prior="iaf", depth_ar=2, n_z=3)
+    model = tiny(prior="iaf", depth_ar=2, n_z=3, ar_mask=ar_mask)
     for p in model.parameters():
         p.data.normal_(std=0.3)
     torch.manual_seed(1)
@@ -180,6 +211,63 @@ def test_evaluation_in_chunks_of_rows_matches_one_pass():
     assert torch.allclose(joint, model.log_joint(x, z))
 
 
+def largest_conv_input(model: HierarchicalVAE, fn) -> int:
+    """The most elements any convolution of ``model`` receives at once while ``fn()`` runs."""
+    seen = [0]
+    hooks = [
+        m.register_forward_pre_hook(lambda _, args: seen.__setitem__(0, max(seen[0], args[0].numel())))
+        for m in model.modules()
+        if isinstance(m, WNConv2d)
+    ]
+    try:
+        fn()
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen[0]
+
+
+@torch.no_grad()
+def test_evaluation_memory_does_not_grow_with_k_or_the_batch():
+    torch.manual_seed(0)
+    model = tiny(shape=(3, 8, 8), binary=False)
+    model.max_rows = 6
+    x = images(12, shape=(3, 8, 8), binary=False)
+    sizes = {
+        (k, b): largest_conv_input(model, lambda k=k, b=b: iwae(model, x[:b], samples=k, chunk=k))
+        for k in (2, 50)
+        for b in (6, 12)  # from max_rows images on, the batch no longer matters either
+    }
+    assert len(set(sizes.values())) == 1, sizes
+    one_row = largest_conv_input(model, lambda: model(x[:1], samples=1))
+    assert sizes[(50, 12)] <= model.max_rows * one_row
+    model.max_rows = 10**6  # unbounded (the old behaviour): the largest tensor grows with K
+    assert largest_conv_input(model, lambda: iwae(model, x, samples=50, chunk=50)) > sizes[(50, 12)]
+
+
+@torch.no_grad()
+def test_chunked_evaluation_forward_matches_one_pass():
+    torch.manual_seed(0)
+    model = tiny(shape=(3, 8, 8), binary=False, prior="iaf", ar_mask="pixel")
+    x = images(5, shape=(3, 8, 8), binary=False)
+    eps = torch.randn(3, 5, model.latent_dim, dtype=torch.float64)
+    model.max_rows = 10**6
+    whole = model(x, eps=eps)
+    model.max_rows = 4  # images in chunks of 4, 1; rows in chunks of 4
+    parts = model(x, eps=eps)
+    for name in ("log_likelihood", "log_prior", "log_q", "kl_groups"):
+        a, b = getattr(whole, name), getattr(parts, name)
+        assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-12, atol=1e-9), name
+
+
+def test_row_budget_sets_the_rows_per_pass():
+    small = ModelConfig(**{**TINY, "posterior": "down-iaf", "row_budget_mb": 1})
+    large = ModelConfig(**{**TINY, "posterior": "down-iaf", "row_budget_mb": 64})
+    rows = [HierarchicalVAE(cfg, (3, 32, 32), binary=False).max_rows for cfg in (small, large)]
+    model = HierarchicalVAE(small, (3, 32, 32), binary=False)
+    assert rows[0] == 2**20 // model.bytes_per_row() and rows[1] == 64 * 2**20 // model.bytes_per_row()
+
+
 IMAGE_KINDS = [((1, 28, 28), True), ((3, 16, 16), False)]
 
 
@@ -222,7 +310,8 @@ def test_data_init_normalises_the_first_batch():
     model.data_init(x)
     h = model.x_enc(F.pad(2 * x - 1, model.pad))
     assert torch.allclose(h.mean((0, 2, 3)), torch.zeros(8, dtype=h.dtype), atol=1e-8)
-    assert torch.allclose(h.std((0, 2, 3), unbiased=False), torch.ones(8, dtype=h.dtype), atol=1e-6)
+    # x_enc starts at std 0.1, as openai/iaf's conv2d default init_scale
+    assert torch.allclose(h.std((0, 2, 3), unbiased=False), torch.full((8,), 0.1, dtype=h.dtype), atol=1e-7)
     q = model.blocks[0].up_conv1(F.elu(h))
     assert torch.allclose(q.std((0, 2, 3), unbiased=False), torch.full((q.shape[1],), 0.1, dtype=h.dtype))
 

@@ -39,7 +39,7 @@ class ModelConfig:
     type: str = "flat"  # flat | hierarchical
     encoder: str = "mlp"  # mlp | gated-conv | resnet | linear
     decoder: str = "mlp"  # mlp | gated-conv | resnet | linear
-    likelihood: str = "auto"  # auto | bernoulli | logistic | logistic-mixture | gaussian
+    likelihood: str = "auto"  # auto | bernoulli | logistic | logistic-mixture | gaussian | iaf-logistic
     latent_dim: int = 32
     hidden: list[int] = field(default_factory=lambda: [300, 300])  # mlp widths (encoder)
     decoder_hidden: list[int] | None = None  # mlp decoder widths; None: hidden reversed
@@ -63,6 +63,8 @@ class ModelConfig:
     n_z: int = 32  # stochastic feature maps per block
     depth_ar: int = 1  # hidden layers of each block's IAF (masked convolutions)
     prior: str = "diag"  # hierarchical prior p(z_i|z_>i): diag | iaf
+    ar_mask: str = "channel"  # hierarchical IAF masks: channel | pixel (openai/iaf: pixels, reverse raster)
+    row_budget_mb: int = 1024  # hierarchical evaluation: activation memory of one pass over its rows
 
 
 @dataclass
