@@ -198,3 +198,16 @@ def test_ema_forgets_its_initialisation_early_and_averages_later():
     assert ema.model.weight.item() == pytest.approx(1 - 2 / 11)
     ema.update(model, step=100_000)  # decay 0.999 once warmed up
     assert ema.model.weight.item() == pytest.approx(1 - (2 / 11) * 0.999)
+
+
+def test_training_without_a_validation_split_keeps_the_latest_weights(tmp_path):
+    cfg = small_cfg("train.epochs=2", "data.valid_size=0", "data.test_size=100")
+    assert len(load_data(cfg.data).valid) == 0
+    state = train(cfg, tmp_path / "all", progress=False)  # raised ZeroDivisionError at epoch 1
+    assert [r["valid_elbo"] for r in rows(tmp_path / "all")] == ["nan", "nan"]
+    assert state.best_epoch == 2 and (tmp_path / "all" / "best.pt").exists()
+    best = load_checkpoint(tmp_path / "all" / "best.pt")
+    last = load_checkpoint(tmp_path / "all" / "checkpoint.pt")
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
+    with pytest.raises(Exception, match="early_stopping needs a validation split"):
+        train(small_cfg("data.valid_size=0", "data.test_size=100", "train.early_stopping=2"), tmp_path / "es")

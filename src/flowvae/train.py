@@ -194,7 +194,10 @@ def train_step(
 
 @torch.no_grad()
 def evaluate_elbo(model: nn.Module, data: ImageData, split: str, cfg: Config) -> float:
-    """Mean ELBO (true KL, no warm-up, no free bits) over a split, with a fixed RNG stream."""
+    """Mean ELBO (true KL, no warm-up, no free bits) over a split, with a fixed RNG stream;
+    NaN for an empty split (``data.valid_size=0``: no validation)."""
+    if len(data.split(split)) == 0:
+        return math.nan
     model.eval()
     device = next(model.parameters()).device
     total, n = 0.0, 0
@@ -215,7 +218,7 @@ def save_images(model: nn.Module, data: ImageData, run_dir: Path, seed: int, n: 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         save_grid(model.decode_mean(model.sample_prior((n,))).cpu(), run_dir / "samples.png", nrow=8)
-        x = data.valid[: n // 2].to(device)
+        x = (data.valid if len(data.valid) else data.train)[: n // 2].to(device)
         z, _ = model.encode(x).rsample_and_log_prob()
         rec = model.decode_mean(z)
         pairs = torch.stack([x.view_as(rec), rec], 1).view(-1, *rec.shape[1:])  # x, x̂ side by side
@@ -316,6 +319,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     data = load_data(cfg.data)
+    if len(data.valid) == 0 and cfg.train.early_stopping:
+        raise ConfigError("train.early_stopping needs a validation split; data.valid_size=0 has none")
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, data.shape, data.binary).to(device)
     if cfg.train.init_from and not resume:
@@ -458,7 +463,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
                     if not data.binary:
                         writer.add_scalar("valid_bits_per_dim", bits_per_dim(-valid, dims), state.step)
                     save_images(eval_model, data, run_dir, cfg.eval.seed)
-                if valid > state.best_valid:
+                if valid > state.best_valid or math.isnan(valid):  # no valid split: keep the latest
                     state.best_valid, state.best_epoch, state.bad_evals = valid, state.epoch, 0
                     checkpoint("best.pt")
                 else:
@@ -479,6 +484,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
 def summary_line(state: TrainState, run_dir: Path, binary: bool, dims: int) -> str:
     if state.best_epoch < 0:
         best = "no evaluation yet"
+    elif math.isnan(state.best_valid):
+        best = f"no validation split: best.pt holds the weights of epoch {state.best_epoch}"
     elif binary:
         best = f"best valid ELBO {state.best_valid:.2f} nats (epoch {state.best_epoch})"
     else:
