@@ -375,5 +375,31 @@ def test_cli_trains_evaluates_and_samples_a_hierarchical_model(tmp_path):
     assert "best valid ELBO" in out
     result = json.loads(run_cli("eval", str(run), "--estimator", "iwae", "--samples", "10", "--json").stdout)
     assert result["n"] == 250 and 0 < result["nll"] < 64  # 64 ln 2 = 44.4 nats: pixels at p = 0.5
+    assert result["likelihood"] == "bernoulli"  # every reported number names its likelihood
+    text = run_cli("eval", str(run), "--estimator", "elbo", "--limit", "10").stdout
+    assert "bernoulli likelihood" in text
     run_cli("sample", str(run), "--n", "4", "--temperature", "0.5", "--out", str(tmp_path / "s.png"))
     assert (tmp_path / "s.png").is_file()
+
+
+def test_the_311_preset_is_openai_iafs_model_parameter_for_parameter():
+    from flowvae.config import preset
+
+    cfg = preset("iaf-cifar10-311")
+    assert cfg.data.valid_size == 0 and cfg.model.ar_mask == "pixel"
+    assert cfg.model.likelihood == "iaf-logistic"
+    model = build_model(cfg.model, (3, 32, 32), binary=False)
+    # tf_train.py with h_size 160, z_size 32, depth 1, num_blocks 20: weight-normalised convs
+    # (V, g, b), AR nets [h, h] -> [z, z], h_top, x_dec to 3 means and one dec_log_stdv; the top
+    # block's up_conv3 and the h_det maps of its up_conv1 feed nothing and are not counted
+    h, z, blocks = cfg.model.n_h, cfg.model.n_z, sum(cfg.model.depths)
+
+    def wn(k, n_in, n_out):
+        return k * k * n_in * n_out + 2 * n_out
+
+    block = (
+        wn(3, h, 2 * z + 2 * h) + wn(3, h, h) + wn(3, h, 4 * z + 2 * h)
+        + wn(3, z, h) + wn(3, h, h) + 2 * wn(3, h, z) + wn(3, z + h, h)
+    )  # fmt: skip
+    live = wn(5, 3, h) + blocks * block + h + wn(5, h, 3) + 1 - wn(3, h, h) - (9 * h * h + 2 * h)
+    assert sum(p.numel() for p in model.parameters()) == live

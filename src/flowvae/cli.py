@@ -17,6 +17,7 @@ from .checkpoint import CheckpointError, load_run
 from .config import PRESETS, Config, ConfigError, apply_overrides, load_yaml, preset
 from .data import DataError, download, evaluation_images, load_data
 from .estimators import ESTIMATORS, evaluate
+from .likelihoods import likelihood_name
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -86,7 +87,9 @@ def _eval(args: argparse.Namespace) -> int:
     if "chains" in settings:
         settings["chains"] = settings["chains"] or samples
     out = {**result.to_json(), **options, **settings, **{k: v for k, v in stats.items() if k == "acceptance"}}
+    likelihood = likelihood_name(cfg.model.likelihood, data.binary)  # numbers differ by likelihood
     out.update({"checkpoint": args.checkpoint, "data": cfg.data.name, "subset": subset or None})
+    out["likelihood"] = likelihood
     if args.json:
         print(json.dumps(out))
     else:
@@ -94,7 +97,7 @@ def _eval(args: argparse.Namespace) -> int:
         print(
             f"{args.estimator} (K={result.samples}) on {args.split}, n={result.n}"
             f"{' [' + subset + ']' if subset else ''}: -log p(x) = {result.nll:.3f} ± "
-            f"{result.stderr:.3f} nats{unit} ({result.seconds:.1f} s)"
+            f"{result.stderr:.3f} nats{unit} ({likelihood} likelihood; {result.seconds:.1f} s)"
         )
     return 0
 

@@ -103,6 +103,20 @@ register_preset(
     eval__chunk=100,
 )
 register_preset(
+    "iaf-cifar10-311",
+    "openai/iaf README tf_train.py run (3.11 bits/dim): CIFAR-10 (all 50k images), one level of 20 "
+    "blocks, n_h 160, n_z 32, down-iaf with pixel AR masks, free bits 0.1, Adamax 0.002, global batch "
+    "256 (torchrun: 8 processes x 32), EMA, the reference's iaf-logistic likelihood",
+    parent="iaf-cifar10",
+    data__valid_size=0,  # the reference trains on every training image
+    model__likelihood="iaf-logistic",  # one global log-scale, clipped means, no edge tails
+    model__depths=[20],  # tf_train.py depth=1, num_blocks=20
+    model__depth_ar=2,  # ar_multiconv2d with [h_size, h_size]
+    model__ar_mask="pixel",  # get_conv_ar_mask
+    train__batch_size=256,  # 32 per GPU x 8 GPUs; free bits average over each process's batch
+    train__kl_min=0.1,
+)
+register_preset(
     "iaf-cifar10-small",
     "CPU-sized iaf-cifar10 on the 4000-image CIFAR-10 subset (data.root=../shared/data/cifar10_subset)",
     parent="iaf-cifar10",
