@@ -169,11 +169,15 @@ def test_reported_elbo_never_uses_kl_min():
 # ----------------------------------------------------------------------------- the interface
 
 
-@pytest.mark.parametrize("posterior", POSTERIORS)
+# every posterior, and the up-* ones with their sample fed back into the bottom-up stream
+VARIANTS = [(p, False) for p in POSTERIORS] + [(p, True) for p in POSTERIORS if p.startswith("up")]
+
+
+@pytest.mark.parametrize("posterior,feedback", VARIANTS)
 @pytest.mark.parametrize("prior", ["diag", "iaf"])
-def test_forward_matches_encode_transform_and_log_joint(posterior, prior):
+def test_forward_matches_encode_transform_and_log_joint(posterior, feedback, prior):
     torch.manual_seed(0)
-    model = tiny(depths=[1, 2], posterior=posterior, prior=prior)
+    model = tiny(depths=[1, 2], posterior=posterior, prior=prior, up_feedback=feedback)
     x = images(3)
     model.data_init(x)
     eps = torch.randn(2, 3, model.latent_dim, dtype=torch.float64)
@@ -188,14 +192,44 @@ def test_forward_matches_encode_transform_and_log_joint(posterior, prior):
     assert torch.allclose(terms.kl_groups.sum(-1), terms.kl, atol=1e-8)
 
 
-@pytest.mark.parametrize("posterior", POSTERIORS)
-def test_every_parameter_gets_a_gradient(posterior):
+@pytest.mark.parametrize("posterior,feedback", VARIANTS)
+def test_every_parameter_gets_a_gradient(posterior, feedback):
     """DistributedDataParallel requires it (no parameter may be left out of the loss)."""
-    model = tiny(depths=[2, 1], posterior=posterior, prior="iaf", dtype=torch.float32)
+    model = tiny(depths=[2, 1], posterior=posterior, prior="iaf", dtype=torch.float32, up_feedback=feedback)
     x = images(3, dtype=torch.float32)
     model.data_init(x)
     (-model(x).log_weight.mean()).backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+@pytest.mark.parametrize("posterior,feedback", VARIANTS)
+@pytest.mark.parametrize("ar_mask", ["channel", "pixel"])
+def test_log_q_is_exact_over_all_blocks(posterior, feedback, ar_mask):
+    """log q(z|x) = log N(eps) - ladj needs the whole map eps -> z (every block) to have
+    log|det dz/deps| = sum of the blocks' elementwise ladj."""
+    torch.manual_seed(0)
+    options = dict(posterior=posterior, up_feedback=feedback, ar_mask=ar_mask)
+    model = tiny(shape=(1, 4, 4), depths=[1, 1], n_z=2, **options)
+    for p in model.parameters():
+        p.data.normal_(std=0.3)
+    posterior_ = model.encode(images(1, shape=(1, 4, 4)))
+    eps = torch.randn(1, model.latent_dim, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda e: posterior_.transform(e)[0], eps)
+    jac = jac.reshape(model.latent_dim, model.latent_dim)
+    assert torch.allclose(torch.linalg.slogdet(jac)[1], posterior_.transform(eps)[1].sum(), atol=1e-9)
+
+
+def test_up_feedback_feeds_lower_samples_into_higher_blocks():
+    torch.manual_seed(0)
+    x = images(1)
+    eps = torch.randn(2, 1, 40, dtype=torch.float64)
+    top = 8  # the top block's z (2 x 2 x 2) comes first in the flat latent; the bottom block's last
+    eps[1, :, :top] = eps[0, :, :top]  # same noise for the top block, other noise below it
+    for feedback in (False, True):
+        model = tiny(posterior="up-iaf", up_feedback=feedback)
+        model.data_init(x)
+        z, _ = model.encode(x).transform(eps)
+        assert model.latent_dim == 40 and torch.equal(z[0, :, :top], z[1, :, :top]) != feedback
 
 
 def test_evaluation_in_chunks_of_rows_matches_one_pass():

@@ -63,6 +63,7 @@ class ModelConfig:
     n_z: int = 32  # stochastic feature maps per block
     depth_ar: int = 1  # hidden layers of each block's IAF (masked convolutions)
     prior: str = "diag"  # hierarchical prior p(z_i|z_>i): diag | iaf
+    up_feedback: bool = False  # up-* posteriors: sampled z feeds the bottom-up stream (openai/iaf Theano)
     ar_mask: str = "channel"  # hierarchical IAF masks: channel | pixel (openai/iaf: pixels, reverse raster)
     row_budget_mb: int = 1024  # hierarchical evaluation: activation memory of one pass over its rows
 

@@ -249,6 +249,7 @@ class HierarchicalBlock(nn.Module):
         n_h, n_z = cfg.n_h, cfg.n_z
         self.n_z, self.downsample = n_z, downsample
         self.top_down = cfg.posterior.startswith("down")
+        self.feedback = cfg.up_feedback  # z is sampled in the bottom-up pass and feeds its stream
         flow = cfg.posterior in ("up-iaf", "down-iaf", "down-iaf-mean")
         outputs = 1 if cfg.posterior == "down-iaf-mean" else 2
         self.flow = ARConvNet(n_z, n_h, cfg.depth_ar, outputs, cfg.ar_mask) if flow else None
@@ -260,7 +261,8 @@ class HierarchicalBlock(nn.Module):
         # bottom-up conv: q mean, q log-std, IAF context | deterministic features
         self.up_split = [n_z, n_z, n_ctx, 0 if top else n_h]
         self.up_conv1 = WNConv2d(n_h, sum(self.up_split), 3, stride, init_scale=HEAD_INIT_SCALE)
-        self.up_conv2 = None if top else WNConv2d(n_h, n_h, 3, init_scale=HEAD_INIT_SCALE)
+        n_up2 = n_h + (n_z if self.feedback else 0)
+        self.up_conv2 = None if top else WNConv2d(n_up2, n_h, 3, init_scale=HEAD_INIT_SCALE)
         # top-down conv: prior mean, log-std, prior-flow context | posterior mean, log-std,
         # context (down-* only) | deterministic features
         n_down = (n_z, n_z, n_ctx) if self.top_down else (0, 0, 0)
@@ -270,16 +272,25 @@ class HierarchicalBlock(nn.Module):
             n_z + n_h, n_h, 3, stride, transpose=downsample, init_scale=HEAD_INIT_SCALE
         )
 
-    def up(self, h: Tensor) -> tuple[Tensor | None, Tensor]:
+    def up(
+        self, h: Tensor, eps: Tensor | None = None
+    ) -> tuple[Tensor | None, Tensor, tuple[Tensor, Tensor] | None]:
         """Bottom-up step: (next residual stream (None for the top block), bottom-up posterior
-        parameters (N, 2 n_z + n_ctx, h, w))."""
+        parameters (N, 2 n_z + n_ctx, h, w), and for ``up_feedback`` blocks the posterior sample
+        (z, elementwise log|dz/deps|) drawn here from ``eps``, which joins the stream's update)."""
         a = self.up_conv1(F.elu(h))
         n_q = sum(self.up_split[:3])
+        sample = None
+        if self.feedback:
+            if eps is None:
+                raise ValueError("an up_feedback block's bottom-up pass needs the posterior's noise")
+            sample = self._posterior_sample(eps, *a[:, :n_q].split(self.up_split[:3], dim=1))
         if self.up_conv2 is None:
-            return None, a
+            return None, a[:, :n_q], sample
         if self.downsample:
             h = h[:, :, ::2, ::2]
-        return h + RESIDUAL_SCALE * self.up_conv2(F.elu(a[:, n_q:])), a[:, :n_q]
+        features = a[:, n_q:] if sample is None else torch.cat([a[:, n_q:], sample[0]], dim=1)
+        return h + RESIDUAL_SCALE * self.up_conv2(F.elu(features)), a[:, :n_q], sample
 
     def down(
         self,
@@ -359,9 +370,11 @@ class HierarchicalPosterior(Posterior):
     ladj (*S, B), so that log q(z|x) = log N(eps; 0, I) - ladj.
     """
 
-    def __init__(self, model: HierarchicalVAE, up: list[Tensor]):
-        super().__init__(model.latent_dim, up[0].shape[0], up[0])
-        self.model, self.up = model, up
+    def __init__(self, model: HierarchicalVAE, x: Tensor):
+        super().__init__(model.latent_dim, x.shape[0], x)
+        self.model, self.x = model, x
+        # with up_feedback the bottom-up pass depends on the sample: it runs per row in transform
+        self.up = None if model.up_feedback else model.bottom_up(x)
 
     def transform(self, eps: Tensor) -> tuple[Tensor, Tensor]:
         lead = eps.shape[:-1]
@@ -369,9 +382,12 @@ class HierarchicalPosterior(Posterior):
 
         def rows(index: Tensor) -> tuple[Tensor, Tensor]:
             eps_blocks, images = self.model.split_latent(flat[index]), index % self.batch_size
-            out = self.model.top_down(len(index), up=self.up, up_index=images, eps=eps_blocks)
-            ladj = torch.cat([t.flatten(1) for t in out.ladj], dim=1).sum(-1)
-            return self.model.join_latent(out.z), ladj
+            if self.up is None:
+                z, ladj = self.model.sample_up(self.x.index_select(0, images), eps_blocks)
+            else:
+                out = self.model.top_down(len(index), up=self.up, up_index=images, eps=eps_blocks)
+                z, ladj = out.z, out.ladj
+            return self.model.join_latent(z), _total(ladj)
 
         z, ladj = self.model.map_rows(flat.shape[0], rows)
         return z.view(*lead, -1), ladj.view(lead)
@@ -449,6 +465,7 @@ class HierarchicalVAE(nn.Module):
         self.latent_sizes = [math.prod(s) for s in self.latent_shapes]
         self.latent_dim = sum(self.latent_sizes)
         self.cfg = cfg
+        self.up_feedback = cfg.up_feedback
         budget = cfg.row_budget_mb * 2**20
         self.max_rows = max_rows or max(1, budget // self.bytes_per_row())
 
@@ -487,12 +504,25 @@ class HierarchicalVAE(nn.Module):
 
     def bottom_up(self, x: Tensor) -> list[Tensor]:
         """Per-block bottom-up posterior parameters, in block (bottom-up) order, each (B, ., h, w)."""
+        return self._up_pass(x)[0]
+
+    def sample_up(self, x: Tensor, eps: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """``up_feedback``: the posterior sample drawn in the bottom-up pass over rows x (N, C, H, W)
+        with noise ``eps`` (top-down order): per-block z and log|dz/deps|, in top-down order."""
+        _, samples = self._up_pass(x, eps)
+        return [z for z, _ in reversed(samples)], [ladj for _, ladj in reversed(samples)]
+
+    def _up_pass(
+        self, x: Tensor, eps: list[Tensor] | None = None
+    ) -> tuple[list[Tensor], list[tuple[Tensor, Tensor]]]:
         h = self.x_enc(F.pad(2 * x - 1, self.pad))
-        params = []
-        for block in self.blocks:
-            h, q = block.up(h)
+        params, samples = [], []
+        for k, block in enumerate(self.blocks):
+            h, q, sample = block.up(h, None if eps is None else eps[len(self.blocks) - 1 - k])
             params.append(q)
-        return params
+            if sample is not None:
+                samples.append(sample)
+        return params, samples
 
     def top_down(
         self,
@@ -578,14 +608,19 @@ class HierarchicalVAE(nn.Module):
             ]
             fields = ("log_likelihood", "log_prior", "log_q", "kl_groups")
             return ElboTerms(*(torch.cat([getattr(p, f) for p in parts], dim=1) for f in fields))
-        up = self.bottom_up(x)
+        up = None if self.up_feedback else self.bottom_up(x)
         flat = eps.reshape(s * batch, -1)  # rows are sample-major: row r is image r % batch
 
         def rows(index: Tensor) -> tuple[Tensor, ...]:
             images = index % batch
             eps_blocks = self.split_latent(flat[index])
-            out = self.top_down(len(index), up=up, up_index=images, eps=eps_blocks, decode=True)
-            log_q = [log_standard_normal(e) - a for e, a in zip(eps_blocks, out.ladj, strict=True)]
+            if up is None:  # up_feedback: z is drawn in a bottom-up pass per row
+                z, ladj = self.sample_up(x.index_select(0, images), eps_blocks)
+                out = self.top_down(len(index), z=z, decode=True)
+            else:
+                out = self.top_down(len(index), up=up, up_index=images, eps=eps_blocks, decode=True)
+                ladj = out.ladj
+            log_q = [log_standard_normal(e) - a for e, a in zip(eps_blocks, ladj, strict=True)]
             kl = torch.cat([(q - p).sum((2, 3)) for q, p in zip(log_q, out.log_p, strict=True)], dim=1)
             log_lik = self.likelihood.log_prob(x.index_select(0, images), self._params(out.out))
             return log_lik, _total(out.log_p), _total(log_q), kl
@@ -616,7 +651,7 @@ class HierarchicalVAE(nn.Module):
             conv._init_pending = False
 
     def encode(self, x: Tensor) -> HierarchicalPosterior:
-        return HierarchicalPosterior(self, self.bottom_up(x))
+        return HierarchicalPosterior(self, x)
 
     def _densities(self, z: Tensor, x: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """log p(z) and (if x is given) log p(x|z) for flat z (*S, B, D)."""
@@ -693,6 +728,8 @@ def _check(cfg: ModelConfig) -> None:
         raise ValueError(f"unknown model.prior {cfg.prior!r}; available: {', '.join(PRIORS)}")
     if cfg.ar_mask not in AR_MASKS:
         raise ValueError(f"unknown model.ar_mask {cfg.ar_mask!r}; available: {', '.join(AR_MASKS)}")
+    if cfg.up_feedback and not cfg.posterior.startswith("up"):
+        raise ValueError(f"model.up_feedback=true needs an up-* posterior, not {cfg.posterior!r}")
     if cfg.row_budget_mb < 1:
         raise ValueError(f"model.row_budget_mb must be >= 1, got {cfg.row_budget_mb}")
     if not cfg.depths or min(cfg.depths) < 1:
