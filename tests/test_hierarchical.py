@@ -416,14 +416,16 @@ def test_cli_trains_evaluates_and_samples_a_hierarchical_model(tmp_path):
     assert (tmp_path / "s.png").is_file()
 
 
-def test_the_311_preset_is_openai_iafs_model_parameter_for_parameter():
+@pytest.mark.parametrize("name", ["iaf-cifar10-311", "iaf-cifar10"])
+def test_the_cifar10_presets_are_openai_iafs_models_parameter_for_parameter(name):
     from flowvae.config import preset
 
-    cfg = preset("iaf-cifar10-311")
-    assert cfg.data.valid_size == 0 and cfg.model.ar_mask == "pixel"
-    assert cfg.model.likelihood == "iaf-logistic"
+    cfg = preset(name)
+    assert cfg.model.ar_mask == "pixel" and cfg.model.likelihood == "iaf-logistic"
+    assert (cfg.data.valid_size == 0) == (name == "iaf-cifar10-311")  # tf_train.py: all 50k images
     model = build_model(cfg.model, (3, 32, 32), binary=False)
-    # tf_train.py with h_size 160, z_size 32, depth 1, num_blocks 20: weight-normalised convs
+    # tf_train.py with h_size 160, z_size 32, depth 1, num_blocks 20 (models.py's depths=[10,10]
+    # has as many parameters: strided and transposed convs are as big): weight-normalised convs
     # (V, g, b), AR nets [h, h] -> [z, z], h_top, x_dec to 3 means and one dec_log_stdv; the top
     # block's up_conv3 and the h_det maps of its up_conv1 feed nothing and are not counted
     h, z, blocks = cfg.model.n_h, cfg.model.n_z, sum(cfg.model.depths)

@@ -84,10 +84,12 @@ for _posterior, _extra in _STATIC_MNIST_FLOWS.items():
 register_preset(
     "iaf-cifar10",
     "openai/iaf README Table-3 run: CIFAR-10, ResNet VAE depths [10,10], n_h 160, n_z 32, "
-    "down-iaf (depth_ar 2), free bits 0.25, Adamax, EMA (3.28 bits/dim reported)",
+    "down-iaf (depth_ar 2, pixel AR masks), free bits 0.25, Adamax, EMA, iaf-logistic "
+    "(3.28 bits/dim reported)",
     data__name="cifar10",
     model__type="hierarchical",
-    model__likelihood="logistic",
+    model__likelihood="iaf-logistic",  # models.py px=logistic: one global logsd_x, clipped mean
+    model__ar_mask="pixel",  # graphy/nodes/ar.py conv2d masks
     model__depths=[10, 10],
     model__n_h=160,
     model__n_z=32,
@@ -124,6 +126,8 @@ register_preset(
     data__file="cifar10_subset_4000.npz",
     data__valid_size=250,
     data__test_size=500,
+    model__likelihood="logistic",  # as recorded in BENCHMARKS.md (issue 6)
+    model__ar_mask="channel",
     model__depths=[2, 2],
     model__n_h=32,
     model__n_z=8,
