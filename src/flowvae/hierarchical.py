@@ -583,7 +583,8 @@ class HierarchicalVAE(nn.Module):
         With autograd on (training) this is one pass over all S x B rows. Without it
         (evaluation) images go in chunks of at most ``max_rows`` and (sample, image) rows in
         passes of at most ``max_rows``, each indexing the shared bottom-up parameters (never
-        repeating them S times), so peak memory depends on neither S nor B.
+        repeating them S times) and drawing its own noise (when ``eps`` is None), so peak memory
+        depends on neither S nor B.
 
         Arguments:
             x: images (B, C, H, W).
@@ -596,24 +597,25 @@ class HierarchicalVAE(nn.Module):
             the map's positions (free bits clamp its minibatch mean, paper Eq. 15).
         """
         batch = x.shape[0]
-        if eps is None:
-            eps = torch.randn(samples, batch, self.latent_dim, dtype=self.h_top.dtype, device=x.device)
-        s = eps.shape[0]
+        s = samples if eps is None else eps.shape[0]
         # with autograd every row's activations are kept anyway: chunk only evaluation passes
         chunked = not (torch.is_grad_enabled() or self._whole_batch)
         if chunked and batch > self.max_rows:  # bound the bottom-up pass too: images in chunks
-            parts = [
-                self.forward(xs, eps=es)
-                for xs, es in zip(x.split(self.max_rows), eps.split(self.max_rows, dim=1), strict=True)
-            ]
+            noise = [None] * len(x.split(self.max_rows)) if eps is None else eps.split(self.max_rows, dim=1)
+            parts = [self.forward(xs, s, es) for xs, es in zip(x.split(self.max_rows), noise, strict=True)]
             fields = ("log_likelihood", "log_prior", "log_q", "kl_groups")
             return ElboTerms(*(torch.cat([getattr(p, f) for p in parts], dim=1) for f in fields))
         up = None if self.up_feedback else self.bottom_up(x)
-        flat = eps.reshape(s * batch, -1)  # rows are sample-major: row r is image r % batch
+        # rows are sample-major: row r is image r % batch; noise not given is drawn per pass
+        flat = None if eps is None else eps.reshape(s * batch, -1)
 
         def rows(index: Tensor) -> tuple[Tensor, ...]:
             images = index % batch
-            eps_blocks = self.split_latent(flat[index])
+            if flat is None:
+                noise = torch.randn(len(index), self.latent_dim, dtype=self.h_top.dtype, device=x.device)
+            else:
+                noise = flat[index]
+            eps_blocks = self.split_latent(noise)
             if up is None:  # up_feedback: z is drawn in a bottom-up pass per row
                 z, ladj = self.sample_up(x.index_select(0, images), eps_blocks)
                 out = self.top_down(len(index), z=z, decode=True)
