@@ -8,7 +8,8 @@ a smoke run and the peak memory of evaluating it at K importance samples.
    every non-test image trains, as in the reference) for ``--steps`` steps at batch 32.
 4. ``flowvae eval`` of that run, in a fresh process per K, with default settings
    (``eval.batch_size``, ``eval.chunk``, ``model.row_budget_mb``) on ``--images`` test images:
-   the process's peak RSS (``ru_maxrss``) and wall time.
+   the process's peak RSS (VmHWM) and wall time; ``eval_K<K>_progress.log`` beside the run
+   directory logs rows done vs peak RSS after every pass.
 
 Cost: a pass of this model is ~10 GMAC per (image, sample) row, so K=100 on 32 images (3200
 rows) is ~35 TMAC: several minutes on 2 CPU cores.
@@ -45,12 +46,13 @@ def overrides(data_root: str, steps: int) -> list[str]:
 
 
 def parameter_counts() -> dict:
-    counts = {}
+    counts, rows, per_row = {}, 0, 0
     for likelihood in ("iaf-logistic", "logistic"):
         cfg = apply_overrides(preset(PRESET), [f"model.likelihood={likelihood}"])
         model = build_model(cfg.model, (3, 32, 32), binary=False)
         counts[likelihood] = sum(p.numel() for p in model.parameters())
-        rows, per_row = model.max_rows, model.bytes_per_row()
+        if likelihood == "iaf-logistic":  # the preset's
+            rows, per_row = model.max_rows, model.bytes_per_row()
     return {"params": counts, "rows_per_pass": rows, "estimated_mb_per_row": round(per_row / 2**20, 2)}
 
 
@@ -71,6 +73,13 @@ def step_time(data_root: str, steps: int) -> float:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak RSS (MiB): /proc's VmHWM, which exec resets (``ru_maxrss`` keeps the
+    forking parent's: 3.6 GB of training here)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
