@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import run_cli
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from flowvae.config import Config, ModelConfig
 from flowvae.core import ElboTerms
@@ -52,11 +54,40 @@ def test_ar_conv_net_is_strictly_triangular_in_channel_order(depth):
                 assert jac[c, 4, :c, 4].abs().sum() > 0 and jac[c, 4, :c, 1].abs().sum() > 0
 
 
+def autoregressive_order(n_z: int, size: int, mask: str) -> torch.Tensor:
+    """Flat (channel-major) positions of a (n_z, size, size) tensor, sorted into the order the
+    masks make autoregressive: channels (``channel``), or reverse raster pixels then channels."""
+    c, p = torch.meshgrid(torch.arange(n_z), torch.arange(size * size), indexing="ij")
+    key = c if mask == "channel" else (size * size - 1 - p) * n_z + c
+    return key.flatten().argsort(stable=True)
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_pixel_masks_are_autoregressive_over_reverse_raster_pixels_then_channels(depth):
+    torch.manual_seed(depth)
+    n_z, hidden, size = 2, 4, 4
+    net = ARConvNet(n_z, hidden, depth, outputs=2, mask="pixel").double()
+    for p in net.parameters():
+        p.data.normal_()
+    context = torch.randn(1, hidden, size, size, dtype=torch.float64) if depth else None
+    z = torch.randn(1, n_z, size, size, dtype=torch.float64)
+    order = autoregressive_order(n_z, size, "pixel")
+    for out in range(2):
+        jac = torch.autograd.functional.jacobian(lambda z, out=out: net(z, context)[out], z)
+        jac = jac.reshape(n_z * size * size, n_z * size * size)[order][:, order]
+        assert torch.all(jac.triu() == 0), "an output sees its own or a later position"
+        jac = jac.reshape(size * size, n_z, size * size, n_z)  # (pixel, c) in AR order
+        # channel 0 at pixel (1, 1) sees every channel of the pixels after it: (1, 2) and (2, 1)
+        p = size * size - 1 - (size + 1)
+        assert jac[p, 0, p - 1].abs().sum() > 0 and jac[p, 0, p - size].abs().sum() > 0
+
+
 @pytest.mark.parametrize("posterior", ["up-iaf", "down-iaf", "down-iaf-mean"])
 @pytest.mark.parametrize("depth_ar", [0, 1, 2])
-def test_iaf_step_is_triangular_and_its_log_det_is_exact(posterior, depth_ar):
+@pytest.mark.parametrize("ar_mask", ["channel", "pixel"])
+def test_iaf_step_is_triangular_and_its_log_det_is_exact(posterior, depth_ar, ar_mask):
     torch.manual_seed(0)
-    cfg = ModelConfig(**{**TINY, "n_z": 3, "depth_ar": depth_ar, "posterior": posterior})
+    cfg = ModelConfig(**{**TINY, "n_z": 3, "depth_ar": depth_ar, "posterior": posterior, "ar_mask": ar_mask})
     block = HierarchicalBlock(cfg, downsample=False).double()
     for p in block.parameters():
         p.data.normal_(std=0.5)
@@ -68,15 +99,17 @@ def test_iaf_step_is_triangular_and_its_log_det_is_exact(posterior, depth_ar):
     def sample(e):
         return block._posterior_sample(e, mean, log_std, ctx)[0]
 
-    jac = torch.autograd.functional.jacobian(sample, eps).reshape(12, 12)  # channel-major order
+    order = autoregressive_order(3, 2, ar_mask)
+    jac = torch.autograd.functional.jacobian(sample, eps).reshape(12, 12)[order][:, order]
     assert torch.all(jac.triu(1) == 0)
     _, ladj = block._posterior_sample(eps, mean, log_std, ctx)
     assert torch.allclose(torch.linalg.slogdet(jac)[1], ladj.sum(), atol=1e-10)
 
 
-def test_iaf_prior_samples_invert_its_density():
+@pytest.mark.parametrize("ar_mask", ["channel", "pixel"])
+def test_iaf_prior_samples_invert_its_density(ar_mask):
     torch.manual_seed(0)
-    model = tiny(prior="iaf", depth_ar=2, n_z=3)
+    model = tiny(prior="iaf", depth_ar=2, n_z=3, ar_mask=ar_mask)
     for p in model.parameters():
         p.data.normal_(std=0.3)
     torch.manual_seed(1)
@@ -139,11 +172,15 @@ def test_reported_elbo_never_uses_kl_min():
 # ----------------------------------------------------------------------------- the interface
 
 
-@pytest.mark.parametrize("posterior", POSTERIORS)
+# every posterior, and the up-* ones with their sample fed back into the bottom-up stream
+VARIANTS = [(p, False) for p in POSTERIORS] + [(p, True) for p in POSTERIORS if p.startswith("up")]
+
+
+@pytest.mark.parametrize("posterior,feedback", VARIANTS)
 @pytest.mark.parametrize("prior", ["diag", "iaf"])
-def test_forward_matches_encode_transform_and_log_joint(posterior, prior):
+def test_forward_matches_encode_transform_and_log_joint(posterior, feedback, prior):
     torch.manual_seed(0)
-    model = tiny(depths=[1, 2], posterior=posterior, prior=prior)
+    model = tiny(depths=[1, 2], posterior=posterior, prior=prior, up_feedback=feedback)
     x = images(3)
     model.data_init(x)
     eps = torch.randn(2, 3, model.latent_dim, dtype=torch.float64)
@@ -158,14 +195,44 @@ def test_forward_matches_encode_transform_and_log_joint(posterior, prior):
     assert torch.allclose(terms.kl_groups.sum(-1), terms.kl, atol=1e-8)
 
 
-@pytest.mark.parametrize("posterior", POSTERIORS)
-def test_every_parameter_gets_a_gradient(posterior):
+@pytest.mark.parametrize("posterior,feedback", VARIANTS)
+def test_every_parameter_gets_a_gradient(posterior, feedback):
     """DistributedDataParallel requires it (no parameter may be left out of the loss)."""
-    model = tiny(depths=[2, 1], posterior=posterior, prior="iaf", dtype=torch.float32)
+    model = tiny(depths=[2, 1], posterior=posterior, prior="iaf", dtype=torch.float32, up_feedback=feedback)
     x = images(3, dtype=torch.float32)
     model.data_init(x)
     (-model(x).log_weight.mean()).backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+@pytest.mark.parametrize("posterior,feedback", VARIANTS)
+@pytest.mark.parametrize("ar_mask", ["channel", "pixel"])
+def test_log_q_is_exact_over_all_blocks(posterior, feedback, ar_mask):
+    """log q(z|x) = log N(eps) - ladj needs the whole map eps -> z (every block) to have
+    log|det dz/deps| = sum of the blocks' elementwise ladj."""
+    torch.manual_seed(0)
+    options = dict(posterior=posterior, up_feedback=feedback, ar_mask=ar_mask)
+    model = tiny(shape=(1, 4, 4), depths=[1, 1], n_z=2, **options)
+    for p in model.parameters():
+        p.data.normal_(std=0.3)
+    posterior_ = model.encode(images(1, shape=(1, 4, 4)))
+    eps = torch.randn(1, model.latent_dim, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda e: posterior_.transform(e)[0], eps)
+    jac = jac.reshape(model.latent_dim, model.latent_dim)
+    assert torch.allclose(torch.linalg.slogdet(jac)[1], posterior_.transform(eps)[1].sum(), atol=1e-9)
+
+
+def test_up_feedback_feeds_lower_samples_into_higher_blocks():
+    torch.manual_seed(0)
+    x = images(1)
+    eps = torch.randn(2, 1, 40, dtype=torch.float64)
+    top = 8  # the top block's z (2 x 2 x 2) comes first in the flat latent; the bottom block's last
+    eps[1, :, :top] = eps[0, :, :top]  # same noise for the top block, other noise below it
+    for feedback in (False, True):
+        model = tiny(posterior="up-iaf", up_feedback=feedback)
+        model.data_init(x)
+        z, _ = model.encode(x).transform(eps)
+        assert model.latent_dim == 40 and torch.equal(z[0, :, :top], z[1, :, :top]) != feedback
 
 
 def test_evaluation_in_chunks_of_rows_matches_one_pass():
@@ -179,6 +246,69 @@ def test_evaluation_in_chunks_of_rows_matches_one_pass():
     z2, ladj2 = model.encode(x).transform(eps)
     assert torch.allclose(z, z2) and torch.allclose(ladj, ladj2)
     assert torch.allclose(joint, model.log_joint(x, z))
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the most elements any tensor produced by an op has while the mode is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.numel = max(self.numel, t.numel())
+        return out
+
+
+def largest_tensor(fn) -> int:
+    with LargestTensor() as mode:
+        fn()
+    return mode.numel
+
+
+@torch.no_grad()
+def test_evaluation_memory_does_not_grow_with_k_or_the_batch():
+    torch.manual_seed(0)
+    shape = (3, 16, 16)  # per-row activations dwarf the (K, B, groups) outputs
+    model = tiny(shape=shape, binary=False)
+    model.max_rows = 6
+    x = images(12, shape=shape, binary=False)
+    sizes = {
+        (k, b): largest_tensor(lambda k=k, b=b: iwae(model, x[:b], samples=k, chunk=k))
+        for k in (2, 20)
+        for b in (6, 12)  # from max_rows images on, the batch no longer matters either
+    }
+    assert len(set(sizes.values())) == 1, sizes
+    one_row = largest_tensor(lambda: model(x[:1], samples=1))
+    assert sizes[(20, 12)] <= model.max_rows * one_row
+    model.max_rows = 10**6  # unbounded (the old behaviour): the largest tensor grows with K
+    assert largest_tensor(lambda: iwae(model, x, samples=20, chunk=20)) > sizes[(20, 12)]
+
+
+@torch.no_grad()
+def test_chunked_evaluation_forward_matches_one_pass():
+    torch.manual_seed(0)
+    model = tiny(shape=(3, 8, 8), binary=False, prior="iaf", ar_mask="pixel")
+    x = images(5, shape=(3, 8, 8), binary=False)
+    eps = torch.randn(3, 5, model.latent_dim, dtype=torch.float64)
+    model.max_rows = 10**6
+    whole = model(x, eps=eps)
+    model.max_rows = 4  # images in chunks of 4, 1; rows in chunks of 4
+    parts = model(x, eps=eps)
+    for name in ("log_likelihood", "log_prior", "log_q", "kl_groups"):
+        a, b = getattr(whole, name), getattr(parts, name)
+        assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-12, atol=1e-9), name
+
+
+def test_row_budget_sets_the_rows_per_pass():
+    small = ModelConfig(**{**TINY, "posterior": "down-iaf", "row_budget_mb": 1})
+    large = ModelConfig(**{**TINY, "posterior": "down-iaf", "row_budget_mb": 64})
+    rows = [HierarchicalVAE(cfg, (3, 32, 32), binary=False).max_rows for cfg in (small, large)]
+    model = HierarchicalVAE(small, (3, 32, 32), binary=False)
+    assert rows[0] == 2**20 // model.bytes_per_row() and rows[1] == 64 * 2**20 // model.bytes_per_row()
 
 
 IMAGE_KINDS = [((1, 28, 28), True), ((3, 16, 16), False)]
@@ -223,7 +353,8 @@ def test_data_init_normalises_the_first_batch():
     model.data_init(x)
     h = model.x_enc(F.pad(2 * x - 1, model.pad))
     assert torch.allclose(h.mean((0, 2, 3)), torch.zeros(8, dtype=h.dtype), atol=1e-8)
-    assert torch.allclose(h.std((0, 2, 3), unbiased=False), torch.ones(8, dtype=h.dtype), atol=1e-6)
+    # x_enc starts at std 0.1, as openai/iaf's conv2d default init_scale
+    assert torch.allclose(h.std((0, 2, 3), unbiased=False), torch.full((8,), 0.1, dtype=h.dtype), atol=1e-7)
     q = model.blocks[0].up_conv1(F.elu(h))
     assert torch.allclose(q.std((0, 2, 3), unbiased=False), torch.full((q.shape[1],), 0.1, dtype=h.dtype))
 
@@ -287,5 +418,33 @@ def test_cli_trains_evaluates_and_samples_a_hierarchical_model(tmp_path):
     assert "best valid ELBO" in out
     result = json.loads(run_cli("eval", str(run), "--estimator", "iwae", "--samples", "10", "--json").stdout)
     assert result["n"] == 250 and 0 < result["nll"] < 64  # 64 ln 2 = 44.4 nats: pixels at p = 0.5
+    assert result["likelihood"] == "bernoulli"  # every reported number names its likelihood
+    text = run_cli("eval", str(run), "--estimator", "elbo", "--limit", "10").stdout
+    assert "bernoulli likelihood" in text
     run_cli("sample", str(run), "--n", "4", "--temperature", "0.5", "--out", str(tmp_path / "s.png"))
     assert (tmp_path / "s.png").is_file()
+
+
+@pytest.mark.parametrize("name", ["iaf-cifar10-311", "iaf-cifar10"])
+def test_the_cifar10_presets_are_openai_iafs_models_parameter_for_parameter(name):
+    from flowvae.presets import preset
+
+    cfg = preset(name)
+    assert cfg.model.ar_mask == "pixel" and cfg.model.likelihood == "iaf-logistic"
+    assert (cfg.data.valid_size == 0) == (name == "iaf-cifar10-311")  # tf_train.py: all 50k images
+    model = build_model(cfg.model, (3, 32, 32), binary=False)
+    # tf_train.py with h_size 160, z_size 32, depth 1, num_blocks 20 (models.py's depths=[10,10]
+    # has as many parameters: strided and transposed convs are as big): weight-normalised convs
+    # (V, g, b), AR nets [h, h] -> [z, z], h_top, x_dec to 3 means and one dec_log_stdv; the top
+    # block's up_conv3 and the h_det maps of its up_conv1 feed nothing and are not counted
+    h, z, blocks = cfg.model.n_h, cfg.model.n_z, sum(cfg.model.depths)
+
+    def wn(k, n_in, n_out):
+        return k * k * n_in * n_out + 2 * n_out
+
+    block = (
+        wn(3, h, 2 * z + 2 * h) + wn(3, h, h) + wn(3, h, 4 * z + 2 * h)
+        + wn(3, z, h) + wn(3, h, h) + 2 * wn(3, h, z) + wn(3, z + h, h)
+    )  # fmt: skip
+    live = wn(5, 3, h) + blocks * block + h + wn(5, h, 3) + 1 - wn(3, h, h) - (9 * h * h + 2 * h)
+    assert sum(p.numel() for p in model.parameters()) == live

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from flowvae.config import ModelConfig
-from flowvae.likelihoods import Bernoulli, DiscretizedLogistic, DiscretizedLogisticMixture, Gaussian
+from flowvae.likelihoods import (
+    Bernoulli,
+    DiscretizedLogistic,
+    DiscretizedLogisticMixture,
+    Gaussian,
+    IAFLogistic,
+    build_likelihood,
+)
 from flowvae.model import build_model
 
 SHAPES = [((1, 8, 8), True), ((1, 28, 28), True), ((3, 32, 32), False)]
@@ -60,6 +67,31 @@ def test_likelihoods_are_normalised_where_they_are_discrete():
         assert math.isclose(total.item(), 1.0, abs_tol=1e-4)
         sample = lik.sample(params)
         assert ((sample * 255).round() == sample * 255).all() and (0 <= sample).all() and (sample <= 1).all()
+
+
+def test_iaf_logistic_has_one_scale_clipped_means_and_no_edge_tails():
+    torch.manual_seed(0)
+    lik = IAFLogistic().double()
+    assert [p.numel() for p in lik.parameters()] == [1]
+    lik.log_scale.data.fill_(-1.5)
+    values = torch.arange(256.0, dtype=torch.float64).view(256, 1, 1, 1) / 255
+    for mean in (-0.3, 0.0, 0.45, 3.0):  # 3.0 is clipped to the centre of the top bin
+        out = torch.full((256, 1, 1, 1, 1), mean, dtype=torch.float64)
+        total = lik.log_prob(values, out).exp().sum()
+        # the bins tile [-0.5, 0.5] exactly: the total is the logistic's mass there, not 1
+        m, s = min(mean, 0.5 - 1 / 512), math.exp(-1.5)
+        inside = 1 / (1 + math.exp(-(0.5 - m) / s)) - 1 / (1 + math.exp(-(-0.5 - m) / s))
+        assert math.isclose(total.item(), inside, rel_tol=1e-9) and total < 1 - 1e-3
+    # pixel k has the bin [(k - 128) / 256, (k - 127) / 256]
+    k, mean = 200.0, 0.1
+    out = torch.full((1, 1, 1, 1, 1), mean, dtype=torch.float64)
+    lo, hi = ((k - 128) / 256 - mean) / s, ((k - 127) / 256 - mean) / s
+    expected = math.log(1 / (1 + math.exp(-hi)) - 1 / (1 + math.exp(-lo)))
+    assert math.isclose(lik.log_prob(torch.full((1, 1, 1), k / 255), out).item(), expected, rel_tol=1e-9)
+    sample = lik.sample(torch.zeros(100, 1, 1, 4, 4, dtype=torch.float64))
+    assert ((sample * 255).round() == sample * 255).all() and (0 <= sample).all() and (sample <= 1).all()
+    with pytest.raises(ValueError, match="8-bit"):
+        build_likelihood("iaf-logistic", True, (1, 2, 2), 1)
 
 
 def test_gaussian_likelihood_matches_torch():

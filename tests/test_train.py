@@ -357,3 +357,15 @@ def test_tensorboard_drops_what_a_killed_invocation_logged_after_its_checkpoint(
     acc.Reload()
     assert [e.step for e in acc.Scalars("valid_elbo")] == [13, 26]
     assert [e.step for e in acc.Images("samples")] == [13, 26]
+
+def test_training_without_a_validation_split_keeps_the_latest_weights(tmp_path):
+    cfg = small_cfg("train.epochs=2", "data.valid_size=0", "data.test_size=100")
+    assert len(load_data(cfg.data).valid) == 0
+    state = train(cfg, tmp_path / "all", progress=False)  # raised ZeroDivisionError at epoch 1
+    assert [r["valid_elbo"] for r in rows(tmp_path / "all")] == ["nan", "nan"]
+    assert state.best_epoch == 2 and (tmp_path / "all" / "best.pt").exists()
+    best = load_checkpoint(tmp_path / "all" / "best.pt")
+    last = load_checkpoint(tmp_path / "all" / "checkpoint.pt")
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
+    with pytest.raises(Exception, match="early_stopping needs a validation split"):
+        train(small_cfg("data.valid_size=0", "data.test_size=100", "train.early_stopping=2"), tmp_path / "es")

@@ -19,6 +19,7 @@ from .checkpoint import CheckpointError, load_run
 from .config import Config, ConfigError, apply_overrides, check_value, load_yaml, valid_keys
 from .data import DataError, download
 from .estimators import ESTIMATORS
+from .likelihoods import likelihood_name
 from .presets import PRESETS, preset, starting_preset
 from .progress import progress_bar
 
@@ -112,14 +113,16 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"flowvae: warning: {warning}", file=sys.stderr)
     out = {**result.to_json(), "checkpoint": args.checkpoint, "data": scored.run.config.data.name,
            "subset": subset, "cached": scored.cached}  # fmt: skip
+    binary = scored.run.checkpoint["binary"]  # binary images are reported in nats only
+    out["likelihood"] = likelihood_name(scored.run.config.model.likelihood, binary)  # numbers differ by it
     if args.json:
         print(json.dumps(out))
         return 0
-    binary = scored.run.checkpoint["binary"]  # binary images are reported in nats only
     unit = "" if result.bits_per_dim is None or binary else f" = {result.bits_per_dim:.4f} bits/dim"
     print(
         f"{args.estimator} (K={result.samples}) on {subset}: -log p(x) = {result.nll:.3f} ± "
-        f"{result.stderr:.3f} nats{unit} ({result.seconds:.1f} s{', cached' if scored.cached else ''})"
+        f"{result.stderr:.3f} nats{unit} ({out['likelihood']} likelihood; {result.seconds:.1f} s"
+        f"{', cached' if scored.cached else ''})"
     )
     for name, v in result.diagnostics.items():
         print(f"  {name} over examples: median {v['median']:.3g}, min {v['min']:.3g}, max {v['max']:.3g}")

@@ -30,7 +30,7 @@ DatasetName = Literal["digits", "binarized_mnist", "mnist", "fashion_mnist", "ci
 Binarize = Literal["auto", "dynamic", "threshold", "none"]
 ModelType = Literal["flat", "hierarchical"]
 Network = Literal["mlp", "gated-conv", "resnet", "linear"]
-LikelihoodName = Literal["auto", "bernoulli", "logistic", "logistic-mixture", "gaussian"]
+LikelihoodName = Literal["auto", "bernoulli", "logistic", "logistic-mixture", "gaussian", "iaf-logistic"]
 FlatPosterior = Literal[
     "diag", "iaf", "iaf-mean", "planar", "sylvester-orthogonal", "sylvester-householder",
     "sylvester-triangular", "realnvp", "realnvp-aux",
@@ -38,6 +38,7 @@ FlatPosterior = Literal[
 HierarchicalPosterior = Literal["up-diag", "up-iaf", "down-diag", "down-iaf", "down-iaf-mean"]
 PosteriorName = Literal[FlatPosterior, HierarchicalPosterior]
 PriorName = Literal["diag", "iaf"]
+ArMask = Literal["channel", "pixel"]
 Optimizer = Literal["adam", "adamax"]
 LrSchedule = Literal["constant", "exponential", "cosine"]
 Amp = Literal["none", "bf16"]
@@ -85,6 +86,9 @@ class ModelConfig:
     n_z: int = 32  # stochastic feature maps per block
     depth_ar: int = 1  # hidden layers of each block's IAF (masked convolutions)
     prior: PriorName = "diag"  # hierarchical prior p(z_i|z_>i)
+    up_feedback: bool = False  # up-* posteriors: sampled z feeds the bottom-up stream (openai/iaf)
+    ar_mask: ArMask = "channel"  # hierarchical IAF masks; pixel: openai/iaf (reverse raster order)
+    row_budget_mb: int = 1024  # hierarchical evaluation: activation memory of one pass over its rows
 
 
 @dataclass
@@ -242,6 +246,7 @@ CHECKS: dict[str, Check] = {
     "model.n_h": _POSITIVE,
     "model.n_z": _POSITIVE,
     "model.depth_ar": _NON_NEGATIVE,
+    "model.row_budget_mb": _POSITIVE,
     "train.epochs": _POSITIVE,
     "train.batch_size": _POSITIVE,
     "train.lr": _POSITIVE,
@@ -283,7 +288,7 @@ MODEL_TYPE_KEYS: dict[str, set[str]] = {
         "channels", "blocks", "context_dim", "flow_steps", "flow_hidden", "flow_layers",
         "num_householder", "num_ortho_vecs", "aux_dim",
     },
-    "hierarchical": {"depths", "n_h", "n_z", "depth_ar", "prior"},
+    "hierarchical": {"depths", "n_h", "n_z", "depth_ar", "prior", "up_feedback", "ar_mask", "row_budget_mb"},
 }  # fmt: skip
 POSTERIORS_BY_TYPE = {
     "flat": typing.get_args(FlatPosterior), "hierarchical": typing.get_args(HierarchicalPosterior),

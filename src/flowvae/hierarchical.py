@@ -136,47 +136,67 @@ class WNConv2d(nn.Module):
 # ----------------------------------------------------------------------------- masked AR convs
 
 
-def channel_mask(in_degrees: Tensor, out_degrees: Tensor, strict: bool, kernel_size: int = 3) -> Tensor:
+def channel_mask(
+    in_degrees: Tensor, out_degrees: Tensor, strict: bool, kernel_size: int = 3, pixels: bool = False
+) -> Tensor:
     """A conv weight mask (out, in, k, k) connecting output channel j to input channel i iff
-    ``out_degrees[j] > in_degrees[i]`` (``strict``) or ``>=``, at every kernel position."""
+    ``out_degrees[j] > in_degrees[i]`` (``strict``) or ``>=``.
+
+    ``pixels=False``: that channel mask at every kernel position (autoregressive over channels
+    only). ``pixels=True`` (openai/iaf's ``get_conv_ar_mask``): the channel mask at the centre tap
+    only; the taps on later pixels in raster order (right of the centre, rows below) are open and
+    those on earlier pixels closed, so the net is autoregressive over pixels in reverse raster
+    order and, within a pixel, over channels."""
     out, inp = out_degrees[:, None], in_degrees[None, :]
-    allowed = out > inp if strict else out >= inp
-    return allowed[:, :, None, None].expand(-1, -1, kernel_size, kernel_size).float()
+    allowed = (out > inp if strict else out >= inp).float()
+    mask = allowed[:, :, None, None].repeat(1, 1, kernel_size, kernel_size)
+    if pixels:
+        c = kernel_size // 2
+        mask[:, :, :c, :] = 0  # rows above
+        mask[:, :, c, :c] = 0  # left of the centre
+        mask[:, :, c, c + 1 :] = 1
+        mask[:, :, c + 1 :, :] = 1
+    return mask
+
+
+AR_MASKS = ("channel", "pixel")
 
 
 class ARConvNet(nn.Module):
-    """Masked 3x3 convolutions, autoregressive over the channels of z (openai/iaf's
-    ``ar_multiconv2d``).
+    """Masked 3x3 convolutions, autoregressive over z (openai/iaf's ``ar_multiconv2d``).
 
-    Output channel c of every output group depends on input channels < c only, at all pixels of
-    the receptive field, so d out[c] / d z[c'] = 0 for c' >= c: the Jacobian is strictly
-    triangular in channel order (channel-major over pixels). Hidden channel j has degree
-    ``j * n_z // hidden``. The context is added to the first hidden layer's pre-activations.
-    (openai/iaf's masks are autoregressive over pixels in raster order as well; these are over
-    channels only.)
+    ``mask="pixel"`` (openai/iaf): output (pixel p, channel c) depends on z at pixels after p in
+    raster order (all channels) and at p on channels < c, so the Jacobian is strictly triangular
+    in the order (reverse raster pixel, channel). ``mask="channel"``: output channel c depends
+    on input channels < c only, at all pixels of the receptive field (triangular in channel-major
+    order); channel 0 then gets no flow at all. Hidden channel j has degree ``j * n_z // hidden``.
+    The context is added to the first hidden layer's pre-activations.
 
     Arguments:
         channels: n_z, the autoregressive channels.
         hidden: width of the hidden layers (n_h).
         depth: number of hidden layers (``depth_ar``); 0 is one masked conv, which takes no context.
         outputs: outputs per channel (2: mean and log-scale; 1: mean only).
+        mask: ``pixel`` or ``channel`` (see above).
 
     Returns:
         (forward) a tuple of ``outputs`` tensors shaped like z.
     """
 
-    def __init__(self, channels: int, hidden: int, depth: int, outputs: int):
+    def __init__(self, channels: int, hidden: int, depth: int, outputs: int, mask: str = "channel"):
         super().__init__()
         self.outputs = outputs
+        pixels = mask == "pixel"
         degrees_in = torch.arange(channels)
         degrees, width = degrees_in, channels
         self.hidden = nn.ModuleList()
         for _ in range(depth):
             degrees_hidden = torch.arange(hidden) * channels // hidden
-            self.hidden.append(WNConv2d(width, hidden, 3, mask=channel_mask(degrees, degrees_hidden, False)))
+            m = channel_mask(degrees, degrees_hidden, False, pixels=pixels)
+            self.hidden.append(WNConv2d(width, hidden, 3, mask=m))
             degrees, width = degrees_hidden, hidden
-        mask = channel_mask(degrees, degrees_in.repeat(outputs), strict=True)
-        self.out = WNConv2d(width, outputs * channels, 3, mask=mask)
+        m = channel_mask(degrees, degrees_in.repeat(outputs), strict=True, pixels=pixels)
+        self.out = WNConv2d(width, outputs * channels, 3, mask=m)
 
     @property
     def takes_context(self) -> bool:
@@ -228,17 +248,20 @@ class HierarchicalBlock(nn.Module):
         n_h, n_z = cfg.n_h, cfg.n_z
         self.n_z, self.downsample = n_z, downsample
         self.top_down = cfg.posterior.startswith("down")
+        self.feedback = cfg.up_feedback  # z is sampled in the bottom-up pass and feeds its stream
         flow = cfg.posterior in ("up-iaf", "down-iaf", "down-iaf-mean")
         outputs = 1 if cfg.posterior == "down-iaf-mean" else 2
-        self.flow = ARConvNet(n_z, n_h, cfg.depth_ar, outputs) if flow else None
-        self.prior_flow = ARConvNet(n_z, n_h, cfg.depth_ar, 2) if cfg.prior == "iaf" else None
+        self.flow = ARConvNet(n_z, n_h, cfg.depth_ar, outputs, cfg.ar_mask) if flow else None
+        self.prior_flow = ARConvNet(n_z, n_h, cfg.depth_ar, 2, cfg.ar_mask) if cfg.prior == "iaf" else None
+        self.pixel_ar = cfg.ar_mask == "pixel"
         n_ctx = n_h if self.flow is not None and self.flow.takes_context else 0
         n_prior_ctx = n_h if self.prior_flow is not None and self.prior_flow.takes_context else 0
         stride = 2 if downsample else 1
         # bottom-up conv: q mean, q log-std, IAF context | deterministic features
         self.up_split = [n_z, n_z, n_ctx, 0 if top else n_h]
         self.up_conv1 = WNConv2d(n_h, sum(self.up_split), 3, stride, init_scale=HEAD_INIT_SCALE)
-        self.up_conv2 = None if top else WNConv2d(n_h, n_h, 3, init_scale=HEAD_INIT_SCALE)
+        n_up2 = n_h + (n_z if self.feedback else 0)
+        self.up_conv2 = None if top else WNConv2d(n_up2, n_h, 3, init_scale=HEAD_INIT_SCALE)
         # top-down conv: prior mean, log-std, prior-flow context | posterior mean, log-std,
         # context (down-* only) | deterministic features
         n_down = (n_z, n_z, n_ctx) if self.top_down else (0, 0, 0)
@@ -248,16 +271,25 @@ class HierarchicalBlock(nn.Module):
             n_z + n_h, n_h, 3, stride, transpose=downsample, init_scale=HEAD_INIT_SCALE
         )
 
-    def up(self, h: Tensor) -> tuple[Tensor | None, Tensor]:
+    def up(
+        self, h: Tensor, eps: Tensor | None = None
+    ) -> tuple[Tensor | None, Tensor, tuple[Tensor, Tensor] | None]:
         """Bottom-up step: (next residual stream (None for the top block), bottom-up posterior
-        parameters (N, 2 n_z + n_ctx, h, w))."""
+        parameters (N, 2 n_z + n_ctx, h, w), and for ``up_feedback`` blocks the posterior sample
+        (z, elementwise log|dz/deps|) drawn here from ``eps``, which joins the stream's update)."""
         a = self.up_conv1(F.elu(h))
         n_q = sum(self.up_split[:3])
+        sample = None
+        if self.feedback:
+            if eps is None:
+                raise ValueError("an up_feedback block's bottom-up pass needs the posterior's noise")
+            sample = self._posterior_sample(eps, *a[:, :n_q].split(self.up_split[:3], dim=1))
         if self.up_conv2 is None:
-            return None, a
+            return None, a[:, :n_q], sample
         if self.downsample:
             h = h[:, :, ::2, ::2]
-        return h + RESIDUAL_SCALE * self.up_conv2(F.elu(a[:, n_q:])), a[:, :n_q]
+        features = a[:, n_q:] if sample is None else torch.cat([a[:, n_q:], sample[0]], dim=1)
+        return h + RESIDUAL_SCALE * self.up_conv2(F.elu(features)), a[:, :n_q], sample
 
     def down(
         self,
@@ -318,8 +350,9 @@ class HierarchicalBlock(nn.Module):
     def _prior_sample(self, eps: Tensor, mean: Tensor, log_std: Tensor, ctx: Tensor) -> Tensor:
         z = mean + torch.exp(log_std) * eps
         if self.prior_flow is not None:
-            # the autoregressive prior samples sequentially: after pass k, channels < k are exact
-            for _ in range(self.n_z):
+            # the autoregressive prior samples sequentially: after pass k, the first k positions
+            # in autoregressive order are exact (channel masks: channels; pixel masks: pixels x channels)
+            for _ in range(self.n_z * (z.shape[-2] * z.shape[-1] if self.pixel_ar else 1)):
                 mean_k, log_std_k = self._prior_params(z, mean, log_std, ctx)
                 z = mean_k + torch.exp(log_std_k) * eps
         return z
@@ -336,19 +369,24 @@ class HierarchicalPosterior(Posterior):
     ladj (*S, B), so that log q(z|x) = log N(eps; 0, I) - ladj.
     """
 
-    def __init__(self, model: HierarchicalVAE, up: list[Tensor]):
-        super().__init__(model.latent_dim, up[0].shape[0], up[0])
-        self.model, self.up = model, up
+    def __init__(self, model: HierarchicalVAE, x: Tensor):
+        super().__init__(model.latent_dim, x.shape[0], x)
+        self.model, self.x = model, x
+        # with up_feedback the bottom-up pass depends on the sample: it runs per row in transform
+        self.up = None if model.up_feedback else model.bottom_up(x)
 
     def transform(self, eps: Tensor) -> tuple[Tensor, Tensor]:
         lead = eps.shape[:-1]
         flat = eps.reshape(-1, eps.shape[-1])
 
         def rows(index: Tensor) -> tuple[Tensor, Tensor]:
-            up = [u.index_select(0, index % self.batch_size) for u in self.up]
-            out = self.model.top_down(len(index), up=up, eps=self.model.split_latent(flat[index]))
-            ladj = torch.cat([t.flatten(1) for t in out.ladj], dim=1).sum(-1)
-            return self.model.join_latent(out.z), ladj
+            eps_blocks, images = self.model.split_latent(flat[index]), index % self.batch_size
+            if self.up is None:
+                z, ladj = self.model.sample_up(self.x.index_select(0, images), eps_blocks)
+            else:
+                out = self.model.top_down(len(index), up=self.up, up_index=images, eps=eps_blocks)
+                z, ladj = out.z, out.ladj
+            return self.model.join_latent(z), _total(ladj)
 
         z, ladj = self.model.map_rows(flat.shape[0], rows)
         return z.view(*lead, -1), ladj.view(lead)
@@ -380,8 +418,10 @@ class HierarchicalVAE(nn.Module):
     Attributes:
         latent_dim: D, the total number of latent variables (all blocks).
         latent_shapes: each block's z shape (n_z, h, w), in the (top-down) order of the flat latent.
-        max_rows: evaluation passes (``encode(x).transform``, ``log_joint``, ...) run over at most
-            this many (sample, example) rows at a time, so IWAE with many samples fits in memory.
+        max_rows: evaluation passes (``forward`` without autograd, ``encode(x).transform``,
+            ``log_joint``, ...) run over at most this many (sample, image) rows at a time, so
+            memory is bounded whatever K and the batch size. Default: as many rows as
+            ``cfg.row_budget_mb`` of activations hold (:meth:`bytes_per_row`).
 
     Example:
         >>> from flowvae.config import ModelConfig
@@ -391,7 +431,9 @@ class HierarchicalVAE(nn.Module):
         (40, torch.Size([2, 3, 4]))
     """
 
-    def __init__(self, cfg: ModelConfig, shape: tuple[int, int, int], binary: bool, max_rows: int = 2048):
+    def __init__(
+        self, cfg: ModelConfig, shape: tuple[int, int, int], binary: bool, max_rows: int | None = None
+    ):
         super().__init__()
         _check(cfg)
         self.shape = tuple(shape)
@@ -402,9 +444,9 @@ class HierarchicalVAE(nn.Module):
         pad_h, pad_w = padded[0] - height, padded[1] - width
         self.pad = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)  # F.pad order
         self.top_size = (padded[0] // factor, padded[1] // factor)
-        self.max_rows = max_rows
+        self._whole_batch = False
         self.likelihood = build_likelihood(cfg.likelihood, binary, self.shape, cfg.mixtures)
-        self.x_enc = WNConv2d(c, cfg.n_h, 5, stride=2)
+        self.x_enc = WNConv2d(c, cfg.n_h, 5, stride=2, init_scale=HEAD_INIT_SCALE)  # openai/iaf: 0.1
         levels_of_blocks = [i for i, depth in enumerate(cfg.depths) for _ in range(depth)]
         first = {i: sum(cfg.depths[:i]) for i in range(levels)}  # index of each level's first block
         self.blocks = nn.ModuleList(
@@ -421,6 +463,30 @@ class HierarchicalVAE(nn.Module):
         ]
         self.latent_sizes = [math.prod(s) for s in self.latent_shapes]
         self.latent_dim = sum(self.latent_sizes)
+        self.cfg = cfg
+        self.up_feedback = cfg.up_feedback
+        budget = cfg.row_budget_mb * 2**20
+        self.max_rows = max_rows or max(1, budget // self.bytes_per_row())
+
+    def bytes_per_row(self, element_size: int = 4) -> int:
+        """An upper estimate of the activation memory one (sample, image) row takes in an
+        evaluation (no autograd) pass: twice the largest block's transient maps (stream, conv
+        outputs, AR hidden layers, its indexed bottom-up parameters), plus every block's kept
+        per-element terms (z, log p, log|det|, eps) and the decoder's maps."""
+        cfg, (c, height, width) = self.cfg, self.shape
+        transient = 0
+        for block, (_, h, w) in zip(reversed(self.blocks), self.latent_shapes, strict=True):
+            side = 4 if block.downsample else 1  # the stream is upsampled to twice the size
+            maps = (
+                2 * cfg.n_h + sum(block.down_split) + sum(block.up_split) + 4 * cfg.n_z
+                + 2 * cfg.n_h * max(cfg.depth_ar, 1) + side * 2 * cfg.n_h
+            )  # fmt: skip
+            transient = max(transient, maps * h * w)
+        kept = 4 * sum(self.latent_sizes)
+        decoder = (cfg.n_h + 2 * self.likelihood.params * c) * (height + self.pad[2] + self.pad[3]) * (
+            width + self.pad[0] + self.pad[1]
+        )
+        return element_size * (2 * transient + kept + decoder)
 
     # -- flat latents <-> per-block tensors (top-down order)
 
@@ -437,12 +503,25 @@ class HierarchicalVAE(nn.Module):
 
     def bottom_up(self, x: Tensor) -> list[Tensor]:
         """Per-block bottom-up posterior parameters, in block (bottom-up) order, each (B, ., h, w)."""
+        return self._up_pass(x)[0]
+
+    def sample_up(self, x: Tensor, eps: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """``up_feedback``: the posterior sample drawn in the bottom-up pass over rows x (N, C, H, W)
+        with noise ``eps`` (top-down order): per-block z and log|dz/deps|, in top-down order."""
+        _, samples = self._up_pass(x, eps)
+        return [z for z, _ in reversed(samples)], [ladj for _, ladj in reversed(samples)]
+
+    def _up_pass(
+        self, x: Tensor, eps: list[Tensor] | None = None
+    ) -> tuple[list[Tensor], list[tuple[Tensor, Tensor]]]:
         h = self.x_enc(F.pad(2 * x - 1, self.pad))
-        params = []
-        for block in self.blocks:
-            h, q = block.up(h)
+        params, samples = [], []
+        for k, block in enumerate(self.blocks):
+            h, q, sample = block.up(h, None if eps is None else eps[len(self.blocks) - 1 - k])
             params.append(q)
-        return params
+            if sample is not None:
+                samples.append(sample)
+        return params, samples
 
     def top_down(
         self,
@@ -452,15 +531,21 @@ class HierarchicalVAE(nn.Module):
         z: list[Tensor] | None = None,
         temperature: float = 1.0,
         decode: bool = False,
+        up_index: Tensor | None = None,
     ) -> TopDown:
         """The top-down pass over n rows: given z, a posterior sample (``up`` in bottom-up
-        order, ``eps``) or a prior sample (``eps`` alone). Lists of z/eps are in top-down order."""
+        order, ``eps``) or a prior sample (``eps`` alone). Lists of z/eps are in top-down order.
+        ``up_index`` (n,) picks row i's bottom-up parameters as ``up[.][up_index[i]]``, one block
+        at a time, so that S samples of B images never hold S copies of every block's ``up``."""
         h = self.h_top.view(1, -1, 1, 1).expand(n, -1, *self.top_size)
         zs, log_ps, ladjs = [], [], []
         for k, block in enumerate(reversed(self.blocks)):
+            u = None if up is None else up[len(self.blocks) - 1 - k]
+            if u is not None and up_index is not None:
+                u = u.index_select(0, up_index)
             out = block.down(
                 h,
-                up=None if up is None else up[len(self.blocks) - 1 - k],
+                up=u,
                 eps=None if eps is None else eps[k],
                 z=None if z is None else z[k],
                 temperature=temperature,
@@ -479,19 +564,26 @@ class HierarchicalVAE(nn.Module):
         out = out[:, :, top : top + height, left : left + width]
         return out.reshape(out.shape[0], -1, c, height, width)
 
-    def map_rows(self, n: int, fn: Callable[[Tensor], tuple[Tensor, ...]]) -> list[Tensor]:
-        """``fn`` over rows 0..n-1 in chunks of ``max_rows``, concatenated (autograd flows through)."""
+    def map_rows(
+        self, n: int, fn: Callable[[Tensor], tuple[Tensor, ...]], limit: int | None = None
+    ) -> list[Tensor]:
+        """``fn`` over rows 0..n-1 in chunks of ``limit`` (default ``max_rows``), concatenated
+        (autograd flows through)."""
         device = self.h_top.device
-        parts = [
-            fn(torch.arange(start, min(start + self.max_rows, n), device=device))
-            for start in range(0, n, self.max_rows)
-        ]
+        step = max(1, limit or self.max_rows)
+        parts = [fn(torch.arange(start, min(start + step, n), device=device)) for start in range(0, n, step)]
         return [torch.cat(p) for p in zip(*parts, strict=True)]
 
     # -- the flat VAE's interface
 
     def forward(self, x: Tensor, samples: int = 1, eps: Tensor | None = None) -> ElboTerms:
-        """The ELBO's terms for ``samples`` posterior draws per example, in one top-down pass.
+        """The ELBO's terms for ``samples`` posterior draws per example.
+
+        With autograd on (training) this is one pass over all S x B rows. Without it
+        (evaluation) images go in chunks of at most ``max_rows`` and (sample, image) rows in
+        passes of at most ``max_rows``, each indexing the shared bottom-up parameters (never
+        repeating them S times) and drawing its own noise (when ``eps`` is None), so peak memory
+        depends on neither S nor B.
 
         Arguments:
             x: images (B, C, H, W).
@@ -504,19 +596,42 @@ class HierarchicalVAE(nn.Module):
             the map's positions (free bits clamp its minibatch mean, paper Eq. 15).
         """
         batch = x.shape[0]
-        if eps is None:
-            eps = torch.randn(samples, batch, self.latent_dim, dtype=self.h_top.dtype, device=x.device)
-        s = eps.shape[0]
-        up = [u.repeat(s, 1, 1, 1) for u in self.bottom_up(x)]  # rows are sample-major
-        eps_blocks = self.split_latent(eps.reshape(s * batch, -1))
-        out = self.top_down(s * batch, up=up, eps=eps_blocks, decode=True)
-        log_q = [log_standard_normal(e) - a for e, a in zip(eps_blocks, out.ladj, strict=True)]
-        kl_groups = torch.cat([(q - p).sum((2, 3)) for q, p in zip(log_q, out.log_p, strict=True)], dim=1)
-        log_lik = self.likelihood.log_prob(x, self._params(out.out).unflatten(0, (s, batch)))
+        s = samples if eps is None else eps.shape[0]
+        # with autograd every row's activations are kept anyway: chunk only evaluation passes
+        chunked = not (torch.is_grad_enabled() or self._whole_batch)
+        if chunked and batch > self.max_rows:  # bound the bottom-up pass too: images in chunks
+            noise = [None] * len(x.split(self.max_rows)) if eps is None else eps.split(self.max_rows, dim=1)
+            parts = [self.forward(xs, s, es) for xs, es in zip(x.split(self.max_rows), noise, strict=True)]
+            fields = ("log_likelihood", "log_prior", "log_q", "kl_groups")
+            return ElboTerms(*(torch.cat([getattr(p, f) for p in parts], dim=1) for f in fields))
+        up = None if self.up_feedback else self.bottom_up(x)
+        # rows are sample-major: row r is image r % batch; noise not given is drawn per pass
+        flat = None if eps is None else eps.reshape(s * batch, -1)
+
+        def rows(index: Tensor) -> tuple[Tensor, ...]:
+            images = index % batch
+            if flat is None:
+                noise = torch.randn(len(index), self.latent_dim, dtype=self.h_top.dtype, device=x.device)
+            else:
+                noise = flat[index]
+            eps_blocks = self.split_latent(noise)
+            if up is None:  # up_feedback: z is drawn in a bottom-up pass per row
+                z, ladj = self.sample_up(x.index_select(0, images), eps_blocks)
+                out = self.top_down(len(index), z=z, decode=True)
+            else:
+                out = self.top_down(len(index), up=up, up_index=images, eps=eps_blocks, decode=True)
+                ladj = out.ladj
+            log_q = [log_standard_normal(e) - a for e, a in zip(eps_blocks, ladj, strict=True)]
+            kl = torch.cat([(q - p).sum((2, 3)) for q, p in zip(log_q, out.log_p, strict=True)], dim=1)
+            log_lik = self.likelihood.log_prob(x.index_select(0, images), self._params(out.out))
+            return log_lik, _total(out.log_p), _total(log_q), kl
+
+        limit = None if chunked else s * batch
+        log_lik, log_p, log_q, kl_groups = self.map_rows(s * batch, rows, limit)
         return ElboTerms(
-            log_likelihood=log_lik,
-            log_prior=_total(out.log_p).view(s, batch),
-            log_q=_total(log_q).view(s, batch),
+            log_likelihood=log_lik.view(s, batch),
+            log_prior=log_p.view(s, batch),
+            log_q=log_q.view(s, batch),
             kl_groups=kl_groups.view(s, batch, -1),
         )
 
@@ -528,12 +643,16 @@ class HierarchicalVAE(nn.Module):
         convs = [m for m in self.modules() if isinstance(m, WNConv2d)]
         for conv in convs:
             conv.request_data_init()
-        self.forward(x)
+        self._whole_batch = True  # the statistics are those of the whole batch: one pass
+        try:
+            self.forward(x)
+        finally:
+            self._whole_batch = False
         for conv in convs:  # any conv this configuration never runs keeps its default init
             conv._init_pending = False
 
     def encode(self, x: Tensor) -> HierarchicalPosterior:
-        return HierarchicalPosterior(self, self.bottom_up(x))
+        return HierarchicalPosterior(self, x)
 
     def _densities(self, z: Tensor, x: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """log p(z) and (if x is given) log p(x|z) for flat z (*S, B, D)."""
@@ -608,6 +727,12 @@ def _check(cfg: ModelConfig) -> None:
         )
     if cfg.prior not in PRIORS:
         raise ValueError(f"unknown model.prior {cfg.prior!r}; available: {', '.join(PRIORS)}")
+    if cfg.ar_mask not in AR_MASKS:
+        raise ValueError(f"unknown model.ar_mask {cfg.ar_mask!r}; available: {', '.join(AR_MASKS)}")
+    if cfg.up_feedback and not cfg.posterior.startswith("up"):
+        raise ValueError(f"model.up_feedback=true needs an up-* posterior, not {cfg.posterior!r}")
+    if cfg.row_budget_mb < 1:
+        raise ValueError(f"model.row_budget_mb must be >= 1, got {cfg.row_budget_mb}")
     if not cfg.depths or min(cfg.depths) < 1:
         raise ValueError(f"model.depths must be a non-empty list of positive block counts, got {cfg.depths}")
     if cfg.n_h < 1 or cfg.n_z < 1 or cfg.depth_ar < 0:
@@ -618,6 +743,6 @@ def _check(cfg: ModelConfig) -> None:
 
 
 __all__ = [
-    "ARConvNet", "HierarchicalBlock", "HierarchicalPosterior", "HierarchicalVAE", "POSTERIORS",
+    "AR_MASKS", "ARConvNet", "HierarchicalBlock", "HierarchicalPosterior", "HierarchicalVAE", "POSTERIORS",
     "PRIORS", "WNConv2d", "channel_mask",
 ]  # fmt: skip

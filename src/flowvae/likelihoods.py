@@ -18,6 +18,7 @@ from .numerics import (
     discretized_logistic_mixture_log_prob,
     log_bernoulli,
     log_normal,
+    log_sigmoid_difference,
 )
 
 
@@ -88,6 +89,45 @@ class DiscretizedLogisticMixture(nn.Module):
         return (torch.round((x.clamp(-1, 1) + 1) / 2 * 255) / 255).clamp(0, 1)
 
 
+class IAFLogistic(nn.Module):
+    """openai/iaf's likelihood (``tf_train.py``): a discretized logistic with one learned global
+    log-scale (initialised at 0), the decoder's mean clipped to the centres of the edge bins, and
+    no tails on the edge bins.
+
+    Pixel k in 0..255 occupies the bin [(k - 128) / 256, (k - 127) / 256] of [-0.5, 0.5]; the mean
+    is clipped to ±(0.5 - 1/512). The 256 bin probabilities sum to less than one (the mass outside
+    [-0.5, 0.5] is lost), so log p(x) is lower than with edge tails (:class:`DiscretizedLogistic`).
+    The reference adds 1e-7 to each bin probability; this computes the log of the exact bin mass.
+    """
+
+    params = 1
+    discrete = True
+    BIN = 1.0 / 256
+    MEAN_LIMIT = 0.5 - 1.0 / 512
+
+    def __init__(self):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.zeros(()))
+
+    def _mean(self, out: Tensor) -> Tensor:
+        return out[..., 0, :, :, :].clamp(-self.MEAN_LIMIT, self.MEAN_LIMIT)
+
+    def log_prob(self, x: Tensor, out: Tensor) -> Tensor:
+        lower = (torch.round(x * 255) - 128) * self.BIN
+        inv_scale = torch.exp(-self.log_scale)
+        minus = (lower - self._mean(out)) * inv_scale
+        return log_sigmoid_difference(minus + self.BIN * inv_scale, minus).flatten(-3).sum(-1)
+
+    def mean(self, out: Tensor) -> Tensor:
+        return self._mean(out) + 0.5
+
+    def sample(self, out: Tensor) -> Tensor:
+        mean = self._mean(out)
+        u = torch.rand_like(mean).clamp(1e-5, 1 - 1e-5)
+        x = mean + torch.exp(self.log_scale) * (torch.log(u) - torch.log1p(-u))
+        return torch.floor((x + 0.5) * 256).clamp(0, 255) / 255
+
+
 class Gaussian(nn.Module):
     """Continuous pixels x ~ N(mean, sigma^2) with a learned log sigma per pixel.
 
@@ -112,6 +152,13 @@ class Gaussian(nn.Module):
         return self.mean(out) + torch.exp(self.log_std) * torch.randn_like(self.mean(out))
 
 
+def likelihood_name(name: str, binary: bool) -> str:
+    """The likelihood ``name`` stands for (``auto`` resolved), as reported next to every number."""
+    if name == "auto":
+        return "bernoulli" if binary else "logistic"
+    return name
+
+
 @dataclass(frozen=True)
 class LikelihoodRecord:
     """A named likelihood: ``build(shape, mixtures)`` and the data it is for
@@ -130,14 +177,14 @@ LIKELIHOODS: dict[str, LikelihoodRecord] = {
         LikelihoodRecord("logistic-mixture", lambda shape, mixtures=5: DiscretizedLogisticMixture(mixtures),
                          "8-bit"),
         LikelihoodRecord("gaussian", lambda shape, mixtures=5: Gaussian(shape), "any"),
+        LikelihoodRecord("iaf-logistic", lambda shape, mixtures=5: IAFLogistic(), "8-bit"),
     ]
 }  # fmt: skip
 
 
 def build_likelihood(name: str, binary: bool, shape: tuple[int, int, int], mixtures: int) -> nn.Module:
     """``auto`` picks Bernoulli for binary data and the discretized logistic for 8-bit data."""
-    if name == "auto":
-        name = "bernoulli" if binary else "logistic"
+    name = likelihood_name(name, binary)
     if name not in LIKELIHOODS:
         raise ValueError(f"unknown likelihood {name!r}; available: auto, {', '.join(LIKELIHOODS)}")
     data = LIKELIHOODS[name].data

@@ -37,6 +37,12 @@ def log_bernoulli(x: Tensor, logits: Tensor) -> Tensor:
     return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
 
 
+def log_sigmoid_difference(plus: Tensor, minus: Tensor) -> Tensor:
+    """Elementwise log(sigmoid(plus) - sigmoid(minus)) for plus > minus, without cancellation:
+    log sigmoid(plus) + log(1 - exp(minus - plus)) + log sigmoid(-minus)."""
+    return (plus - F.softplus(plus)) + torch.log(-torch.expm1(minus - plus)) + (-minus - F.softplus(-minus))
+
+
 def discretized_logistic_log_prob(x: Tensor, mean: Tensor, log_scale: Tensor, bins: int = 256) -> Tensor:
     """Elementwise log-probability of 8-bit values under a discretized logistic.
 
@@ -52,9 +58,7 @@ def discretized_logistic_log_prob(x: Tensor, mean: Tensor, log_scale: Tensor, bi
     minus = inv_scale * (centered - half)
     log_cdf_plus = plus - F.softplus(plus)  # log sigmoid(plus): the k=0 bin
     log_sf_minus = -F.softplus(minus)  # log (1 - sigmoid(minus)): the k=bins-1 bin
-    # log(sigmoid(plus) - sigmoid(minus)) without cancellation:
-    # = log sigmoid(plus) + log(1 - exp(minus - plus)) + log sigmoid(-minus)
-    log_delta = log_cdf_plus + torch.log(-torch.expm1(minus - plus)) + (-minus - F.softplus(-minus))
+    log_delta = log_sigmoid_difference(plus, minus)
     mid = torch.where(x > 1 - half, log_sf_minus, log_delta)
     return torch.where(x < -1 + half, log_cdf_plus, mid)
 

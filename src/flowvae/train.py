@@ -201,7 +201,10 @@ def train_step(
 
 @torch.no_grad()
 def evaluate_elbo(model: nn.Module, data: ImageData, split: str, cfg: Config) -> float:
-    """Mean ELBO (true KL, no warm-up, no free bits) over a split, with a fixed RNG stream."""
+    """Mean ELBO (true KL, no warm-up, no free bits) over a split, with a fixed RNG stream;
+    NaN for an empty split (``data.valid_size=0``: no validation)."""
+    if len(data.split(split)) == 0:
+        return math.nan
     model.eval()
     device = next(model.parameters()).device
     total, n = 0.0, 0
@@ -227,7 +230,7 @@ def save_images(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         samples = model.decode_mean(model.sample_prior((n,))).cpu()
-        x = data.valid[: n // 2].to(device)
+        x = (data.valid if len(data.valid) else data.train)[: n // 2].to(device)
         z, _ = model.encode(x).rsample_and_log_prob()
         rec = model.decode_mean(z)
         pairs = torch.stack([x.view_as(rec), rec], 1).view(-1, *rec.shape[1:]).cpu()  # x, x̂ side by side
@@ -432,6 +435,9 @@ def train(
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     data = load_data(cfg.data)
+    no_valid = len(data.valid) == 0  # data.valid_size=0: train on every image, keep the latest weights
+    if no_valid and cfg.train.early_stopping:
+        raise ConfigError("train.early_stopping needs a validation split; data.valid_size=0 has none")
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, data.shape, data.binary).to(device)
     if cfg.train.init_from and not resume:
@@ -598,7 +604,7 @@ def train(
             if state.epoch % cfg.train.eval_every == 0 or last:
                 # every rank evaluates the same weights with the same seed: identical decisions
                 valid = evaluate_elbo(eval_model, data, "valid", cfg)
-                if not math.isfinite(valid):
+                if not math.isfinite(valid) and not no_valid:
                     raise TrainingError(
                         f"training diverged: the valid ELBO after epoch {state.epoch} is {valid}; "
                         f"{kept()}{LR_HINT.format(cfg.train.lr)}"
@@ -622,7 +628,7 @@ def train(
                         writer.add_scalar("valid_bits_per_dim", bits_per_dim(-valid, dims), state.step)
                     for name, grid in save_images(eval_model, data, run_dir, cfg.eval.seed).items():
                         writer.add_image(name, grid, state.step, dataformats="HWC")
-                if valid > state.best_valid:
+                if valid > state.best_valid or no_valid:
                     state.best_valid, state.best_epoch, state.bad_evals = valid, state.epoch, 0
                     checkpoint("best.pt")
                 else:
@@ -660,6 +666,8 @@ def evaluation_line(row: dict[str, Any], state: TrainState, epochs: int) -> str:
 def summary_line(state: TrainState, run_dir: Path, binary: bool, dims: int) -> str:
     if state.best_epoch < 0:
         best = "no evaluation yet"
+    elif math.isnan(state.best_valid):
+        best = f"no validation split: best.pt holds the weights of epoch {state.best_epoch}"
     elif binary:
         best = f"best valid ELBO {state.best_valid:.2f} nats (epoch {state.best_epoch})"
     else:
