@@ -15,7 +15,7 @@ from flowvae.config import Config, ModelConfig
 from flowvae.core import ElboTerms
 from flowvae.estimators import ESTIMATORS, elbo, evaluate, iwae
 from flowvae.hierarchical import POSTERIORS, ARConvNet, HierarchicalBlock, HierarchicalVAE
-from flowvae.model import build_model
+from flowvae.model import build_model, hierarchical_spec
 from flowvae.train import train_step, training_loss
 
 TINY = dict(type="hierarchical", n_h=6, n_z=2, depth_ar=1)
@@ -88,7 +88,7 @@ def test_pixel_masks_are_autoregressive_over_reverse_raster_pixels_then_channels
 def test_iaf_step_is_triangular_and_its_log_det_is_exact(posterior, depth_ar, ar_mask):
     torch.manual_seed(0)
     cfg = ModelConfig(**{**TINY, "n_z": 3, "depth_ar": depth_ar, "posterior": posterior, "ar_mask": ar_mask})
-    block = HierarchicalBlock(cfg, downsample=False).double()
+    block = HierarchicalBlock(hierarchical_spec(cfg), downsample=False).double()
     for p in block.parameters():
         p.data.normal_(std=0.5)
     mean = torch.randn(1, 3, 2, 2, dtype=torch.float64)
@@ -306,8 +306,8 @@ def test_chunked_evaluation_forward_matches_one_pass():
 def test_row_budget_sets_the_rows_per_pass():
     small = ModelConfig(**{**TINY, "posterior": "down-iaf", "row_budget_mb": 1})
     large = ModelConfig(**{**TINY, "posterior": "down-iaf", "row_budget_mb": 64})
-    rows = [HierarchicalVAE(cfg, (3, 32, 32), binary=False).max_rows for cfg in (small, large)]
-    model = HierarchicalVAE(small, (3, 32, 32), binary=False)
+    rows = [HierarchicalVAE(hierarchical_spec(c), (3, 32, 32), binary=False).max_rows for c in (small, large)]
+    model = HierarchicalVAE(hierarchical_spec(small), (3, 32, 32), binary=False)
     assert rows[0] == 2**20 // model.bytes_per_row() and rows[1] == 64 * 2**20 // model.bytes_per_row()
 
 

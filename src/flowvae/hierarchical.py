@@ -35,19 +35,64 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ModelConfig
 from .core import ElboTerms, Posterior
 from .likelihoods import build_likelihood
 from .numerics import log_normal, log_standard_normal
 
-POSTERIORS = ("up-diag", "up-iaf", "down-diag", "down-iaf", "down-iaf-mean")
+
+@dataclass(frozen=True)
+class BlockPosterior:
+    """A named posterior of the hierarchical model (``model.posterior`` when
+    ``model.type=hierarchical``).
+
+    Attributes:
+        top_down: ``down-*``: q(z_i|.) is conditioned on the top-down stream too (bidirectional
+            inference); ``up-*``: on the bottom-up stream only.
+        flow: an IAF step (masked convolutions) follows the Gaussian.
+        outputs: 2 for a gated IAF step, 1 for a shift-only one (``down-iaf-mean``).
+    """
+
+    name: str
+    top_down: bool
+    flow: bool
+    outputs: int = 2
+
+
+POSTERIORS: dict[str, BlockPosterior] = {
+    r.name: r
+    for r in [
+        BlockPosterior("up-diag", top_down=False, flow=False),
+        BlockPosterior("up-iaf", top_down=False, flow=True),
+        BlockPosterior("down-diag", top_down=True, flow=False),
+        BlockPosterior("down-iaf", top_down=True, flow=True),
+        BlockPosterior("down-iaf-mean", top_down=True, flow=True, outputs=1),
+    ]
+}
 PRIORS = ("diag", "iaf")
+
+
+@dataclass
+class HierarchicalSpec:
+    """The hierarchical model's own settings (the ``model.*`` keys of the same names; see the
+    README's table of openai/iaf names)."""
+
+    depths: list[int] = field(default_factory=lambda: [2, 2])  # blocks per level (resolution)
+    n_h: int = 64  # deterministic feature maps per block
+    n_z: int = 32  # stochastic feature maps per block
+    posterior: str = "down-iaf"  # a name in POSTERIORS
+    prior: str = "diag"  # diag | iaf
+    depth_ar: int = 1  # hidden layers of each block's IAF
+    ar_mask: str = "channel"  # channel | pixel (openai/iaf: reverse raster order over pixels)
+    up_feedback: bool = False  # up-* posteriors: z feeds the bottom-up stream
+    likelihood: str = "auto"
+    mixtures: int = 5
+    row_budget_mb: int = 1024  # evaluation: activation memory of one pass over its rows
 RESIDUAL_SCALE = 0.1  # residual branches: stream + 0.1 * branch (openai/iaf)
 AR_SCALE = 0.1  # the autoregressive nets' outputs are scaled by 0.1 (openai/iaf's arw_mean *= .1)
 HEAD_INIT_SCALE = 0.1  # std at data-dependent init of convs that feed residuals or distributions
@@ -243,15 +288,14 @@ class HierarchicalBlock(nn.Module):
             has none, so that every parameter gets a gradient, as DDP requires).
     """
 
-    def __init__(self, cfg: ModelConfig, downsample: bool, top: bool = False):
+    def __init__(self, cfg: HierarchicalSpec, downsample: bool, top: bool = False):
         super().__init__()
         n_h, n_z = cfg.n_h, cfg.n_z
+        q = POSTERIORS[cfg.posterior]
         self.n_z, self.downsample = n_z, downsample
-        self.top_down = cfg.posterior.startswith("down")
+        self.top_down = q.top_down
         self.feedback = cfg.up_feedback  # z is sampled in the bottom-up pass and feeds its stream
-        flow = cfg.posterior in ("up-iaf", "down-iaf", "down-iaf-mean")
-        outputs = 1 if cfg.posterior == "down-iaf-mean" else 2
-        self.flow = ARConvNet(n_z, n_h, cfg.depth_ar, outputs, cfg.ar_mask) if flow else None
+        self.flow = ARConvNet(n_z, n_h, cfg.depth_ar, q.outputs, cfg.ar_mask) if q.flow else None
         self.prior_flow = ARConvNet(n_z, n_h, cfg.depth_ar, 2, cfg.ar_mask) if cfg.prior == "iaf" else None
         self.pixel_ar = cfg.ar_mask == "pixel"
         n_ctx = n_h if self.flow is not None and self.flow.takes_context else 0
@@ -409,9 +453,8 @@ class HierarchicalVAE(nn.Module):
     """The ResNet VAE with bidirectional inference (IAF paper, section 6; openai/iaf ``cvae1``).
 
     Arguments:
-        cfg: the model section of the config; uses ``depths``, ``n_h``, ``n_z``, ``depth_ar``,
-            ``posterior`` (one of :data:`POSTERIORS`), ``prior`` (:data:`PRIORS`),
-            ``likelihood`` and ``mixtures``.
+        cfg: its :class:`HierarchicalSpec` (``depths``, ``n_h``, ``n_z``, ``depth_ar``,
+            ``posterior`` (one of :data:`POSTERIORS`), ``prior`` (:data:`PRIORS`), ...).
         shape: image shape (C, H, W).
         binary: whether pixels are binary (else 8-bit).
 
@@ -424,15 +467,14 @@ class HierarchicalVAE(nn.Module):
             ``cfg.row_budget_mb`` of activations hold (:meth:`bytes_per_row`).
 
     Example:
-        >>> from flowvae.config import ModelConfig
-        >>> cfg = ModelConfig(type="hierarchical", depths=[1, 1], n_h=8, n_z=2, posterior="down-iaf")
+        >>> cfg = HierarchicalSpec(depths=[1, 1], n_h=8, n_z=2, posterior="down-iaf")
         >>> model = HierarchicalVAE(cfg, (1, 8, 8), binary=True)
         >>> model.latent_dim, model(torch.zeros(3, 1, 8, 8), samples=2).kl_groups.shape
         (40, torch.Size([2, 3, 4]))
     """
 
     def __init__(
-        self, cfg: ModelConfig, shape: tuple[int, int, int], binary: bool, max_rows: int | None = None
+        self, cfg: HierarchicalSpec, shape: tuple[int, int, int], binary: bool, max_rows: int | None = None
     ):
         super().__init__()
         _check(cfg)
@@ -719,7 +761,7 @@ def _total(parts: Sequence[Tensor]) -> Tensor:
     return torch.cat([p.flatten(1) for p in parts], dim=1).sum(-1)
 
 
-def _check(cfg: ModelConfig) -> None:
+def _check(cfg: HierarchicalSpec) -> None:
     if cfg.posterior not in POSTERIORS:
         raise ValueError(
             f"unknown posterior {cfg.posterior!r} for model.type=hierarchical; "
@@ -729,7 +771,7 @@ def _check(cfg: ModelConfig) -> None:
         raise ValueError(f"unknown model.prior {cfg.prior!r}; available: {', '.join(PRIORS)}")
     if cfg.ar_mask not in AR_MASKS:
         raise ValueError(f"unknown model.ar_mask {cfg.ar_mask!r}; available: {', '.join(AR_MASKS)}")
-    if cfg.up_feedback and not cfg.posterior.startswith("up"):
+    if cfg.up_feedback and POSTERIORS[cfg.posterior].top_down:
         raise ValueError(f"model.up_feedback=true needs an up-* posterior, not {cfg.posterior!r}")
     if cfg.row_budget_mb < 1:
         raise ValueError(f"model.row_budget_mb must be >= 1, got {cfg.row_budget_mb}")
@@ -743,6 +785,7 @@ def _check(cfg: ModelConfig) -> None:
 
 
 __all__ = [
-    "AR_MASKS", "ARConvNet", "HierarchicalBlock", "HierarchicalPosterior", "HierarchicalVAE", "POSTERIORS",
+    "AR_MASKS", "ARConvNet", "BlockPosterior", "HierarchicalBlock", "HierarchicalPosterior",
+    "HierarchicalSpec", "HierarchicalVAE", "POSTERIORS",
     "PRIORS", "WNConv2d", "channel_mask",
 ]  # fmt: skip

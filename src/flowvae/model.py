@@ -7,12 +7,14 @@ posterior heads' options is :data:`POSTERIOR_OPTIONS`.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from dataclasses import fields
 
 from torch import nn
 
 from .config import ModelConfig
-from .hierarchical import HierarchicalVAE
+from .hierarchical import HierarchicalSpec, HierarchicalVAE
 from .likelihoods import build_likelihood
 from .nets import build_decoder, build_encoder
 from .posteriors import build_posterior
@@ -47,9 +49,19 @@ def build_flat(cfg: ModelConfig, shape: Shape, binary: bool) -> VAE:
     return VAE(encoder, posterior, decoder, likelihood, shape)
 
 
+def hierarchical_spec(cfg: ModelConfig) -> HierarchicalSpec:
+    """The hierarchical model's settings: the ``model.*`` keys of the same names."""
+    return HierarchicalSpec(**{f.name: copy.deepcopy(getattr(cfg, f.name)) for f in fields(HierarchicalSpec)})
+
+
+def build_hierarchical(cfg: ModelConfig, shape: Shape, binary: bool) -> HierarchicalVAE:
+    """The ResNet VAE with bidirectional inference (``model.type=hierarchical``)."""
+    return HierarchicalVAE(hierarchical_spec(cfg), shape, binary)
+
+
 MODEL_TYPES: dict[str, Callable[[ModelConfig, Shape, bool], nn.Module]] = {
     "flat": build_flat,
-    "hierarchical": HierarchicalVAE,
+    "hierarchical": build_hierarchical,
 }
 
 
@@ -60,4 +72,7 @@ def build_model(cfg: ModelConfig, shape: Shape, binary: bool) -> nn.Module:
     return MODEL_TYPES[cfg.type](cfg, tuple(shape), binary)
 
 
-__all__ = ["MODEL_TYPES", "POSTERIOR_OPTIONS", "build_flat", "build_model", "posterior_options"]
+__all__ = [
+    "MODEL_TYPES", "POSTERIOR_OPTIONS", "build_flat", "build_hierarchical", "build_model",
+    "hierarchical_spec", "posterior_options",
+]  # fmt: skip
