@@ -300,13 +300,23 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
 
     Under torchrun every process runs this function: ``train.batch_size`` is the effective
     (global) batch, split evenly over the processes; rank 0 alone writes the run directory.
+    The process group is destroyed however training ends: a process that exits with it alive
+    can abort in gloo's destructors ("terminate called without an active exception").
     """
+    d = distributed.setup(resolve_device(cfg.train.device))
+    try:
+        return _train_in_group(cfg, Path(run_dir), resume, progress, d)
+    finally:
+        distributed.cleanup(d)
+
+
+def _train_in_group(
+    cfg: Config, run_dir: Path, resume: bool, progress: bool, d: distributed.Dist
+) -> TrainState:
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    run_dir = Path(run_dir)
-    d = distributed.setup(resolve_device(cfg.train.device))
     device = distributed.local_device(resolve_device(cfg.train.device), d)
     if cfg.train.batch_size % d.world:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by {d.world} processes")
