@@ -164,14 +164,15 @@ def _gaps(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     local = LocalOptions(
         lr=args.lr, samples=args.local_samples, max_steps=args.steps_cap, check_every=args.check_every,
-        patience=args.patience,
+        patience=args.patience, tolerance=args.tolerance, lr_decay=args.lr_decay, decays=args.decays,
     )  # fmt: skip
-    flow_options = {"flow_steps": args.flow_steps, "flow_hidden": args.flow_hidden}
+    flow_options = {k: getattr(args, k) for k in ("flow_steps", "flow_hidden", "flow_layers")}
     settings = GapSettings(
         estimator=args.estimator, samples=args.samples, chains=args.chains, ais_steps=args.ais_steps,
-        elbo_samples=args.elbo_samples, local_flow=args.local_flow, local=local,
+        leapfrog=args.leapfrog, check=not args.no_check, elbo_samples=args.elbo_samples,
+        local_flow=args.local_flow, local=local,
         flow_options={k: v for k, v in flow_options.items() if v is not None},
-        batch_size=args.batch_size, seed=args.seed,
+        batch_size=args.batch_size, seed=args.seed, drop_flagged=args.drop_flagged,
     )  # fmt: skip
     report = run_gaps(args.run_dir, args.split, args.n, settings, args.seed, args.checkpoint, args.device)
     paths = write_report(report, args.out or Path(args.run_dir) / "gaps")
@@ -180,6 +181,14 @@ def _gaps(args: argparse.Namespace) -> int:
     else:
         print(markdown_table([report]))
         print(f"\nwrote {', '.join(p.name for p in paths.values())} to {paths['csv'].parent}")
+    if not report.ok:
+        first = report.flagged[0]
+        print(
+            f"flowvae: error: {len(report.flagged)} example(s) flagged (e.g. index {first['index']}, "
+            f"{first['column']}: {first['reason']}); see {paths['json']}; --drop-flagged leaves them out",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -234,20 +243,29 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("run_dir")
     g.add_argument("--split", default="test", choices=["test", "valid", "train"])
     g.add_argument("--n", type=int, default=100, help="a fixed seeded random subset of N examples")
-    g.add_argument("--local-flow", default="realnvp-aux", help="family of q*_flow (none: only q*_FFG)")
-    g.add_argument("--estimator", default="max", choices=["ais", "iwae", "max"],
-                   help="log p(x) estimate; max: per example the larger of AIS and IWAE")  # fmt: skip
+    g.add_argument("--local-flow", default="same",
+                   help="family of q*_flow: same (q's family/size), a posterior name, or none")  # fmt: skip
+    g.add_argument("--estimator", default="ais", choices=["ais", "iwae"], help="the log p(x) estimate")
+    g.add_argument("--no-check", action="store_true", help="skip the other estimator's paired check")
+    g.add_argument("--leapfrog", type=int, default=10, help="HMC leapfrog steps per AIS transition")
     g.add_argument("--samples", type=int, default=5000, help="K of the IWAE estimate")
     g.add_argument("--ais-steps", type=int, default=1000, help="AIS intermediate distributions")
     g.add_argument("--chains", type=int, default=16, help="AIS chains per example")
     g.add_argument("--elbo-samples", type=int, default=1000, help="draws of every ELBO estimate")
     g.add_argument("--steps-cap", type=int, default=10000, help="local optimisation step cap")
-    g.add_argument("--lr", type=float, default=1e-3, help="local optimisation Adam learning rate")
+    g.add_argument("--lr", type=float, default=1e-2,
+                   help="local optimisation Adam learning rate, in widths of the initial q")  # fmt: skip
     g.add_argument("--local-samples", type=int, default=50, help="z draws per local step")
     g.add_argument("--flow-steps", type=int, help="steps of the local flow (default 2)")
-    g.add_argument("--flow-hidden", type=int, help="hidden units of the local flow's nets (default 100)")
+    g.add_argument("--flow-hidden", type=int, help="hidden units of the local flow's nets")
+    g.add_argument("--flow-layers", type=int, help="hidden layers of the local flow's nets")
     g.add_argument("--check-every", type=int, default=100, help="steps between convergence checks")
-    g.add_argument("--patience", type=int, default=5, help="checks without improvement to stop")
+    g.add_argument("--patience", type=int, default=5, help="checks without improvement before a decay")
+    g.add_argument("--tolerance", type=float, default=0.01, help="nats that count as an improvement")
+    g.add_argument("--lr-decay", type=float, default=0.5, help="step-size factor after a stall")
+    g.add_argument("--decays", type=int, default=4, help="step-size reductions before convergence")
+    g.add_argument("--drop-flagged", action="store_true",
+                   help="leave out non-finite or far-outlying examples instead of failing")  # fmt: skip
     g.add_argument("--batch-size", type=int, default=100)
     g.add_argument("--checkpoint", default="best", choices=["best", "latest"])
     g.add_argument("--seed", type=int, default=1234, help="seed of the subset and of the estimates")
