@@ -90,7 +90,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out))
     else:
-        unit = "" if data.binary else f" = {result.bits_per_dim:.4f} bits/dim"
+        unit = "" if data.binary or result.bits_per_dim is None else f" = {result.bits_per_dim:.4f} bits/dim"
         print(
             f"{args.estimator} (K={result.samples}) on {args.split}, n={result.n}"
             f"{' [' + subset + ']' if subset else ''}: -log p(x) = {result.nll:.3f} ± "

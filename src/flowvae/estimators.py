@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from .ais import ais_estimator
 from .distributed import Dist, all_gather
+from .likelihoods import Gaussian
 from .linear_gaussian import exact
 from .numerics import bits_per_dim
 
@@ -78,7 +79,7 @@ class Estimate:
     samples: int
     nll: float
     stderr: float
-    bits_per_dim: float
+    bits_per_dim: float | None  # None for a density on continuous data (Gaussian likelihood)
     seconds: float
     per_example: Tensor  # (n,) log p̂(x)
 
@@ -120,9 +121,12 @@ def evaluate(
     n = log_p.numel()
     nll = -log_p.mean().item()
     stderr = (log_p.std().item() / math.sqrt(n)) if n > 1 else float("nan")
+    # bits/dim is a code length: meaningful for discrete data, not for a density on continuous x
+    discrete = not isinstance(getattr(model, "likelihood", None), Gaussian)
     return Estimate(
         estimator=estimator, split=split, n=n, samples=samples, nll=nll, stderr=stderr,
-        bits_per_dim=float(bits_per_dim(nll, dims)), seconds=time.perf_counter() - start,
+        bits_per_dim=float(bits_per_dim(nll, dims)) if discrete else None,
+        seconds=time.perf_counter() - start,
         per_example=log_p,
     )  # fmt: skip
 
