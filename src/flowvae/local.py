@@ -377,10 +377,10 @@ def local_optimise(
                         running.zero_()
                     if not active.any():
                         break
-        with torch.no_grad():  # the best window's parameters (an example that never had a
-            for p, kept in zip(trainable, best_params, strict=True):  # full window keeps its last)
-                seen = torch.isfinite(best).view(-1, *([1] * (p.dim() - 1)))
-                p.copy_(torch.where(seen, kept, p))
+        if steps.max() >= options.check_every:  # the best window's parameters; an example
+            with torch.no_grad():  # with no finite window keeps its initial ones
+                for p, kept in zip(trainable, best_params, strict=True):
+                    p.copy_(kept)
         # the final estimate's draws do not depend on how long any example took to converge
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             torch.manual_seed(eval_seed)
