@@ -53,6 +53,13 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _cwd_in_tmp(tmp_path, monkeypatch):
+    """Every test runs in its own tmp dir, so a default output path (``runs/...``) never
+    lands in the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def cli():
     return run_cli

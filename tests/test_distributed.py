@@ -8,9 +8,14 @@ import sys
 
 import pytest
 import torch
+import torch.distributed as dist
 from conftest import ROOT, run_cli
 
+from flowvae import distributed
 from flowvae.checkpoint import load_run
+from flowvae.config import ConfigError, apply_overrides
+from flowvae.presets import preset
+from flowvae.train import train
 
 SMALL = ["model.hidden=[32]", "model.latent_dim=4", "train.batch_size=100", "train.threads=1"]
 SMALL += ["train.ema=0.9"]
@@ -20,7 +25,8 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     cmd += ["-m", "flowvae"]
-    proc = subprocess.run(cmd + list(args), capture_output=True, text=True, env=env, timeout=300)
+    # generous: two processes on a loaded 2-core machine can take minutes
+    proc = subprocess.run(cmd + list(args), capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -63,3 +69,17 @@ def test_sharded_eval_equals_single_process(ddp_run):
     assert sharded["n"] == single["n"] == 250
     assert sharded["nll"] == pytest.approx(single["nll"], abs=1e-9)
     assert sharded["stderr"] == pytest.approx(single["stderr"], abs=1e-9)
+
+
+def test_training_destroys_its_process_group_even_when_it_fails(tmp_path, monkeypatch):
+    """A live group at exit can abort a rank in gloo's destructors: train() must tear it down."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(distributed, "setup", lambda device: distributed.Dist(0, 2, 0))
+        cfg = apply_overrides(preset("digits"), ["train.batch_size=99"])  # not divisible by 2
+        with pytest.raises(ConfigError, match="not divisible by 2"):
+            train(cfg, tmp_path / "run", progress=False)
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -171,9 +171,12 @@ def test_evaluate_runs_every_registered_estimator_but_exact_needs_a_linear_gauss
     torch.manual_seed(6)
     est = evaluate(model, x[:8].split(4), "ais", samples=2, steps=3, leapfrog=2)
     assert est.n == 8 and math.isfinite(est.nll)
+    assert est.bits_per_dim is not None and est.bits_per_dim > 0  # binary data: a code length
     with pytest.raises(ValueError, match="needs a linear-Gaussian model"):
         evaluate(model, x[:8].split(4), "exact", samples=1)
     lg_model, lg_x, exact = problem
     est = evaluate(lg_model, lg_x.split(50), "exact", samples=1)
     assert est.n == B
     assert est.nll == pytest.approx(-exact.mean().item(), abs=1e-9)
+    # a Gaussian density on continuous x is not a code length: no bits/dim
+    assert est.bits_per_dim is None and est.to_json()["bits_per_dim"] is None

@@ -13,7 +13,16 @@ import torch
 from conftest import run_cli
 
 from flowvae.data import subset_indices
-from flowvae.gaps import GapSettings, add_gaps, check_ordering, compute_gaps, markdown_table, plot_gaps
+from flowvae.gaps import (
+    GapSettings,
+    add_gaps,
+    check_ordering,
+    compute_gaps,
+    flag_examples,
+    local_flow_family,
+    markdown_table,
+    plot_gaps,
+)
 from flowvae.linear_gaussian import best_diag_elbo, exact_log_marginal
 from flowvae.local import LocalOptions
 from flowvae.testing import random_linear_gaussian_vae
@@ -32,7 +41,7 @@ def linear_report():
     settings = GapSettings(
         estimator="exact", elbo_samples=1000, local_flow="iaf",
         flow_options={"flow_steps": 1, "flow_hidden": 16}, batch_size=4, seed=0,
-        local=LocalOptions(lr=0.05, samples=10, max_steps=3000, check_every=50, patience=5),
+        local=LocalOptions(samples=10, max_steps=3000, check_every=50),
     )  # fmt: skip
     report = compute_gaps(model, x, "diag", settings, name="linear-gaussian")
     return report, exact_log_marginal(model, x).double(), best_diag_elbo(model, x).double()
@@ -140,6 +149,8 @@ def test_examples_stopped_by_the_cap_are_reported():
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="unknown estimator"):
         GapSettings(estimator="elbo")
+    with pytest.raises(ValueError, match="unknown estimator 'max'"):  # biased upward: removed
+        GapSettings(estimator="max")
     with pytest.raises(ValueError, match="unknown local flow"):
         GapSettings(local_flow="nope")
 
@@ -167,7 +178,8 @@ def tiny_run(tmp_path_factory):
 
 def test_cli_writes_the_four_files(tiny_run, tmp_path):
     out = tmp_path / "gaps"
-    args = ["--n", "12", "--batch-size", "6", "--flow-steps", "1", "--flow-hidden", "8", "--json"]
+    args = ["--n", "12", "--batch-size", "6", "--local-flow", "iaf", "--flow-steps", "1"]
+    args += ["--flow-hidden", "8", "--json"]
     proc = run_cli("gaps", str(tiny_run), *FAST, *args, "--out", str(out))
     result = json.loads(proc.stdout)
     assert {p.name for p in out.iterdir()} == {"gaps.csv", "gaps.json", "gaps.md", "gaps.png"}
@@ -179,7 +191,8 @@ def test_cli_writes_the_four_files(tiny_run, tmp_path):
     indices = [int(r["index"]) for r in rows]
     assert indices == subset_indices(250, 12, 1234).tolist() and indices != list(range(12))
     for r in rows:
-        assert float(r["log_p"]) == max(float(r["log_p_ais"]), float(r["log_p_iwae"]))  # --estimator max
+        assert float(r["log_p"]) == float(r["log_p_ais"])  # the default estimator
+        assert abs(float(r["log_p_check"]) - (float(r["log_p_ais"]) - float(r["log_p_iwae"]))) < 1e-5
         gaps = float(r["approximation_gap"]) + float(r["amortization_gap"])
         assert abs(gaps - float(r["inference_gap"])) < 1e-5
         assert math.isfinite(float(r["elbo_flow_star"]))
@@ -193,6 +206,13 @@ def test_cli_writes_the_four_files(tiny_run, tmp_path):
         holds = s[upper]["mean"] >= s[lower]["mean"] - 3 * max(s[upper]["stderr"], s[lower]["stderr"])
         assert holds or any(w.startswith(label) for w in result["warnings"]), (label, result["warnings"])
     assert "| Approximation gap |" in (out / "gaps.md").read_text()
+    assert result["ok"] and result["flagged"] == [] and result["dropped"] == 0
+    ais = {"estimator": "ais", "chains": 2, "steps": 10, "leapfrog": 10, "init": "prior"}
+    assert result["log_p_estimator"] == ais
+    assert result["log_p_check"]["against"] == "iwae"
+    assert result["q_star_family"] == "iaf"  # a richer local flow than q = diag, named
+    assert result["q_star_options"] == {"flow_steps": 1, "flow_hidden": 8}
+    assert set(result["local"]) == {"ffg", "flow"} and set(result["local"]["ffg"]) == {"capped", "skipped"}
 
 
 def test_cli_prints_the_table(tiny_run):
@@ -210,3 +230,59 @@ def test_cli_prints_the_table(tiny_run):
 def test_cli_rejects_an_unknown_local_flow(tiny_run):
     proc = run_cli("gaps", str(tiny_run), "--local-flow", "nope", check=False)
     assert proc.returncode == 1 and "unknown local flow 'nope'" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- honesty
+
+
+@pytest.mark.parametrize("bad", [-math.inf, math.nan, -1e200])
+def test_non_finite_and_far_off_examples_are_flagged(bad):
+    c = _columns()
+    c["elbo_ffg_star"][5] = bad
+    add_gaps(c, "ffg")
+    flagged = flag_examples(c, torch.arange(100, 140))
+    assert [f["index"] for f in flagged] == [105]
+    assert flagged[0]["column"] in ("elbo_ffg_star", "approximation_gap", "amortization_gap")
+    assert flag_examples(_columns() | {}, torch.arange(40)) == []  # ordinary spread: nothing flagged
+
+
+def test_a_large_paired_difference_between_estimators_is_reported():
+    c = _columns()
+    g = torch.Generator().manual_seed(1)
+    c["log_p_check"] = 0.05 * torch.randn(40, generator=g, dtype=torch.float64)
+    assert check_ordering(c, "ffg")[0] == []
+    c["log_p_check"] += 0.2
+    warnings, _ = check_ordering(c, "ffg")
+    assert len(warnings) == 1 and warnings[0].startswith("log p̂(x) differs from the other estimator by +0.1")
+
+
+def test_q_star_is_q_own_family_and_size_by_default():
+    size = {"flow_steps": 4, "flow_hidden": 32}
+    assert local_flow_family("diag", GapSettings(), size) == ("none", {})
+    assert local_flow_family("iaf", GapSettings(), size) == ("iaf", size)
+    richer = GapSettings(local_flow="realnvp-aux", flow_options={"flow_steps": 2})
+    assert local_flow_family("iaf", richer, size) == ("realnvp-aux", {"flow_steps": 2})
+
+
+def test_cli_fails_on_a_diverged_example_unless_asked_to_drop_it(tiny_run, tmp_path, monkeypatch):
+    import flowvae.gaps as gaps
+
+    original = gaps._batch_columns
+
+    def diverged(*args, **kwargs):
+        cols = original(*args, **kwargs)
+        cols["elbo_ffg_star"][1] = -math.inf  # a local optimisation that diverged
+        return cols
+
+    monkeypatch.setattr(gaps, "_batch_columns", diverged)
+    args = ["--n", "6", "--estimator", "iwae", "--no-check", "--local-flow", "none", "--json"]
+    proc = run_cli("gaps", str(tiny_run), *FAST, *args, "--out", str(tmp_path / "a"), check=False)
+    assert proc.returncode == 1 and "1 example(s) flagged" in proc.stderr
+    result = json.loads(proc.stdout)
+    assert not result["ok"] and result["flagged"][0]["reason"] == "not finite"
+    assert any("flagged" in w for w in result["warnings"])
+    proc = run_cli("gaps", str(tiny_run), *FAST, *args, "--drop-flagged", "--out", str(tmp_path / "b"))
+    result = json.loads(proc.stdout)
+    assert result["ok"] and result["dropped"] == 1 and result["n"] == 5
+    assert math.isfinite(result["summary"]["elbo_ffg_star"]["mean"])
+    assert any("dropped 1 of 6 examples" in w for w in result["warnings"])

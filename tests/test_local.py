@@ -37,13 +37,12 @@ def test_diag_optimum_matches_the_best_factorised_gaussian(problem):
     best = best_diag_elbo(model, x)
     assert (exact_log_marginal(model, x) - best).mean() > 1.0  # the FFG gap is real here
     torch.manual_seed(1)
-    options = LocalOptions(lr=0.05, samples=10, max_steps=4000, check_every=50, patience=5)
-    result = local_optimise(model, x, "diag", options=options)
+    result = local_optimise(model, x, "diag")  # default options
     assert result.converged.all()
     # the returned Gaussian, evaluated exactly: below the optimum (it is the max) and close to it.
-    # What remains is optimisation noise: Adam's steps shrink to lr * 0.5**5 ~ 0.002 per
-    # coordinate after five checks without improvement, whose cost ~ curvature * step^2 is a
-    # few thousandths of a nat; 0.05 leaves room for an early stop on a noisy check
+    # What remains is optimisation noise: Adam's steps shrink to lr * 0.5**4 ~ 6e-4 posterior
+    # widths per coordinate, whose cost ~ step^2 / 2 per coordinate is negligible; 0.05 leaves
+    # room for the noise of the best window's choice
     exact = gaussian_elbo(model, x, result.mean, result.log_std)
     assert (exact <= best + 1e-9).all()
     assert (best - exact).max() < 0.05, best - exact
@@ -86,16 +85,19 @@ def test_model_parameters_never_change(problem):
 
 def test_an_example_does_not_depend_on_the_others(problem):
     """Same seed, same first example, different second example: the first one's parameters and
-    L[q*] are identical, although the second converges at another step."""
+    L[q*] are identical. (On this model the step counts coincide: in whitened coordinates the
+    log-weights of every example are the same function of the shared draws.)"""
     model, x = problem
-    options = LocalOptions(lr=0.05, samples=3, max_steps=200, check_every=10, patience=2, eval_samples=50)
+    options = LocalOptions(
+        lr=0.05, samples=3, max_steps=300, check_every=10, patience=2, decays=2, tolerance=0, eval_samples=50
+    )
     results = []
-    for other in (x[1:2], 3 * x[2:3] + 1.0):
+    for other in (x[1:2], x[2:3]):
         torch.manual_seed(7)
         batch = torch.cat([x[:1], other])
         results.append(local_optimise(model, batch, "realnvp", options=options, flow_hidden=8))
     a, b = results
-    assert a.converged.all() and b.converged.all() and a.steps[1] != b.steps[1]  # loops differ
+    assert a.converged.all() and b.converged.all()
     torch.testing.assert_close(a.elbo[0], b.elbo[0], rtol=0, atol=1e-10)
     assert a.steps[0] == b.steps[0]
     for name, p in a.local.params.items():
@@ -143,3 +145,35 @@ def test_stderr_shrinks_like_one_over_root_samples(problem):
     _, se_large = elbo_with_stderr(model, x, q, samples=1600, chunk=300)
     ratio = (se_small / se_large).mean().item()
     assert 0.6 * math.sqrt(16) < ratio < 1.5 * math.sqrt(16)
+
+
+def test_default_options_reach_the_closed_form_optimum():
+    """float32 model (as trained ones are), 36 pixels, 8 latents, default options: L[q*_FFG] of
+    the returned Gaussian, evaluated exactly, is within 0.05 nat of the closed-form optimum on
+    average and 0.15 nat for every example (the old rule froze examples 0.4 nat short)."""
+    model = random_linear_gaussian_vae((1, 6, 6), latent_dim=8, seed=2).float().eval()
+    torch.manual_seed(2)
+    with torch.no_grad():
+        x = model.decode_sample(model.sample_prior((8,)))
+    result = local_optimise(model, x, "diag")
+    assert result.converged.all() and result.capped == 0 and result.skipped.sum() == 0
+    with torch.no_grad():
+        shortfall = best_diag_elbo(model, x) - gaussian_elbo(model, x, result.mean, result.log_std)
+    assert (shortfall > -1e-6).all()  # nothing beats the optimum
+    assert shortfall.mean() < 0.05 and shortfall.max() < 0.15, shortfall
+
+
+def test_returns_the_best_parameters_not_the_last(problem):
+    """A step size of three posterior widths throws q far off after its first step: the result
+    is the initial (best) Gaussian, not the last one."""
+    model, x = problem
+    torch.manual_seed(4)
+    init = amortized_gaussian(model, x)
+    options = LocalOptions(lr=3.0, samples=1000, max_steps=20, check_every=1, patience=100, eval_samples=10)
+    result = local_optimise(model, x, "diag", options=options)
+    last_mean, last_log_std = result.local.anchor_mean, result.local.anchor_log_std  # not moved
+    assert torch.equal(last_mean, init[0]) and torch.equal(last_log_std, init[1])
+    with torch.no_grad():
+        start = gaussian_elbo(model, x, *init)
+        returned = gaussian_elbo(model, x, result.mean, result.log_std)
+    assert (returned >= start - 0.5).all(), returned - start

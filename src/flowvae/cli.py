@@ -243,14 +243,15 @@ def _gaps(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     local = LocalOptions(
         lr=args.lr, samples=args.local_samples, max_steps=args.steps_cap, check_every=args.check_every,
-        patience=args.patience,
+        patience=args.patience, tolerance=args.tolerance, lr_decay=args.lr_decay, decays=args.decays,
     )  # fmt: skip
-    flow_options = {"flow_steps": args.flow_steps, "flow_hidden": args.flow_hidden}
+    flow_options = {k: getattr(args, k) for k in ("flow_steps", "flow_hidden", "flow_layers")}
     settings = GapSettings(
         estimator=args.estimator, samples=args.samples, chains=args.chains, ais_steps=args.ais_steps,
-        elbo_samples=args.elbo_samples, local_flow=args.local_flow, local=local,
+        leapfrog=args.leapfrog, check=not args.no_check, elbo_samples=args.elbo_samples,
+        local_flow=args.local_flow, local=local,
         flow_options={k: v for k, v in flow_options.items() if v is not None},
-        batch_size=args.batch_size, seed=args.seed,
+        batch_size=args.batch_size, seed=args.seed, drop_flagged=args.drop_flagged,
     )  # fmt: skip
     report = run_gaps(args.run_dir, args.split, args.n, settings, args.seed, args.checkpoint, args.device)
     paths = write_report(report, args.out or Path(args.run_dir) / "gaps")
@@ -259,6 +260,14 @@ def _gaps(args: argparse.Namespace) -> int:
     else:
         print(markdown_table([report]))
         print(f"\nwrote {', '.join(p.name for p in paths.values())} to {paths['csv'].parent}")
+    if not report.ok:
+        first = report.flagged[0]
+        print(
+            f"flowvae: error: {len(report.flagged)} example(s) flagged (e.g. index {first['index']}, "
+            f"{first['column']}: {first['reason']}); see {paths['json']}; --drop-flagged leaves them out",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -503,13 +512,20 @@ def parser() -> argparse.ArgumentParser:
         "--n", type=POSITIVE, default=100, help="a fixed seeded random subset of N examples (default: 100)"
     )
     g.add_argument(
-        "--local-flow", default="realnvp-aux",
-        help="family of q*_flow, a flat posterior name; none: only q*_FFG (default: realnvp-aux)",
+        "--local-flow", default="same",
+        help="family of q*_flow: same (q's own family and size), a flat posterior name, or none "
+        "(default: same)",
     )  # fmt: skip
     g.add_argument(
-        "--estimator", default="max", choices=["ais", "iwae", "max"],
-        help="log p(x) estimate; max: per example the larger of AIS and IWAE (default: max)",
+        "--estimator", default="ais", choices=["ais", "iwae"], help="the log p(x) estimate (default: ais)"
+    )
+    g.add_argument(
+        "--no-check", action="store_true",
+        help="skip the other estimator's paired check (default: run it)",
     )  # fmt: skip
+    g.add_argument(
+        "--leapfrog", type=POSITIVE, default=10, help="HMC leapfrog steps per AIS transition (default: 10)"
+    )
     g.add_argument("--samples", type=POSITIVE, default=5000, help="K of the IWAE estimate (default: 5000)")
     g.add_argument(
         "--ais-steps", type=POSITIVE, default=1000, help="AIS intermediate distributions (default: 1000)"
@@ -522,21 +538,39 @@ def parser() -> argparse.ArgumentParser:
         "--steps-cap", type=POSITIVE, default=10000, help="local optimisation step cap (default: 10000)"
     )
     g.add_argument(
-        "--lr", type=_number(0.0), default=1e-3, help="local optimisation Adam learning rate (default: 1e-3)"
-    )
+        "--lr", type=_number(0.0), default=1e-2,
+        help="local optimisation Adam learning rate, in widths of the initial q (default: 1e-2)",
+    )  # fmt: skip
     g.add_argument(
         "--local-samples", type=POSITIVE, default=50, help="z draws per local step (default: 50)"
     )
-    g.add_argument("--flow-steps", type=POSITIVE, help="steps of the local flow (default: 2)")
+    g.add_argument("--flow-steps", type=POSITIVE, help="steps of the local flow (default: q's, else 2)")
     g.add_argument(
-        "--flow-hidden", type=POSITIVE, help="hidden units of the local flow's nets (default: 100)"
+        "--flow-hidden", type=POSITIVE, help="hidden units of the local flow's nets (default: q's, else 100)"
+    )
+    g.add_argument(
+        "--flow-layers", type=POSITIVE, help="hidden layers of the local flow's nets (default: q's, else 1)"
     )
     g.add_argument(
         "--check-every", type=POSITIVE, default=100, help="steps between convergence checks (default: 100)"
     )
     g.add_argument(
-        "--patience", type=POSITIVE, default=5, help="checks without improvement to stop (default: 5)"
+        "--patience", type=POSITIVE, default=5,
+        help="checks without improvement before a step-size decay (default: 5)",
+    )  # fmt: skip
+    g.add_argument(
+        "--tolerance", type=_number(0.0), default=0.01, help="nats counted as an improvement (default: 0.01)"
     )
+    g.add_argument(
+        "--lr-decay", type=_number(0.0, 1.0), default=0.5, help="step-size factor on a stall (default: 0.5)"
+    )
+    g.add_argument(
+        "--decays", type=POSITIVE, default=4, help="step-size reductions before convergence (default: 4)"
+    )
+    g.add_argument(
+        "--drop-flagged", action="store_true",
+        help="leave out non-finite or far-outlying examples instead of failing (default: fail)",
+    )  # fmt: skip
     g.add_argument("--batch-size", type=POSITIVE, default=100, help="examples per batch (default: 100)")
     g.add_argument(
         "--checkpoint", default="best", choices=["best", "latest"],

@@ -151,7 +151,7 @@ class Estimate:
     samples: int
     nll: float
     stderr: float
-    bits_per_dim: float | None
+    bits_per_dim: float | None  # None for a density on continuous data (Gaussian likelihood)
     seconds: float
     per_example: Tensor  # (n,) log p̂(x)
     settings: dict = field(default_factory=dict)

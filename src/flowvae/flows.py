@@ -595,6 +595,14 @@ def alternating_mask(features: int, step: int) -> Tensor:
     return mask if mask.any() else ~mask
 
 
+def fix_iterations(module: nn.Module, iterations: int = 40) -> None:
+    """Give every iterative step in ``module`` a fixed iteration count instead of a convergence
+    test, which ``torch.vmap`` (per-example local optimisation) cannot run."""
+    for m in module.modules():
+        if isinstance(m, OrthogonalSylvesterStep):
+            m.fixed_iterations = iterations
+
+
 # ----------------------------------------------------------------------------- auxiliary
 
 

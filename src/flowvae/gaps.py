@@ -3,10 +3,14 @@
 For every example of a seeded random subset, with the trained model held fixed (Cremer, Li &
 Duvenaud 2018, Table 2):
 
-- log p̂(x): AIS, IWAE with the amortized q as proposal, or per example the larger of the two
-  (``max``; both are stochastic lower bounds, so the larger is the tighter one);
+- log p̂(x): one estimator, declared up front (AIS by default, with its settings recorded; IWAE
+  with the amortized q as proposal; ``exact`` for a linear-Gaussian model). The other stochastic
+  estimator is run too, and the paired difference to it is reported as a convergence check.
+  (A per-example maximum of the two is not offered: it is biased upward, above log p(x).)
 - L[q*_flow], L[q*_FFG]: the ELBOs of a flow posterior and of a factorised Gaussian fitted to
-  that example alone (:mod:`flowvae.local`); the flow starts from q*_FFG;
+  that example alone (:mod:`flowvae.local`); the flow starts from q*_FFG. By default the local
+  flow is q's own family and size (the paper's approximation gap is w.r.t. q's family); a
+  richer one is an option, and the report names both;
 - L[q]: the ELBO of the amortized posterior;
 
 and the gaps, with q* the local optimum *of the same family as q* (q*_FFG when q is ``diag``,
@@ -18,7 +22,9 @@ q*_flow when q is a flow), as in the paper's table:
 Both variants (q* = q*_FFG and q* = q*_flow) are kept per example and in the JSON. The report
 checks log p̂(x) >= L[q*] >= L[q] (and L[q*_flow] >= L[q*_FFG]) up to estimator noise and says
 when that fails: a loose log p̂, or an under-converged local optimisation, makes the split
-meaningless.
+meaningless. An example with a non-finite value, or one far outside the others (a diverged
+local optimisation), is named in the warnings and the JSON (``flagged``) and makes the report
+``ok`` false, unless ``drop_flagged`` removes such examples (the report says how many).
 
 References:
     Cremer, Li & Duvenaud, Inference suboptimality in variational autoencoders,
@@ -42,13 +48,20 @@ from .ais import ais_estimator
 from .estimators import iwae
 from .linear_gaussian import exact
 from .local import LocalOptions, elbo_with_stderr, frozen_model, local_optimise
-from .posteriors import POSTERIORS
+from .posteriors import POSTERIORS, posterior_record
 
-LOG_P_ESTIMATORS = ("ais", "iwae", "max", "exact")  # exact: linear-Gaussian models only
+LOG_P_ESTIMATORS = ("ais", "iwae", "exact")  # exact: linear-Gaussian models only
 SIGMAS = 3.0  # an ordering fails when violated by more than this many standard errors
+# an example is flagged when a value lies this many robust spreads (1.4826 MAD, at least
+# OUTLIER_FLOOR nats) from the median of its column: far beyond any Gaussian tail
+OUTLIER_MADS = 20.0
+OUTLIER_FLOOR = 0.5
+SAME = "same"  # local_flow: q's own family and size
+FLOW_SIZE_KEYS = ("flow_steps", "flow_hidden", "flow_layers", "num_householder", "num_ortho_vecs", "aux_dim")
 
 DEFINITIONS = {
-    "log_p": "log p̂(x): the likelihood estimate (AIS, IWAE, or per example their max)",
+    "log_p": "log p̂(x): the likelihood estimate (settings.estimator)",
+    "log_p_check": "log p̂(x) − the other estimator's value, per example: a convergence check",
     "elbo_flow_star": "L[q*_flow]: ELBO of a flow posterior optimised for this example alone",
     "elbo_ffg_star": "L[q*_FFG]: ELBO of a factorised Gaussian optimised for this example alone",
     "elbo_q": "L[q]: ELBO of the amortized posterior (the encoder's q)",
@@ -63,21 +76,25 @@ class GapSettings:
     """Everything that determines a gap report besides the model and the data.
 
     Arguments:
-        estimator: ``ais``, ``iwae`` or ``max`` (per example, the larger of the two); ``exact``
-            for a linear-Gaussian model (a ground truth for tests).
+        estimator: ``ais`` or ``iwae``; ``exact`` for a linear-Gaussian model (a ground truth).
+        check: also run the other of ais/iwae and report the paired difference.
         samples: K of the IWAE estimate.
         chunk: IWAE samples per chunk (bounds memory).
         chains, ais_steps, leapfrog, ais_init: the AIS estimate (see :func:`flowvae.ais.ais`).
         elbo_samples: draws of every ELBO (L[q], L[q*]); not the training k.
-        local_flow: the family of q*_flow (a name in POSTERIORS) or ``none`` to skip it.
+        local_flow: the family of q*_flow: ``same`` (q's own family and size; none for a
+            ``diag`` q), a name in POSTERIORS, or ``none`` to skip it.
         flow_options: its size (``flow_steps``, ``flow_hidden``, ...; see
-            :func:`flowvae.local.local_head`).
+            :func:`flowvae.local.local_head`), over q's own with ``same``.
         local: the optimisation settings (lr, k, step cap, convergence check).
         batch_size: examples optimised together.
         seed: batch i runs after ``torch.manual_seed(seed + i)``.
+        drop_flagged: leave out flagged examples (non-finite or far outliers) instead of
+            failing.
     """
 
-    estimator: str = "max"
+    estimator: str = "ais"
+    check: bool = True
     samples: int = 5000
     chunk: int = 500
     chains: int = 16
@@ -85,18 +102,19 @@ class GapSettings:
     leapfrog: int = 10
     ais_init: str = "prior"
     elbo_samples: int = 1000
-    local_flow: str = "realnvp-aux"
+    local_flow: str = SAME
     flow_options: dict[str, Any] = field(default_factory=dict)
     local: LocalOptions = field(default_factory=LocalOptions)
     batch_size: int = 100
     seed: int = 1234
+    drop_flagged: bool = False
 
     def __post_init__(self) -> None:
         if self.estimator not in LOG_P_ESTIMATORS:
             available = ", ".join(LOG_P_ESTIMATORS)
             raise ValueError(f"unknown estimator {self.estimator!r}; available: {available}")
-        if self.local_flow != "none" and self.local_flow not in POSTERIORS:
-            available = ", ".join([*sorted(POSTERIORS), "none"])
+        if self.local_flow not in ("none", SAME) and self.local_flow not in POSTERIORS:
+            available = ", ".join([*sorted(POSTERIORS), SAME, "none"])
             raise ValueError(f"unknown local flow {self.local_flow!r}; available: {available}")
 
 
@@ -113,10 +131,29 @@ class GapReport:
     violations: dict[str, int]  # per check: examples violating it by more than SIGMAS MC errors
     seconds: float
     subset: str = ""
+    q_star_family: str = "diag"  # the local flow's family (or diag when q* = q*_FFG)
+    q_star_options: dict[str, Any] = field(default_factory=dict)  # and its size
+    flagged: list[dict[str, Any]] = field(default_factory=list)  # examples flagged (see module)
+    dropped: int = 0  # flagged examples left out (drop_flagged)
+    local_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # capped / skipped
 
     @property
     def n(self) -> int:
         return int(self.columns["log_p"].numel())
+
+    @property
+    def ok(self) -> bool:
+        """False while flagged examples remain in the report."""
+        return not self.flagged or self.dropped > 0
+
+    def log_p_check(self) -> dict[str, Any] | None:
+        """The paired difference log p̂ − the other estimator: mean, standard error, and which."""
+        if "log_p_check" not in self.columns:
+            return None
+        d = self.columns["log_p_check"]
+        se = d.std().item() / math.sqrt(d.numel()) if d.numel() > 1 else float("nan")
+        other = "iwae" if self.settings.estimator == "ais" else "ais"
+        return {"against": other, "mean": d.mean().item(), "stderr": se}
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Mean and standard error (over examples) of every column but the index."""
@@ -129,11 +166,23 @@ class GapReport:
             out[name] = {"mean": v.mean().item(), "stderr": se}
         return out
 
+    def estimator_settings(self) -> dict[str, Any]:
+        s = self.settings
+        if s.estimator == "ais":
+            return {"estimator": "ais", "chains": s.chains, "steps": s.ais_steps, "leapfrog": s.leapfrog,
+                    "init": s.ais_init}  # fmt: skip
+        if s.estimator == "iwae":
+            return {"estimator": "iwae", "samples": s.samples}
+        return {"estimator": s.estimator}
+
     def to_json(self) -> dict[str, Any]:
         settings = asdict(self.settings)
         return {
-            "name": self.name, "posterior": self.posterior, "q_star": self.q_star, "n": self.n,
-            "subset": self.subset or None, "summary": self.summary(), "warnings": self.warnings,
+            "name": self.name, "posterior": self.posterior, "q_star": self.q_star,
+            "q_star_family": self.q_star_family, "q_star_options": self.q_star_options, "n": self.n,
+            "subset": self.subset or None, "ok": self.ok, "log_p_estimator": self.estimator_settings(),
+            "log_p_check": self.log_p_check(), "summary": self.summary(), "warnings": self.warnings,
+            "flagged": self.flagged, "dropped": self.dropped, "local": self.local_counts,
             "violations": self.violations, "definitions": DEFINITIONS, "settings": settings,
             "seconds": self.seconds,
         }  # fmt: skip
@@ -143,37 +192,40 @@ class GapReport:
 
 
 def _log_p(model: nn.Module, x: Tensor, s: GapSettings) -> dict[str, Tensor]:
-    """The log p̂(x) columns for a batch: ``log_p`` and the estimators it came from."""
+    """The log p̂(x) columns for a batch: ``log_p``, the estimators run, and the paired check."""
     out = {}
-    if s.estimator in ("iwae", "max"):
+    run = {s.estimator} | ({"ais", "iwae"} if s.check and s.estimator != "exact" else set())
+    if "iwae" in run:
         out["log_p_iwae"] = iwae(model, x, samples=s.samples, chunk=s.chunk).double()
-    if s.estimator in ("ais", "max"):
+    if "ais" in run:
         out["log_p_ais"] = ais_estimator(
             model, x, chains=s.chains, steps=s.ais_steps, leapfrog=s.leapfrog, init=s.ais_init
         ).double()
     if s.estimator == "exact":
         out["log_p"] = exact(model, x).double()
-    elif s.estimator == "max":
-        out["log_p"] = torch.maximum(out["log_p_iwae"], out["log_p_ais"])
     else:
         out["log_p"] = out[f"log_p_{s.estimator}"]
+    if len(run) == 2:
+        other = "iwae" if s.estimator == "ais" else "ais"
+        out["log_p_check"] = out["log_p"] - out[f"log_p_{other}"]
     return out
 
 
-def _batch_columns(model: nn.Module, x: Tensor, s: GapSettings) -> dict[str, Tensor]:
+def _batch_columns(
+    model: nn.Module, x: Tensor, s: GapSettings, flow: str, flow_options: dict[str, Any]
+) -> dict[str, Tensor]:
     with torch.no_grad(), frozen_model(model):
         cols = _log_p(model, x, s)
         cols["elbo_q"], cols["elbo_q_se"] = elbo_with_stderr(model, x, model.encode(x), s.elbo_samples)
     options = LocalOptions(**{**asdict(s.local), "eval_samples": s.elbo_samples})
     ffg = local_optimise(model, x, "diag", options=options)
     cols.update(elbo_ffg_star=ffg.elbo, elbo_ffg_star_se=ffg.stderr, steps_ffg=ffg.steps.double())
-    cols["converged_ffg"] = ffg.converged.double()
-    if s.local_flow != "none":
-        flow = local_optimise(
-            model, x, s.local_flow, init=(ffg.mean, ffg.log_std), options=options, **s.flow_options
-        )
-        cols.update(elbo_flow_star=flow.elbo, elbo_flow_star_se=flow.stderr, steps_flow=flow.steps.double())
-        cols["converged_flow"] = flow.converged.double()
+    cols["converged_ffg"], cols["skipped_ffg"] = ffg.converged.double(), ffg.skipped.double()
+    if flow != "none":
+        q_flow = local_optimise(model, x, flow, init=(ffg.mean, ffg.log_std), options=options, **flow_options)
+        cols.update(elbo_flow_star=q_flow.elbo, elbo_flow_star_se=q_flow.stderr)
+        cols["steps_flow"], cols["converged_flow"] = q_flow.steps.double(), q_flow.converged.double()
+        cols["skipped_flow"] = q_flow.skipped.double()
     return {k: v.detach().double().cpu() for k, v in cols.items()}
 
 
@@ -211,10 +263,44 @@ def _check(label: str, upper: Tensor, lower: Tensor, mc_se: Tensor, hint: str) -
     return None, count
 
 
+_FLAG_COLUMNS = (
+    "log_p", "elbo_q", "elbo_ffg_star", "elbo_flow_star", "log_p_check",
+    "approximation_gap", "amortization_gap", "approximation_gap_flow", "approximation_gap_ffg",
+)  # fmt: skip
+
+
+def flag_examples(columns: dict[str, Tensor], index: Tensor) -> list[dict[str, Any]]:
+    """Examples whose values cannot be averaged honestly: non-finite anywhere, or a value of a
+    main column (estimates and gaps) more than OUTLIER_MADS robust spreads from its median.
+
+    Returns one entry per flagged example: ``{"index", "column", "value", "reason"}`` (the first
+    offending column), in index order.
+    """
+    bad: dict[int, dict[str, Any]] = {}
+    for name, values in columns.items():
+        for i in torch.nonzero(~torch.isfinite(values)).flatten().tolist():
+            bad.setdefault(i, {"column": name, "value": values[i].item(), "reason": "not finite"})
+    for name in _FLAG_COLUMNS:
+        if name not in columns:
+            continue
+        v = columns[name]
+        finite = v[torch.isfinite(v)]
+        if finite.numel() < 3:
+            continue
+        median = finite.median()
+        spread = max(1.4826 * (finite - median).abs().median().item(), OUTLIER_FLOOR)
+        far = torch.isfinite(v) & ((v - median).abs() > OUTLIER_MADS * spread)
+        for i in torch.nonzero(far).flatten().tolist():
+            reason = f"{(v[i] - median).item():+.3g} nats from the median ({OUTLIER_MADS:g} spreads = "
+            reason += f"{OUTLIER_MADS * spread:.3g})"
+            bad.setdefault(i, {"column": name, "value": v[i].item(), "reason": reason})
+    return [{"index": int(index[i].item()), **bad[i]} for i in sorted(bad)]
+
+
 def check_ordering(columns: dict[str, Tensor], q_star: str) -> tuple[list[str], dict[str, int]]:
     """The orderings the report relies on; warnings for those that fail beyond noise."""
     c = columns
-    loose = "log p̂(x) is too loose: raise --samples, --ais-steps or --chains, or use --estimator max"
+    loose = "log p̂(x) is too loose: raise --samples, --ais-steps or --chains"
     checks = [
         ("log p̂(x) ≥ L[q*_FFG]", c["log_p"], c["elbo_ffg_star"], c["elbo_ffg_star_se"], loose),
     ]
@@ -247,7 +333,34 @@ def check_ordering(columns: dict[str, Tensor], q_star: str) -> tuple[list[str], 
                     f"{capped} of {c['log_p'].numel()} examples hit the step cap before their local "
                     f"{name} optimisation converged (raise --steps-cap)"
                 )
+        if f"skipped_{family}" in c:
+            skipped = int((c[f"skipped_{family}"] > 0).sum())
+            if skipped:
+                warnings.append(
+                    f"{skipped} of {c['log_p'].numel()} examples skipped local {name} updates for a "
+                    "non-finite objective or gradient (lower --lr)"
+                )
+    if "log_p_check" in c and c["log_p_check"].numel() > 1 and torch.isfinite(c["log_p_check"]).all():
+        d = c["log_p_check"]
+        mean, se = d.mean().item(), d.std().item() / math.sqrt(d.numel())
+        if abs(mean) > SIGMAS * se:
+            warnings.append(
+                f"log p̂(x) differs from the other estimator by {mean:+.3f} ± {se:.3f} nats (paired): "
+                "one of them has not converged (raise --ais-steps/--chains or --samples)"
+            )
     return warnings, violations
+
+
+def local_counts(columns: dict[str, Tensor]) -> dict[str, dict[str, int]]:
+    """Per local family: examples capped (not converged) and examples with skipped updates."""
+    out = {}
+    for family in ("ffg", "flow"):
+        if f"converged_{family}" in columns:
+            out[family] = {
+                "capped": int((columns[f"converged_{family}"] == 0).sum()),
+                "skipped": int((columns[f"skipped_{family}"] > 0).sum()),
+            }
+    return out
 
 
 # ----------------------------------------------------------------------------- the report
@@ -261,6 +374,7 @@ def compute_gaps(
     name: str = "model",
     indices: Tensor | None = None,
     subset: str = "",
+    model_flow_options: dict[str, Any] | None = None,
 ) -> GapReport:
     """The gap report of ``model`` on the examples ``x`` (n, C, H, W), ``settings.batch_size``
     at a time.
@@ -274,26 +388,62 @@ def compute_gaps(
         name: the report's column title.
         indices: the examples' indices in their split (the CSV's ``index`` column).
         subset: a description of the subset, for the report.
+        model_flow_options: q's flow size (``flow_steps``, ``flow_hidden``, ...), the local
+            flow's with ``local_flow=same``.
     """
     s = settings or GapSettings()
     start = time.perf_counter()
     device = next(model.parameters()).device
+    flow, flow_options = local_flow_family(posterior, s, model_flow_options or {})
     parts = []
     for i, batch in enumerate(x.split(s.batch_size)):
         torch.manual_seed(s.seed + i)
-        parts.append(_batch_columns(model, batch.to(device), s))
+        parts.append(_batch_columns(model, batch.to(device), s, flow, flow_options))
     columns = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    q_star = "ffg" if posterior == "diag" or s.local_flow == "none" else "flow"
+    q_star = "ffg" if _factorised(posterior) or flow == "none" else "flow"  # q's family
     add_gaps(columns, q_star)
-    warnings, violations = check_ordering(columns, q_star)
-    if posterior != "diag" and s.local_flow == "none":
-        warnings.insert(0, f"q is {posterior} but no local flow was fitted: the gaps use q* = q*_FFG")
     index = indices if indices is not None else torch.arange(x.shape[0])
+    flagged = flag_examples(columns, index)
+    dropped = 0
+    if flagged and s.drop_flagged:
+        keep = torch.ones(x.shape[0], dtype=torch.bool)
+        positions = {int(v): i for i, v in enumerate(index.tolist())}
+        for f in flagged:
+            keep[positions[f["index"]]] = False
+        dropped = int((~keep).sum())
+        columns = {k: v[keep] for k, v in columns.items()}
+        index = index[keep]
+    warnings, violations = check_ordering(columns, q_star) if columns["log_p"].numel() else ([], {})
+    if flagged:
+        listing = ", ".join(f"{f['index']} ({f['column']}: {f['reason']})" for f in flagged[:10])
+        more = f" and {len(flagged) - 10} more" if len(flagged) > 10 else ""
+        action = f"dropped {dropped} of {x.shape[0]} examples" if dropped else "the means are not trustworthy"
+        warnings.insert(0, f"{len(flagged)} flagged example(s): {listing}{more}; {action}")
+    if not _factorised(posterior) and flow == "none":
+        warnings.insert(0, f"q is {posterior} but no local flow was fitted: the gaps use q* = q*_FFG")
     columns = {"index": index.double(), **columns}
     return GapReport(
         name=name, posterior=posterior, q_star=q_star, settings=s, columns=columns,
         warnings=warnings, violations=violations, seconds=time.perf_counter() - start, subset=subset,
+        q_star_family="diag" if flow == "none" else flow, q_star_options=flow_options,
+        flagged=flagged, dropped=dropped, local_counts=local_counts(columns),
     )  # fmt: skip
+
+
+def _factorised(posterior: str) -> bool:
+    """Whether q is a factorised Gaussian (its record's family): then q* is q*_FFG."""
+    return posterior_record(posterior).family == "gaussian"
+
+
+def local_flow_family(
+    posterior: str, s: GapSettings, model_flow_options: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """The local flow's family and size: q's own with ``same`` (none for a ``diag`` q)."""
+    if s.local_flow == SAME:
+        if _factorised(posterior):
+            return "none", {}
+        return posterior, {**model_flow_options, **s.flow_options}
+    return s.local_flow, dict(s.flow_options)
 
 
 def run_gaps(
@@ -314,8 +464,10 @@ def run_gaps(
     cfg, model, _ = load_run(run_dir, checkpoint, device)
     data = load_data(cfg.data)
     x, indices, subset = evaluation_images(data, split, n, subset_seed)
+    size = {k: getattr(cfg.model, k) for k in FLOW_SIZE_KEYS}
     return compute_gaps(
-        model, x, cfg.model.posterior, settings, name=Path(run_dir).name, indices=indices, subset=subset
+        model, x, cfg.model.posterior, settings, name=Path(run_dir).name, indices=indices, subset=subset,
+        model_flow_options=size,
     )
 
 
@@ -333,7 +485,7 @@ _ROWS = [
 
 
 def _header(report: GapReport) -> str:
-    family = "FFG" if report.posterior == "diag" else f"flow ({report.posterior})"
+    family = "FFG" if _factorised(report.posterior) else f"flow ({report.posterior})"
     return f"q = {family}: {report.name}"
 
 
@@ -351,7 +503,8 @@ def markdown_table(reports: list[GapReport]) -> str:
         if key == "log_p":
             label += f" ({reports[0].settings.estimator})"
         elif key == "elbo_flow_star":
-            label += f" ({reports[0].settings.local_flow})"
+            families = sorted({r.q_star_family for r in reports if r.q_star == "flow"})
+            label += f" ({', '.join(families) or 'none'})"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     notes = [
         "",
@@ -362,6 +515,17 @@ def markdown_table(reports: list[GapReport]) -> str:
     ]
     for r in reports:
         what = f"{r.name}: n={r.n}" + (f" ({r.subset})" if r.subset else "")
+        est = ", ".join(f"{k}={v}" for k, v in r.estimator_settings().items())
+        what += f"; log p̂: {est}"
+        check = r.log_p_check()
+        if check:
+            what += f"; log p̂ − {check['against']} = {check['mean']:+.3f} ± {check['stderr']:.3f} (paired)"
+        size = ", ".join(f"{k}={v}" for k, v in r.q_star_options.items())
+        what += f"; q = {r.posterior}, q* = {r.q_star_family}" + (f" ({size})" if size else "")
+        for family, c in r.local_counts.items():
+            what += f"; local {family}: {c['capped']} capped, {c['skipped']} with skipped updates"
+        if r.dropped:
+            what += f"; {r.dropped} flagged examples dropped"
         notes.append(f"- {what}")
         notes += [f"  - WARNING: {w}" for w in r.warnings]
     return "\n".join(lines + notes)
@@ -402,28 +566,35 @@ def plot_gaps(reports: list[GapReport], path: str | Path) -> None:
 def write_csv(report: GapReport, path: str | Path) -> None:
     names = list(report.columns)
     rows = torch.stack([report.columns[k] for k in names], 1).tolist()
-    integral = {"index", "steps_ffg", "steps_flow", "converged_ffg", "converged_flow"}
+    integral = {"index", *(f"{k}_{f}" for k in ("steps", "converged", "skipped") for f in ("ffg", "flow"))}
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(names)
         for row in rows:
             cells = zip(names, row, strict=True)
-            writer.writerow([int(v) if k in integral else f"{v:.6f}" for k, v in cells])
+            writer.writerow([int(v) if k in integral and math.isfinite(v) else f"{v:.6f}" for k, v in cells])
 
 
 def write_report(report: GapReport, out_dir: str | Path) -> dict[str, Path]:
-    """``gaps.csv`` (per example), ``gaps.json``, ``gaps.md`` and ``gaps.png`` in ``out_dir``."""
+    """``gaps.csv`` (per example), ``gaps.json``, ``gaps.md`` and ``gaps.png`` (unless a mean is
+    not finite) in ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / f"gaps.{k}" for k in ("csv", "json", "md", "png")}
     write_csv(report, paths["csv"])
     paths["json"].write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
     paths["md"].write_text(markdown_table([report]) + "\n")
-    plot_gaps([report], paths["png"])
+    keys = ("elbo_q", "amortization_gap", "approximation_gap")
+    if all(math.isfinite(report.summary()[k]["mean"]) for k in keys):
+        plot_gaps([report], paths["png"])
+    else:  # a non-finite mean (flagged examples kept) has no bar to draw
+        paths["png"].unlink(missing_ok=True)
+        del paths["png"]
     return paths
 
 
 __all__ = [
     "DEFINITIONS", "GapReport", "GapSettings", "LOG_P_ESTIMATORS", "add_gaps", "check_ordering",
-    "compute_gaps", "markdown_table", "plot_gaps", "run_gaps", "write_csv", "write_report",
+    "compute_gaps", "flag_examples", "local_flow_family", "markdown_table", "plot_gaps", "run_gaps",
+    "write_csv", "write_report",
 ]  # fmt: skip

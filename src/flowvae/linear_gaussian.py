@@ -13,7 +13,8 @@ the Woodbury identity and the matrix determinant lemma,
 
     (x-b)^T C^{-1} (x-b) = (x-b)^T D^{-1} (x-b) - mu^T Lambda mu,   log|C| = log|D| + log|Lambda|,
 
-so the cost is O(n d^2 + d^3), never O(n^3). ELBO, IWAE, AIS and BDMC are all checked against
+so the cost is O(n d^2 + d^3), never O(n^3). Every closed form here is computed in float64
+whatever the model's dtype, and returned in float64. ELBO, IWAE, AIS and BDMC are all checked against
 :func:`exact_log_marginal`; :func:`best_diag_elbo` is the closed-form L[q*_diag] used to test
 local optimisation of a factorised posterior (Cremer et al. 2018, arXiv 1801.03558).
 """
@@ -89,7 +90,11 @@ def linear_gaussian_params(model: nn.Module, what: str = "exact inference") -> L
             f"likelihood={likelihood}"
         )
     out = model.decoder.out
-    return LinearGaussianParams(out.weight, out.bias, model.likelihood.log_std.flatten())
+    # float64 whatever the model's dtype: the quadratic form below cancels (x^T D^-1 x minus
+    # mu^T Lambda mu), and in float32 at small sigma that costs tens of nats
+    return LinearGaussianParams(
+        out.weight.double(), out.bias.double(), model.likelihood.log_std.flatten().double()
+    )
 
 
 def _residual(params: LinearGaussianParams, x: Tensor) -> Tensor:
@@ -121,8 +126,9 @@ def exact_log_marginal(model: nn.Module, x: Tensor) -> Tensor:
 
 
 def sample_exact_posterior(model: nn.Module, x: Tensor, sample_shape: Sequence[int] = ()) -> Tensor:
-    """Samples z ~ p(z|x), shape (*sample_shape, B, d), e.g. to start a reverse AIS chain."""
-    return exact_posterior(model, x).sample(sample_shape)
+    """Samples z ~ p(z|x), shape (*sample_shape, B, d) in the model's dtype, e.g. to start a
+    reverse AIS chain."""
+    return exact_posterior(model, x).sample(sample_shape).to(model.decoder.out.weight.dtype)
 
 
 def gaussian_elbo(model: nn.Module, x: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:

@@ -18,14 +18,22 @@ q*_flow) for a whole batch at once:
 - :class:`LocalPosterior` is an ordinary :class:`~flowvae.posteriors.Posterior`, so the ELBO,
   IWAE and AIS code apply to it unchanged.
 
-Convergence is judged per example: every ``check_every`` steps the mean training ELBO since the
-last check is compared with that example's best; after ``patience`` checks without an
-improvement of at least ``tolerance`` nats the example is frozen (its parameters no longer
-change), so an example's result does not depend on when the others converge; its step size is
-also halved at every check without improvement (``lr_decay``), so that it settles near the
-optimum rather than at the noise floor of a constant step size. The final L[q*] is a fresh Monte
-Carlo estimate with ``eval_samples`` draws (not the training k), from a seed drawn before the
-optimisation starts.
+Each example's posterior is written z = m0 + s0 * f(eps), with (m0, s0) fixed at the initial
+Gaussian and f the head, starting at the identity: Adam's steps, which are absolute in parameter
+units, become fractions of the posterior's own width (a Gaussian on 256 pixels at sigma = 0.05
+has posterior widths ~1e-3, where a raw step of 1e-3 costs nats). The map is affine and fixed,
+so the family is unchanged; :attr:`LocalResult.mean` and ``log_std`` are the effective ones.
+
+Convergence is judged per example and is robust to Monte Carlo noise: every ``check_every``
+steps the mean training ELBO over the window (noisy by 0.1-0.3 nat) is compared with that
+example's best window. A single check without improvement does nothing; after ``patience``
+checks in a row without an improvement of ``tolerance`` nats (cumulative progress grows with the
+number of windows, noise does not) the step size is multiplied by ``lr_decay``, and after
+``decays`` such reductions the example is converged and frozen, so its result does not depend on
+when the others converge. The parameters returned are those of the example's best window, not
+the last. The final L[q*] is a fresh Monte Carlo estimate with ``eval_samples`` draws (not the
+training k), from a seed drawn before the optimisation starts, so picking the best window does
+not bias it.
 
 References:
     Cremer, Li & Duvenaud, Inference suboptimality in variational autoencoders,
@@ -43,10 +51,10 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import Tensor, nn
 
-from .config import ModelConfig
 from .core import FlowPosterior, Posterior
-from .model import posterior_options
-from .posteriors import POSTERIORS, build_posterior
+from .flows import fix_iterations
+from .model import POSTERIOR_OPTIONS
+from .posteriors import build_posterior
 
 # the flow of q*_flow unless told otherwise: small next to an amortized flow, since B copies of
 # its parameters (and Adam's two moments) are held at once
@@ -58,34 +66,34 @@ class LocalOptions:
     """How a local posterior is fitted and evaluated.
 
     Arguments:
-        lr: Adam learning rate.
+        lr: Adam learning rate, in units of the initial posterior's widths (see the module).
         samples: k, draws of z per example per step (the training ELBO's samples).
         max_steps: the step cap.
         check_every: steps between convergence checks.
-        patience: checks without improvement after which an example is converged and frozen.
-        tolerance: the improvement in nats (of the ELBO averaged since the last check) that
-            counts as one.
-        lr_decay: an example's step size is multiplied by this at each check without
-            improvement (1: constant), so that it settles closer to its optimum than the noise
-            of a constant step size allows.
+        patience: checks in a row without improvement after which the step size is reduced.
+        tolerance: the improvement in nats over the best window's mean ELBO that counts as one.
+        lr_decay: the factor of each step-size reduction (1: constant), so that an example
+            settles closer to its optimum than the noise of a constant step size allows.
+        decays: reductions after which an example is converged and frozen.
         eval_samples: draws of the final ELBO estimate per example.
         eval_chunk: draws per chunk of the final estimate (bounds memory).
     """
 
-    lr: float = 1e-3
+    lr: float = 1e-2
     samples: int = 50
     max_steps: int = 10000
     check_every: int = 100
     patience: int = 5
     tolerance: float = 0.01
     lr_decay: float = 0.5
+    decays: int = 4
     eval_samples: int = 1000
     eval_chunk: int = 100
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if not (value >= 0 if f.name == "tolerance" else value > 0):
+            if not (value >= 0 if f.name in ("tolerance", "decays") else value > 0):
                 raise ValueError(f"local optimisation: {f.name} must be positive, got {value}")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"local optimisation: lr_decay must be in (0, 1], got {self.lr_decay}")
@@ -99,10 +107,15 @@ class LocalResult:
     elbo: Tensor  # (B,) L[q*], estimated with ``eval_samples`` draws
     stderr: Tensor  # (B,) Monte Carlo standard error of ``elbo``
     steps: Tensor  # (B,) optimisation steps taken until converged (or the cap)
-    converged: Tensor  # (B,) bool: stopped by the patience rule, not by the cap
-    skipped: int  # per-example updates skipped for a non-finite objective or gradient
+    converged: Tensor  # (B,) bool: stopped by the convergence rule, not by the cap
+    skipped: Tensor  # (B,) updates skipped for a non-finite objective or gradient
     seconds: float
     local: LocalPosterior = field(repr=False)  # the fitted posteriors
+
+    @property
+    def capped(self) -> int:
+        """Examples stopped by the step cap rather than by convergence."""
+        return int((~self.converged).sum())
 
     @property
     def mean(self) -> Tensor | None:
@@ -137,18 +150,22 @@ def local_head(posterior: str, latent_dim: int, **flow_options) -> nn.Module:
             ``flow_hidden``, ``flow_layers``, ``aux_dim``, ...); defaults
             :data:`LOCAL_FLOW_DEFAULTS`.
     """
-    if posterior not in POSTERIORS:
-        raise ValueError(f"unknown posterior {posterior!r}; available: {', '.join(sorted(POSTERIORS))}")
-    options = {**LOCAL_FLOW_DEFAULTS, **flow_options, "context_dim": 0}
-    cfg = ModelConfig(latent_dim=latent_dim, posterior=posterior, **options)
-    return build_posterior(posterior, 0, latent_dim, **posterior_options(cfg))
+    unknown = set(flow_options) - set(POSTERIOR_OPTIONS.values())
+    if unknown:
+        valid = ", ".join(POSTERIOR_OPTIONS.values())
+        raise ValueError(f"unknown local flow option {sorted(unknown)[0]!r}; valid: {valid}")
+    options = {**LOCAL_FLOW_DEFAULTS, **flow_options, "context_dim": 0}  # model.* names
+    head_options = {option: options[key] for option, key in POSTERIOR_OPTIONS.items() if key in options}
+    return build_posterior(posterior, 0, latent_dim, **head_options)
 
 
 class LocalPosterior(Posterior):
     """B independent posteriors of one family, one per example, as a single batched Posterior.
 
     ``params`` maps the head's parameter names to tensors (B, ...) that require grad (the
-    leaves an optimizer updates); the head's own parameters are only a template.
+    leaves an optimizer updates); the head's own parameters are only a template. The head's
+    output is mapped by the fixed per-example affine z -> anchor_mean + anchor_std * z (B, D),
+    the identity until :meth:`set_gaussian` moves it (see the module docstring).
 
     Arguments:
         head: a head from :func:`local_head` (its parameters set the initial values).
@@ -158,9 +175,7 @@ class LocalPosterior(Posterior):
 
     def __init__(self, head: nn.Module, batch_size: int, like: Tensor):
         self.module = _PerExample(head).to(dtype=like.dtype, device=like.device)
-        for m in self.module.modules():  # iterative steps: a fixed count, as vmap requires
-            if hasattr(m, "fixed_iterations"):
-                m.fixed_iterations = 40
+        fix_iterations(self.module)  # vmap cannot stop an iteration on a tensor's value
         with torch.no_grad():
             probe = head(like.new_zeros(1, 0))
         super().__init__(probe.base_dim, batch_size, like)
@@ -172,23 +187,34 @@ class LocalPosterior(Posterior):
             name: b.unsqueeze(0).expand(batch_size, *b.shape) for name, b in self.module.named_buffers()
         }
         self._call = torch.vmap(self._one, in_dims=(0, 0, 0))
+        # every head maps its features to (mean, log_std) with a `gaussian` layer; without
+        # features that layer's bias is the base Gaussian itself
+        bias = getattr(getattr(head, "gaussian", None), "bias", None)
+        self._gaussian = next((n for n, p in self.module.named_parameters() if p is bias), None)
+        self.anchor_mean = like.new_zeros(batch_size, head.latent_dim)
+        self.anchor_log_std = like.new_zeros(batch_size, head.latent_dim)
 
     def _one(self, params: dict[str, Tensor], buffers: dict[str, Tensor], eps: Tensor):
         return torch.func.functional_call(self.module, (params, buffers), (eps,))
 
     @property
     def has_gaussian(self) -> bool:
-        return "head.gaussian.bias" in self.params
+        return self._gaussian is not None
 
     def gaussian(self) -> tuple[Tensor, Tensor]:
-        """(mean, log_std) of the base Gaussian, each (B, D)."""
-        return self.params["head.gaussian.bias"].detach().chunk(2, dim=-1)
+        """(mean, log_std) of the base Gaussian in z's coordinates (anchor applied), each (B, D)."""
+        mean, log_std = self.params[self._gaussian].detach().chunk(2, dim=-1)
+        return self.anchor_mean + torch.exp(self.anchor_log_std) * mean, self.anchor_log_std + log_std
 
     @torch.no_grad()
     def set_gaussian(self, mean: Tensor, log_std: Tensor) -> None:
+        """Start at the Gaussian (mean, log_std), each (B, D): the anchor takes it, the head's own
+        Gaussian becomes standard."""
         if not self.has_gaussian:
             raise ValueError("this posterior head has no base Gaussian layer to initialise")
-        self.params["head.gaussian.bias"].copy_(torch.cat([mean, log_std], dim=-1))
+        self.anchor_mean = mean.detach().to(self.anchor_mean).clone()
+        self.anchor_log_std = log_std.detach().to(self.anchor_log_std).clone()
+        self.params[self._gaussian].zero_()
 
     def trainable(self) -> list[Tensor]:
         return [p for p in self.params.values() if p.numel() > 0]
@@ -204,7 +230,8 @@ class LocalPosterior(Posterior):
                     "tensor values, which torch.vmap does not support"
                 ) from None
             raise
-        return z.movedim(0, -2), ladj.movedim(0, -1)
+        z, ladj = z.movedim(0, -2), ladj.movedim(0, -1)
+        return self.anchor_mean + torch.exp(self.anchor_log_std) * z, ladj + self.anchor_log_std.sum(-1)
 
 
 @contextlib.contextmanager
@@ -312,11 +339,13 @@ def local_optimise(
         optimizer = torch.optim.Adam(trainable, lr=options.lr)
         active = torch.ones(batch, dtype=torch.bool, device=x.device)
         best = torch.full((batch,), -math.inf, dtype=torch.float64, device=x.device)
+        best_params = [p.detach().clone() for p in trainable]
         bad_checks = torch.zeros(batch, dtype=torch.long, device=x.device)
+        decays = torch.zeros(batch, dtype=torch.long, device=x.device)
         running = torch.zeros(batch, dtype=torch.float64, device=x.device)
         steps = torch.zeros(batch, dtype=torch.long, device=x.device)
         scale = torch.ones(batch, dtype=like.dtype, device=x.device)  # per-example lr factor
-        skipped = torch.zeros((), dtype=torch.long, device=x.device)  # no host sync per step
+        skipped = torch.zeros(batch, dtype=torch.long, device=x.device)  # no host sync per step
         with torch.enable_grad():
             for step in range(1, options.max_steps + 1):
                 objective = log_weights(model, x, local, options.samples).mean(0)  # (B,)
@@ -324,7 +353,7 @@ def local_optimise(
                 # each example's parameters get the gradient of its own ELBO only
                 (-objective.sum()).backward()
                 update = active & _per_example_finite(objective.detach(), [p.grad for p in trainable])
-                skipped += (active & ~update).sum()
+                skipped += (active & ~update).long()
                 before = [p.detach().clone() for p in trainable]
                 for p in trainable:  # a zero gradient keeps Adam's moments finite
                     mask = update.view(-1, *([1] * (p.dim() - 1)))
@@ -337,22 +366,34 @@ def local_optimise(
                 steps += active.long()
                 running += torch.nan_to_num(objective.detach().double(), nan=-math.inf)
                 if step % options.check_every == 0:
-                    average = running / options.check_every
-                    improved = average > best + options.tolerance
-                    best = torch.maximum(best, average)
-                    bad_checks = torch.where(improved, torch.zeros_like(bad_checks), bad_checks + 1)
-                    scale = torch.where(improved, scale, scale * options.lr_decay)
-                    active &= bad_checks < options.patience
-                    running.zero_()
+                    with torch.no_grad():
+                        average = running / options.check_every
+                        improved = active & (average > best + options.tolerance)
+                        better = active & (average > best)
+                        best = torch.where(better, average, best)
+                        # the parameters the window's last objective was computed at
+                        for old, kept in zip(before, best_params, strict=True):
+                            kept.copy_(torch.where(better.view(-1, *([1] * (old.dim() - 1))), old, kept))
+                        bad_checks = torch.where(improved, torch.zeros_like(bad_checks), bad_checks + 1)
+                        stalled = active & (bad_checks >= options.patience)
+                        scale = torch.where(stalled, scale * options.lr_decay, scale)
+                        decays += stalled.long()
+                        bad_checks = torch.where(stalled, torch.zeros_like(bad_checks), bad_checks)
+                        active &= decays <= options.decays
+                        running.zero_()
                     if not active.any():
                         break
+        if steps.max() >= options.check_every:  # the best window's parameters; an example
+            with torch.no_grad():  # with no finite window keeps its initial ones
+                for p, kept in zip(trainable, best_params, strict=True):
+                    p.copy_(kept)
         # the final estimate's draws do not depend on how long any example took to converge
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             torch.manual_seed(eval_seed)
             elbo, stderr = elbo_with_stderr(model, x, local, options.eval_samples, options.eval_chunk)
     return LocalResult(
         posterior=posterior, elbo=elbo, stderr=stderr, steps=steps.cpu(), converged=~active.cpu(),
-        skipped=int(skipped), seconds=time.perf_counter() - start, local=local,
+        skipped=skipped.cpu(), seconds=time.perf_counter() - start, local=local,
     )  # fmt: skip
 
 

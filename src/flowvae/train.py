@@ -419,15 +419,32 @@ def train(
 
     Under torchrun every process runs this function: ``train.batch_size`` is the effective
     (global) batch, split evenly over the processes; rank 0 alone writes the run directory.
+    The process group is destroyed however training ends: a process that exits with it alive
+    can abort in gloo's destructors ("terminate called without an active exception").
     """
-    from torch.nn.parallel import DistributedDataParallel
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-
     run_dir = Path(run_dir)
     if not resume:
         check_new_run_dir(run_dir, overwrite)
     d = distributed.setup(resolve_device(cfg.train.device))
+    try:
+        return _train_in_group(cfg, run_dir, resume, progress, overwrite, overrides, d)
+    finally:
+        distributed.cleanup(d)
+
+
+def _train_in_group(
+    cfg: Config,
+    run_dir: Path,
+    resume: bool,
+    progress: bool,
+    overwrite: bool,
+    overrides: list[str] | None,
+    d: distributed.Dist,
+) -> TrainState:
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
     device = distributed.local_device(resolve_device(cfg.train.device), d)
     if cfg.train.batch_size % d.world:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by {d.world} processes")
