@@ -75,12 +75,16 @@ def test_compare_refuses_runs_on_other_data(runs, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_compare_cli_writes_the_table_and_figure(runs, tmp_path):
+def test_compare_cli_writes_the_table_and_figure(runs, tmp_path, monkeypatch):
+    from flowvae import cli, progress
+
+    monkeypatch.setattr(cli, "progress_bar", lambda *a, **k: progress.progress_bar(*a, **k, interval=0))
     out = tmp_path / "cmp"
     proc = run_cli("compare", str(runs / "diag"), str(runs / "iaf"), "--samples", "10", "--limit", "30",
                    "--out", str(out), "--json")  # fmt: skip
-    result = json.loads(proc.stdout)
+    result = json.loads(proc.stdout)  # stdout: exactly one JSON object; progress goes to stderr
     assert [r["run"] for r in result["rows"]] == ["diag", "iaf"] and result["n"] == 30
+    assert "iaf iwae: 30/30 examples" in proc.stderr and "ETA" in proc.stderr
     for name in ("comparison.md", "comparison.tex", "comparison.csv", "comparison.json", "curves.png",
                  "curves.pdf"):  # fmt: skip
         assert (out / name).stat().st_size > 0, name

@@ -137,6 +137,7 @@ def _compare(args: argparse.Namespace) -> int:
     comparison = compare_runs(
         args.run_dirs, args.baseline, args.estimator, args.samples, split=args.split, limit=args.limit or 0,
         seed=args.seed, checkpoint=args.checkpoint, cache=not args.no_cache,
+        progress=None if args.no_progress else lambda total, desc: progress_bar(total, desc, unit="examples"),
     )  # fmt: skip
     for warning in comparison.warnings:
         print(f"flowvae: warning: {warning}", file=sys.stderr)
@@ -616,6 +617,9 @@ def parser() -> argparse.ArgumentParser:
         "--no-cache", action="store_true", help="recompute even if eval-cache has it (default: use it)"
     )
     c.add_argument("--json", action="store_true", help="print exactly one JSON object (default: a table)")
+    c.add_argument(
+        "--no-progress", action="store_true", help="no progress and ETA on stderr (default: shown)"
+    )
     c.add_argument(
         "--out", help="write comparison.{md,tex,csv,json} and curves.{png,pdf} here (default: print only)"
     )

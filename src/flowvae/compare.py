@@ -248,10 +248,12 @@ def compare_runs(
     elbo_samples: int = 100,
     checkpoint: str = "best",
     cache: bool = True,
+    progress: Callable[[int, str], Any] | None = None,
     **options,
 ) -> Comparison:
     """Evaluate every run on the same examples with the same seeds; paired differences to the
-    baseline (default: the first run). Runs on different data or splits are refused."""
+    baseline (default: the first run). Runs on different data or splits are refused.
+    ``progress(total, description)`` makes a progress context (see :func:`evaluate_run`)."""
     dirs = [Path(r) for r in run_dirs]
     base = Path(baseline) if baseline is not None else dirs[0]
     if base not in dirs:
@@ -268,6 +270,7 @@ def compare_runs(
             seed=seed,
             checkpoint=checkpoint,
             cache=cache,
+            progress=(lambda total, d=d: progress(total, f"{d.name} {estimator}")) if progress else None,
             **options,
         )
         for d in dirs
