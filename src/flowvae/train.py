@@ -1,4 +1,9 @@
-"""Training: small named steps (``train_step``, ``evaluate_elbo``, ``train``) and the run directory.
+"""Training: small named steps and the run directory.
+
+``train`` = ``setup`` (data, model, optimizer, EMA, resume, run directory) + ``run_epoch`` (each
+``train_step``, in-epoch checkpoints, budgets, Ctrl-C) + ``end_of_epoch`` (``evaluate``:
+``evaluate_elbo``, divergence stop, ``best.pt``, early stopping; ``save_checkpoint``), with a
+``RunLog`` that consumes each metrics row.
 
 A run directory holds ``config.yaml`` (fully resolved), ``metrics.csv`` (a row per evaluation),
 TensorBoard event files, ``checkpoint.pt`` (latest), ``best.pt`` (best valid ELBO),
