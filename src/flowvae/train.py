@@ -1,4 +1,9 @@
-"""Training: small named steps (``train_step``, ``evaluate_elbo``, ``train``) and the run directory.
+"""Training: small named steps and the run directory.
+
+``train`` = ``setup`` (data, model, optimizer, EMA, resume, run directory) + ``run_epoch`` (each
+``train_step``, in-epoch checkpoints, budgets, Ctrl-C) + ``end_of_epoch`` (``evaluate``:
+``evaluate_elbo``, divergence stop, ``best.pt``, early stopping; ``save_checkpoint``), with a
+``RunLog`` that consumes each metrics row.
 
 A run directory holds ``config.yaml`` (fully resolved), ``metrics.csv`` (a row per evaluation),
 TensorBoard event files, ``checkpoint.pt`` (latest), ``best.pt`` (best valid ELBO),
@@ -402,6 +407,360 @@ def _install_sigint() -> tuple[dict[str, bool], Any]:
     return flag, previous
 
 
+# ----------------------------------------------------------------------------- one invocation
+
+
+@dataclass
+class _Run:
+    """What one invocation of :func:`train` holds: built by :func:`setup`, passed to each step.
+
+    ``net`` is what the steps call (``model``, or it wrapped in DDP and/or ``torch.compile``);
+    ``log`` is rank 0's :class:`RunLog` (``None`` on the other ranks). ``started`` (of the whole
+    run: metrics' seconds) and ``invoked`` (of this invocation: the budgets) are
+    ``time.perf_counter()`` values; ``last_good`` is the step of the checkpoint.pt on disk (-1: none).
+    """
+
+    cfg: Config
+    run_dir: Path
+    d: distributed.Dist
+    device: torch.device
+    data: ImageData
+    model: nn.Module
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    ema: EMA | None
+    state: TrainState
+    log: RunLog | None
+    batch_size: int  # per process
+    n_batches: int  # per process and epoch
+    started: float
+    invoked: float
+    first_step: int  # of this invocation (train.max_steps)
+    last_good: int
+    sigint: dict[str, bool] = field(default_factory=lambda: {"set": False})  # set by the first Ctrl-C
+    bar: Any = None  # the tqdm progress bar (disabled off rank 0 or without progress)
+
+    @property
+    def no_valid(self) -> bool:
+        """data.valid_size=0: train on every image, keep the latest weights."""
+        return len(self.data.valid) == 0
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.model if self.ema is not None else self.model
+
+
+class RunLog:
+    """Rank 0's record of each evaluation row: ``metrics.csv`` (rewritten whole), TensorBoard
+    (scalars, valid bits/dim for non-binary data, the sample and reconstruction grids), the PNGs,
+    and with ``show`` one evaluation line that stays on screen above the progress bar."""
+
+    def __init__(self, run_dir: Path, cfg: Config, data: ImageData, purge_step: int | None, show: bool):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir, self.cfg, self.data, self.show = run_dir, cfg, data, show
+        # purge_step: TensorBoard drops what a killed invocation logged after the checkpoint
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+
+    def add(self, row: dict[str, Any], state: TrainState, model: nn.Module) -> None:
+        """Log ``row``, the last of ``state.history``; ``model`` draws the images."""
+        write_metrics(self.run_dir, state.history)
+        step = row["step"]
+        for key in ("train_elbo", "valid_elbo", "kl", "lr", "kl_weight"):
+            self.writer.add_scalar(key, row[key], step)
+        if not self.data.binary:
+            bpd = bits_per_dim(-row["valid_elbo"], math.prod(self.data.shape))
+            self.writer.add_scalar("valid_bits_per_dim", bpd, step)
+        for name, grid in save_images(model, self.data, self.run_dir, self.cfg.eval.seed).items():
+            self.writer.add_image(name, grid, step, dataformats="HWC")
+        if self.show:
+            from tqdm import tqdm
+
+            tqdm.write(evaluation_line(row, state, self.cfg.train.epochs), file=sys.stderr)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _build_model(
+    cfg: Config, data: ImageData, device: torch.device, batch_size: int, resume: bool
+) -> nn.Module:
+    """The model with its starting weights: seeded initialisation, then ``train.init_from`` or the
+    data-dependent init (skipped on resume: the checkpoint replaces them), then ``train.freeze``."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, data.shape, data.binary).to(device)
+    if cfg.train.init_from and not resume:
+        init_from(model, cfg.train.init_from, cfg.train.freeze, device)
+    elif cfg.train.freeze:
+        raise ConfigError(f"train.freeze={cfg.train.freeze} needs train.init_from=RUN_DIR (trained weights)")
+    elif not resume:  # e.g. weight normalisation's data-dependent init (hierarchical model)
+        first = next(iterate_batches(data, "train", batch_size, shuffle=True, seed=cfg.train.seed))
+        model.data_init(first.to(device))
+    freeze(model, cfg.train.freeze)
+    return model
+
+
+def _restore(
+    run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, d: distributed.Dist,
+    device: torch.device,
+) -> tuple[TrainState, dict[str, Any]]:  # fmt: skip
+    """Resume from checkpoint.pt: weights, optimizer, state, and this rank's RNG states and the
+    running sums of its part of the epoch. Returns the state and the checkpoint (for the EMA)."""
+    ckpt = load_checkpoint(run_dir / "checkpoint.pt", map_location=device)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    state = TrainState(**{**ckpt["state"], "stopped": ""})
+    if len(ckpt["ranks"]) != d.world:
+        raise ConfigError(
+            f"{run_dir} was written by {len(ckpt['ranks'])} process(es); resume it with as many "
+            f"(this is {d.world})"
+        )
+    mine = ckpt["ranks"][d.rank]
+    set_rng_state(mine["rng"])
+    state.epoch_elbo_sum, state.epoch_kl_sum, state.epoch_count = mine["epoch_sums"]
+    return state, ckpt
+
+
+def _open_run_dir(
+    cfg: Config, run_dir: Path, resume: bool, overwrite: bool, overrides: list[str], state: TrainState,
+    data: ImageData, progress: bool,
+) -> RunLog:  # fmt: skip
+    """Rank 0, once everything is built: the run really starts, from here on the folder holds it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    remove_temp_files(run_dir)
+    if overwrite and not resume:
+        for path in run_files(run_dir):
+            path.unlink()
+    save_yaml(cfg, run_dir / "config.yaml")
+    write_metrics(run_dir, state.history)
+    record_invocation(run_dir, resume, overrides, state)
+    return RunLog(run_dir, cfg, data, state.step + 1 if resume else None, progress)
+
+
+def setup(
+    cfg: Config, run_dir: Path, resume: bool, progress: bool, overwrite: bool, overrides: list[str],
+    d: distributed.Dist,
+) -> _Run:  # fmt: skip
+    """Build data, model, optimizer and EMA (restored on resume), then (rank 0) open the run
+    directory: nothing is written before, so a bad value fails with an untouched (or no) folder."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    t = cfg.train
+    device = distributed.local_device(resolve_device(t.device), d)
+    if t.batch_size % d.world:
+        raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by {d.world} processes")
+    batch_size = t.batch_size // d.world  # per process
+    if t.threads > 0:
+        torch.set_num_threads(t.threads)
+    data = load_data(cfg.data)
+    if len(data.valid) == 0 and t.early_stopping:
+        raise ConfigError("train.early_stopping needs a validation split; data.valid_size=0 has none")
+    model = _build_model(cfg, data, device, batch_size, resume)
+    optimizer = optimizer_for(cfg, model)
+    learning_rate(cfg, 0.0)  # an unknown schedule fails here, before anything is written
+    state, ckpt = _restore(run_dir, model, optimizer, d, device) if resume else (TrainState(), None)
+    # DDP broadcasts rank 0's weights at construction: all ranks start identical
+    net = DistributedDataParallel(model) if d.enabled else model
+    if t.amp not in ("none", "bf16"):
+        raise ConfigError(f"unknown train.amp {t.amp!r}; use none or bf16")
+    if t.compile:
+        net = torch.compile(net)
+    ema = EMA(model, t.ema) if t.ema > 0 else None
+    if ema is not None and ckpt is not None:
+        ema.model.load_state_dict(ckpt["ema"])
+    log = None
+    if d.is_main:
+        log = _open_run_dir(cfg, run_dir, resume, overwrite, overrides, state, data, progress)
+        if d.enabled:
+            print(
+                f"DDP: {d.world} processes x {batch_size} examples = effective batch {t.batch_size}",
+                flush=True,
+            )
+    now = time.perf_counter()
+    return _Run(
+        cfg, run_dir, d, device, data, model, net, optimizer, ema, state, log, batch_size,
+        n_batches=num_batches(math.ceil(data.train.shape[0] / d.world), batch_size),
+        started=now - state.seconds, invoked=now, first_step=state.step,
+        last_good=state.step if resume else -1,
+    )  # fmt: skip
+
+
+def _finite_weights(run: _Run) -> bool:
+    nets = [run.model] + ([run.ema.model] if run.ema is not None else [])
+    return all(bool(torch.isfinite(p).all()) for net in nets for p in net.parameters())
+
+
+def save_checkpoint(run: _Run, path: str = "checkpoint.pt", periodic: bool = False) -> None:
+    """Collective (every rank's RNG state and running sums are kept); rank 0 writes ``path``.
+
+    Never with non-finite weights, nor (``periodic``, inside an epoch) in a run of skipped
+    updates: a diverging model does not replace a good checkpoint. Every rank decides alike.
+    """
+    state, d = run.state, run.d
+    if not _finite_weights(run) or (periodic and state.consecutive_skips):
+        return
+    state.seconds = time.perf_counter() - run.started
+    sums = (state.epoch_elbo_sum, state.epoch_kl_sum, state.epoch_count)
+    ranks = distributed.all_gather({"rng": rng_state(), "epoch_sums": sums}, d)
+    if path == "checkpoint.pt":
+        run.last_good = state.step
+    if not d.is_main:
+        return
+    save_atomic(
+        {
+            "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "ema": run.ema.model.state_dict() if run.ema is not None else None,
+            "config": run.cfg.to_dict(), "state": asdict(state), "ranks": ranks,
+            "image_shape": list(run.data.shape), "binary": run.data.binary, "world": d.world,
+        },
+        run.run_dir / path,
+    )  # fmt: skip
+
+
+def _kept(run: _Run) -> str:
+    if run.last_good < 0:
+        return "no checkpoint was written"
+    return f"the last good checkpoint is {run.run_dir / 'checkpoint.pt'} (step {run.last_good})"
+
+
+def _stop_reason(run: _Run) -> str:
+    """Why this invocation stops after the current step (a budget, Ctrl-C), or ``""``."""
+    t, state = run.cfg.train, run.state
+    if t.max_steps and state.step - run.first_step >= t.max_steps:
+        return f"max_steps={t.max_steps}"
+    late = bool(t.max_minutes) and time.perf_counter() - run.invoked >= 60 * t.max_minutes
+    # clocks and signals differ between processes: every rank must take the same decision
+    late, interrupted = distributed.all_reduce_sum([float(late), float(run.sigint["set"])], run.d, run.device)
+    if interrupted:
+        return INTERRUPTED
+    return f"max_minutes={t.max_minutes:g}" if late else ""
+
+
+def _step(run: _Run, x: Tensor) -> dict[str, float]:
+    """One update at the current position (lr and KL weight from it), then its bookkeeping:
+    counters, the stop after too many consecutive skipped updates, EMA, the epoch's sums."""
+    state, cfg = run.state, run.cfg
+    p = state.epoch + state.batch / run.n_batches
+    state.lr, state.kl_weight = learning_rate(cfg, p), kl_weight(cfg, p)
+    out = train_step(run.net, run.optimizer, x.to(run.device), cfg, state.kl_weight, state.lr)
+    state.step += 1
+    state.batch += 1
+    if out["skipped"]:
+        state.skipped += 1
+        state.epoch_skipped += 1
+        state.consecutive_skips += 1
+        if state.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+            raise TrainingError(
+                f"training diverged: {state.consecutive_skips} consecutive non-finite updates "
+                f"at step {state.step}; {_kept(run)}"
+            )
+    else:
+        state.consecutive_skips = 0
+        if run.ema is not None:
+            run.ema.update(run.model, state.step)
+    if math.isfinite(out["elbo"]):
+        state.epoch_elbo_sum += out["elbo"] * x.shape[0]
+        state.epoch_kl_sum += out["kl"] * x.shape[0]
+        state.epoch_count += x.shape[0]
+    return out
+
+
+def run_epoch(run: _Run) -> bool:
+    """The steps of the current epoch from ``state.batch`` on, with in-epoch checkpoints and the
+    budget and Ctrl-C checks after each step. True when the epoch is complete; False when it
+    stopped inside (or, by Ctrl-C, at the end of) the epoch: a resume continues there."""
+    state, cfg, n = run.state, run.cfg, run.n_batches
+    run.bar.set_description(f"epoch {state.epoch + 1}/{cfg.train.epochs}", refresh=False)
+    batches = iterate_batches(
+        run.data, "train", run.batch_size, shuffle=True, seed=cfg.train.seed,
+        epoch=state.epoch, start=state.batch, rank=run.d.rank, world=run.d.world,
+    )  # fmt: skip
+    for x in batches:
+        out = _step(run, x)
+        run.bar.set_postfix(elbo=f"{out['elbo']:.2f}", refresh=False)
+        run.bar.update(1)
+        every = cfg.train.checkpoint_every_steps
+        if every and state.step % every == 0:
+            save_checkpoint(run, periodic=True)
+        state.stopped = _stop_reason(run)
+        if state.stopped == INTERRUPTED or (state.stopped and state.batch < n):
+            break
+    if state.batch < n or state.stopped == INTERRUPTED:
+        return False
+    if 2 * state.epoch_skipped > n:  # e.g. one huge step left |w| ~ 1e6: all NaN since
+        raise TrainingError(
+            f"training diverged: {state.epoch_skipped} of {n} updates of epoch {state.epoch + 1} "
+            f"were skipped (non-finite loss or gradient); {_kept(run)}{LR_HINT.format(cfg.train.lr)}"
+        )
+    return True
+
+
+def _metrics_row(run: _Run, valid: float) -> dict[str, Any]:
+    """The row of :data:`METRICS` after an epoch; the train ELBO and KL are summed over ranks."""
+    state = run.state
+    elbo_sum, kl_sum, count = distributed.all_reduce_sum(
+        [state.epoch_elbo_sum, state.epoch_kl_sum, float(state.epoch_count)], run.d, run.device
+    )
+    return {
+        "epoch": state.epoch, "step": state.step, "seconds": round(time.perf_counter() - run.started, 3),
+        "train_elbo": elbo_sum / max(count, 1), "valid_elbo": valid, "kl": kl_sum / max(count, 1),
+        "lr": state.lr, "kl_weight": state.kl_weight, "skipped": state.skipped,
+    }  # fmt: skip
+
+
+def evaluate(run: _Run) -> None:
+    """The valid ELBO, the divergence stop, the metrics row (logged on rank 0), best.pt, early stopping.
+
+    Every rank evaluates the same weights with the same seed: identical decisions.
+    """
+    state, cfg = run.state, run.cfg
+    valid = evaluate_elbo(run.eval_model, run.data, "valid", cfg)
+    if not math.isfinite(valid) and not run.no_valid:
+        raise TrainingError(
+            f"training diverged: the valid ELBO after epoch {state.epoch} is {valid}; "
+            f"{_kept(run)}{LR_HINT.format(cfg.train.lr)}"
+        )
+    state.history.append(_metrics_row(run, valid))
+    improved = valid > state.best_valid or run.no_valid
+    if improved:
+        state.best_valid, state.best_epoch, state.bad_evals = valid, state.epoch, 0
+    else:
+        state.bad_evals += 1
+        if cfg.train.early_stopping and state.bad_evals >= cfg.train.early_stopping:
+            state.stopped = f"early stopping after {state.bad_evals} evaluations"
+    if run.log is not None:
+        run.log.add(state.history[-1], state, run.eval_model)
+    if improved:
+        save_checkpoint(run, "best.pt")
+
+
+def end_of_epoch(run: _Run) -> None:
+    """Close a complete epoch: evaluate when due (every ``train.eval_every`` epochs, the last one,
+    or before a stop), reset the epoch's running sums, write checkpoint.pt."""
+    state, t = run.state, run.cfg.train
+    state.epoch, state.batch = state.epoch + 1, 0
+    if state.epoch % t.eval_every == 0 or state.epoch == t.epochs or state.stopped:
+        evaluate(run)
+    state.epoch_elbo_sum = state.epoch_kl_sum = 0.0
+    state.epoch_count = state.epoch_skipped = 0
+    save_checkpoint(run)
+
+
+def _progress_bar(run: _Run, progress: bool) -> Any:
+    """A tqdm bar over this invocation's steps (to the end of training or of ``train.max_steps``)."""
+    from tqdm import tqdm
+
+    state, t = run.state, run.cfg.train
+    position = state.epoch * run.n_batches + state.batch
+    total = t.epochs * run.n_batches
+    if t.max_steps:
+        total = min(total, position + t.max_steps)
+    return tqdm(
+        total=total, initial=position, unit="step", disable=not progress or not run.d.is_main,
+        dynamic_ncols=True,
+    )  # fmt: skip
+
+
 def train(
     cfg: Config,
     run_dir: str | Path,
@@ -441,232 +800,25 @@ def _train_in_group(
     overrides: list[str] | None,
     d: distributed.Dist,
 ) -> TrainState:
-    from torch.nn.parallel import DistributedDataParallel
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-
-    device = distributed.local_device(resolve_device(cfg.train.device), d)
-    if cfg.train.batch_size % d.world:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by {d.world} processes")
-    batch_size = cfg.train.batch_size // d.world  # per process
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
-    data = load_data(cfg.data)
-    no_valid = len(data.valid) == 0  # data.valid_size=0: train on every image, keep the latest weights
-    if no_valid and cfg.train.early_stopping:
-        raise ConfigError("train.early_stopping needs a validation split; data.valid_size=0 has none")
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, data.shape, data.binary).to(device)
-    if cfg.train.init_from and not resume:
-        init_from(model, cfg.train.init_from, cfg.train.freeze, device)
-    elif cfg.train.freeze:
-        raise ConfigError(f"train.freeze={cfg.train.freeze} needs train.init_from=RUN_DIR (trained weights)")
-    elif not resume:  # e.g. weight normalisation's data-dependent init (hierarchical model)
-        first = next(iterate_batches(data, "train", batch_size, shuffle=True, seed=cfg.train.seed))
-        model.data_init(first.to(device))
-    freeze(model, cfg.train.freeze)
-    optimizer = optimizer_for(cfg, model)
-    learning_rate(cfg, 0.0)  # an unknown schedule fails here, before anything is written
-    state = TrainState()
-    ckpt = None
-    if resume:
-        ckpt = load_checkpoint(run_dir / "checkpoint.pt", map_location=device)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        state = TrainState(**{**ckpt["state"], "stopped": ""})
-        if len(ckpt["ranks"]) != d.world:
-            raise ConfigError(
-                f"{run_dir} was written by {len(ckpt['ranks'])} process(es); resume it with as many "
-                f"(this is {d.world})"
-            )
-        mine = ckpt["ranks"][d.rank]
-        set_rng_state(mine["rng"])
-        state.epoch_elbo_sum, state.epoch_kl_sum, state.epoch_count = mine["epoch_sums"]
-    # DDP broadcasts rank 0's weights at construction: all ranks start identical
-    net = DistributedDataParallel(model) if d.enabled else model
-    if cfg.train.amp not in ("none", "bf16"):
-        raise ConfigError(f"unknown train.amp {cfg.train.amp!r}; use none or bf16")
-    if cfg.train.compile:
-        net = torch.compile(net)
-    ema = EMA(model, cfg.train.ema) if cfg.train.ema > 0 else None
-    if ema is not None and ckpt is not None:
-        ema.model.load_state_dict(ckpt["ema"])
-    writer = None
-    if d.is_main:  # the run really starts: from here on the folder holds it
-        run_dir.mkdir(parents=True, exist_ok=True)
-        remove_temp_files(run_dir)
-        if overwrite and not resume:
-            for path in run_files(run_dir):
-                path.unlink()
-        save_yaml(cfg, run_dir / "config.yaml")
-        write_metrics(run_dir, state.history)
-        record_invocation(run_dir, resume, overrides or [], state)
-        # purge_step: TensorBoard drops what a killed invocation logged after the checkpoint
-        writer = SummaryWriter(log_dir=str(run_dir), purge_step=state.step + 1 if resume else None)
-        if d.enabled:
-            print(
-                f"DDP: {d.world} processes x {batch_size} examples = effective batch {cfg.train.batch_size}",
-                flush=True,
-            )
-    eval_model = ema.model if ema is not None else model
-    dims = math.prod(data.shape)
-    n_batches = num_batches(math.ceil(data.train.shape[0] / d.world), batch_size)
-    started = time.perf_counter() - state.seconds  # of the whole run (metrics' seconds)
-    invoked, first_step = time.perf_counter(), state.step  # of this invocation (budgets)
-    last_good = state.step if resume else -1  # step of the checkpoint.pt on disk
-
-    def finite_weights() -> bool:
-        nets = [model] + ([ema.model] if ema is not None else [])
-        return all(bool(torch.isfinite(p).all()) for net in nets for p in net.parameters())
-
-    def checkpoint(path: str = "checkpoint.pt", periodic: bool = False) -> None:
-        """Collective (every rank's RNG state and running sums are kept); rank 0 writes.
-
-        Never with non-finite weights, nor (``periodic``, inside an epoch) in a run of skipped
-        updates: a diverging model does not replace a good checkpoint. Every rank decides alike.
-        """
-        nonlocal last_good
-        if not finite_weights() or (periodic and state.consecutive_skips):
-            return
-        state.seconds = time.perf_counter() - started
-        sums = (state.epoch_elbo_sum, state.epoch_kl_sum, state.epoch_count)
-        ranks = distributed.all_gather({"rng": rng_state(), "epoch_sums": sums}, d)
-        if path == "checkpoint.pt":
-            last_good = state.step
-        if not d.is_main:
-            return
-        save_atomic(
-            {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "ema": ema.model.state_dict() if ema is not None else None,
-                "config": cfg.to_dict(), "state": asdict(state), "ranks": ranks,
-                "image_shape": list(data.shape), "binary": data.binary, "world": d.world,
-            },
-            run_dir / path,
-        )  # fmt: skip
-
-    def kept() -> str:
-        if last_good < 0:
-            return "no checkpoint was written"
-        return f"the last good checkpoint is {run_dir / 'checkpoint.pt'} (step {last_good})"
-
-    def stop_reason() -> str:
-        t = cfg.train
-        if t.max_steps and state.step - first_step >= t.max_steps:
-            return f"max_steps={t.max_steps}"
-        late = bool(t.max_minutes) and time.perf_counter() - invoked >= 60 * t.max_minutes
-        # clocks and signals differ between processes: every rank must take the same decision
-        late, interrupted = distributed.all_reduce_sum([float(late), float(sigint["set"])], d, device)
-        if interrupted:
-            return INTERRUPTED
-        return f"max_minutes={t.max_minutes:g}" if late else ""
-
-    position = state.epoch * n_batches + state.batch
-    total = cfg.train.epochs * n_batches
-    if cfg.train.max_steps:
-        total = min(total, position + cfg.train.max_steps)
-    bar = tqdm(
-        total=total, initial=position, unit="step", disable=not progress or not d.is_main,
-        dynamic_ncols=True,
-    )  # fmt: skip
-    sigint, previous_handler = _install_sigint()
+    """Set up, run epochs (each closed by :func:`end_of_epoch`) until done or stopped, then the
+    checkpoint of a stop inside an epoch; raises :class:`Interrupted` after Ctrl-C."""
+    run = setup(cfg, run_dir, resume, progress, overwrite, overrides or [], d)
+    state = run.state
+    run.bar = _progress_bar(run, progress)
+    run.sigint, previous_handler = _install_sigint()
     try:
-        while state.epoch < cfg.train.epochs and not state.stopped:
-            epoch = state.epoch
-            bar.set_description(f"epoch {epoch + 1}/{cfg.train.epochs}", refresh=False)
-            batches = iterate_batches(
-                data, "train", batch_size, shuffle=True, seed=cfg.train.seed,
-                epoch=epoch, start=state.batch, rank=d.rank, world=d.world,
-            )  # fmt: skip
-            for x in batches:
-                p = epoch + state.batch / n_batches
-                state.lr, state.kl_weight = learning_rate(cfg, p), kl_weight(cfg, p)
-                out = train_step(net, optimizer, x.to(device), cfg, state.kl_weight, state.lr)
-                state.step += 1
-                state.batch += 1
-                if out["skipped"]:
-                    state.skipped += 1
-                    state.epoch_skipped += 1
-                    state.consecutive_skips += 1
-                    if state.consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
-                        raise TrainingError(
-                            f"training diverged: {state.consecutive_skips} consecutive non-finite updates "
-                            f"at step {state.step}; {kept()}"
-                        )
-                else:
-                    state.consecutive_skips = 0
-                    if ema is not None:
-                        ema.update(model, state.step)
-                if math.isfinite(out["elbo"]):
-                    state.epoch_elbo_sum += out["elbo"] * x.shape[0]
-                    state.epoch_kl_sum += out["kl"] * x.shape[0]
-                    state.epoch_count += x.shape[0]
-                bar.set_postfix(elbo=f"{out['elbo']:.2f}", refresh=False)
-                bar.update(1)
-                every = cfg.train.checkpoint_every_steps
-                if every and state.step % every == 0:
-                    checkpoint(periodic=True)
-                state.stopped = stop_reason()
-                if state.stopped == INTERRUPTED or (state.stopped and state.batch < n_batches):
-                    break
-            if state.batch < n_batches or state.stopped == INTERRUPTED:
-                break  # stopped inside the epoch (or at its end, by Ctrl-C): resume continues here
-            if 2 * state.epoch_skipped > n_batches:  # e.g. one huge step left |w| ~ 1e6: all NaN since
-                raise TrainingError(
-                    f"training diverged: {state.epoch_skipped} of {n_batches} updates of epoch {epoch + 1} "
-                    f"were skipped (non-finite loss or gradient); {kept()}{LR_HINT.format(cfg.train.lr)}"
-                )
-            state.epoch, state.batch = epoch + 1, 0
-            last = state.epoch == cfg.train.epochs or bool(state.stopped)
-            if state.epoch % cfg.train.eval_every == 0 or last:
-                # every rank evaluates the same weights with the same seed: identical decisions
-                valid = evaluate_elbo(eval_model, data, "valid", cfg)
-                if not math.isfinite(valid) and not no_valid:
-                    raise TrainingError(
-                        f"training diverged: the valid ELBO after epoch {state.epoch} is {valid}; "
-                        f"{kept()}{LR_HINT.format(cfg.train.lr)}"
-                    )
-                elbo_sum, kl_sum, count = distributed.all_reduce_sum(
-                    [state.epoch_elbo_sum, state.epoch_kl_sum, float(state.epoch_count)], d, device
-                )
-                row = {
-                    "epoch": state.epoch, "step": state.step,
-                    "seconds": round(time.perf_counter() - started, 3),
-                    "train_elbo": elbo_sum / max(count, 1), "valid_elbo": valid,
-                    "kl": kl_sum / max(count, 1), "lr": state.lr, "kl_weight": state.kl_weight,
-                    "skipped": state.skipped,
-                }  # fmt: skip
-                state.history.append(row)
-                if writer is not None:
-                    write_metrics(run_dir, state.history)
-                    for key in ("train_elbo", "valid_elbo", "kl", "lr", "kl_weight"):
-                        writer.add_scalar(key, row[key], state.step)
-                    if not data.binary:
-                        writer.add_scalar("valid_bits_per_dim", bits_per_dim(-valid, dims), state.step)
-                    for name, grid in save_images(eval_model, data, run_dir, cfg.eval.seed).items():
-                        writer.add_image(name, grid, state.step, dataformats="HWC")
-                if valid > state.best_valid or no_valid:
-                    state.best_valid, state.best_epoch, state.bad_evals = valid, state.epoch, 0
-                    checkpoint("best.pt")
-                else:
-                    state.bad_evals += 1
-                    if cfg.train.early_stopping and state.bad_evals >= cfg.train.early_stopping:
-                        state.stopped = f"early stopping after {state.bad_evals} evaluations"
-                if not bar.disable:  # one line per evaluation stays on screen above the bar
-                    bar.write(evaluation_line(row, state, cfg.train.epochs), file=sys.stderr)
-            state.epoch_elbo_sum = state.epoch_kl_sum = 0.0
-            state.epoch_count = state.epoch_skipped = 0
-            checkpoint()
+        while state.epoch < cfg.train.epochs and not state.stopped and run_epoch(run):
+            end_of_epoch(run)
         if state.batch:  # a budget stop or Ctrl-C inside an epoch
-            checkpoint()
+            save_checkpoint(run)
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)
-        bar.close()
-        if writer is not None:
-            writer.close()
+        run.bar.close()
+        if run.log is not None:
+            run.log.close()
     if state.stopped == INTERRUPTED:
-        saved = f"wrote {run_dir / 'checkpoint.pt'}" if last_good == state.step else kept()
+        saved = f"wrote {run_dir / 'checkpoint.pt'}" if run.last_good == state.step else _kept(run)
         raise Interrupted(f"stopped at step {state.step}; {saved}; continue with --resume {run_dir}")
     return state
 
