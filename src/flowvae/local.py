@@ -77,7 +77,8 @@ class LocalOptions:
     """How a local posterior is fitted and evaluated.
 
     Arguments:
-        lr: Adam learning rate, in units of the initial posterior's widths (see the module).
+        lr: Adam learning rate, in units of the posterior's widths (the initial ones for a flow,
+            the current ones for ``diag``; see the module).
         samples: k, draws of z per example per step (the training ELBO's samples).
         max_steps: the step cap.
         check_every: steps between convergence checks.
