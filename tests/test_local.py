@@ -83,7 +83,8 @@ def test_model_parameters_never_change(problem):
     model.eval()
 
 
-def test_an_example_does_not_depend_on_the_others(problem):
+@pytest.mark.parametrize("family", ["realnvp", "diag"])  # diag: its anchor moves per example
+def test_an_example_does_not_depend_on_the_others(problem, family):
     """Same seed, same first example, different second example: the first one's parameters and
     L[q*] are identical. (On this model the step counts coincide: in whitened coordinates the
     log-weights of every example are the same function of the shared draws.)"""
@@ -95,13 +96,15 @@ def test_an_example_does_not_depend_on_the_others(problem):
     for other in (x[1:2], x[2:3]):
         torch.manual_seed(7)
         batch = torch.cat([x[:1], other])
-        results.append(local_optimise(model, batch, "realnvp", options=options, flow_hidden=8))
+        results.append(local_optimise(model, batch, family, options=options, flow_hidden=8))
     a, b = results
     assert a.converged.all() and b.converged.all()
     torch.testing.assert_close(a.elbo[0], b.elbo[0], rtol=0, atol=1e-10)
     assert a.steps[0] == b.steps[0]
     for name, p in a.local.params.items():
         torch.testing.assert_close(p[0], b.local.params[name][0], rtol=0, atol=1e-10, msg=name)
+    torch.testing.assert_close(a.mean[0], b.mean[0], rtol=0, atol=1e-10)  # the anchor too
+    torch.testing.assert_close(a.log_std[0], b.log_std[0], rtol=0, atol=1e-10)
     assert not torch.allclose(a.elbo[1], b.elbo[1])
 
 
