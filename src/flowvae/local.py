@@ -31,9 +31,10 @@ briefly trained encoder can be off by orders of magnitude). A flow's anchor stay
 act between the base Gaussian and the anchor, so moving it would change the posterior.
 
 The amortized start is the best, by a Monte Carlo ELBO per example, of three Gaussians: q's
-(moment-matched) Gaussian, the same with widths capped at the prior's (1; wider is never the
-ELBO's optimum when z ~ N(0, I) and costs a step size of thousands of widths), and N(0, I)
-itself (a diverged encoder's means can be hundreds of widths off). A good encoder keeps its q.
+(moment-matched) Gaussian, the same with widths capped at the prior's (1: a log-concave
+likelihood only narrows the posterior, and a width of thousands makes every step thousands of
+optimal widths), and N(0, I) itself (a diverged encoder's means can be hundreds of widths off).
+A good encoder keeps its q; each example's choice is its own.
 
 Convergence is judged per example and is robust to Monte Carlo noise: every ``check_every``
 steps the mean training ELBO over the window (noisy by 0.1-0.3 nat) is compared with that
