@@ -540,7 +540,7 @@ def parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--lr", type=_number(0.0), default=1e-2,
-        help="local optimisation Adam learning rate, in widths of the initial q (default: 1e-2)",
+        help="local optimisation Adam learning rate, in widths of q (default: 1e-2)",
     )  # fmt: skip
     g.add_argument(
         "--local-samples", type=POSITIVE, default=50, help="z draws per local step (default: 50)"

@@ -18,11 +18,23 @@ q*_flow) for a whole batch at once:
 - :class:`LocalPosterior` is an ordinary :class:`~flowvae.posteriors.Posterior`, so the ELBO,
   IWAE and AIS code apply to it unchanged.
 
-Each example's posterior is written z = m0 + s0 * f(eps), with (m0, s0) fixed at the initial
+Each example's posterior is written z = m0 + s0 * f(eps), with the anchor (m0, s0) at the initial
 Gaussian and f the head, starting at the identity: Adam's steps, which are absolute in parameter
 units, become fractions of the posterior's own width (a Gaussian on 256 pixels at sigma = 0.05
-has posterior widths ~1e-3, where a raw step of 1e-3 costs nats). The map is affine and fixed,
-so the family is unchanged; :attr:`LocalResult.mean` and ``log_std`` are the effective ones.
+has posterior widths ~1e-3, where a raw step of 1e-3 costs nats). The map is affine, so the family
+is unchanged; :attr:`LocalResult.mean` and ``log_std`` are the effective ones. When the head is
+the Gaussian alone (``diag``), the anchor follows it: at every check an active example's anchor
+moves to its current Gaussian and the head's Gaussian is reset to standard, with Adam's moments
+and the kept best parameters mapped to the new coordinates (an exact change of variables), so
+steps stay a fraction of the *current* widths however far they are from the initial ones (a
+briefly trained encoder can be off by orders of magnitude). A flow's anchor stays put: its steps
+act between the base Gaussian and the anchor, so moving it would change the posterior.
+
+The amortized start is the best, by a Monte Carlo ELBO per example, of three Gaussians: q's
+(moment-matched) Gaussian, the same with widths capped at the prior's (1: a log-concave
+likelihood only narrows the posterior, and a width of thousands makes every step thousands of
+optimal widths), and N(0, I) itself (a diverged encoder's means can be hundreds of widths off).
+A good encoder keeps its q; each example's choice is its own.
 
 Convergence is judged per example and is robust to Monte Carlo noise: every ``check_every``
 steps the mean training ELBO over the window (noisy by 0.1-0.3 nat) is compared with that
@@ -66,7 +78,8 @@ class LocalOptions:
     """How a local posterior is fitted and evaluated.
 
     Arguments:
-        lr: Adam learning rate, in units of the initial posterior's widths (see the module).
+        lr: Adam learning rate, in units of the posterior's widths (the initial ones for a flow,
+            the current ones for ``diag``; see the module).
         samples: k, draws of z per example per step (the training ELBO's samples).
         max_steps: the step cap.
         check_every: steps between convergence checks.
@@ -219,6 +232,32 @@ class LocalPosterior(Posterior):
     def trainable(self) -> list[Tensor]:
         return [p for p in self.params.values() if p.numel() > 0]
 
+    @property
+    def gaussian_only(self) -> bool:
+        """Whether the head's only trainable parameter is its base Gaussian (then the anchor may move)."""
+        trainable = self.trainable()
+        return self.has_gaussian and len(trainable) == 1 and trainable[0] is self.params[self._gaussian]
+
+    @torch.no_grad()
+    def reanchor(self, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Move the anchor of the examples in ``mask`` (B,) to their current Gaussian and reset the
+        head's Gaussian to standard; the posterior is unchanged.
+
+        Returns:
+            (shift, log_scale), each (B, D): the head's old (mean, log_std), zero outside ``mask``.
+            A head coordinate (mean m, log-std l) becomes ((m - shift) / exp(log_scale),
+            l - log_scale), so a gradient with respect to the mean is multiplied by exp(log_scale).
+        """
+        if not self.gaussian_only:
+            raise ValueError("only a head that is a Gaussian alone can be re-anchored")
+        head = self.params[self._gaussian]
+        keep = mask.unsqueeze(-1)
+        shift, log_scale = (torch.where(keep, h, torch.zeros_like(h)) for h in head.chunk(2, -1))
+        self.anchor_mean = self.anchor_mean + torch.exp(self.anchor_log_std) * shift
+        self.anchor_log_std = self.anchor_log_std + log_scale
+        head.sub_(torch.cat([shift, log_scale], -1))  # zero where masked, unchanged elsewhere
+        return shift, log_scale
+
     def transform(self, eps: Tensor) -> tuple[Tensor, Tensor]:
         """eps (*S, B, E) -> z (*S, B, D), ladj (*S, B); example b uses only its own parameters."""
         try:
@@ -262,6 +301,33 @@ def amortized_gaussian(model: nn.Module, x: Tensor, samples: int = 256) -> tuple
     return z.mean(0), torch.log(z.std(0).clamp_min(1e-6))
 
 
+@torch.no_grad()
+def starting_gaussian(
+    model: nn.Module, x: Tensor, candidates: Sequence[tuple[Tensor, Tensor]], samples: int
+) -> tuple[Tensor, Tensor]:
+    """Per example, the candidate Gaussian (mean, log_std), each (B, D), with the highest Monte
+    Carlo ELBO (``samples`` draws); a non-finite estimate never wins over a finite one."""
+    mean, log_std = (t.clone() for t in candidates[0])
+    best = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
+    for m, ls in candidates:
+        q = FlowPosterior(m, ls)
+        score = log_weights(model, x, q, samples).double().mean(0)
+        better = torch.isfinite(score) & (score > best)
+        best = torch.where(better, score, best)
+        mean = torch.where(better.unsqueeze(-1), m, mean)
+        log_std = torch.where(better.unsqueeze(-1), ls, log_std)
+    return mean, log_std
+
+
+def amortized_start(model: nn.Module, x: Tensor, samples: int) -> tuple[Tensor, Tensor]:
+    """The local optimisation's default start (see the module): the best of q's Gaussian, q's with
+    widths capped at 1, and N(0, I), each (B, D)."""
+    mean, log_std = amortized_gaussian(model, x)
+    capped = (mean, log_std.clamp(max=0.0))
+    prior = (torch.zeros_like(mean), torch.zeros_like(log_std))
+    return starting_gaussian(model, x, [(mean, log_std), capped, prior], samples)
+
+
 def log_weights(model: nn.Module, x: Tensor, posterior: Posterior, samples: int) -> Tensor:
     """log p(x, z) - log q(z|x) for ``samples`` draws from ``posterior``: (samples, B)."""
     z, log_q = posterior.rsample_and_log_prob((samples,))
@@ -291,6 +357,20 @@ def _per_example_finite(objective: Tensor, grads: Sequence[Tensor]) -> Tensor:
     return ok
 
 
+@torch.no_grad()
+def _reanchor(local: LocalPosterior, optimizer: torch.optim.Adam, best: Tensor, mask: Tensor) -> None:
+    """Re-anchor the examples in ``mask`` and map Adam's moments and the kept best head
+    parameters ``best`` (B, 2D) to the new coordinates (see :meth:`LocalPosterior.reanchor`)."""
+    shift, log_scale = local.reanchor(mask)
+    best_mean, best_log_std = best.chunk(2, -1)
+    best.copy_(torch.cat([(best_mean - shift) * torch.exp(-log_scale), best_log_std - log_scale], -1))
+    state = optimizer.state.get(local.trainable()[0], {})
+    if "exp_avg" in state:  # the mean's gradient scales by exp(log_scale), its square by that squared
+        factor = torch.cat([torch.exp(log_scale), torch.ones_like(log_scale)], -1)
+        state["exp_avg"].mul_(factor)
+        state["exp_avg_sq"].mul_(factor**2)
+
+
 def local_optimise(
     model: nn.Module,
     x: Tensor,
@@ -306,8 +386,9 @@ def local_optimise(
         x: a batch (B, C, H, W).
         posterior: the family, a name in :data:`~flowvae.posteriors.POSTERIORS` (``diag`` for
             q*_FFG, ``realnvp-aux`` for the paper's q*_flow).
-        init: (mean, log_std), each (B, D), for the base Gaussian; ``None`` takes them from the
-            amortized q (:func:`amortized_gaussian`). A flow's steps start near the identity,
+        init: (mean, log_std), each (B, D), for the base Gaussian, used as given; ``None`` starts
+            from the amortized q, or a sane Gaussian where q's is degenerate
+            (:func:`amortized_start`). A flow's steps start near the identity,
             so a flow initialised at q*_FFG starts near L[q*_FFG].
         options: optimisation settings (:class:`LocalOptions`).
         flow_options: the flow's size (see :func:`local_head`).
@@ -330,12 +411,11 @@ def local_optimise(
     batch = x.shape[0]
     eval_seed = int(torch.randint(2**62, (), dtype=torch.long))
     with frozen_model(model):
-        if init is None:
-            init = amortized_gaussian(model, x)
         local = LocalPosterior(local_head(posterior, model.latent_dim, **flow_options), batch, like)
         if local.has_gaussian:
-            local.set_gaussian(*init)
+            local.set_gaussian(*(init if init is not None else amortized_start(model, x, options.samples)))
         trainable = local.trainable()
+        follow = local.gaussian_only  # the anchor follows the Gaussian (see the module)
         optimizer = torch.optim.Adam(trainable, lr=options.lr)
         active = torch.ones(batch, dtype=torch.bool, device=x.device)
         best = torch.full((batch,), -math.inf, dtype=torch.float64, device=x.device)
@@ -381,6 +461,8 @@ def local_optimise(
                         bad_checks = torch.where(stalled, torch.zeros_like(bad_checks), bad_checks)
                         active &= decays <= options.decays
                         running.zero_()
+                        if follow:
+                            _reanchor(local, optimizer, best_params[0], active)
                     if not active.any():
                         break
         if steps.max() >= options.check_every:  # the best window's parameters; an example
@@ -399,5 +481,6 @@ def local_optimise(
 
 __all__ = [
     "LOCAL_FLOW_DEFAULTS", "LocalOptions", "LocalPosterior", "LocalResult", "amortized_gaussian",
-    "elbo_with_stderr", "frozen_model", "local_head", "local_optimise", "log_weights",
+    "amortized_start", "elbo_with_stderr", "frozen_model", "local_head", "local_optimise", "log_weights",
+    "starting_gaussian",
 ]  # fmt: skip
