@@ -1,6 +1,9 @@
 """The checkable list of bad inputs: each is refused with one line, an exit code, and no file written.
 
-``BAD_INPUTS`` is the single table: (case, argv, expected exit code, expected message fragment).
+``BAD_INPUTS`` is the table of inputs refused when parsed or when a file is read: (case, argv,
+expected exit code, expected message fragment). Faults that need a run prepared first (malicious,
+torn or non-finite checkpoints, run-folder collisions, divergence) are the ``CASES`` table of
+``test_bad_inputs_run.py``, with the same columns and the same one-line / nothing-written checks.
 Placeholders in argv: ``{run}`` a small trained run, ``{tmp}`` an empty folder, ``{file}`` an
 existing plain file, ``{incomplete}`` a run whose best.pt lacks its weights, ``{truncated}`` a
 run whose best.pt is cut short, ``{bad_yaml}`` / ``{hier_yaml}`` YAML configs with a bad value /
@@ -194,3 +197,11 @@ def test_the_table_covers_every_subcommand_and_names_each_case_once() -> None:
     assert len(names) == len(set(names))
     assert {case[1][0] for case in BAD_INPUTS} == {"train", "eval", "sample", "gaps"}
 
+
+
+def test_the_two_tables_name_each_case_once() -> None:
+    from test_bad_inputs_run import CASES
+
+    names = [case[0] for case in BAD_INPUTS] + [case[0] for case in CASES]
+    assert len(names) == len(set(names))
+    assert all(len(case) == 4 for case in [*BAD_INPUTS, *CASES])
