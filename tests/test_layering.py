@@ -65,6 +65,6 @@ def test_only_build_reads_the_model_config():
     readers = {p.stem for p in PACKAGE.glob("*.py") if "ModelConfig" in p.read_text()}
     # config defines it, __init__ exports it, model maps it onto modules, testing builds its
     # fixture through model
-    assert readers <= {"__init__", "config", "model", "testing", "local"}
+    assert readers <= {"__init__", "config", "model", "testing"}
     for module in ("nets", "posteriors", "flows", "vae", "hierarchical", "likelihoods", "core", "estimators"):
         assert "ModelConfig" not in (PACKAGE / f"{module}.py").read_text(), module

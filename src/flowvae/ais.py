@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .core import log_weight
 from .numerics import log_mean_exp
 
 SCHEDULES = ("linear", "sigmoid")
@@ -86,7 +87,7 @@ def posterior_path(model: nn.Module, x: Tensor, posterior) -> AnnealingPath:
 
     def log_ratio(eps: Tensor) -> Tensor:
         z, ladj = posterior.transform(eps)
-        return model.log_joint(x, z) + ladj - posterior.base_log_prob(eps)
+        return log_weight(model.log_joint(x, z), posterior.base_log_prob(eps) - ladj)
 
     return AnnealingPath(posterior.base_log_prob, log_ratio)
 

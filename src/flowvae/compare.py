@@ -61,7 +61,7 @@ class RunEvaluation:
 
 
 def _cache_key(run: Run, digest: str, request: dict[str, Any]) -> str:
-    data = {k: v for k, v in asdict(run.config.data).items() if k != "root"}
+    data = _data_identity(run)
     material = json.dumps(
         {"checkpoint": digest, "data": data, "version": CACHE_VERSION, **request}, sort_keys=True, default=str
     )

@@ -57,7 +57,8 @@ def iwae(model: nn.Module, x: Tensor, samples: int = 5000, chunk: int = 500) -> 
     log p̂(x) = log (1/K) Σ_k p(x, z_k) / q(z_k|x), the log-mean-exp of
     :func:`importance_log_weights`, reduced in float64.
     """
-    return iwae_estimate(model, x, samples, chunk)[0]
+    log_weights = importance_log_weights(model, x, samples, chunk)
+    return log_mean_exp(log_weights.double(), dim=0).to(log_weights.dtype)
 
 
 def iwae_estimate(
@@ -65,7 +66,7 @@ def iwae_estimate(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The estimator ``iwae``: log p̂(x) (B,) and the weights' diagnostics (ESS, Pareto k̂)."""
     log_weights = importance_log_weights(model, x, samples, chunk)
-    log_p = log_mean_exp(log_weights.double(), dim=0).to(log_weights.dtype)
+    log_p = log_mean_exp(log_weights.double(), dim=0).to(log_weights.dtype)  # as iwae()
     return log_p, weight_diagnostics(log_weights)
 
 

@@ -63,7 +63,7 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import Tensor, nn
 
-from .core import FlowPosterior, Posterior
+from .core import FlowPosterior, Posterior, log_weight
 from .flows import fix_iterations
 from .model import POSTERIOR_OPTIONS
 from .posteriors import build_posterior
@@ -159,7 +159,7 @@ def local_head(posterior: str, latent_dim: int, **flow_options) -> nn.Module:
     Arguments:
         posterior: a name in :data:`~flowvae.posteriors.POSTERIORS`.
         latent_dim: D.
-        flow_options: :class:`~flowvae.config.ModelConfig` fields of the flow (``flow_steps``,
+        flow_options: the flow's size under its ``model.*`` key names (``flow_steps``,
             ``flow_hidden``, ``flow_layers``, ``aux_dim``, ...); defaults
             :data:`LOCAL_FLOW_DEFAULTS`.
     """
@@ -331,7 +331,7 @@ def amortized_start(model: nn.Module, x: Tensor, samples: int) -> tuple[Tensor, 
 def log_weights(model: nn.Module, x: Tensor, posterior: Posterior, samples: int) -> Tensor:
     """log p(x, z) - log q(z|x) for ``samples`` draws from ``posterior``: (samples, B)."""
     z, log_q = posterior.rsample_and_log_prob((samples,))
-    return model.log_joint(x, z) - log_q
+    return log_weight(model.log_joint(x, z), log_q)
 
 
 @torch.no_grad()
