@@ -21,6 +21,7 @@ from flowvae.train import (
     learning_rate,
     prepare_run,
     train,
+    train_step,
     training_loss,
 )
 
@@ -166,11 +167,72 @@ def test_decoder_widths_are_separate_from_the_encoders():
 
 
 def test_bf16_autocast_trains_and_reports_in_float32(tmp_path):
+    import json
+
     state = train(small_cfg("train.epochs=1", "train.amp=bf16"), tmp_path / "amp", progress=False)
     row = rows(tmp_path / "amp")[0]
     assert state.skipped == 0 and -100 < float(row["valid_elbo"]) < 0
-    with pytest.raises(Exception, match="train.amp: .fp8. is not a valid value; valid values: none, bf16"):
+    (entry,) = [json.loads(line) for line in open(tmp_path / "amp" / "invocations.jsonl")]
+    assert entry["precision"].startswith("bf16 autocast (train.amp=bf16")
+    # the reported valid ELBO is the float32 one of the saved weights (same process: equal)
+    run = load_run(tmp_path / "amp", "best")
+    cfg = small_cfg("train.epochs=1")
+    assert evaluate_elbo(run.model.float(), load_data(cfg.data), "valid", cfg) == pytest.approx(
+        float(row["valid_elbo"]), rel=1e-6
+    )
+    with pytest.raises(Exception, match="train.amp: .fp8. is not a valid value; valid values: auto, none, bf16"):  # noqa: E501
         train(small_cfg("train.amp=fp8"), tmp_path / "bad", progress=False)
+
+
+@pytest.mark.parametrize("clip", [0.0, 0.5])
+def test_a_training_step_syncs_with_the_host_once(clip, monkeypatch):
+    """One transfer per step (loss, ELBO, KL and gradient norm together), whatever the
+    clipping; the reported gradient norm is that of the gradients before clipping."""
+    from flowvae.model import build_model
+
+    cfg = small_cfg(f"train.grad_clip={clip}", "train.amp=none")
+    model = build_model(cfg.model, (1, 8, 8), True)
+    x = (torch.rand(16, 1, 8, 8) < 0.5).float()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # keeps the weights: grads stay readable
+    syncs = []
+    for name in ("item", "tolist", "__float__", "__bool__"):
+        real = getattr(torch.Tensor, name)
+        counted = lambda self, *a, _r=real, _n=name: syncs.append(_n) or _r(self, *a)  # noqa: E731
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    torch.manual_seed(0)
+    out = train_step(model, optimizer, x, cfg, beta=1.0, lr=0.0)
+    monkeypatch.undo()
+    assert syncs == ["tolist"]
+    torch.manual_seed(0)
+    model.zero_grad()
+    terms = model(x, 1)
+    training_loss(terms, 1.0, 0.0, model.latent_dim).backward()
+    norm = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).norm()
+    assert out["grad_norm"] == pytest.approx(norm.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_uses_bf16_exactly_where_the_hardware_has_it(native, monkeypatch):
+    """``train.amp=auto`` (the default) autocasts the training forward pass to bf16 where the
+    device multiplies bf16 natively, and stays float32 elsewhere; ``none``/``bf16`` force it."""
+    import flowvae.train as train_module
+    from flowvae.model import build_model
+
+    monkeypatch.setattr(train_module, "native_bf16", lambda device_type: native)
+    assert small_cfg().train.amp == "auto"
+    model = build_model(small_cfg().model, (1, 8, 8), True)
+    seen = []
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    first.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    x = (torch.rand(16, 1, 8, 8) < 0.5).float()
+    for amp, bf16 in (("auto", native), ("none", False), ("bf16", True)):
+        cfg = small_cfg(f"train.amp={amp}")
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        out = train_step(model, optimizer, x, cfg, beta=1.0, lr=1e-3)
+        assert seen.pop() == (torch.bfloat16 if bf16 else torch.float32), amp
+        assert all(isinstance(v, float) for v in out.values())
+        note = train_module.precision_note(amp, "cpu")
+        assert note.startswith("bf16 autocast" if bf16 else "float32"), note
 
 
 def test_torch_compile_trains_and_saves_plain_weights(tmp_path):

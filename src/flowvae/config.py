@@ -41,7 +41,7 @@ PriorName = Literal["diag", "iaf"]
 ArMask = Literal["channel", "pixel"]
 Optimizer = Literal["adam", "adamax"]
 LrSchedule = Literal["constant", "exponential", "cosine"]
-Amp = Literal["none", "bf16"]
+Amp = Literal["auto", "none", "bf16"]
 Freeze = Literal["", "decoder", "encoder"]
 
 
@@ -113,7 +113,7 @@ class TrainConfig:
     max_steps: int = 0  # step budget; then a clean stop with a checkpoint (0 = off)
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | auto
-    amp: Amp = "none"  # bf16: autocast the training forward pass (for GPUs; off by default)
+    amp: Amp = "auto"  # bf16 autocast of the training forward pass; auto: where the hardware has native bf16
     compile: bool = False  # torch.compile the training forward pass (for GPUs; off by default)
     threads: int = 0  # torch intra-op threads (0 = torch default)
     freeze: Freeze = ""  # parameters left out of the optimizer

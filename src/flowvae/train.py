@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import itertools
 import json
 import math
@@ -148,10 +149,42 @@ def init_from(model: nn.Module, run_dir: str, part: str, device: torch.device) -
 
 
 def optimizer_for(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    opts = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}
-    if cfg.train.optimizer not in opts:
-        raise ConfigError(f"unknown train.optimizer {cfg.train.optimizer!r}; use adam or adamax")
-    return opts[cfg.train.optimizer]([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
+    """Adam or Adamax over the trainable parameters, in one fused kernel (Adam) or one call per
+    operation over all tensors (Adamax) instead of a Python loop over parameters: at batch 100 on
+    a CPU the loop cost ~2 ms of a ~10 ms step. Same update rule either way."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.train.optimizer == "adam":
+        fused = all(p.dtype in (torch.float32, torch.float64) for p in params)
+        return torch.optim.Adam(params, lr=cfg.train.lr, fused=fused or None)
+    if cfg.train.optimizer == "adamax":
+        return torch.optim.Adamax(params, lr=cfg.train.lr, foreach=True)
+    raise ConfigError(f"unknown train.optimizer {cfg.train.optimizer!r}; use adam or adamax")
+
+
+@functools.cache
+def native_bf16(device_type: str) -> bool:
+    """Whether this machine multiplies bf16 matrices in hardware: AVX-512 BF16 or AMX on x86
+    CPUs, compute capability 8.0 or later on CUDA GPUs."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device_type == "cpu":
+        capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+        return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+    return False
+
+
+def uses_bf16(amp: str, device_type: str) -> bool:
+    """``train.amp`` resolved on ``device_type``: ``auto`` is bf16 where :func:`native_bf16`."""
+    return amp == "bf16" or (amp == "auto" and native_bf16(device_type))
+
+
+def precision_note(amp: str, device_type: str) -> str:
+    """What the training forward pass runs in, and why; recorded in ``invocations.jsonl``."""
+    if uses_bf16(amp, device_type):
+        why = "this machine has native bf16 matmul" if amp == "auto" else "train.amp=bf16"
+        return f"bf16 autocast ({why}; evaluation stays float32)"
+    why = "no native bf16 matmul on this machine" if amp == "auto" else "train.amp=none"
+    return f"float32 ({why})"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -182,7 +215,7 @@ def train_step(
     model.train()
     for group in optimizer.param_groups:
         group["lr"] = lr
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=t.amp == "bf16"):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=uses_bf16(t.amp, x.device.type)):
         terms = model(x, t.samples)
     latent_dim = getattr(model, "_orig_mod", model)
     latent_dim = getattr(latent_dim, "module", latent_dim).latent_dim
@@ -190,18 +223,20 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for p in model.parameters() if p.grad is not None]
-    max_norm = t.grad_clip if t.grad_clip > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
-    skip = not math.isfinite(grad_norm) or not math.isfinite(loss.item())
-    skip = skip or (t.skip_threshold > 0 and grad_norm > t.skip_threshold)
+    if t.grad_clip > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+    else:  # no clipping: the norm only (for the skip test and the log), no pass scaling by 1
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    # the step's one host sync: everything the skip decision and the log need, in one transfer
+    stats = [loss, terms.log_weight.mean(), terms.kl.mean(), grad_norm]
+    loss_value, elbo, kl, norm = torch.stack([v.detach().float() for v in stats]).tolist()
+    skip = not math.isfinite(norm) or not math.isfinite(loss_value)
+    skip = skip or (t.skip_threshold > 0 and norm > t.skip_threshold)
     if skip:
         optimizer.zero_grad(set_to_none=True)
     else:
         optimizer.step()
-    return {
-        "loss": loss.item(), "elbo": terms.log_weight.mean().item(), "kl": terms.kl.mean().item(),
-        "grad_norm": grad_norm, "skipped": float(skip),
-    }  # fmt: skip
+    return {"loss": loss_value, "elbo": elbo, "kl": kl, "grad_norm": norm, "skipped": float(skip)}
 
 
 @torch.no_grad()
@@ -379,12 +414,15 @@ def prepare_run(
     return cfg
 
 
-def record_invocation(run_dir: Path, resume: bool, overrides: list[str], state: TrainState) -> None:
-    """Append this invocation (time, resume or not, its overrides, where it starts) to
-    ``invocations.jsonl``: a resume's budget overrides hold for that invocation only."""
+def record_invocation(
+    run_dir: Path, resume: bool, overrides: list[str], state: TrainState, precision: str
+) -> None:
+    """Append this invocation (time, resume or not, its overrides, where it starts, the training
+    precision it used) to ``invocations.jsonl``: a resume's budget overrides hold for that
+    invocation only, and a resume on another machine may resolve ``train.amp=auto`` differently."""
     entry = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "resume": resume,
-        "overrides": list(overrides), "epoch": state.epoch, "step": state.step,
+        "overrides": list(overrides), "epoch": state.epoch, "step": state.step, "precision": precision,
     }  # fmt: skip
     with open(run_dir / "invocations.jsonl", "a") as f:
         f.write(json.dumps(entry) + "\n")
@@ -523,7 +561,7 @@ def _restore(
 
 def _open_run_dir(
     cfg: Config, run_dir: Path, resume: bool, overwrite: bool, overrides: list[str], state: TrainState,
-    data: ImageData, progress: bool,
+    data: ImageData, progress: bool, precision: str,
 ) -> RunLog:  # fmt: skip
     """Rank 0, once everything is built: the run really starts, from here on the folder holds it."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -533,7 +571,7 @@ def _open_run_dir(
             path.unlink()
     save_yaml(cfg, run_dir / "config.yaml")
     write_metrics(run_dir, state.history)
-    record_invocation(run_dir, resume, overrides, state)
+    record_invocation(run_dir, resume, overrides, state, precision)
     return RunLog(run_dir, cfg, data, state.step + 1 if resume else None, progress)
 
 
@@ -561,8 +599,8 @@ def setup(
     state, ckpt = _restore(run_dir, model, optimizer, d, device) if resume else (TrainState(), None)
     # DDP broadcasts rank 0's weights at construction: all ranks start identical
     net = DistributedDataParallel(model) if d.enabled else model
-    if t.amp not in ("none", "bf16"):
-        raise ConfigError(f"unknown train.amp {t.amp!r}; use none or bf16")
+    if t.amp not in ("auto", "none", "bf16"):
+        raise ConfigError(f"unknown train.amp {t.amp!r}; use auto, none or bf16")
     if t.compile:
         net = torch.compile(net)
     ema = EMA(model, t.ema) if t.ema > 0 else None
@@ -570,7 +608,10 @@ def setup(
         ema.model.load_state_dict(ckpt["ema"])
     log = None
     if d.is_main:
-        log = _open_run_dir(cfg, run_dir, resume, overwrite, overrides, state, data, progress)
+        precision = precision_note(t.amp, device.type)
+        log = _open_run_dir(cfg, run_dir, resume, overwrite, overrides, state, data, progress, precision)
+        if progress:
+            print(f"training precision: {precision}", file=sys.stderr, flush=True)
         if d.enabled:
             print(
                 f"DDP: {d.world} processes x {batch_size} examples = effective batch {t.batch_size}",
