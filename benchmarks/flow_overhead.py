@@ -9,23 +9,28 @@ is this process's CPU time (``--clock cpu``, the default): at one thread it is t
 an idle machine, and it does not count the time other processes hold the core.
 
     python benchmarks/flow_overhead.py --threads 1 --data ../shared/data/binarized_mnist
+
+``--count`` prints instead the multiply-adds of the matrix products of one training forward and
+backward pass, and the parameters, of each posterior's model: the work no scheduling removes.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import math
 import statistics
 import time
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from flowvae.data import parse_amat
 from flowvae.model import build_model
 from flowvae.presets import preset
-from flowvae.train import optimizer_for, train_step
+from flowvae.train import optimizer_for, train_step, training_loss
 
 POSTERIORS = ["diag", "iaf", "iaf-mean", "realnvp", "planar", "sylvester-orthogonal"]
 OPTIMIZERS = ["optimizer_for", "fused-adam"]
@@ -51,6 +56,34 @@ def make_optimizer(kind: str, cfg, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)
 
 
+class MultiplyAdds(TorchDispatchMode):
+    """Sums m * k * n over the (m, k) x (k, n) matrix products dispatched while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
+            a, b = args[-2:] if func.overloadpacket is torch.ops.aten.addmm else args[:2]
+            self.total += a.shape[0] * a.shape[1] * b.shape[1]
+        return func(*args, **(kwargs or {}))
+
+
+def count(runs: dict, names: list[str], x: Tensor) -> None:
+    """Multiply-adds of one training forward + backward, and parameters, relative to diag's."""
+    work = {}
+    for name in names:
+        model, _, cfg = runs[name, OPTIMIZERS[0]]
+        with MultiplyAdds() as mode:
+            training_loss(model(x, 1), 1.0, 0.0, cfg.model.latent_dim).backward()
+        work[name] = mode.total, sum(p.numel() for p in model.parameters())
+    base = work.get("diag", (math.nan, math.nan))
+    print(f"{'posterior':<22}{'multiply-adds':>16}{'ratio':>7}{'parameters':>12}{'ratio':>7}")
+    for name, (macs, params) in work.items():
+        print(f"{name:<22}{macs / 1e6:>14.1f} M{macs / base[0]:>7.2f}{params:>12,}{params / base[1]:>7.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None, help="folder of binarized_mnist_valid.amat.gz (default: noise)")
@@ -60,6 +93,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20, help="train steps per timing")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
+    p.add_argument("--count", action="store_true", help="count multiply-adds and parameters instead")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -73,6 +107,9 @@ def main() -> None:
             torch.manual_seed(0)
             model = build_model(cfg.model, (1, 28, 28), binary=True)
             runs[name, kind] = (model, make_optimizer(kind, cfg, model), cfg)
+    if args.count:
+        count(runs, names, x)
+        return
     times: dict[tuple[str, str], list[float]] = {key: [] for key in runs}
 
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -99,7 +136,7 @@ def main() -> None:
         row = f"{name:<22}"
         for kind in OPTIMIZERS:
             ms = median[name, kind]
-            ratio = ms / median["diag", kind] if ("diag", kind) in median else float("nan")
+            ratio = ms / median["diag", kind] if ("diag", kind) in median else math.nan
             row += f"{ms:>16.2f}{ratio:>7.2f}"
         print(row)
 
