@@ -17,6 +17,7 @@ from .numerics import (
     discretized_logistic_log_prob,
     discretized_logistic_mixture_log_prob,
     log_bernoulli,
+    log_bernoulli_linear,
     log_normal,
     log_sigmoid_difference,
 )
@@ -30,6 +31,11 @@ class Bernoulli(nn.Module):
 
     def log_prob(self, x: Tensor, out: Tensor) -> Tensor:
         return log_bernoulli(x, out[..., 0, :, :, :]).flatten(-3).sum(-1)
+
+    def log_prob_linear(self, x: Tensor, features: Tensor, layer: nn.Linear) -> Tensor:
+        """``log_prob`` of the logits ``layer(features)`` without an expanded copy of x:
+        x (B, C, H, W), features (*S, B, F) -> (*S, B) (see :func:`log_bernoulli_linear`)."""
+        return log_bernoulli_linear(x.flatten(-3), features, layer.weight, layer.bias)
 
     def mean(self, out: Tensor) -> Tensor:
         return torch.sigmoid(out[..., 0, :, :, :])
