@@ -54,7 +54,10 @@ def log_bernoulli_linear(x: Tensor, features: Tensor, weight: Tensor, bias: Tens
     """
     lead = features.shape[:-1]
     logits = torch.addmm(bias, features.reshape(-1, features.shape[-1]), weight.t())  # (S*B, P)
-    softplus_sum = F.softplus(logits).sum(-1).view(lead)
+    # above the threshold softplus(l) = l to the dtype's precision (torch's default, 20, is
+    # exact only in float32)
+    threshold = -math.log(torch.finfo(logits.dtype).eps)
+    softplus_sum = F.softplus(logits, threshold=threshold).sum(-1).view(lead)
     return (features * (x @ weight)).sum(-1) + x @ bias - softplus_sum
 
 
