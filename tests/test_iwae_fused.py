@@ -59,7 +59,7 @@ def test_log_bernoulli_linear_equals_the_summed_log_bernoulli_in_float64():
     h = torch.randn(7, 5, 11, dtype=torch.float64, generator=g)
     weight = 2 * torch.randn(30, 11, dtype=torch.float64, generator=g)
     bias = torch.randn(30, dtype=torch.float64, generator=g)
-    got = log_bernoulli_linear(x, h, weight, bias)
+    got = log_bernoulli_linear(h, weight, bias, x @ weight, x @ bias)
     want = log_bernoulli(x, h @ weight.t() + bias).sum(-1)
     assert got.shape == (7, 5)
     bound = rounding_bound(x, h, weight, bias, torch.float64)
@@ -74,7 +74,7 @@ def test_log_bernoulli_linear_float32_is_within_the_rounding_bound_of_the_exact_
     bias = torch.randn(784, generator=g)
     exact = log_bernoulli(x.double(), h.double() @ weight.double().t() + bias.double()).sum(-1)
     bound = rounding_bound(x, h, weight, bias)
-    fused = log_bernoulli_linear(x, h, weight, bias)
+    fused = log_bernoulli_linear(h, weight, bias, x @ weight, x @ bias)
     old = log_bernoulli(x, h @ weight.t() + bias).sum(-1)
     assert fused.dtype == torch.float32
     assert ((fused.double() - exact).abs() <= bound).all()

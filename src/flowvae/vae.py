@@ -104,12 +104,9 @@ class VAE(nn.Module):
         fused = fuse is not None and not self.training and hasattr(self.decoder, "features")
         if not fused or len(lead) == 0 or lead[-1] != batch:  # (other shapes: broadcasting)
             return self.likelihood.log_prob(x, self._decode(z))
-        by_sample = z.reshape(-1, batch, z.shape[-1])  # (S, B, D)
-        parts = []
-        for zs in by_sample.split(max(1, self.fused_rows // batch)):
-            h = self.decoder.features(zs.reshape(-1, zs.shape[-1]))  # (s * B, F)
-            parts.append(fuse(x, h.view(zs.shape[0], batch, -1), self.decoder.out))
-        return torch.cat(parts).view(lead)
+        blocks = z.reshape(-1, batch, z.shape[-1]).split(max(1, self.fused_rows // batch))  # (s, B, D)
+        features = (self.decoder.features(zs.flatten(0, 1)).view(*zs.shape[:2], -1) for zs in blocks)
+        return fuse(x, features, self.decoder.out).view(lead)
 
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         return self.log_prior(z) + self.log_likelihood(x, z)
