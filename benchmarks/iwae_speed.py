@@ -71,7 +71,7 @@ def build(run: str | None) -> nn.Module:
         return build_model(preset("mnist-mlp").model, (1, 28, 28), True)
     from flowvae.checkpoint import load_run
 
-    return load_run(run, "best")[1]
+    return load_run(run, "best").model
 
 
 def main() -> None:
