@@ -7,7 +7,7 @@ Each likelihood says how many parameters per pixel it needs (``params``), scores
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +17,7 @@ from .numerics import (
     discretized_logistic_log_prob,
     discretized_logistic_mixture_log_prob,
     log_bernoulli,
+    log_bernoulli_linear,
     log_normal,
     log_sigmoid_difference,
 )
@@ -30,6 +31,17 @@ class Bernoulli(nn.Module):
 
     def log_prob(self, x: Tensor, out: Tensor) -> Tensor:
         return log_bernoulli(x, out[..., 0, :, :, :]).flatten(-3).sum(-1)
+
+    def log_prob_linear(self, x: Tensor, features: Iterable[Tensor], layer: nn.Linear) -> Tensor:
+        """``log_prob`` of the logits ``layer(h)`` without forming x·l: x (B, C, H, W), the
+        inputs h of ``layer`` in blocks (S_i, B, F) along the samples -> (Σ S_i, B).
+
+        Wᵀx and b·x are computed once for all blocks (see :func:`log_bernoulli_linear`).
+        """
+        pixels = x.flatten(-3)  # (B, P)
+        x_weight, x_bias = pixels @ layer.weight, pixels @ layer.bias
+        parts = [log_bernoulli_linear(h, layer.weight, layer.bias, x_weight, x_bias) for h in features]
+        return torch.cat(parts)
 
     def mean(self, out: Tensor) -> Tensor:
         return torch.sigmoid(out[..., 0, :, :, :])

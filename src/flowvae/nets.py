@@ -2,7 +2,9 @@
 
 An encoder maps images (B, C, H, W) to features (B, out_features); a decoder maps latents
 (N, D) to per-pixel likelihood parameters (N, P, C, H, W). They receive numbers (image shape,
-widths), never a dataset name.
+widths), never a dataset name. Decoders whose last layer is a linear map (``mlp``, ``linear``)
+expose it as ``out`` and its input as ``features(z)``, so that a likelihood can fuse its
+log-density with that layer (:meth:`flowvae.likelihoods.Bernoulli.log_prob_linear`).
 """
 
 from __future__ import annotations
@@ -76,8 +78,12 @@ class MLPDecoder(nn.Module):
         self.net = MLP(latent, hidden, batch_norm, input_to_all)
         self.out = nn.Linear(self.net.out_features, params * shape[0] * shape[1] * shape[2])
 
+    def features(self, z: Tensor) -> Tensor:
+        """The input of the linear output layer ``out``: z (N, D) -> (N, F)."""
+        return self.net(z)
+
     def forward(self, z: Tensor) -> Tensor:
-        return self.out(self.net(z)).view(-1, self.params, *self.shape)
+        return self.out(self.features(z)).view(-1, self.params, *self.shape)
 
 
 # ----------------------------------------------------------------------------- linear
@@ -103,8 +109,12 @@ class LinearDecoder(nn.Module):
         self.shape, self.params = shape, params
         self.out = nn.Linear(latent, params * shape[0] * shape[1] * shape[2])
 
+    def features(self, z: Tensor) -> Tensor:
+        """The input of the linear output layer ``out``: z itself."""
+        return z
+
     def forward(self, z: Tensor) -> Tensor:
-        return self.out(z).view(-1, self.params, *self.shape)
+        return self.out(self.features(z)).view(-1, self.params, *self.shape)
 
 
 # ----------------------------------------------------------------------------- gated conv

@@ -37,6 +37,32 @@ def log_bernoulli(x: Tensor, logits: Tensor) -> Tensor:
     return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
 
 
+def log_bernoulli_linear(
+    features: Tensor, weight: Tensor, bias: Tensor, x_weight: Tensor, x_bias: Tensor
+) -> Tensor:
+    """Σ_j log Bernoulli(x_j; sigmoid(l_j)) for the logits of a linear layer, l = h Wᵀ + b.
+
+    Σ_j log Bernoulli(x_j; sigmoid(l_j)) = Σ_j x_j l_j - Σ_j softplus(l_j), and
+    Σ_j x_j l_j = h · (Wᵀ x) + b · x: with Wᵀx and b·x computed once per image, the logits are
+    only formed for the softplus sum, never multiplied by an expanded copy of x.
+
+    Arguments:
+        features: h (*S, B, F), the layer's input.
+        weight, bias: W (P, F) and b (P,).
+        x_weight, x_bias: Wᵀx (B, F) and b·x (B,) of the binary data x (B, P).
+
+    Returns:
+        (*S, B), equal to ``log_bernoulli(x, h @ W.T + b).sum(-1)`` up to float rounding.
+    """
+    lead = features.shape[:-1]
+    logits = torch.addmm(bias, features.reshape(-1, features.shape[-1]), weight.t())  # (S*B, P)
+    # above the threshold softplus(l) = l to the dtype's precision (torch's default, 20, is
+    # exact only in float32)
+    threshold = -math.log(torch.finfo(logits.dtype).eps)
+    softplus_sum = F.softplus(logits, threshold=threshold).sum(-1).view(lead)
+    return (features * x_weight).sum(-1) + x_bias - softplus_sum
+
+
 def log_sigmoid_difference(plus: Tensor, minus: Tensor) -> Tensor:
     """Elementwise log(sigmoid(plus) - sigmoid(minus)) for plus > minus, without cancellation:
     log sigmoid(plus) + log(1 - exp(minus - plus)) + log sigmoid(-minus)."""

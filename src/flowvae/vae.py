@@ -47,6 +47,8 @@ class VAE(nn.Module):
         torch.Size([5])
     """
 
+    fused_rows = 2048  # rows per block of the fused likelihood (measured: BENCHMARKS.md, issue 14)
+
     def __init__(
         self,
         encoder: nn.Module,
@@ -89,8 +91,25 @@ class VAE(nn.Module):
         return out.view(*z.shape[:-1], *out.shape[1:])
 
     def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
-        """log p(x|z): x (B, C, H, W), z (*S, B, D) -> (*S, B)."""
-        return self.likelihood.log_prob(x, self._decode(z))
+        """log p(x|z): x (B, C, H, W), z (*S, B, D) -> (*S, B).
+
+        In eval mode, a likelihood that fuses its density (``log_prob_linear``) with a
+        decoder's linear output layer ``out`` applied to ``features(z)`` (Bernoulli after an
+        ``mlp`` or ``linear`` decoder) does so, over blocks of about
+        :attr:`fused_rows` (sample, image) rows so that each block's activations stay in the
+        CPU's cache: this is what importance sampling runs, thousands of z per image. Training
+        (train mode) and every other likelihood form the decoder's parameters as before.
+        """
+        fuse = getattr(self.likelihood, "log_prob_linear", None)
+        lead, batch = z.shape[:-1], x.shape[0]
+        out = getattr(self.decoder, "out", None)
+        linear_out = isinstance(out, nn.Linear) and hasattr(self.decoder, "features")
+        fused = fuse is not None and linear_out and not self.training
+        if not fused or len(lead) == 0 or lead[-1] != batch:  # (other shapes: broadcasting)
+            return self.likelihood.log_prob(x, self._decode(z))
+        blocks = z.reshape(-1, batch, z.shape[-1]).split(max(1, self.fused_rows // batch))  # (s, B, D)
+        features = (self.decoder.features(zs.flatten(0, 1)).view(*zs.shape[:2], -1) for zs in blocks)
+        return fuse(x, features, out).view(lead)
 
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         return self.log_prior(z) + self.log_likelihood(x, z)
