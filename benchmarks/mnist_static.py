@@ -6,6 +6,9 @@ subset), test ELBO, best valid ELBO, training throughput (images/s) and IWAE thr
 
     python benchmarks/mnist_static.py --data ../shared/data/binarized_mnist --minutes 10 --limit 1000
     python benchmarks/mnist_static.py --posteriors diag,iaf,planar --minutes 4 --limit 500
+    python benchmarks/mnist_static.py --posteriors diag,iaf --minutes 10 --curves curves.png train.threads=2
+
+``--curves`` draws every run's valid ELBO (test-free) against epochs and wall time into one PNG.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 import torch
 
 from flowvae.checkpoint import load_run
+from flowvae.compare import plot_curves
 from flowvae.config import apply_overrides
 from flowvae.data import evaluation_images, load_data
 from flowvae.estimators import evaluate
@@ -64,6 +68,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=0, help="seeded random test subset (0 = all 10k)")
     p.add_argument("--run-dir", default="runs/bench-mnist-static")
     p.add_argument("--preset", default="mnist-mlp")
+    p.add_argument("--curves", default="", help="PNG of the valid ELBO against epochs and wall time")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = p.parse_args()
     rows = []
@@ -73,6 +78,8 @@ def main() -> None:
         # after train(), which applies train.threads
         machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
         print(json.dumps({**row, "machine": machine, "date": time.strftime("%Y-%m-%d")}), flush=True)
+    if args.curves:
+        plot_curves([Path(args.run_dir) / r["posterior"] for r in rows], args.curves)
     print("\n| posterior | test −log p(x) IWAE | ± | test ELBO | epochs | train img/s | IWAE samples/s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
