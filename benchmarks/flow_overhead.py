@@ -17,17 +17,16 @@ backward pass, and the parameters, of each posterior's model: the work no schedu
 from __future__ import annotations
 
 import argparse
-import gzip
 import math
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
-from flowvae.data import parse_amat
+from flowvae.config import DataConfig
+from flowvae.data import load_data
 from flowvae.model import build_model
 from flowvae.presets import preset
 from flowvae.train import optimizer_for, train_step, training_loss
@@ -40,14 +39,7 @@ def batch(data: str | None, size: int) -> Tensor:
     """The first ``size`` validation images of static MNIST, or Bernoulli(0.13) noise without data."""
     if data is None:
         return torch.bernoulli(torch.full((size, 1, 28, 28), 0.13))
-    lines = []
-    with gzip.open(Path(data) / "binarized_mnist_valid.amat.gz", "rt") as f:
-        for line in f:
-            lines.append(line)
-            if len(lines) == size:
-                break
-    pixels = parse_amat("".join(lines).encode(), "binarized_mnist_valid.amat")
-    return torch.from_numpy(pixels).float().reshape(-1, 1, 28, 28)
+    return load_data(DataConfig(name="binarized_mnist", root=data)).valid[:size]
 
 
 def make_optimizer(kind: str, cfg, model: nn.Module) -> torch.optim.Optimizer:
@@ -56,28 +48,14 @@ def make_optimizer(kind: str, cfg, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=cfg.train.lr, fused=True)
 
 
-class MultiplyAdds(TorchDispatchMode):
-    """Sums m * k * n over the (m, k) x (k, n) matrix products dispatched while active."""
-
-    def __init__(self):
-        super().__init__()
-        self.total = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
-            a, b = args[-2:] if func.overloadpacket is torch.ops.aten.addmm else args[:2]
-            self.total += a.shape[0] * a.shape[1] * b.shape[1]
-        return func(*args, **(kwargs or {}))
-
-
 def count(runs: dict, names: list[str], x: Tensor) -> None:
     """Multiply-adds of one training forward + backward, and parameters, relative to diag's."""
     work = {}
     for name in names:
         model, _, cfg = runs[name, OPTIMIZERS[0]]
-        with MultiplyAdds() as mode:
+        with FlopCounterMode(display=False) as mode:  # counts 2 FLOPs per multiply-add
             training_loss(model(x, 1), 1.0, 0.0, cfg.model.latent_dim).backward()
-        work[name] = mode.total, sum(p.numel() for p in model.parameters())
+        work[name] = mode.get_total_flops() // 2, sum(p.numel() for p in model.parameters())
     base = work.get("diag", (math.nan, math.nan))
     print(f"{'posterior':<22}{'multiply-adds':>16}{'ratio':>7}{'parameters':>12}{'ratio':>7}")
     for name, (macs, params) in work.items():

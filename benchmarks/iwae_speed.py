@@ -16,7 +16,6 @@ images against its standard error), not bitwise.
 from __future__ import annotations
 
 import argparse
-import gzip
 import math
 import statistics
 import time
@@ -26,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowvae.config import DataConfig
+from flowvae.data import load_data
 from flowvae.estimators import iwae
 from flowvae.model import build_model
 from flowvae.presets import preset
@@ -55,14 +56,10 @@ def hand_written_iwae(model: nn.Module, x: Tensor, samples: int, chunk: int) -> 
 
 def load_images(folder: Path, n: int) -> Tensor:
     """The first ``n`` static-MNIST test images (n, 1, 28, 28), or random binary images."""
-    from flowvae.data import parse_amat
-
-    path = folder / "binarized_mnist_test.amat.gz"
-    if not path.exists():
-        print(f"no {path}: timing random binary images (pixel mean 0.13) instead")
+    if not (folder / "binarized_mnist_test.amat.gz").exists():
+        print(f"no static MNIST in {folder}: timing random binary images (pixel mean 0.13) instead")
         return torch.bernoulli(torch.full((n, 1, 28, 28), 0.13))
-    pixels = parse_amat(gzip.decompress(path.read_bytes()), path.name)[:n]
-    return torch.from_numpy(pixels).float().view(-1, 1, 28, 28)
+    return load_data(DataConfig(name="binarized_mnist", root=str(folder))).test[:n]
 
 
 def build(run: str | None) -> nn.Module:

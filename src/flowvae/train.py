@@ -26,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from torch import Tensor, nn
 
 from . import distributed
 from .checkpoint import load_checkpoint, load_run, remove_temp_files, save_atomic
-from .config import Config, ConfigError, TrainConfig, from_dict, save_yaml
+from .config import Amp, Config, ConfigError, TrainConfig, from_dict, save_yaml
 from .core import ElboTerms
 from .data import ImageData, iterate_batches, load_data, num_batches
 from .estimators import elbo_terms
@@ -599,8 +600,8 @@ def setup(
     state, ckpt = _restore(run_dir, model, optimizer, d, device) if resume else (TrainState(), None)
     # DDP broadcasts rank 0's weights at construction: all ranks start identical
     net = DistributedDataParallel(model) if d.enabled else model
-    if t.amp not in ("auto", "none", "bf16"):
-        raise ConfigError(f"unknown train.amp {t.amp!r}; use auto, none or bf16")
+    if t.amp not in typing.get_args(Amp):
+        raise ConfigError(f"unknown train.amp {t.amp!r}; use {', '.join(typing.get_args(Amp))}")
     if t.compile:
         net = torch.compile(net)
     ema = EMA(model, t.ema) if t.ema > 0 else None
