@@ -25,7 +25,14 @@ from conftest import run_cli
 BAD_INPUTS: list[tuple[str, list[str], int, str]] = [
     # --- config values, checked when parsed (train) ---
     ("string-choice-typo", ["train", "train.lr_schedule=cosin"], 2,
-     "train.lr_schedule: 'cosin' is not a valid value; valid values: constant, exponential, cosine"),
+     "train.lr_schedule: 'cosin' is not a valid value; valid values: constant, exponential, cosine, "
+     "cosine-budget"),
+    ("objective-typo", ["train", "train.objective=iw"], 2, "train.objective: 'iw' is not a valid value"),
+    ("iwae-objective-with-free-bits", ["train", "train.objective=iwae", "train.kl_min=0.5"], 2,
+     "train.kl_min=0.5 (free bits) clamps a KL term that train.objective=iwae does not have"),
+    ("dropout-one", ["train", "model.dropout=1"], 2, "model.dropout=1.0: must be in [0, 1)"),
+    ("weight-decay-negative", ["train", "train.weight_decay=-0.1"], 2,
+     "train.weight_decay=-0.1: must be >= 0"),
     ("optimizer-typo", ["train", "train.optimizer=sgd"], 2, "valid values: adam, adamax"),
     ("encoder-typo", ["train", "model.encoder=cnn"], 2, "valid values: mlp, gated-conv, resnet, linear"),
     ("dataset-typo", ["train", "data.name=mnits"], 2, "data.name: 'mnits' is not a valid value"),
@@ -196,7 +203,6 @@ def test_the_table_covers_every_subcommand_and_names_each_case_once() -> None:
     names = [case[0] for case in BAD_INPUTS]
     assert len(names) == len(set(names))
     assert {case[1][0] for case in BAD_INPUTS} == {"train", "eval", "sample", "gaps"}
-
 
 
 def test_the_two_tables_name_each_case_once() -> None:

@@ -16,9 +16,11 @@ from flowvae.data import load_data
 from flowvae.presets import preset
 from flowvae.train import (
     TrainingError,
+    budget_horizon,
     evaluate_elbo,
     kl_weight,
     learning_rate,
+    optimizer_for,
     prepare_run,
     train,
     train_step,
@@ -115,6 +117,68 @@ def test_schedules():
     assert learning_rate(cfg, 2.5) == pytest.approx(0.0025)
 
 
+def test_cosine_budget_ends_its_decay_when_the_time_is_up():
+    cfg = small_cfg("train.lr=0.01", "train.lr_min=0.001", "train.lr_schedule=cosine-budget")
+    cfg = apply_overrides(cfg, ["train.epochs=100"])
+    assert budget_horizon(cfg, 2, 2.0, 10.0) == 100.0  # no time budget: train.epochs
+    cfg = apply_overrides(cfg, ["train.max_minutes=1"])
+    # 2 epochs took 10 s of the 60: 50 s left at 5 s an epoch -> ends after epoch 12
+    assert budget_horizon(cfg, 2, 2.0, 10.0) == pytest.approx(12.0)
+    assert budget_horizon(cfg, 30, 30.0, 70.0) == pytest.approx(30.0)  # over time: now
+    assert budget_horizon(cfg, 2, 2.0, 0.5) == 100.0  # fast epochs: train.epochs comes first
+    assert learning_rate(cfg, 6.0, 12.0) == pytest.approx(0.0055)  # half way: the mean of lr, lr_min
+    assert learning_rate(cfg, 12.0, 12.0) == pytest.approx(0.001)
+    assert learning_rate(cfg, 20.0, 12.0) == pytest.approx(0.001)
+    assert learning_rate(cfg, 50.0, 0.0) == pytest.approx(0.0055)  # before any epoch: train.epochs
+
+
+def test_cosine_budget_run_reaches_lr_min_at_its_time_budget(tmp_path):
+    cfg = small_cfg("train.lr_schedule=cosine-budget", "train.epochs=100000", "train.max_minutes=0.1",
+                    "train.lr_min=0.0001", "train.ema=0")  # fmt: skip
+    state = train(cfg, tmp_path / "r", progress=False)
+    assert state.stopped == "max_minutes=0.1"
+    lrs = [float(r["lr"]) for r in rows(tmp_path / "r")]
+    assert len(lrs) >= 4 and all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+    # the horizon was re-estimated every epoch: the decay ended within the last epochs, not before
+    assert state.horizon < state.epoch + 3
+    assert lrs[-1] < 0.0001 + 0.1 * (0.001 - 0.0001) and lrs[len(lrs) // 4] > 0.0005
+
+
+def test_iwae_objective_is_the_importance_weighted_bound(tmp_path):
+    log_lik = torch.tensor([[-10.0, -12.0], [-11.0, -9.0], [-13.0, -10.5]])
+    log_prior = torch.tensor([[-3.0, -2.0], [-2.5, -4.0], [-1.0, -3.0]])
+    log_q = torch.tensor([[1.0, 0.5], [0.0, -0.5], [2.0, 0.3]])
+    terms = ElboTerms(log_lik, log_prior, log_q)
+    w = log_lik + 0.5 * (log_prior - log_q)
+    expected = -(torch.logsumexp(w, 0) - torch.log(torch.tensor(3.0))).mean()
+    assert training_loss(terms, 0.5, 0.0, 4, "iwae").item() == pytest.approx(expected.item())
+    # tighter than the ELBO (Jensen), and the ELBO with one sample
+    assert training_loss(terms, 1.0, 0.0, 4, "iwae") < training_loss(terms, 1.0, 0.0, 4, "elbo")
+    one = ElboTerms(log_lik[:1], log_prior[:1], log_q[:1])
+    elbo_loss = training_loss(one, 1.0, 0.0, 4).item()
+    assert training_loss(one, 1.0, 0.0, 4, "iwae").item() == pytest.approx(elbo_loss)
+    # a run with it trains, and reports the ELBO (not the bound) as its valid number
+    cfg = small_cfg("train.objective=iwae", "train.samples=3", "train.epochs=1", "train.ema=0")
+    train(cfg, tmp_path / "iw", progress=False)
+    _, model, _ = load_run(tmp_path / "iw", "best")
+    logged = float(rows(tmp_path / "iw")[0]["valid_elbo"])
+    assert evaluate_elbo(model, load_data(cfg.data), "valid", cfg) == pytest.approx(logged, abs=1e-6)
+
+
+def test_weight_decay_is_decoupled_for_adam_and_coupled_for_adamax():
+    model = torch.nn.Linear(3, 2)
+    cfg = small_cfg("train.weight_decay=0.1", "train.lr=0.01")
+    opt = optimizer_for(cfg, model)
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["weight_decay"] == 0.1
+    before = model.weight.detach().clone()
+    model.weight.grad, model.bias.grad = torch.zeros_like(model.weight), torch.zeros_like(model.bias)
+    opt.step()  # zero gradient: only the decay acts, w <- w (1 - lr wd)
+    assert torch.allclose(model.weight, before * (1 - 0.01 * 0.1), rtol=1e-6, atol=0)
+    assert type(optimizer_for(small_cfg(), model)) is torch.optim.Adam
+    adamax = optimizer_for(apply_overrides(cfg, ["train.optimizer=adamax"]), model)
+    assert isinstance(adamax, torch.optim.Adamax) and adamax.param_groups[0]["weight_decay"] == 0.1
+
+
 def test_nonfinite_updates_are_skipped_and_divergence_stops_cleanly(tmp_path, monkeypatch):
     from flowvae import train as train_module
 
@@ -180,7 +244,9 @@ def test_bf16_autocast_trains_and_reports_in_float32(tmp_path):
     assert evaluate_elbo(run.model.float(), load_data(cfg.data), "valid", cfg) == pytest.approx(
         float(row["valid_elbo"]), rel=1e-6
     )
-    with pytest.raises(Exception, match="train.amp: .fp8. is not a valid value; valid values: auto, none, bf16"):  # noqa: E501
+    with pytest.raises(
+        Exception, match="train.amp: .fp8. is not a valid value; valid values: auto, none, bf16"
+    ):  # noqa: E501
         train(small_cfg("train.amp=fp8"), tmp_path / "bad", progress=False)
 
 
@@ -419,6 +485,7 @@ def test_tensorboard_drops_what_a_killed_invocation_logged_after_its_checkpoint(
     acc.Reload()
     assert [e.step for e in acc.Scalars("valid_elbo")] == [13, 26]
     assert [e.step for e in acc.Images("samples")] == [13, 26]
+
 
 def test_training_without_a_validation_split_keeps_the_latest_weights(tmp_path):
     cfg = small_cfg("train.epochs=2", "data.valid_size=0", "data.test_size=100")

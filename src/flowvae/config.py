@@ -40,7 +40,8 @@ PosteriorName = Literal[FlatPosterior, HierarchicalPosterior]
 PriorName = Literal["diag", "iaf"]
 ArMask = Literal["channel", "pixel"]
 Optimizer = Literal["adam", "adamax"]
-LrSchedule = Literal["constant", "exponential", "cosine"]
+LrSchedule = Literal["constant", "exponential", "cosine", "cosine-budget"]
+Objective = Literal["elbo", "iwae"]
 Amp = Literal["auto", "none", "bf16"]
 Freeze = Literal["", "decoder", "encoder"]
 
@@ -68,6 +69,7 @@ class ModelConfig:
     decoder_hidden: list[int] | None = None  # mlp decoder widths; None: hidden reversed
     batch_norm: bool = False  # mlp: batch norm after each hidden layer
     input_to_all: bool = False  # mlp: feed the network's input to every hidden layer
+    dropout: float = 0.0  # mlp: dropout after each hidden layer while training (0 = off)
     channels: int = 32  # conv encoders/decoders: feature maps
     blocks: int = 2  # resnet: residual blocks per resolution
     mixtures: int = 5  # logistic-mixture: components
@@ -97,9 +99,13 @@ class TrainConfig:
     batch_size: int = 100
     optimizer: Optimizer = "adam"
     lr: float = 1e-3
+    # cosine-budget: cosine over the sooner end of train.epochs and train.max_minutes (the epochs
+    # that fit in the time left, re-estimated after every epoch from the epochs' measured time)
     lr_schedule: LrSchedule = "constant"
     lr_decay: float = 1.0  # exponential: multiply the lr by this every epoch
-    lr_min: float = 0.0  # cosine: final lr
+    lr_min: float = 0.0  # cosine, cosine-budget: final lr
+    weight_decay: float = 0.0  # adam: decoupled (AdamW); adamax: L2 added to the gradient
+    objective: Objective = "elbo"  # iwae: the importance-weighted bound over train.samples samples
     kl_warmup_epochs: float = 0.0  # KL weight rises linearly from 0 to 1 over this many epochs
     kl_min: float = 0.0  # free bits: nats per latent dimension (0 = off); never in reported numbers
     samples: int = 1  # z samples per example in the training ELBO
@@ -247,11 +253,13 @@ CHECKS: dict[str, Check] = {
     "model.n_z": _POSITIVE,
     "model.depth_ar": _NON_NEGATIVE,
     "model.row_budget_mb": _POSITIVE,
+    "model.dropout": _FRACTION,
     "train.epochs": _POSITIVE,
     "train.batch_size": _POSITIVE,
     "train.lr": _POSITIVE,
     "train.lr_decay": _POSITIVE,
     "train.lr_min": _NON_NEGATIVE,
+    "train.weight_decay": _NON_NEGATIVE,
     "train.kl_warmup_epochs": _NON_NEGATIVE,
     "train.kl_min": _NON_NEGATIVE,
     "train.samples": _POSITIVE,
@@ -285,7 +293,7 @@ def check_value(key: str, value: Any) -> None:
 MODEL_TYPE_KEYS: dict[str, set[str]] = {
     "flat": {
         "encoder", "decoder", "latent_dim", "hidden", "decoder_hidden", "batch_norm", "input_to_all",
-        "channels", "blocks", "context_dim", "flow_steps", "flow_hidden", "flow_layers",
+        "dropout", "channels", "blocks", "context_dim", "flow_steps", "flow_hidden", "flow_layers",
         "num_householder", "num_ortho_vecs", "aux_dim",
     },
     "hierarchical": {"depths", "n_h", "n_z", "depth_ar", "prior", "up_feedback", "ar_mask", "row_budget_mb"},
@@ -326,6 +334,11 @@ def validate(cfg: Config, given: list[str] | tuple[str, ...] = ()) -> Config:
         raise ConfigError("model.depths=[]: model.type=hierarchical needs at least one level, e.g. [2, 2]")
     if m.type == "flat" and m.posterior != "diag" and m.flow_steps <= 0:
         raise ConfigError(f"model.flow_steps={m.flow_steps}: model.posterior={m.posterior} needs >= 1 step")
+    if cfg.train.objective == "iwae" and cfg.train.kl_min > 0:
+        raise ConfigError(
+            f"train.kl_min={cfg.train.kl_min:g} (free bits) clamps a KL term that train.objective=iwae does "
+            "not have; use train.kl_min=0 or train.objective=elbo"
+        )
     for key in valid_keys(cfg):
         section, name = key.split(".")
         check_value(key, getattr(getattr(cfg, section), name))

@@ -36,8 +36,8 @@ def posterior_options(cfg: ModelConfig) -> dict:
 
 def build_flat(cfg: ModelConfig, shape: Shape, binary: bool) -> VAE:
     """The flat VAE: ``model.encoder`` -> ``model.posterior`` -> ``model.decoder``."""
-    net = {"batch_norm": cfg.batch_norm, "input_to_all": cfg.input_to_all, "channels": cfg.channels,
-           "blocks": cfg.blocks}  # fmt: skip
+    net = {"batch_norm": cfg.batch_norm, "input_to_all": cfg.input_to_all, "dropout": cfg.dropout,
+           "channels": cfg.channels, "blocks": cfg.blocks}  # fmt: skip
     # built in this order so that a seed gives the same initial weights as before the re-layering
     likelihood = build_likelihood(cfg.likelihood, binary, shape, cfg.mixtures)
     encoder = build_encoder(cfg.encoder, shape, hidden=list(cfg.hidden), **net)

@@ -21,7 +21,8 @@ Shape = tuple[int, int, int]
 
 
 class MLP(nn.Module):
-    """ELU MLP; optional batch norm; optionally the input is fed to every hidden layer."""
+    """ELU MLP; optional batch norm; optionally the input is fed to every hidden layer;
+    optional dropout after each hidden layer (training only: ``eval()`` switches it off)."""
 
     def __init__(
         self,
@@ -29,6 +30,7 @@ class MLP(nn.Module):
         hidden: list[int],
         batch_norm: bool = False,
         input_to_all: bool = False,
+        dropout: float = 0.0,
     ):
         super().__init__()
         self.input_to_all = input_to_all
@@ -39,6 +41,8 @@ class MLP(nn.Module):
             if batch_norm:
                 layer.append(nn.BatchNorm1d(h))
             layer.append(nn.ELU())
+            if dropout > 0:
+                layer.append(nn.Dropout(dropout))
             self.layers.append(nn.Sequential(*layer))
             width = h + (in_features if input_to_all else 0)
         self.out_features = width
@@ -53,10 +57,17 @@ class MLP(nn.Module):
 
 
 class MLPEncoder(nn.Module):
-    def __init__(self, shape: Shape, hidden: list[int], batch_norm: bool = False, input_to_all: bool = False):
+    def __init__(
+        self,
+        shape: Shape,
+        hidden: list[int],
+        batch_norm: bool = False,
+        input_to_all: bool = False,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         c, h, w = shape
-        self.net = MLP(c * h * w, hidden, batch_norm, input_to_all)
+        self.net = MLP(c * h * w, hidden, batch_norm, input_to_all, dropout)
         self.out_features = self.net.out_features
 
     def forward(self, x: Tensor) -> Tensor:
@@ -72,10 +83,11 @@ class MLPDecoder(nn.Module):
         hidden: list[int],
         batch_norm: bool = False,
         input_to_all: bool = False,
+        dropout: float = 0.0,
     ):
         super().__init__()
         self.shape, self.params = shape, params
-        self.net = MLP(latent, hidden, batch_norm, input_to_all)
+        self.net = MLP(latent, hidden, batch_norm, input_to_all, dropout)
         self.out = nn.Linear(self.net.out_features, params * shape[0] * shape[1] * shape[2])
 
     def features(self, z: Tensor) -> Tensor:
@@ -203,9 +215,7 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, ch: int):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.ELU(), nn.Conv2d(ch, ch, 3, 1, 1), nn.ELU(), nn.Conv2d(ch, ch, 3, 1, 1)
-        )
+        self.net = nn.Sequential(nn.ELU(), nn.Conv2d(ch, ch, 3, 1, 1), nn.ELU(), nn.Conv2d(ch, ch, 3, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.net(x)
@@ -272,7 +282,7 @@ def _registry(*records: NetRecord) -> dict[str, NetRecord]:
     return {r.name: r for r in records}
 
 
-_MLP = ("hidden", "batch_norm", "input_to_all")
+_MLP = ("hidden", "batch_norm", "input_to_all", "dropout")
 ENCODERS = _registry(
     NetRecord("mlp", MLPEncoder, _MLP),
     NetRecord("gated-conv", GatedConvEncoder, ("channels",)),
