@@ -17,7 +17,7 @@ tried for issue 17 (to choose between them: ``--split valid --limit 1000 --sampl
         --curves hour_curves.png               # 60 minutes each: the issue-17 benchmark
     python benchmarks/mnist_static.py --preset mnist-static-hour --posteriors preset,diag --jobs 2 --minutes 10
     python benchmarks/mnist_static.py --posteriors diag,iaf --minutes 4 --limit 500 train.lr_schedule=cosine-budget
-    python benchmarks/mnist_static.py --grid hour --jobs 14 --minutes 8 --split valid --limit 1000 --samples 1000 \
+    python benchmarks/mnist_static.py --grid hour --jobs 12 --minutes 7 --split valid --limit 1000 --samples 1000 \
         train.lr_schedule=cosine-budget train.epochs=100000
 
 ``--posteriors preset`` keeps the preset's own posterior; ``--curves`` draws every run's valid
@@ -53,10 +53,8 @@ HOUR_GRID = {
     "iaf64-wd0.05": "model.posterior=iaf model.flow_hidden=64 train.weight_decay=0.05",
     "iaf64-z64": "model.posterior=iaf model.flow_hidden=64 model.latent_dim=64",
     "iaf64-lr2e-3": "model.posterior=iaf model.flow_hidden=64 train.lr=0.002",
-    "iaf64-b50": "model.posterior=iaf model.flow_hidden=64 train.batch_size=50",
     "iaf64-8steps": "model.posterior=iaf model.flow_hidden=64 model.flow_steps=8",
     "iaf64-500": "model.posterior=iaf model.flow_hidden=64 model.hidden=[500,500]",
-    "iaf64-noema": "model.posterior=iaf model.flow_hidden=64 train.ema=0",
 }
 GRIDS = {"hour": HOUR_GRID}
 

@@ -101,11 +101,12 @@ class _Replay:
     """Serves pre-drawn base samples in order, so two computations see the same draws."""
 
     def __init__(self, eps: torch.Tensor):
-        self.eps, self.used = eps, 0
+        self.eps, self.used, self.calls = eps, 0, 0
 
     def __call__(self, posterior: Posterior, sample_shape=()) -> torch.Tensor:
         (n,) = sample_shape
         self.used += n
+        self.calls += 1
         return self.eps[self.used - n : self.used]
 
 
@@ -124,7 +125,9 @@ MODELS = {
 def test_iwae_equals_the_reference_formula_within_float32_rounding(options, monkeypatch):
     """iwae() in eval mode (the fused path, in row blocks) against log-mean-exp of the old
     formula's weights on the same draws; log-mean-exp is 1-Lipschitz in the max norm, so the
-    per-image tolerance is the largest of its K weights' rounding bounds (both formulas)."""
+    per-image tolerance is the largest of its K weights' rounding bounds (both formulas). The
+    draws also pass the posterior in blocks (4 samples x 10 images of at most 48 rows): each
+    block's z must meet its own log q."""
     model = _model(**options)
     if options.get("batch_norm"):  # running statistics away from their initial (0, 1)
         model.train()
@@ -137,6 +140,7 @@ def test_iwae_equals_the_reference_formula_within_float32_rounding(options, monk
     replay = _Replay(eps)
     monkeypatch.setattr(Posterior, "sample_base", lambda self, shape=(): replay(self, shape))
     new = iwae(model, x, samples=k, chunk=16)
+    assert replay.calls == 4 + 4 + 2  # chunks of 16, 16, 5 samples, in blocks of 4
 
     q = model.encode(x)
     z, ladj = q.transform(eps)

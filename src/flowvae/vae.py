@@ -73,8 +73,22 @@ class VAE(nn.Module):
         self.decoder = decoder
 
     def forward(self, x: Tensor, samples: int = 1) -> ElboTerms:
-        """The ELBO's terms for ``samples`` draws of z per example (what training differentiates)."""
-        z, log_q = self.encode(x).rsample_and_log_prob((samples,))
+        """The ELBO's terms for ``samples`` draws of z per example (what training differentiates).
+
+        Evaluating (eval mode, no gradients), x is encoded once and the draws go through the
+        posterior's flow, the prior and the decoder in blocks of about :attr:`fused_rows`
+        (sample, image) rows, so that each block's activations stay in the CPU's cache.
+        """
+        q = self.encode(x)
+        step = max(1, self.fused_rows // max(x.shape[0], 1))
+        if self.training or torch.is_grad_enabled() or samples <= step:
+            return self._terms(x, q, samples)
+        blocks = [self._terms(x, q, min(step, samples - s)) for s in range(0, samples, step)]
+        terms = ("log_likelihood", "log_prior", "log_q")
+        return ElboTerms(*(torch.cat([getattr(b, name) for b in blocks]) for name in terms))
+
+    def _terms(self, x: Tensor, q: Posterior, samples: int) -> ElboTerms:
+        z, log_q = q.rsample_and_log_prob((samples,))
         return ElboTerms(self.log_likelihood(x, z), self.log_prior(z), log_q)
 
     def data_init(self, x: Tensor) -> None:
