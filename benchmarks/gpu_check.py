@@ -427,8 +427,14 @@ def main() -> None:
         check.part(name, parts[name])
     check.markdown()
     print(f"--- [{time.monotonic() - check.start:6.1f} s] done: {check.jsonl}", flush=True)
+    with (
+        contextlib.suppress(Exception),
+        cap(10),
+    ):  # stop torch.compile's workers (an interrupted compile's too)
+        if "torch._inductor.async_compile" in sys.modules:
+            sys.modules["torch._inductor.async_compile"].shutdown_compile_workers()
     sys.stderr.flush()
-    os._exit(0)  # no atexit wait on torch.compile's worker pool or on CUDA teardown
+    os._exit(0)  # no atexit wait on a stuck worker pool or CUDA teardown
 
 
 if __name__ == "__main__":
