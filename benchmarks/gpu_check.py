@@ -26,9 +26,9 @@ the parts share a ``--budget`` (seconds) and ``compile``, last, gets what is lef
    peer's gated-conv architecture (../shared/peers/ours_bench.py) diag / iaf / sylvester-orthogonal,
    in float32 and bf16 autocast; ``compile`` (last): bf16 + ``torch.compile``, with its compile time.
 4. ``iwae``: ``flowvae.estimators.iwae`` samples/s on test images (fresh mnist-mlp diag and iaf,
-   K=5000) over chunk sizes, image batches and ``VAE.fused_rows``, with the projected minutes of
-   10,000 x 5000; and the eval-mode fused Bernoulli likelihood against the train-mode formula in
-   float32 (both against float64), within the rounding bound of tests/test_iwae_fused.py.
+   K=5000) over chunk sizes, image batches and ``VAE.fused_rows_gpu`` (CPU: ``fused_rows``), with
+   the projected minutes of 10,000 x 5000; and the eval-mode fused Bernoulli likelihood against
+   the train-mode formula in float32 (both against float64), within the rounding bound of tests/test_iwae_fused.py.
 5. ``cifar``: seconds per ``train_step`` and img/s of ``iaf-cifar10`` (batch 16) and
    ``iaf-cifar10-311`` (batch 256; 32, one of 8 processes' share, if 256 runs out of memory), on
    subset images, float32 vs bf16, with peak GPU memory.
@@ -83,7 +83,7 @@ SIZES = {  # name: (GPU, --quick)
     "train_batch": (100, 20), "warmup": (20, 1), "steps": (200, 3), "resident": (10_000, 1000),
     "item_cap": (75, 40), "iwae_images": (1000, 20), "K": (5000, 50),
     "chunks": ((500, 2000, 5000), (10, 25, 50)), "batches": ((100, 1000), (10, 20)),
-    "fused_rows": ((2048, 32768), (2048, 64)), "cifar_batches": ((16, 256), (2, 2)),
+    "fused_rows": ((32768, 2048, 131072), (2048, 64)), "cifar_batches": ((16, 256), (2, 2)),
     "cifar_steps": (3, 1), "cifar_warmup": (1, 0),
 }  # fmt: skip
 CAPS = {"env": 30, "cli": 100, "train": 60, "iwae": 60, "cifar": 75, "compile": 10_000}  # seconds per part
@@ -311,9 +311,15 @@ class Check:
             self.item("compile", name, partial(self.train_item, name, "bf16", True), self.size("item_cap"))
 
     # 4 -------------------------------------------------------------------------------------------
+    @property
+    def rows_attr(self) -> str:
+        """The VAE attribute that sizes evaluation blocks on this device."""
+        return "fused_rows" if torch.device(self.device).type == "cpu" else "fused_rows_gpu"
+
     @torch.no_grad()
     def iwae_item(self, model, x, chunk: int, batch: int, rows: int) -> dict:
-        k, VAE.fused_rows = self.size("K"), rows
+        k = self.size("K")
+        setattr(VAE, self.rows_attr, rows)
         self.reset_peak()
         iwae(model, x[:batch], samples=min(k, chunk), chunk=chunk)  # warm-up
         self.sync()
@@ -351,7 +357,7 @@ class Check:
         grid = [(c, b, rows[0]) for c in chunks for b in batches] + [
             (chunks[-1], batches[0], r) for r in rows[1:]
         ]
-        default_rows = VAE.fused_rows
+        default_rows = getattr(VAE, self.rows_attr)
         try:
             for posterior in ("diag", "iaf"):
                 torch.manual_seed(0)
@@ -360,7 +366,7 @@ class Check:
                 for g in grid:
                     self.item("iwae", f"mlp-{posterior}", partial(self.iwae_item, model, x, *g))
         finally:
-            VAE.fused_rows = default_rows
+            setattr(VAE, self.rows_attr, default_rows)
         torch.manual_seed(0)
         model = build_model(preset("mnist-mlp").model, (1, 28, 28), True).to(self.device)
         self.item("iwae", "fused-vs-reference fp32", partial(self.fused_check, model, x[:64]))

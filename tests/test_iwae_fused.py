@@ -185,3 +185,13 @@ def test_fused_path_keeps_gradients_for_ais_and_broadcasting_shapes():
     assert z.grad is not None and torch.isfinite(z.grad).all()
     one = model.log_likelihood(x[:1], z.detach())  # (1, C, H, W) against (3, 4, D)
     assert one.shape == (3, 4)
+
+
+def test_evaluation_blocks_are_sized_per_device():
+    """Cache-sized blocks on a CPU; on a GPU blocks 16x larger (2048-row blocks left an H100
+    launch-bound at 2M samples/s against 34M: BENCHMARKS.md)."""
+    model, x = _model(), _images(10)
+    assert model._samples_per_block(x) == model.fused_rows // 10
+    gpu_like = torch.empty(10, *SHAPE, device="meta")
+    on_gpu = model._samples_per_block(gpu_like)
+    assert on_gpu == model.fused_rows_gpu // 10 >= 16 * model._samples_per_block(x)

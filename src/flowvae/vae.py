@@ -47,7 +47,8 @@ class VAE(nn.Module):
         torch.Size([5])
     """
 
-    fused_rows = 2048  # rows per block of the fused likelihood (measured: BENCHMARKS.md, issue 14)
+    fused_rows = 2048  # CPU: (sample, image) rows per block, cache-sized (measured: BENCHMARKS.md, issue 14)
+    fused_rows_gpu = 32768  # other devices: blocks that keep a GPU busy (measured: BENCHMARKS.md, GPU)
 
     def __init__(
         self,
@@ -77,15 +78,20 @@ class VAE(nn.Module):
 
         Evaluating (eval mode, no gradients), x is encoded once and the draws go through the
         posterior's flow, the prior and the decoder in blocks of about :attr:`fused_rows`
-        (sample, image) rows, so that each block's activations stay in the CPU's cache.
+        (sample, image) rows, so that each block's activations stay in the CPU's cache
+        (:attr:`fused_rows_gpu` on a GPU).
         """
         q = self.encode(x)
-        step = max(1, self.fused_rows // max(x.shape[0], 1))
+        step = self._samples_per_block(x)
         if self.training or torch.is_grad_enabled() or samples <= step:
             return self._terms(x, q, samples)
         blocks = [self._terms(x, q, min(step, samples - s)) for s in range(0, samples, step)]
         terms = ("log_likelihood", "log_prior", "log_q")
         return ElboTerms(*(torch.cat([getattr(b, name) for b in blocks]) for name in terms))
+
+    def _samples_per_block(self, x: Tensor) -> int:
+        rows = self.fused_rows if x.device.type == "cpu" else self.fused_rows_gpu
+        return max(1, rows // max(x.shape[0], 1))
 
     def _terms(self, x: Tensor, q: Posterior, samples: int) -> ElboTerms:
         z, log_q = q.rsample_and_log_prob((samples,))
@@ -109,10 +115,11 @@ class VAE(nn.Module):
 
         In eval mode, a likelihood that fuses its density (``log_prob_linear``) with a
         decoder's linear output layer ``out`` applied to ``features(z)`` (Bernoulli after an
-        ``mlp`` or ``linear`` decoder) does so, over blocks of about
-        :attr:`fused_rows` (sample, image) rows so that each block's activations stay in the
-        CPU's cache: this is what importance sampling runs, thousands of z per image. Training
-        (train mode) and every other likelihood form the decoder's parameters as before.
+        ``mlp`` or ``linear`` decoder) does so, over blocks of about :attr:`fused_rows`
+        (sample, image) rows so that each block's activations stay in the CPU's cache (on a
+        GPU, :attr:`fused_rows_gpu`: enough to keep it busy): this is what importance sampling
+        runs, thousands of z per image. Training (train mode) and every other likelihood form
+        the decoder's parameters as before.
         """
         fuse = getattr(self.likelihood, "log_prob_linear", None)
         lead, batch = z.shape[:-1], x.shape[0]
@@ -121,7 +128,7 @@ class VAE(nn.Module):
         fused = fuse is not None and linear_out and not self.training
         if not fused or len(lead) == 0 or lead[-1] != batch:  # (other shapes: broadcasting)
             return self.likelihood.log_prob(x, self._decode(z))
-        blocks = z.reshape(-1, batch, z.shape[-1]).split(max(1, self.fused_rows // batch))  # (s, B, D)
+        blocks = z.reshape(-1, batch, z.shape[-1]).split(self._samples_per_block(x))  # (s, B, D)
         features = (self.decoder.features(zs.flatten(0, 1)).view(*zs.shape[:2], -1) for zs in blocks)
         return fuse(x, features, out).view(lead)
 
