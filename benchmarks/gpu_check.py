@@ -7,9 +7,10 @@ Run from the repository root on the GPU machine, with the data carried in the ig
 
     PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/gpu_check.py --data .devdata --out $OUT
 
-and on a CPU-only machine, to exercise every code path in ~2 minutes:
+and on a CPU-only machine, to exercise every code path (~40 s, plus ~2 min the first time
+torch.compile runs; on a busy 2-core machine 1 thread is many times faster than 2):
 
-    PYTHONPATH=src python benchmarks/gpu_check.py --device cpu --quick --threads 2 --out /tmp/gpu_check
+    PYTHONPATH=src python benchmarks/gpu_check.py --device cpu --quick --threads 1 --out /tmp/gpu_check
 
 Each result is one JSON line of ``OUT/gpu_check.jsonl`` (written and printed as soon as it is
 known); ``OUT/gpu_check.md`` tabulates them at the end. A part or item that fails or runs past
