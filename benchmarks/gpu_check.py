@@ -44,7 +44,6 @@ import contextlib
 import gc
 import inspect
 import json
-import math
 import os
 import shutil
 import signal
@@ -64,6 +63,7 @@ from flowvae.data import load_data
 from flowvae.estimators import iwae
 from flowvae.model import build_model
 from flowvae.presets import preset
+from flowvae.testing import rounding_bound
 from flowvae.train import native_bf16, optimizer_for, train_step
 from flowvae.vae import VAE
 
@@ -335,16 +335,15 @@ class Check:
     @torch.no_grad()
     def fused_check(self, model, x) -> dict:
         """Eval-mode (fused) and train-mode (reference) log p(x|z) in float32, each against float64,
-        within the rounding bound of tests/test_iwae_fused.py (Higham & Mary 2019, lambda = 7)."""
+        within flowvae.testing.rounding_bound (Higham & Mary 2019, lambda = 7), as the tests."""
         for p in model.decoder.parameters():
             p.mul_(3)  # logits of a realistic spread, as the test
         z = torch.randn(8, x.shape[0], model.latent_dim, device=self.device)
         fused, ref = model.eval().log_likelihood(x, z), model.train().log_likelihood(x, z)
         exact = model.double().log_likelihood(x.double(), z.double())
-        h, out = model.decoder.features(z.double().flatten(0, 1)).abs(), model.decoder.out
-        s = (h @ out.weight.abs().t() + out.bias.abs()).view(*z.shape[:2], -1)  # bounds |logit|
-        gamma = 7 * math.sqrt(sum(out.weight.shape) + 2) * torch.finfo(torch.float32).eps / 2
-        bound = gamma * ((s * (1 + x.flatten(1).double())).sum(-1) + 4 * (s + 0.7).sum(-1))
+        out = model.decoder.out
+        h = model.decoder.features(z.double().flatten(0, 1)).view(*z.shape[:2], -1)  # model is float64 now
+        bound = rounding_bound(x.flatten(1), h, out.weight, out.bias)
         err_f, err_r = (fused.double() - exact).abs(), (ref.double() - exact).abs()
         return {"ok": bool((err_f <= bound).all() and (err_r <= bound).all()),
                 "rows": z.shape[0] * z.shape[1],

@@ -23,34 +23,9 @@ from flowvae.estimators import iwae
 from flowvae.likelihoods import Bernoulli
 from flowvae.model import build_model
 from flowvae.numerics import log_bernoulli, log_bernoulli_linear, log_mean_exp
+from flowvae.testing import rounding_bound
 
 SHAPE = (1, 8, 8)
-
-
-def gamma(n: int, dtype: torch.dtype, confidence: float = 7.0) -> float:
-    """γ̃_n(λ) = exp(λ √n u + n u² / (1 - u)) - 1 for ``dtype``'s unit roundoff u."""
-    u = torch.finfo(dtype).eps / 2
-    return math.expm1(confidence * math.sqrt(n) * u + n * u * u / (1 - u))
-
-
-def rounding_bound(
-    x: torch.Tensor,
-    h: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """Bound (*S, B) on |computed - exact| of Σ_j log Bernoulli(x_j; sigmoid(l_j)), l = h Wᵀ + b,
-    for either formula: every term passes through at most F + P + 2 roundings (the logit's dot
-    product, its softplus, the sum over pixels; or Wᵀx, its dot product with h, the sum), and
-    softplus and x·l are 1-Lipschitz in l."""
-    f, p = weight.shape[1], weight.shape[0]
-    h, weight, bias = h.double().abs(), weight.double().abs(), bias.double().abs()
-    x = x.double()
-    products = ((h @ weight.t() + bias) * (1 + x)).sum(-1)  # Σ_j (|h||W_j| + |b_j|)(1 + x_j)
-    logits = h @ weight.t() + bias  # a bound on |l|, so softplus(l) <= |l| + log 2
-    softplus = (logits + 0.7).sum(-1)
-    return gamma(f + p + 2, dtype) * (products + 4 * softplus)
 
 
 def test_log_bernoulli_linear_equals_the_summed_log_bernoulli_in_float64():
