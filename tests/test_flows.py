@@ -152,6 +152,16 @@ def test_made_hidden_width_need_not_be_a_multiple_of_d() -> None:
         MADE(3, 0, 5, 1, 1, order=torch.tensor([0, 0, 1]))
 
 
+def test_made_narrower_than_d_spreads_its_degrees_over_the_whole_order() -> None:
+    """With fewer hidden units than variables, late variables still see late inputs (cyclic
+    degrees j mod D would stop at H - 1: the last output would see only the first H inputs)."""
+    torch.manual_seed(0)
+    made = MADE(20, 2, 5, 2, num_outputs=1).double()
+    jac = torch.autograd.functional.jacobian(lambda x: made(x, randn(2))[0], randn(20))  # (D, D)
+    assert jac[-1, 12:].abs().sum() > 0  # the last output sees inputs from the order's second half
+    assert (jac.triu() == 0).all()  # and still nothing at or after itself
+
+
 # ----------------------------------------------------------------------------- pieces
 
 

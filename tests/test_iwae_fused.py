@@ -170,3 +170,23 @@ def test_evaluation_blocks_are_sized_per_device():
     gpu_like = torch.empty(10, *SHAPE, device="meta")
     on_gpu = model._samples_per_block(gpu_like)
     assert on_gpu == model.fused_rows_gpu // 10 >= 16 * model._samples_per_block(x)
+
+
+@torch.no_grad()
+def test_made_decoder_fuses_with_a_per_image_bias_within_float32_rounding(monkeypatch):
+    """The autoregressive decoder's direct connections make the output layer's bias per image;
+    the fused eval path (blocks of rows, x's first layer once) must equal the train-mode
+    formula on the same z within the rounding bound, without forming the full logits."""
+    model = _model(decoder="made", decoder_hidden=[24, 24], posterior="iaf")
+    with torch.no_grad():
+        model.decoder.direct.weight.normal_(0, 0.3)
+    monkeypatch.setattr(type(model), "fused_rows", 48)
+    x, z = _images(10), torch.randn(23, 10, model.latent_dim)
+    reference = model.train().log_likelihood(x, z)
+    h = model.decoder.features(z, x)
+    weight, bias = model.decoder.output_layer(x)
+    bound = 2 * rounding_bound(x.flatten(1), h, weight, bias)
+    monkeypatch.setattr(Bernoulli, "log_prob", lambda *a: (_ for _ in ()).throw(AssertionError("full")))
+    fused = model.eval().log_likelihood(x, z)
+    assert fused.shape == (23, 10)
+    assert ((fused.double() - reference.double()).abs() <= bound).all()

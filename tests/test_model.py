@@ -34,6 +34,24 @@ def test_encoders_and_decoders_shapes_and_gradients(net, shape, binary):
     assert all(p.grad is not None for p in model.parameters())
 
 
+@pytest.mark.parametrize("shape, binary", SHAPES)
+def test_made_decoder_shapes_gradients_and_images(shape, binary):
+    """model.decoder=made: scores, gradients, samples and means for binary and 8-bit images."""
+    cfg = ModelConfig(decoder="made", latent_dim=5, hidden=[16], posterior="iaf", flow_hidden=8)
+    model = build_model(cfg, shape, binary)
+    x = torch.rand(3, *shape)
+    x = x.round() if binary else (x * 255).round() / 255
+    terms = model(x, samples=2)
+    assert terms.log_weight.shape == (2, 3) and torch.isfinite(terms.log_weight).all()
+    (-terms.log_weight.mean()).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    z = model.sample_prior((2,))
+    with torch.no_grad():
+        assert model.decode_mean(z).shape == (2, *shape) and model.decode_sample(z).shape == (2, *shape)
+    with pytest.raises(ValueError, match="autoregressive decoder needs the images"):
+        model._decode(z)
+
+
 def test_mlp_options_batch_norm_and_input_to_every_layer():
     cfg = ModelConfig(hidden=[16, 8], batch_norm=True, input_to_all=True, latent_dim=3)
     model = build_model(cfg, (1, 4, 4), True)

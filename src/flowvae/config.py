@@ -30,6 +30,7 @@ DatasetName = Literal["digits", "binarized_mnist", "mnist", "fashion_mnist", "ci
 Binarize = Literal["auto", "dynamic", "threshold", "none"]
 ModelType = Literal["flat", "hierarchical"]
 Network = Literal["mlp", "gated-conv", "resnet", "linear"]
+DecoderNetwork = Literal[Network, "made"]  # made: autoregressive over the pixels given z
 LikelihoodName = Literal["auto", "bernoulli", "logistic", "logistic-mixture", "gaussian", "iaf-logistic"]
 FlatPosterior = Literal[
     "diag", "iaf", "iaf-mean", "planar", "sylvester-orthogonal", "sylvester-householder",
@@ -62,7 +63,7 @@ class DataConfig:
 class ModelConfig:
     type: ModelType = "flat"
     encoder: Network = "mlp"
-    decoder: Network = "mlp"
+    decoder: DecoderNetwork = "mlp"
     likelihood: LikelihoodName = "auto"
     latent_dim: int = 32
     hidden: list[int] = field(default_factory=lambda: [300, 300])  # mlp widths (encoder)

@@ -116,8 +116,10 @@ class MADE(nn.Module):
     Output ``p`` for variable ``i`` depends only on the variables before ``i`` in ``order`` and
     on the context. Degrees: variable ``order[k]`` has degree k+1; hidden unit j has degree
     ``j mod D`` (``1 + j mod (D-1)`` without context), so any hidden width works, not only
-    multiples of D. Degree-0 units see the context only, which lets even the first variable's
-    outputs depend on it; the context connects to every unit of the first layer.
+    multiples of D; a layer narrower than that spreads its degrees evenly over the same range
+    (``j * D // H``), so that late variables still see late inputs. Degree-0 units see the
+    context only, which lets even the first variable's outputs depend on it; the context
+    connects to every unit of the first layer.
 
     Arguments:
         features: D, the number of autoregressive variables.
@@ -153,7 +155,9 @@ class MADE(nn.Module):
         degrees_in[order] = torch.arange(1, features + 1)
         low = 0 if context_features else 1
         span = max(features - low, 1)
-        degrees_hidden = low + torch.arange(hidden_features) % span
+        units = torch.arange(hidden_features)
+        # cyclic when every degree fits; else spread evenly, so late variables still see late inputs
+        degrees_hidden = low + (units % span if hidden_features >= span else units * span // hidden_features)
         self.hidden = nn.ModuleList()
         degrees = degrees_in
         for _ in range(num_layers):
@@ -170,13 +174,26 @@ class MADE(nn.Module):
         if self.context is not None and not self.hidden:  # the context feeds the outputs
             _init_small(self.context)
 
-    def forward(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
-        layers = [*self.hidden, self.output]
-        h = layers[0](inputs)  # (..., H) or (..., P*D)
+    def last_hidden(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
+        """The input of the masked output layer ``output`` (needs a hidden layer): (..., H).
+
+        ``inputs`` and ``context`` broadcast against each other: (B, D) inputs with (S, B, C)
+        contexts give (S, B, H), the inputs' first layer computed once.
+        """
+        h = self.hidden[0](inputs)
         if self.context is not None:
             h = h + self.context(context)
-        for layer in layers[1:]:
+        for layer in self.hidden[1:]:
             h = layer(F.elu(h))
+        return F.elu(h)
+
+    def forward(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
+        if self.hidden:
+            h = self.output(self.last_hidden(inputs, context))
+        else:
+            h = self.output(inputs)  # (..., P*D)
+            if self.context is not None:
+                h = h + self.context(context)
         return h.unflatten(-1, (self.num_outputs, self.features))  # (..., P, D)
 
 

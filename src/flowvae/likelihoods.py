@@ -32,15 +32,16 @@ class Bernoulli(nn.Module):
     def log_prob(self, x: Tensor, out: Tensor) -> Tensor:
         return log_bernoulli(x, out[..., 0, :, :, :]).flatten(-3).sum(-1)
 
-    def log_prob_linear(self, x: Tensor, features: Iterable[Tensor], layer: nn.Linear) -> Tensor:
-        """``log_prob`` of the logits ``layer(h)`` without forming x·l: x (B, C, H, W), the
-        inputs h of ``layer`` in blocks (S_i, B, F) along the samples -> (Σ S_i, B).
+    def log_prob_linear(self, x: Tensor, features: Iterable[Tensor], weight: Tensor, bias: Tensor) -> Tensor:
+        """``log_prob`` of the logits ``h Wᵀ + b`` without forming x·l: x (B, C, H, W), the
+        inputs h of the decoder's last linear layer in blocks (S_i, B, F) along the samples,
+        its weight W (P, F) and bias b, (P,) or per image (B, P) -> (Σ S_i, B).
 
         Wᵀx and b·x are computed once for all blocks (see :func:`log_bernoulli_linear`).
         """
         pixels = x.flatten(-3)  # (B, P)
-        x_weight, x_bias = pixels @ layer.weight, pixels @ layer.bias
-        parts = [log_bernoulli_linear(h, layer.weight, layer.bias, x_weight, x_bias) for h in features]
+        x_weight, x_bias = pixels @ weight, (pixels * bias).sum(-1)
+        parts = [log_bernoulli_linear(h, weight, bias, x_weight, x_bias) for h in features]
         return torch.cat(parts)
 
     def mean(self, out: Tensor) -> Tensor:

@@ -12,7 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .flows import MADE, MaskedLinear
 
 Shape = tuple[int, int, int]
 
@@ -127,6 +130,75 @@ class LinearDecoder(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         return self.out(self.features(z)).view(-1, self.params, *self.shape)
+
+
+# ----------------------------------------------------------------------------- made
+
+
+class MADEDecoder(nn.Module):
+    """An autoregressive decoder: p(x|z) = Π_i p(x_i | x_<i, z) over the pixels in raster order
+    (channel, row, column), each factor the likelihood's per-pixel density.
+
+    A MADE over the pixels (:class:`~flowvae.flows.MADE`, equal hidden widths) with z as its
+    context, plus direct masked connections from earlier pixels to each output (DARN, Gregor et
+    al. 2014; MADE, Germain et al. 2015). The pixels' contribution does not depend on z, so for
+    many z per image (importance sampling) it is computed once per image: the cost per sample is
+    an ``mlp`` decoder's. Sampling is sequential (:meth:`generate`, one pass per pixel, updating
+    the first layer incrementally).
+    """
+
+    autoregressive = True
+
+    def __init__(self, shape: Shape, params: int, latent: int, hidden: list[int]):
+        super().__init__()
+        if not hidden or len(set(hidden)) != 1:
+            raise ValueError(f"the made decoder needs one or more hidden layers of equal width, got {hidden}")
+        self.shape, self.params = shape, params
+        self.pixels = shape[0] * shape[1] * shape[2]
+        self.made = MADE(self.pixels, latent, hidden[0], len(hidden), params)
+        order = torch.arange(self.pixels)
+        self.direct = MaskedLinear((order[:, None] > order[None, :]).repeat(params, 1))  # (P*D, D)
+        nn.init.zeros_(self.direct.weight)
+
+    def features(self, z: Tensor, x: Tensor) -> Tensor:
+        """The input of the masked output layer: z (*S, B, D), x (B, C, H, W) -> (*S, B, F)."""
+        return self.made.last_hidden(x.flatten(-3), z)
+
+    def output_layer(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The output layer as a linear map of :meth:`features`: weight (P*D, F) and the
+        per-image bias (B, P*D), which holds the direct connections from x."""
+        out = self.made.output
+        return out.weight * out.mask, out.bias + self.direct(x.flatten(-3))
+
+    def forward(self, z: Tensor, x: Tensor) -> Tensor:
+        """z (*S, B, D), x (B, C, H, W) -> parameters (*S, B, P, C, H, W) of p(x_i | x_<i, z)."""
+        h = self.features(z, x)
+        weight, bias = self.output_layer(x)
+        return (h @ weight.t() + bias).view(*h.shape[:-1], self.params, *self.shape)
+
+    @torch.no_grad()
+    def generate(self, z: Tensor, likelihood: nn.Module) -> tuple[Tensor, Tensor]:
+        """Ancestral sampling, pixel by pixel: z (N, D) -> (sample, mean), each (N, C, H, W),
+        where ``mean`` holds each pixel's mean given the sampled pixels before it."""
+        made, n, pixels = self.made, z.shape[0], self.pixels
+        first = made.hidden[0]
+        w_first = first.weight * first.mask  # (H, D)
+        w_out = made.output.weight * made.output.mask  # (P*D, H)
+        w_direct = self.direct.weight * self.direct.mask  # (P*D, D)
+        pre = first.bias + made.context(z)  # first layer's pre-activation with every pixel 0
+        direct = self.direct.bias + made.output.bias.expand(n, -1)  # (N, P*D)
+        sample, mean = z.new_zeros(n, pixels), z.new_zeros(n, pixels)
+        for i in range(pixels):
+            h = pre
+            for layer in made.hidden[1:]:
+                h = layer(F.elu(h))
+            rows = torch.arange(self.params, device=z.device) * pixels + i
+            out = (F.elu(h) @ w_out[rows].t() + direct[:, rows]).view(n, self.params, 1, 1, 1)
+            mean[:, i] = likelihood.mean(out).view(n)
+            sample[:, i] = likelihood.sample(out).view(n)
+            pre = pre + sample[:, i, None] * w_first[:, i]
+            direct = direct + sample[:, i, None] * w_direct[:, i]
+        return sample.view(n, *self.shape), mean.view(n, *self.shape)
 
 
 # ----------------------------------------------------------------------------- gated conv
@@ -294,6 +366,7 @@ DECODERS = _registry(
     NetRecord("gated-conv", GatedConvDecoder, ("channels",)),
     NetRecord("resnet", ResNetDecoder, ("channels", "blocks")),
     NetRecord("linear", LinearDecoder),
+    NetRecord("made", MADEDecoder, ("hidden",)),
 )
 
 

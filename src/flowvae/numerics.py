@@ -48,14 +48,17 @@ def log_bernoulli_linear(
 
     Arguments:
         features: h (*S, B, F), the layer's input.
-        weight, bias: W (P, F) and b (P,).
+        weight, bias: W (P, F) and b, (P,) or per image (B, P).
         x_weight, x_bias: Wᵀx (B, F) and b·x (B,) of the binary data x (B, P).
 
     Returns:
         (*S, B), equal to ``log_bernoulli(x, h @ W.T + b).sum(-1)`` up to float rounding.
     """
     lead = features.shape[:-1]
-    logits = torch.addmm(bias, features.reshape(-1, features.shape[-1]), weight.t())  # (S*B, P)
+    if bias.dim() == 1:
+        logits = torch.addmm(bias, features.reshape(-1, features.shape[-1]), weight.t())  # (S*B, P)
+    else:  # (B, P): broadcast over the samples
+        logits = torch.matmul(features, weight.t()).add_(bias)
     # above the threshold softplus(l) = l to the dtype's precision (torch's default, 20, is
     # exact only in float32)
     threshold = -math.log(torch.finfo(logits.dtype).eps)

@@ -106,7 +106,13 @@ class VAE(nn.Module):
     def log_prior(self, z: Tensor) -> Tensor:
         return log_standard_normal(z).sum(-1)
 
-    def _decode(self, z: Tensor) -> Tensor:
+    def _decode(self, z: Tensor, x: Tensor | None = None) -> Tensor:
+        """Likelihood parameters (*S, B, P, C, H, W) at z (*S, B, D); an autoregressive decoder
+        (``decoder.autoregressive``) also takes the images x (B, C, H, W) it scores."""
+        if getattr(self.decoder, "autoregressive", False):
+            if x is None:
+                raise ValueError("an autoregressive decoder needs the images it scores")
+            return self.decoder(z, x)
         out = self.decoder(z.reshape(-1, z.shape[-1]))  # (N, P, C, H, W)
         return out.view(*z.shape[:-1], *out.shape[1:])
 
@@ -114,23 +120,30 @@ class VAE(nn.Module):
         """log p(x|z): x (B, C, H, W), z (*S, B, D) -> (*S, B).
 
         In eval mode, a likelihood that fuses its density (``log_prob_linear``) with a
-        decoder's linear output layer ``out`` applied to ``features(z)`` (Bernoulli after an
-        ``mlp`` or ``linear`` decoder) does so, over blocks of about :attr:`fused_rows`
-        (sample, image) rows so that each block's activations stay in the CPU's cache (on a
-        GPU, :attr:`fused_rows_gpu`: enough to keep it busy): this is what importance sampling
-        runs, thousands of z per image. Training (train mode) and every other likelihood form
-        the decoder's parameters as before.
+        decoder's linear output layer (``out`` applied to ``features(z)``, or an autoregressive
+        decoder's ``output_layer(x)`` applied to ``features(z, x)``) does so, over blocks of
+        about :attr:`fused_rows` (sample, image) rows so that each block's activations stay in
+        the CPU's cache (on a GPU, :attr:`fused_rows_gpu`: enough to keep it busy): this is
+        what importance sampling runs, thousands of z per image. Training (train mode) and
+        every other likelihood form the decoder's parameters as before.
         """
         fuse = getattr(self.likelihood, "log_prob_linear", None)
         lead, batch = z.shape[:-1], x.shape[0]
-        out = getattr(self.decoder, "out", None)
-        linear_out = isinstance(out, nn.Linear) and hasattr(self.decoder, "features")
+        decoder = self.decoder
+        autoregressive = getattr(decoder, "autoregressive", False)
+        out = getattr(decoder, "out", None)
+        linear_out = autoregressive or (isinstance(out, nn.Linear) and hasattr(decoder, "features"))
         fused = fuse is not None and linear_out and not self.training
         if not fused or len(lead) == 0 or lead[-1] != batch:  # (other shapes: broadcasting)
-            return self.likelihood.log_prob(x, self._decode(z))
+            return self.likelihood.log_prob(x, self._decode(z, x))
         blocks = z.reshape(-1, batch, z.shape[-1]).split(self._samples_per_block(x))  # (s, B, D)
-        features = (self.decoder.features(zs.flatten(0, 1)).view(*zs.shape[:2], -1) for zs in blocks)
-        return fuse(x, features, out).view(lead)
+        if autoregressive:
+            weight, bias = decoder.output_layer(x)
+            features = (decoder.features(zs, x) for zs in blocks)
+        else:
+            weight, bias = out.weight, out.bias
+            features = (decoder.features(zs.flatten(0, 1)).view(*zs.shape[:2], -1) for zs in blocks)
+        return fuse(x, features, weight, bias).view(lead)
 
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         return self.log_prior(z) + self.log_likelihood(x, z)
@@ -143,7 +156,14 @@ class VAE(nn.Module):
         return temperature * torch.randn(*sample_shape, self.latent_dim, dtype=p.dtype, device=p.device)
 
     def decode_mean(self, z: Tensor) -> Tensor:
+        """The mean of p(x|z) at z (N, D); autoregressive: each pixel's mean given the pixels
+        sampled before it."""
+        if getattr(self.decoder, "autoregressive", False):
+            return self.decoder.generate(z, self.likelihood)[1]
         return self.likelihood.mean(self._decode(z))
 
     def decode_sample(self, z: Tensor) -> Tensor:
+        """x ~ p(x|z) at z (N, D)."""
+        if getattr(self.decoder, "autoregressive", False):
+            return self.decoder.generate(z, self.likelihood)[0]
         return self.likelihood.sample(self._decode(z))
