@@ -6,7 +6,9 @@ Every run is ``flowvae train --preset PRESET data.root=DATA train.max_minutes=MI
 thread each (how issue 17's baseline was measured), ``--jobs 1`` one after the other with
 ``--threads``. Then ``flowvae eval`` scores each best-valid checkpoint (IWAE, K=5000 by
 default, all 10,000 test images unless ``--limit``) with ``--eval-threads`` threads, timed,
-and the ELBO. One JSON line per run, then a markdown table.
+and the ELBO, cached, so that ``flowvae compare`` then pairs every run with the first (the
+difference of their mean −log p̂(x) and its paired standard error over the same images). One
+JSON line per run, then a markdown table.
 
 Runs are named: ``--posteriors a,b`` makes runs ``a`` and ``b`` (``model.posterior=a`` ...),
 ``--config NAME=OVERRIDES`` a run with its own overrides, ``--grid hour`` the configurations
@@ -89,7 +91,9 @@ def train(args: argparse.Namespace, name: str, own: list[str], threads: int) -> 
 
 def score(args: argparse.Namespace, row: dict) -> dict:
     run_dir = str(Path(args.run_dir) / row["run"])
-    common = ["--json", "--no-progress", "--no-cache", "--threads", str(args.eval_threads), "--split", args.split]
+    # cached (RUN/eval-cache): a fresh run never hits the cache, so the time is measured, and
+    # `flowvae compare` then pairs the runs' per-image values without recomputing them
+    common = ["--json", "--no-progress", "--threads", str(args.eval_threads), "--split", args.split]
     common += ["--limit", str(args.limit)] if args.limit else []
     iwae = json.loads(flowvae(["eval", run_dir, "--samples", str(args.samples), *common], args.eval_threads).stdout)
     elbo = json.loads(flowvae(["eval", run_dir, "--estimator", "elbo", *common], args.eval_threads).stdout)
@@ -144,19 +148,29 @@ def main() -> None:
         for row in trained:
             rows.append(score(args, row))
             print(json.dumps({**rows[-1], **stamp}), flush=True)
+    if len(rows) > 1:  # paired differences to the first run, from the cached per-image values
+        compared = ["compare", *(str(Path(args.run_dir) / r["run"]) for r in rows), "--json", "--no-progress",
+                    "--samples", str(args.samples), "--split", args.split, "--threads", str(args.eval_threads)]
+        compared += ["--limit", str(args.limit)] if args.limit else []
+        paired = {Path(c["run"]).name: c for c in json.loads(flowvae(compared, args.eval_threads).stdout)["rows"]}
+        for r in rows:
+            c = paired.get(r["run"], {})
+            r["paired_to"], r["paired_diff"], r["paired_stderr"] = rows[0]["run"], c.get("diff"), c.get("diff_stderr")
     with open(Path(args.run_dir) / "results.jsonl", "w") as f:
         f.writelines(json.dumps({**r, **stamp}) + "\n" for r in rows)
     if args.curves:
         plot_curves([Path(args.run_dir) / r["run"] for r in rows], args.curves)
     print(f"\n{args.minutes:g} min of training each ({args.jobs} at a time, {threads} thread(s) each)")
-    print(f"| run | posterior | {args.split} −log p(x) IWAE | ± | {args.split} ELBO | best valid ELBO (epoch) | "
-          "epochs | final train ELBO | IWAE minutes |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| run | posterior | {args.split} −log p(x) IWAE | ± | minus `{rows[0]['run']}` (paired ±) | "
+          f"{args.split} ELBO | best valid ELBO (epoch) | epochs | final train ELBO | IWAE minutes |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: r["nll_iwae"]):
+        diff = r.get("paired_diff")
+        paired = f"{diff:+.2f} ± {r['paired_stderr']:.2f}" if diff is not None and r["paired_stderr"] else ""
         print(
-            f"| `{r['run']}` | {r['posterior']} | {r['nll_iwae']:.2f} | {r['stderr']:.2f} | {r['elbo']:.2f} | "
-            f"{r['best_valid_elbo']:.2f} ({r['best_epoch']}) | {r['epochs']} | {r['final_train_elbo']:.2f} | "
-            f"{r['iwae_minutes']:.1f} |"
+            f"| `{r['run']}` | {r['posterior']} | {r['nll_iwae']:.2f} | {r['stderr']:.2f} | {paired} | "
+            f"{r['elbo']:.2f} | {r['best_valid_elbo']:.2f} ({r['best_epoch']}) | {r['epochs']} | "
+            f"{r['final_train_elbo']:.2f} | {r['iwae_minutes']:.1f} |"
         )
 
 
