@@ -100,6 +100,7 @@ def _eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, checkpoint=args.checkpoint, device=device, dist=d,
         cache=not args.no_cache, progress=bar, **options,
     )  # fmt: skip
+    distributed.barrier(d)  # every rank done with the group before it is torn down
     distributed.cleanup(d)
     if not d.is_main:
         return 0

@@ -70,6 +70,12 @@ def any_rank(flag: bool, d: Dist, device: torch.device) -> bool:
     return bool(all_reduce_sum([float(flag)], d, device)[0]) if d.enabled else flag
 
 
+def barrier(d: Dist) -> None:
+    """Wait until every process gets here (no-op in one process)."""
+    if d.enabled and dist.is_initialized():
+        dist.barrier()
+
+
 def cleanup(d: Dist) -> None:
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()

@@ -860,7 +860,11 @@ def train(
         check_new_run_dir(run_dir, overwrite)
     d = distributed.setup(resolve_device(cfg.train.device))
     try:
-        return _train_in_group(cfg, run_dir, resume, progress, overwrite, overrides, d)
+        state = _train_in_group(cfg, run_dir, resume, progress, overwrite, overrides, d)
+        # every rank done with the group's traffic before any tears it down: a rank that
+        # destroyed the group while another still wrote its last checkpoint aborted in gloo
+        distributed.barrier(d)
+        return state
     finally:
         distributed.cleanup(d)
 
