@@ -3,7 +3,8 @@
 An encoder maps images (B, C, H, W) to features (B, out_features); a decoder maps latents
 (N, D) to per-pixel likelihood parameters (N, P, C, H, W). They receive numbers (image shape,
 widths), never a dataset name. Decoders whose last layer is a linear map (``mlp``, ``linear``)
-expose it as ``out`` and its input as ``features(z)``, so that a likelihood can fuse its
+expose its input as ``features(z, x)`` and the layer as ``output_layer(x) -> (weight, bias)``
+(the ``made`` decoder's bias depends on the image), so that a likelihood can fuse its
 log-density with that layer (:meth:`flowvae.likelihoods.Bernoulli.log_prob_linear`).
 """
 
@@ -93,9 +94,13 @@ class MLPDecoder(nn.Module):
         self.net = MLP(latent, hidden, batch_norm, input_to_all, dropout)
         self.out = nn.Linear(self.net.out_features, params * shape[0] * shape[1] * shape[2])
 
-    def features(self, z: Tensor) -> Tensor:
-        """The input of the linear output layer ``out``: z (N, D) -> (N, F)."""
-        return self.net(z)
+    def features(self, z: Tensor, x: Tensor | None = None) -> Tensor:
+        """The input of the linear output layer ``out``: z (*N, D) -> (*N, F); x is not used."""
+        return self.net(z.reshape(-1, z.shape[-1])).view(*z.shape[:-1], -1)
+
+    def output_layer(self, x: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``out`` as (weight (P, F), bias (P,)), the same for every image."""
+        return self.out.weight, self.out.bias
 
     def forward(self, z: Tensor) -> Tensor:
         return self.out(self.features(z)).view(-1, self.params, *self.shape)
@@ -124,9 +129,13 @@ class LinearDecoder(nn.Module):
         self.shape, self.params = shape, params
         self.out = nn.Linear(latent, params * shape[0] * shape[1] * shape[2])
 
-    def features(self, z: Tensor) -> Tensor:
+    def features(self, z: Tensor, x: Tensor | None = None) -> Tensor:
         """The input of the linear output layer ``out``: z itself."""
         return z
+
+    def output_layer(self, x: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``out`` as (weight (P, D), bias (P,)), the same for every image."""
+        return self.out.weight, self.out.bias
 
     def forward(self, z: Tensor) -> Tensor:
         return self.out(self.features(z)).view(-1, self.params, *self.shape)

@@ -120,8 +120,8 @@ class VAE(nn.Module):
         """log p(x|z): x (B, C, H, W), z (*S, B, D) -> (*S, B).
 
         In eval mode, a likelihood that fuses its density (``log_prob_linear``) with a
-        decoder's linear output layer (``out`` applied to ``features(z)``, or an autoregressive
-        decoder's ``output_layer(x)`` applied to ``features(z, x)``) does so, over blocks of
+        decoder's linear output layer (a decoder with ``output_layer(x) -> (weight, bias)`` and
+        its input ``features(z, x)``: ``mlp``, ``linear``, ``made``) does so, over blocks of
         about :attr:`fused_rows` (sample, image) rows so that each block's activations stay in
         the CPU's cache (on a GPU, :attr:`fused_rows_gpu`: enough to keep it busy): this is
         what importance sampling runs, thousands of z per image. Training (train mode) and
@@ -129,20 +129,12 @@ class VAE(nn.Module):
         """
         fuse = getattr(self.likelihood, "log_prob_linear", None)
         lead, batch = z.shape[:-1], x.shape[0]
-        decoder = self.decoder
-        autoregressive = getattr(decoder, "autoregressive", False)
-        out = getattr(decoder, "out", None)
-        linear_out = autoregressive or (isinstance(out, nn.Linear) and hasattr(decoder, "features"))
-        fused = fuse is not None and linear_out and not self.training
+        fused = fuse is not None and hasattr(self.decoder, "output_layer") and not self.training
         if not fused or len(lead) == 0 or lead[-1] != batch:  # (other shapes: broadcasting)
             return self.likelihood.log_prob(x, self._decode(z, x))
         blocks = z.reshape(-1, batch, z.shape[-1]).split(self._samples_per_block(x))  # (s, B, D)
-        if autoregressive:
-            weight, bias = decoder.output_layer(x)
-            features = (decoder.features(zs, x) for zs in blocks)
-        else:
-            weight, bias = out.weight, out.bias
-            features = (decoder.features(zs.flatten(0, 1)).view(*zs.shape[:2], -1) for zs in blocks)
+        weight, bias = self.decoder.output_layer(x)
+        features = (self.decoder.features(zs, x) for zs in blocks)
         return fuse(x, features, weight, bias).view(lead)
 
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
