@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> dict:
     train_seconds = time.perf_counter() - start
     # the budget usually stops the run inside an epoch, before any evaluation: take the latest
     # weights (their EMA average when the preset keeps one)
-    _, model, _ = load_run(run_dir, "latest")
+    model = load_run(run_dir, "latest").model
     data = load_data(cfg.data)
     dims = math.prod(data.shape)
     x, _, subset = evaluation_images(data, "test", args.limit, args.seed)

@@ -45,7 +45,7 @@ def main() -> None:
     p.add_argument("--chains", type=int, default=8)
     p.add_argument("--leapfrog", type=int, default=5)
     args = p.parse_args()
-    cfg, model, _ = load_run(args.run_dir, "best")
+    cfg, model = load_run(args.run_dir, "best")[:2]
     data = load_data(cfg.data)
     x = evaluation_images(data, "test", args.limit, seed=0).images
     rows = []

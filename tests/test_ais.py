@@ -281,5 +281,6 @@ def test_bdmc_gap_shrinks_with_more_steps():
 
 
 def test_reverse_result_is_an_upper_bound_estimate():
-    r = AISResult(torch.tensor([[1.0], [3.0]]), 0.5, torch.ones(2, 1), torch.zeros(2, 1, 1), True)
-    torch.testing.assert_close(r.log_marginal, -log_mean_exp(torch.tensor([[1.0], [3.0]]), 0))
+    w = torch.tensor([[1.0], [3.0]])
+    r = AISResult(w, 0.5, torch.full((1,), 0.5), torch.ones(2, 1), torch.zeros(2, 1, 1), True)
+    torch.testing.assert_close(r.log_marginal, -log_mean_exp(w.double(), 0))

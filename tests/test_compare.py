@@ -71,7 +71,7 @@ def test_compare_refuses_runs_on_other_data(runs, tmp_path):
     other = tmp_path / "other"
     run_cli("train", "--run-dir", str(other), "--no-progress", *SMALL, "data.binarize=threshold")
     proc = run_cli("compare", str(runs / "diag"), str(other), "--samples", "10", check=False)
-    assert proc.returncode == 1 and "other data or splits" in proc.stderr
+    assert proc.returncode == 1 and "scores other test images" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 

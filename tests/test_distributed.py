@@ -49,7 +49,7 @@ def test_ddp_training_writes_one_loadable_run(ddp_run):
     files = sorted(p.name for p in ddp_run.iterdir())
     assert files.count("metrics.csv") == 1 and sum(f.startswith("events.") for f in files) == 1
     assert len(rows(ddp_run)) == 2
-    cfg, model, ckpt = load_run(ddp_run, "latest")
+    cfg, model, ckpt = load_run(ddp_run, "latest")[:3]
     assert ckpt["world"] == 2 and len(ckpt["ranks"]) == 2 and ckpt["state"]["step"] == 2 * 13
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -62,13 +62,17 @@ def test_ddp_resume_matches_uninterrupted(ddp_run, tmp_path):
     assert rows(b) == rows(ddp_run)
 
 
-def test_sharded_eval_equals_single_process(ddp_run):
-    args = ["eval", str(ddp_run), "--samples", "30", "--batch-size", "16", "--json"]
-    sharded = json.loads(torchrun(*args).stdout.strip())
-    single = json.loads(run_cli(*args).stdout)
+def test_sharded_eval_equals_single_process_whatever_the_batch_size(ddp_run):
+    """Each example draws from its own seeded streams: 2 ranks with batches of 16 and one process
+    with batches of 50 score the same numbers (up to float32 rounding of the other batching)."""
+    args = ["eval", str(ddp_run), "--samples", "30", "--json", "--no-cache"]
+    sharded = json.loads(torchrun(*args, "--batch-size", "16").stdout.strip())
+    single = json.loads(run_cli(*args, "--batch-size", "50").stdout)
     assert sharded["n"] == single["n"] == 250
-    assert sharded["nll"] == pytest.approx(single["nll"], abs=1e-9)
-    assert sharded["stderr"] == pytest.approx(single["stderr"], abs=1e-9)
+    assert sharded["nll"] == pytest.approx(single["nll"], abs=1e-4)
+    assert sharded["stderr"] == pytest.approx(single["stderr"], abs=1e-4)
+    khat = [r["diagnostics"]["khat"]["median"] for r in (sharded, single)]
+    assert khat[0] == pytest.approx(khat[1], abs=1e-3)
 
 
 def test_training_destroys_its_process_group_even_when_it_fails(tmp_path, monkeypatch):

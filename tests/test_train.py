@@ -103,7 +103,7 @@ def test_free_bits_change_the_objective_not_the_reported_elbo(tmp_path):
     # end to end: the valid ELBO logged under free bits is the true ELBO of the saved model
     cfg = small_cfg("train.kl_min=2.0", "train.epochs=1", "train.ema=0")
     train(cfg, tmp_path / "fb", progress=False)
-    _, model, _ = load_run(tmp_path / "fb", "best")
+    model = load_run(tmp_path / "fb", "best").model
     logged = float(rows(tmp_path / "fb")[0]["valid_elbo"])
     assert evaluate_elbo(model, load_data(cfg.data), "valid", cfg) == pytest.approx(logged, abs=1e-6)
 
@@ -160,7 +160,7 @@ def test_iwae_objective_is_the_importance_weighted_bound(tmp_path):
     # a run with it trains, and reports the ELBO (not the bound) as its valid number
     cfg = small_cfg("train.objective=iwae", "train.samples=3", "train.epochs=1", "train.ema=0")
     train(cfg, tmp_path / "iw", progress=False)
-    _, model, _ = load_run(tmp_path / "iw", "best")
+    model = load_run(tmp_path / "iw", "best").model
     logged = float(rows(tmp_path / "iw")[0]["valid_elbo"])
     assert evaluate_elbo(model, load_data(cfg.data), "valid", cfg) == pytest.approx(logged, abs=1e-6)
 
@@ -205,7 +205,7 @@ def test_nonfinite_updates_are_skipped_and_divergence_stops_cleanly(tmp_path, mo
 def test_new_encoder_on_a_frozen_trained_decoder(tmp_path):
     base = small_cfg("train.epochs=1")
     train(base, tmp_path / "base", progress=False)
-    _, trained, _ = load_run(tmp_path / "base", "best")
+    trained = load_run(tmp_path / "base", "best").model
     cfg = small_cfg("train.epochs=1", "train.freeze=decoder", f"train.init_from={tmp_path / 'base'}")
     train(cfg, tmp_path / "new", progress=False)
     new = load_checkpoint(tmp_path / "new" / "checkpoint.pt")["model"]
@@ -305,7 +305,7 @@ def test_torch_compile_trains_and_saves_plain_weights(tmp_path):
     train(small_cfg("train.epochs=1", "train.compile=true", "train.ema=0"), tmp_path / "c", progress=False)
     ckpt = load_checkpoint(tmp_path / "c" / "checkpoint.pt")
     assert not any("_orig_mod" in k for k in ckpt["model"])
-    _, model, _ = load_run(tmp_path / "c", "best")  # loads into an uncompiled model
+    model = load_run(tmp_path / "c", "best").model  # loads into an uncompiled model
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 

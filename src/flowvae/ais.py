@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from . import noise
 from .core import log_weight
 from .numerics import log_mean_exp
 
@@ -141,7 +142,7 @@ def _hmc_transition(
 
     Returns the new state, whether each chain accepted (C, B) and its acceptance probability.
     """
-    momentum = torch.randn_like(state.u)
+    momentum = noise.randn(state.u.shape, batch_dim=1, dtype=state.u.dtype, device=state.u.device)
     p = momentum + 0.5 * step_size * state.grad_log_f(beta)
     proposal = state
     for i in range(leapfrog):
@@ -151,7 +152,8 @@ def _hmc_transition(
     h_new = proposal.log_f(beta) - 0.5 * (p**2).sum(-1)
     # a non-finite proposal (overflow, NaN gradients) is rejected
     log_accept = torch.where(torch.isfinite(h_new), h_new - h_old, torch.full_like(h_new, -math.inf))
-    accept = torch.log(torch.rand_like(log_accept)) < log_accept
+    uniform = noise.rand(log_accept.shape, batch_dim=1, dtype=log_accept.dtype, device=log_accept.device)
+    accept = torch.log(uniform) < log_accept
     return proposal.where(accept, state), accept, torch.exp(log_accept.clamp(max=0))
 
 
@@ -169,16 +171,18 @@ class AISResult:
 
     log_weights: Tensor  # (C, B)
     acceptance: float  # fraction of accepted HMC proposals over transitions, chains, examples
+    example_acceptance: Tensor  # (B,) the same per example (over its transitions and chains)
     step_size: Tensor  # (C, B) final per-chain step sizes
     final: Tensor  # (C, B, D) the chains' last states (z for init=prior, eps for init=posterior)
     reverse: bool = False
 
     @property
     def log_marginal(self) -> Tensor:
-        """Per-example log p̂(x), (B,): log-mean-exp over chains (never the mean of log-weights)."""
+        """Per-example log p̂(x), (B,), float64: log-mean-exp over chains (never the mean of
+        log-weights)."""
         if self.reverse:
-            return -log_mean_exp(self.log_weights, dim=0)
-        return log_mean_exp(self.log_weights, dim=0)
+            return -log_mean_exp(self.log_weights.double(), dim=0)
+        return log_mean_exp(self.log_weights.double(), dim=0)
 
 
 def anneal(
@@ -221,8 +225,10 @@ def anneal(
         step = torch.where(grow, step * STEP_SIZE_INCREASE, step * STEP_SIZE_DECREASE)
         step = step.clamp(STEP_SIZE_MIN, STEP_SIZE_MAX)
     transitions = len(betas) - 2
-    acceptance = accepted.mean().item() / transitions if transitions > 0 else float("nan")
-    return AISResult(log_w, acceptance, step.squeeze(-1), state.u)
+    per_example = accepted.double().mean(0).cpu() / transitions if transitions > 0 else None
+    if per_example is None:
+        per_example = torch.full((log_w.shape[1],), float("nan"), dtype=torch.float64)
+    return AISResult(log_w, per_example.mean().item(), per_example, step.squeeze(-1), state.u)
 
 
 def _check_init(init: str) -> None:
@@ -320,11 +326,11 @@ def ais_estimate(
     """The estimator ``ais``: per-example log p̂(x) (B,) and its diagnostics, each (B,).
 
     ``samples`` is the number of chains per example (``chains`` overrides it); ``options`` are
-    :class:`AISOptions` fields. Diagnostics: ``acceptance``, the batch's HMC acceptance rate.
+    :class:`AISOptions` fields. Diagnostics: ``acceptance``, each example's HMC acceptance
+    rate over its chains and transitions.
     """
     result = ais(model, x, chains=chains or samples, **vars(AISOptions(**options)))
-    acceptance = torch.full((x.shape[0],), result.acceptance, dtype=torch.float64)
-    return result.log_marginal, {"acceptance": acceptance}
+    return result.log_marginal, {"acceptance": result.example_acceptance}
 
 
 def ais_estimator(model: nn.Module, x: Tensor, samples: int = 16, **options) -> Tensor:

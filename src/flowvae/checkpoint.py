@@ -6,6 +6,8 @@ it is read with ``torch.load(weights_only=True)``: a crafted file cannot run cod
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import pickle
 import tempfile
@@ -76,12 +78,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     Raises :class:`CheckpointError` (one line) for a missing, torn, foreign or unsafe file, or one
     that lacks the keys every checkpoint has.
     """
+    return read_checkpoint(path, map_location)[0]
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], str]:
+    """:func:`load_checkpoint` and the SHA-256 of the very bytes it was loaded from (the file is
+    read once: a training process replacing it meanwhile cannot pair new bytes with old weights)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+    digest = hashlib.sha256(data).hexdigest()
+    try:
         with torch.serialization.safe_globals(_numpy_array_globals()):
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+            ckpt = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if "Unsupported global" in str(e):
             raise CheckpointError(
@@ -91,10 +104,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: not a readable checkpoint (UnpicklingError)") from None
     except Exception as e:  # torch raises several types for torn or foreign files
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
-    missing = [k for k in REQUIRED if not isinstance(ckpt, dict) or k not in ckpt]
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: not a flowvae checkpoint (a {type(ckpt).__name__}, not a dict)")
+    missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: incomplete checkpoint (no {', '.join(missing)})")
-    return ckpt
+    return ckpt, digest
 
 
 def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
@@ -113,11 +128,13 @@ def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
 
 
 class Run(NamedTuple):
-    """A trained run, loaded: its resolved config, its model (in eval mode) and the raw checkpoint."""
+    """A trained run, loaded: its resolved config, its model (in eval mode), the raw checkpoint
+    and the SHA-256 of the checkpoint file's bytes that were loaded."""
 
     config: Config
     model: nn.Module
     checkpoint: dict[str, Any]
+    digest: str
 
 
 def load_run(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu") -> Run:
@@ -129,16 +146,11 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | torch.devic
         device: where the model goes.
 
     Returns:
-        :class:`Run` ``(config, model, checkpoint)``; ``run.config.data`` says which data and
+        :class:`Run` ``(config, model, checkpoint, digest)``; ``run.config.data`` says which data and
         split the run was trained on (``flowvae.load_data(run.config.data)`` loads it).
     """
     path = checkpoint_path(run_dir, which)
-    ckpt = load_checkpoint(path, map_location=device)
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{path}: not a flowvae checkpoint (a {type(ckpt).__name__}, not a dict)")
-    missing = [k for k in ("config", "image_shape", "binary", "model") if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path}: incomplete checkpoint (no {', '.join(missing)})")
+    ckpt, digest = read_checkpoint(path, map_location=device)
     try:
         cfg = from_dict(ckpt["config"])
     except (KeyError, ConfigError) as e:
@@ -150,4 +162,4 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | torch.devic
         raise CheckpointError(f"{path}: incomplete checkpoint (weights do not fit its config: "
                               f"{str(e).splitlines()[0][:120]})") from None
     model.eval()
-    return Run(cfg, model, ckpt)
+    return Run(cfg, model, ckpt, digest)

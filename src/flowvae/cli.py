@@ -184,7 +184,7 @@ def _bdmc(args: argparse.Namespace, model: torch.nn.Module, batch: int, d) -> in
 def _sample(args: argparse.Namespace) -> int:
     from .images import sample_images, save_grid
 
-    _, model, _ = load_run(args.run_dir, args.checkpoint)
+    model = load_run(args.run_dir, args.checkpoint).model
     torch.manual_seed(args.seed)
     with progress_bar(args.n, "sample", enabled=not args.no_progress, unit="images") as bar:
         images = sample_images(model, args.n, args.temperature, progress=bar.update)

@@ -1,12 +1,15 @@
 """From runs to a paper table: cached per-example evaluation, paired differences, learning curves.
 
 :func:`evaluate_run` is how ``flowvae eval`` and ``flowvae compare`` score a run: the examples
-come from :func:`~flowvae.data.evaluation_images` (a fixed seeded subset), batch ``i`` is
-seeded with ``seed + i``, and the per-example log p̂(x) (with the estimator's diagnostics) is
-cached in ``RUN/eval-cache/`` under a key made of the checkpoint's SHA-256, the estimator and
-all its settings. A second evaluation with the same settings costs nothing; a new checkpoint or
-any changed setting misses the cache. Cache files are ``.npz`` read with
-``allow_pickle=False``: data, never code.
+come from :func:`~flowvae.data.evaluation_images` (a fixed seeded subset), each example draws
+from its own random stream (seeded by ``seed`` and its index in the split, so its value does not
+depend on batching), and the per-example log p̂(x) (with the estimator's diagnostics) is cached
+in ``RUN/eval-cache/`` under a key made of what was scored and how: the SHA-256 of the
+checkpoint bytes that were loaded, the SHA-256 of the images scored and their indices, a hash of
+the package's code, the device type, the estimator, K, its settings and the seed. A hit is
+checked against the stored image digest before it is used. A second evaluation with the same
+settings costs nothing; new weights, other data, other code or any changed setting miss the
+cache. Cache files are ``.npz`` read with ``allow_pickle=False``: data, never code.
 
 :func:`compare_runs` scores every run on the same examples with the same seeds, so differences
 between runs are *paired*: the standard error of a difference is that of the per-example
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import hashlib
 import json
 import math
@@ -32,21 +36,23 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import Run, checkpoint_path, load_run
+from .checkpoint import Run, load_run
 from .data import EvaluationSet, evaluation_images, load_data
 from .distributed import Dist
 from .estimators import Estimate, estimator_record, evaluate, summarise_estimate
 
 CACHE_DIR = "eval-cache"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+@functools.cache
+def code_digest() -> str:
+    """SHA-256 of the package's source files (what computes a cached number) and torch's version."""
+    h = hashlib.sha256(torch.__version__.encode())
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
     return h.hexdigest()
 
 
@@ -60,12 +66,9 @@ class RunEvaluation:
     cached: bool  # read from the cache rather than computed
 
 
-def _cache_key(run: Run, digest: str, request: dict[str, Any]) -> str:
-    data = _data_identity(run)
-    material = json.dumps(
-        {"checkpoint": digest, "data": data, "version": CACHE_VERSION, **request}, sort_keys=True, default=str
-    )
-    return hashlib.sha256(material.encode()).hexdigest()[:24]
+def _cache_key(request: dict[str, Any]) -> str:
+    material = json.dumps({"version": CACHE_VERSION, **request}, sort_keys=True, default=str)
+    return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
 def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
@@ -103,17 +106,22 @@ def evaluate_run(
     dist: Dist | None = None,
     cache: bool = True,
     progress: Callable[[int], Any] | None = None,
+    examples: EvaluationSet | None = None,
+    run: Run | None = None,
     **options,
 ) -> RunEvaluation:
     """Score a trained run with ``estimator`` on ``split`` (a seeded subset of ``limit``).
 
     Defaults come from the run: ``samples`` from ``eval.samples`` where the estimator takes
     the paper protocol's K (iwae), else the estimator's own; options (e.g. ``chunk``) from the
-    run's ``eval.*`` key of the same name; the batch size from ``eval.batch_size``.
+    run's ``eval.*`` key of the same name; the batch size from ``eval.batch_size`` (it changes
+    the speed, not the per-example values). ``examples``: the images to score, if already
+    loaded (else the run's data, ``split``, ``limit`` and ``seed`` pick them); ``run``: the run,
+    if already loaded (its digest is that of the bytes it was loaded from).
     ``progress``, if given, is called with the number of examples this process scores and
     returns a context manager with ``update(n)`` (e.g. :func:`flowvae.progress.progress_bar`).
     """
-    run = load_run(run_dir, checkpoint, device)
+    run = run or load_run(run_dir, checkpoint, device)
     record = estimator_record(estimator)
     for name in record.settings():
         if options.get(name) is None and hasattr(run.config.eval, name):
@@ -121,23 +129,29 @@ def evaluate_run(
     settings = record.settings(**{k: v for k, v in options.items() if v is not None})
     samples = samples or (run.config.eval.samples if record.run_samples else record.default_samples)
     batch_size = batch_size or run.config.eval.batch_size
-    data = load_data(run.config.data)
-    examples = evaluation_images(data, split, limit, seed)
+    if examples is None:
+        examples = evaluation_images(load_data(run.config.data), split, limit, seed)
+    images = examples.digest
     request = {
+        "checkpoint": run.digest,
+        "images": images,
+        "code": code_digest(),
+        "device": torch.device(device).type,
         "estimator": estimator,
         "samples": samples,
         "settings": settings,
         "split": split,
-        "limit": limit,
         "seed": seed,
-        "batch_size": batch_size,
     }
     path = None
     if cache:
-        digest = file_digest(checkpoint_path(run_dir, checkpoint))
-        path = Path(run_dir) / CACHE_DIR / f"{_cache_key(run, digest, request)}.npz"
+        path = Path(run_dir) / CACHE_DIR / f"{_cache_key(request)}.npz"
         hit = _read_cache(path)
-        if hit is not None and np.array_equal(hit["indices"], examples.indices.numpy()):
+        if (
+            hit is not None
+            and str(hit.get("images")) == images
+            and np.array_equal(hit["indices"], examples.indices.numpy())
+        ):
             diagnostics = {k[5:]: torch.from_numpy(v) for k, v in hit.items() if k.startswith("diag_")}
             estimate = summarise_estimate(
                 estimator,
@@ -146,7 +160,7 @@ def evaluate_run(
                 torch.from_numpy(hit["log_p"]),
                 diagnostics,
                 settings,
-                math.prod(data.shape),
+                math.prod(examples.images.shape[1:]),
                 run.model.likelihood.discrete,
                 float(hit["seconds"]),
             )
@@ -156,13 +170,14 @@ def evaluate_run(
     mine = sum(len(b) for i, b in enumerate(batches) if i % d.world == d.rank)  # this rank's examples
     with progress(mine) if progress is not None else contextlib.nullcontext() as bar:
         estimate = evaluate(
-            run.model, batches, estimator, samples, split=split, seed=seed, dist=d,
-            progress=bar.update if bar is not None else None, **settings,
+            run.model, batches, estimator, samples, split=split, seed=seed, indices=examples.indices,
+            dist=d, progress=bar.update if bar is not None else None, **settings,
         )  # fmt: skip
     if path is not None and d.is_main and math.isfinite(estimate.nll):  # a NaN is never cached
         arrays = {
             "log_p": estimate.per_example.numpy(),
             "indices": examples.indices.numpy(),
+            "images": np.array(images),
             "seconds": np.array(estimate.seconds),
         }
         arrays.update({f"diag_{k}": v.numpy() for k, v in estimate.per_example_diagnostics.items()})
@@ -232,10 +247,6 @@ class Comparison:
         return asdict(self)
 
 
-def _data_identity(run: Run) -> dict:
-    return {k: v for k, v in asdict(run.config.data).items() if k != "root"}
-
-
 def compare_runs(
     run_dirs: list[str | Path],
     baseline: str | Path | None = None,
@@ -252,7 +263,8 @@ def compare_runs(
     **options,
 ) -> Comparison:
     """Evaluate every run on the same examples with the same seeds; paired differences to the
-    baseline (default: the first run). Runs on different data or splits are refused.
+    baseline (default: the first run). Before anything is evaluated, runs whose scored images
+    differ (other data files, splits or binarization) or whose K differs are refused.
     ``progress(total, description)`` makes a progress context (see :func:`evaluate_run`)."""
     dirs = [Path(r) for r in run_dirs]
     base = Path(baseline) if baseline is not None else dirs[0]
@@ -260,38 +272,41 @@ def compare_runs(
         dirs.insert(0, base)
     if len({d.resolve() for d in dirs}) != len(dirs):
         raise ValueError("a run is listed twice")
+    runs = [load_run(d, checkpoint) for d in dirs]
+    loaded: dict[str, EvaluationSet] = {}  # runs on the same data config share one load
+    examples = []
+    for run in runs:
+        key = json.dumps(asdict(run.config.data), sort_keys=True, default=str)
+        if key not in loaded:
+            loaded[key] = evaluation_images(load_data(run.config.data), split, limit, seed)
+        examples.append(loaded[key])
+    record = estimator_record(estimator)
+    ks = [samples or (r.config.eval.samples if record.run_samples else record.default_samples) for r in runs]
+    for d, ex, k in zip(dirs, examples, ks, strict=True):
+        if ex.digest != examples[0].digest:
+            raise ValueError(
+                f"{d} scores other {split} images than {dirs[0]} (other data files, split or binarization); "
+                "compare refuses to pair them"
+            )
+        if k != ks[0]:
+            raise ValueError(f"{d} would be evaluated with K={k}, {dirs[0]} with K={ks[0]}: pass --samples")
     scored = [
         evaluate_run(
-            d,
-            estimator,
-            samples,
-            split=split,
-            limit=limit,
-            seed=seed,
-            checkpoint=checkpoint,
-            cache=cache,
+            d, estimator, samples, split=split, limit=limit, seed=seed, checkpoint=checkpoint, cache=cache,
             progress=(lambda total, d=d: progress(total, f"{d.name} {estimator}")) if progress else None,
-            **options,
-        )
-        for d in dirs
+            examples=ex, run=run, **options,
+        )  # fmt: skip
+        for d, ex, run in zip(dirs, examples, runs, strict=True)
     ]
     first = scored[0]
-    for d, s in zip(dirs, scored, strict=True):
-        if _data_identity(s.run) != _data_identity(first.run):
-            raise ValueError(
-                f"{d} was trained on other data or splits than {dirs[0]}; compare refuses to pair them"
-            )
-        if s.estimate.samples != first.estimate.samples:
-            raise ValueError(
-                f"{d} was evaluated with K={s.estimate.samples}, {dirs[0]} with K={first.estimate.samples}"
-            )
     by_dir = dict(zip(dirs, scored, strict=True))
     base_log_p = by_dir[base].estimate.per_example
     rows, warnings = [], []
     for d, s in zip(dirs, scored, strict=True):
         elbo = evaluate_run(
-            d, "elbo", elbo_samples, split=split, limit=limit, seed=seed, checkpoint=checkpoint, cache=cache
-        ).estimate
+            d, "elbo", elbo_samples, split=split, limit=limit, seed=seed, checkpoint=checkpoint, cache=cache,
+            examples=s.examples, run=s.run,
+        ).estimate  # fmt: skip
         diff = base_log_p - s.estimate.per_example  # per example: -log p̂(run) - (-log p̂(base))
         is_base = d == base
         metrics = read_metrics(d)

@@ -24,6 +24,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from . import noise
 from .numerics import log_standard_normal
 
 
@@ -61,7 +62,7 @@ class Posterior:
 
     def sample_base(self, sample_shape: Sequence[int] = ()) -> Tensor:
         shape = (*sample_shape, self.batch_size, self.base_dim)
-        return torch.randn(shape, dtype=self._like.dtype, device=self._like.device)
+        return noise.randn(shape, batch_dim=-2, dtype=self._like.dtype, device=self._like.device)
 
     @staticmethod
     def base_log_prob(eps: Tensor) -> Tensor:

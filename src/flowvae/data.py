@@ -397,6 +397,17 @@ class EvaluationSet(NamedTuple):
     indices: torch.Tensor  # (n,) positions in the split
     description: str
 
+    @property
+    def digest(self) -> str:
+        """SHA-256 of exactly what is scored: the images' values (dtype, shape, bytes) and which
+        examples of the split they are (each example's random stream is seeded by its index)."""
+        h = hashlib.sha256()
+        for t in (self.images, self.indices):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()
+
 
 def evaluation_images(data: ImageData, split: str, limit: int = 0, seed: int = 1234) -> EvaluationSet:
     """The images an evaluation scores: a fixed seeded random subset of ``limit`` examples of

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -20,6 +20,7 @@ from .core import ElboTerms
 from .diagnostics import khat_warning, weight_diagnostics
 from .distributed import Dist, all_gather
 from .linear_gaussian import exact
+from .noise import ExampleStreams, example_streams
 from .numerics import bits_per_dim, log_mean_exp
 
 
@@ -55,10 +56,9 @@ def iwae(model: nn.Module, x: Tensor, samples: int = 5000, chunk: int = 500) -> 
     """Importance-sampled log p(x) with q as proposal (the IWAE bound, Burda et al. 2015): (B,).
 
     log p̂(x) = log (1/K) Σ_k p(x, z_k) / q(z_k|x), the log-mean-exp of
-    :func:`importance_log_weights`, reduced in float64.
+    :func:`importance_log_weights`, reduced and returned in float64.
     """
-    log_weights = importance_log_weights(model, x, samples, chunk)
-    return log_mean_exp(log_weights.double(), dim=0).to(log_weights.dtype)
+    return log_mean_exp(importance_log_weights(model, x, samples, chunk).double(), dim=0)
 
 
 def iwae_estimate(
@@ -66,8 +66,7 @@ def iwae_estimate(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The estimator ``iwae``: log p̂(x) (B,) and the weights' diagnostics (ESS, Pareto k̂)."""
     log_weights = importance_log_weights(model, x, samples, chunk)
-    log_p = log_mean_exp(log_weights.double(), dim=0).to(log_weights.dtype)  # as iwae()
-    return log_p, weight_diagnostics(log_weights)
+    return log_mean_exp(log_weights.double(), dim=0), weight_diagnostics(log_weights)  # as iwae()
 
 
 @dataclass
@@ -184,6 +183,7 @@ def evaluate(
     split: str = "test",
     dims: int | None = None,
     seed: int = 0,
+    indices: Sequence[int] | Tensor | None = None,
     batch_size: int = 100,
     dist: Dist | None = None,
     progress: Callable[[int], None] | None = None,
@@ -198,10 +198,12 @@ def evaluate(
         samples: K for ``iwae``, chains for ``ais``, draws for ``elbo``; default: the
             estimator's own (:attr:`EstimatorRecord.default_samples`).
         dims: pixels per image for bits/dim (default: the model's image size).
-        seed: batch ``i`` runs after ``torch.manual_seed(seed + i)``, so its samples do not
-            depend on which process handles it: under torchrun (``dist``) batches are dealt
-            round-robin to the ranks and the per-example values gathered, giving the
-            single-process result exactly.
+        seed, indices: every example draws its random numbers from its own stream, seeded by
+            ``seed`` and its index (``indices[n]`` for the n-th example, default n; pass each
+            example's index in its split): its value depends on neither the batch size, nor
+            the other examples scored with it, nor the process that scores it (under torchrun,
+            ``dist``, batches are dealt round-robin to the ranks and the values gathered), nor
+            the device. See :mod:`flowvae.noise`.
         progress: called with each finished batch's size (e.g. a progress bar's ``update``).
         options: the estimator's own settings (e.g. ``chunk`` for iwae, ``steps`` for ais).
 
@@ -225,11 +227,15 @@ def evaluate(
     d = dist or Dist()
     device = next(model.parameters()).device
     start = time.perf_counter()
-    mine = {}
+    mine, first = {}, 0
     for i, x in enumerate(batches):
+        index = range(first, first + len(x)) if indices is None else indices[first : first + len(x)]
+        if len(index) != len(x):
+            raise ValueError(f"evaluate: {len(indices)} indices for more examples than that")
+        first += len(x)
         if i % d.world == d.rank:
-            torch.manual_seed(seed + i)
-            log_p, diagnostics = record.estimate(model, x.to(device), samples, **settings)
+            with example_streams(ExampleStreams.seeded(seed, [int(j) for j in index])):
+                log_p, diagnostics = record.estimate(model, x.to(device), samples, **settings)
             mine[i] = (log_p.double().cpu(), {k: v.double().cpu() for k, v in diagnostics.items()})
             if progress is not None:
                 progress(x.shape[0])

@@ -461,7 +461,7 @@ def run_gaps(
     from .checkpoint import load_run
     from .data import evaluation_images, load_data
 
-    cfg, model, _ = load_run(run_dir, checkpoint, device)
+    cfg, model = load_run(run_dir, checkpoint, device)[:2]
     data = load_data(cfg.data)
     x, indices, subset = evaluation_images(data, split, n, subset_seed)
     size = {k: getattr(cfg.model, k) for k in FLOW_SIZE_KEYS}

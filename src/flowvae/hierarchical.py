@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import noise
 from .core import ElboTerms, Posterior
 from .likelihoods import build_likelihood
 from .numerics import log_normal, log_standard_normal
@@ -642,8 +643,12 @@ class HierarchicalVAE(nn.Module):
         # with autograd every row's activations are kept anyway: chunk only evaluation passes
         chunked = not (torch.is_grad_enabled() or self._whole_batch)
         if chunked and batch > self.max_rows:  # bound the bottom-up pass too: images in chunks
-            noise = [None] * len(x.split(self.max_rows)) if eps is None else eps.split(self.max_rows, dim=1)
-            parts = [self.forward(xs, s, es) for xs, es in zip(x.split(self.max_rows), noise, strict=True)]
+            chunks = x.split(self.max_rows)
+            given = [None] * len(chunks) if eps is None else eps.split(self.max_rows, dim=1)
+            parts = []
+            for i, (xs, es) in enumerate(zip(chunks, given, strict=True)):
+                with noise.narrowed(i * self.max_rows, len(xs)):  # examples keep their own draws
+                    parts.append(self.forward(xs, s, es))
             fields = ("log_likelihood", "log_prior", "log_q", "kl_groups")
             return ElboTerms(*(torch.cat([getattr(p, f) for p in parts], dim=1) for f in fields))
         up = None if self.up_feedback else self.bottom_up(x)
@@ -653,10 +658,10 @@ class HierarchicalVAE(nn.Module):
         def rows(index: Tensor) -> tuple[Tensor, ...]:
             images = index % batch
             if flat is None:
-                noise = torch.randn(len(index), self.latent_dim, dtype=self.h_top.dtype, device=x.device)
+                draws = noise.randn_rows(images, self.latent_dim, dtype=self.h_top.dtype, device=x.device)
             else:
-                noise = flat[index]
-            eps_blocks = self.split_latent(noise)
+                draws = flat[index]
+            eps_blocks = self.split_latent(draws)
             if up is None:  # up_feedback: z is drawn in a bottom-up pass per row
                 z, ladj = self.sample_up(x.index_select(0, images), eps_blocks)
                 out = self.top_down(len(index), z=z, decode=True)
@@ -730,9 +735,10 @@ class HierarchicalVAE(nn.Module):
         prior's standard deviations (temperature < 1 gives smoother samples)."""
         n = math.prod(sample_shape)
         like = self.h_top
+        examples = sample_shape[-1] if len(sample_shape) else 1  # the last sample dim indexes examples
 
         def rows(index: Tensor) -> tuple[Tensor]:
-            eps = torch.randn(len(index), self.latent_dim, dtype=like.dtype, device=like.device)
+            eps = noise.randn_rows(index % examples, self.latent_dim, dtype=like.dtype, device=like.device)
             out = self.top_down(len(index), eps=self.split_latent(eps), temperature=temperature)
             return (self.join_latent(out.z),)
 

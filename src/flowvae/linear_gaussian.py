@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from . import noise
 from .likelihoods import Gaussian
 from .nets import LinearDecoder
 from .numerics import LOG_2PI
@@ -62,9 +63,8 @@ class GaussianPosterior:
 
     def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
         """Exact posterior samples (*S, B, d): z = mu + L^{-T} eps has covariance Lambda^{-1}."""
-        eps = torch.randn(
-            (*sample_shape, *self.mean.shape), dtype=self.mean.dtype, device=self.mean.device
-        )
+        shape = (*sample_shape, *self.mean.shape)
+        eps = noise.randn(shape, batch_dim=-2, dtype=self.mean.dtype, device=self.mean.device)
         # solve L^T y = eps for every sample: y = L^{-T} eps; eps (..., d) as columns
         y = torch.linalg.solve_triangular(
             self.precision_cholesky.mT, eps.unsqueeze(-1), upper=True

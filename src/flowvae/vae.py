@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from . import noise
 from .core import ElboTerms, Posterior
 from .likelihoods import LIKELIHOODS
 from .numerics import log_standard_normal
@@ -145,7 +146,8 @@ class VAE(nn.Module):
     ) -> Tensor:
         """z ~ N(0, temperature^2 I), (*sample_shape, D)."""
         p = next(self.parameters()) if like is None else like
-        return temperature * torch.randn(*sample_shape, self.latent_dim, dtype=p.dtype, device=p.device)
+        shape = (*sample_shape, self.latent_dim)  # the last sample dim indexes examples
+        return temperature * noise.randn(shape, batch_dim=-2, dtype=p.dtype, device=p.device)
 
     def decode_mean(self, z: Tensor) -> Tensor:
         """The mean of p(x|z) at z (N, D); autoregressive: each pixel's mean given the pixels
