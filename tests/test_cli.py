@@ -212,3 +212,4 @@ def test_eval_and_sample_show_progress_with_an_eta(run_dir, tmp_path, monkeypatc
     assert "sample: 9/9 images" in proc.stderr
     quiet = run_cli("eval", str(run_dir), "--samples", "5", "--limit", "10", "--no-progress")
     assert quiet.stderr == ""
+    assert "khat over examples: k̂ needs K ≥ 21 importance samples (K = 5)" in quiet.stdout  # not nan

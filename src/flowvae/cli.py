@@ -126,7 +126,10 @@ def _eval(args: argparse.Namespace) -> int:
         f"{', cached' if scored.cached else ''})"
     )
     for name, v in result.diagnostics.items():
-        print(f"  {name} over examples: median {v['median']:.3g}, min {v['min']:.3g}, max {v['max']:.3g}")
+        values = f"median {v['median']:.3g}, min {v['min']:.3g}, max {v['max']:.3g}"
+        if "note" in v:  # why some (or all) values are missing
+            values = v["note"] if math.isnan(v["median"]) else f"{values} ({v['note']})"
+        print(f"  {name} over examples: {values}")
     return 0
 
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .ais import AISOptions, ais_estimate
 from .core import ElboTerms
-from .diagnostics import khat_warning, weight_diagnostics
+from .diagnostics import khat_note, khat_warning, weight_diagnostics
 from .distributed import Dist, all_gather
 from .linear_gaussian import exact
 from .noise import ExampleStreams, example_streams
@@ -141,8 +141,10 @@ class Estimate:
 
     ``bits_per_dim`` is None for data that is not discrete (a Gaussian likelihood).
     ``diagnostics`` summarises each per-example diagnostic (``per_example_diagnostics``: ESS
-    and Pareto k̂ for ``iwae``, HMC acceptance for ``ais``) over examples; ``warnings`` says
-    when they make the estimate unreliable; ``settings`` are the estimator's own options.
+    and Pareto k̂ for ``iwae``, HMC acceptance for ``ais``) over examples, non-finite values left
+    out; a summary's ``note``, if any, says why some values are missing (k̂ needs K ≥ 21);
+    ``warnings`` says when they make the estimate unreliable; ``settings`` are the estimator's
+    own options.
     """
 
     estimator: str
@@ -155,7 +157,7 @@ class Estimate:
     seconds: float
     per_example: Tensor  # (n,) log p̂(x)
     settings: dict = field(default_factory=dict)
-    diagnostics: dict[str, dict[str, float]] = field(default_factory=dict)
+    diagnostics: dict[str, dict[str, float | str]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     per_example_diagnostics: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
@@ -165,7 +167,8 @@ class Estimate:
 
 
 def summarise(values: Tensor) -> dict[str, float]:
-    """Mean, median, min and max over examples of a per-example diagnostic (NaNs left out)."""
+    """Mean, median, min and max over examples of a per-example diagnostic (NaNs and infinities
+    left out; all NaN when none is finite)."""
     v = values[torch.isfinite(values)].double()
     if v.numel() == 0:
         return dict.fromkeys(("mean", "median", "min", "max"), float("nan"))
@@ -265,11 +268,17 @@ def summarise_estimate(
     n = log_p.numel()
     nll = -log_p.mean().item()
     stderr = (log_p.std().item() / math.sqrt(n)) if n > 1 else float("nan")
-    warnings = [khat_warning(diagnostics["khat"])] if "khat" in diagnostics else []
+    summaries: dict[str, dict[str, float | str]] = {k: summarise(v) for k, v in diagnostics.items()}
+    warnings = []
+    if "khat" in diagnostics:
+        warnings.append(khat_warning(diagnostics["khat"], samples))
+        note = khat_note(diagnostics["khat"], samples)
+        if note:
+            summaries["khat"]["note"] = note
     return Estimate(
         estimator=estimator, split=split, n=n, samples=samples, nll=nll, stderr=stderr,
         bits_per_dim=float(bits_per_dim(nll, dims)) if discrete else None, seconds=seconds,
         per_example=log_p, settings=settings,
-        diagnostics={k: summarise(v) for k, v in diagnostics.items()},
+        diagnostics=summaries,
         warnings=[w for w in warnings if w], per_example_diagnostics=diagnostics,
     )  # fmt: skip
