@@ -4,6 +4,7 @@ interface's consistency, shapes, learning, estimators and the CLI end to end."""
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,10 +12,11 @@ from conftest import run_cli
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from flowvae.checkpoint import CheckpointError, load_run, save_atomic
 from flowvae.config import Config, ModelConfig
 from flowvae.core import ElboTerms
 from flowvae.estimators import ESTIMATORS, elbo, evaluate, iwae
-from flowvae.hierarchical import POSTERIORS, ARConvNet, HierarchicalBlock, HierarchicalVAE
+from flowvae.hierarchical import POSTERIORS, ARConvNet, HierarchicalBlock, HierarchicalVAE, channel_mask
 from flowvae.model import build_model, hierarchical_spec
 from flowvae.train import train_step, training_loss
 
@@ -62,10 +64,56 @@ def autoregressive_order(n_z: int, size: int, mask: str) -> torch.Tensor:
     return key.flatten().argsort(stable=True)
 
 
-@pytest.mark.parametrize("depth", [0, 1, 2])
-def test_pixel_masks_are_autoregressive_over_reverse_raster_pixels_then_channels(depth):
+def reference_conv_ar_mask(n_in: int, n_out: int, zerodiagonal: bool, k: int = 3) -> np.ndarray:
+    """openai/iaf's ``get_conv_ar_mask`` (tf_utils/layers.py, with ``get_linear_ar_mask``) in
+    numpy, as written there (Python 2 ``/`` on ints is ``//``), transposed to torch's
+    (out, in, kh, kw) weight layout."""
+    assert n_in % n_out == 0 or n_out % n_in == 0
+    linear = np.ones([n_in, n_out], dtype=np.float32)
+    if n_out >= n_in:
+        g = n_out // n_in
+        for i in range(n_in):
+            linear[i + 1 :, i * g : (i + 1) * g] = 0
+            if zerodiagonal:
+                linear[i : i + 1, i * g : (i + 1) * g] = 0
+    else:
+        g = n_in // n_out
+        for i in range(n_out):
+            linear[(i + 1) * g :, i : i + 1] = 0
+            if zerodiagonal:
+                linear[i * g : (i + 1) * g :, i : i + 1] = 0
+    l = m = (k - 1) // 2
+    mask = np.ones([k, k, n_in, n_out], dtype=np.float32)
+    mask[:l, :, :, :] = 0
+    mask[l, :m, :, :] = 0
+    mask[l, m, :, :] = linear
+    return mask.transpose(3, 2, 0, 1)
+
+
+@pytest.mark.parametrize("n_z, hidden", [(4, 8), (4, 4), (8, 4), (2, 6), (32, 160)])
+@pytest.mark.parametrize("depth", [0, 1, 2, 3])
+def test_pixel_masks_are_openai_iafs_get_conv_ar_mask_entry_for_entry(n_z, hidden, depth):
+    # ar_multiconv2d: hidden layers ar_conv2d(zerodiagonal=False), each output its own
+    # ar_conv2d(zerodiagonal=True) of n_z maps (ours: the outputs' maps stacked in one conv)
+    outputs = 2
+    net = ARConvNet(n_z, hidden, depth, outputs, mask="pixel")
+    width, pairs = n_z, []
+    for i, layer in enumerate(net.hidden):
+        pairs.append((f"hidden {i}", layer.mask, reference_conv_ar_mask(width, hidden, False)))
+        width = hidden
+    for i, chunk in enumerate(net.out.mask.chunk(outputs, dim=0)):
+        pairs.append((f"output {i}", chunk, reference_conv_ar_mask(width, n_z, True)))
+    for name, ours, reference in pairs:
+        assert ours.shape == reference.shape, name
+        differ = int((ours.numpy() != reference).sum())
+        assert differ == 0, f"{name}: {differ} mask entries differ from openai/iaf's"
+
+
+@pytest.mark.parametrize("n_z, hidden", [(2, 4), (3, 4), (4, 3)])
+@pytest.mark.parametrize("depth", [0, 1, 2, 3])
+def test_pixel_masks_are_autoregressive_over_reverse_raster_pixels_then_channels(n_z, hidden, depth):
     torch.manual_seed(depth)
-    n_z, hidden, size = 2, 4, 4
+    size = 4
     net = ARConvNet(n_z, hidden, depth, outputs=2, mask="pixel").double()
     for p in net.parameters():
         p.data.normal_()
@@ -82,8 +130,27 @@ def test_pixel_masks_are_autoregressive_over_reverse_raster_pixels_then_channels
         assert jac[p, 0, p - 1].abs().sum() > 0 and jac[p, 0, p - size].abs().sum() > 0
 
 
+def test_weights_saved_with_another_pixel_mask_are_refused_in_one_line(tmp_path):
+    key = "blocks.0.flow.hidden.1.mask"
+    spec = {**TINY, "depths": [1], "posterior": "down-iaf", "depth_ar": 2, "ar_mask": "pixel"}
+    cfg = Config(model=ModelConfig(**spec))
+    model = build_model(cfg.model, (1, 8, 8), True)
+    ckpt = dict(config=cfg.to_dict(), image_shape=[1, 8, 8], binary=True, model=model.state_dict())
+    run, path = tmp_path / "run", tmp_path / "run" / "best.pt"
+    run.mkdir()
+    save_atomic(ckpt, path)
+    assert torch.equal(load_run(run).model.state_dict()[key], ckpt["model"][key])
+    # the hidden-to-hidden mask pixel runs had before: by degree, as the channel masks
+    degrees = torch.arange(cfg.model.n_h) * cfg.model.n_z // cfg.model.n_h
+    old = channel_mask(degrees, degrees, False, pixels=True)
+    assert not torch.equal(old, ckpt["model"][key])
+    save_atomic({**ckpt, "model": {**ckpt["model"], key: old}}, path)
+    with pytest.raises(CheckpointError, match=rf"best.pt: {key}: .* another autoregressive mask"):
+        load_run(run)
+
+
 @pytest.mark.parametrize("posterior", ["up-iaf", "down-iaf", "down-iaf-mean"])
-@pytest.mark.parametrize("depth_ar", [0, 1, 2])
+@pytest.mark.parametrize("depth_ar", [0, 1, 2, 3])
 @pytest.mark.parametrize("ar_mask", ["channel", "pixel"])
 def test_iaf_step_is_triangular_and_its_log_det_is_exact(posterior, depth_ar, ar_mask):
     torch.manual_seed(0)

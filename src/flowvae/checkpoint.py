@@ -161,5 +161,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | torch.devic
     except (RuntimeError, TypeError, AttributeError) as e:  # missing / mis-shaped tensors
         raise CheckpointError(f"{path}: incomplete checkpoint (weights do not fit its config: "
                               f"{str(e).splitlines()[0][:120]})") from None
+    except ValueError as e:  # tensors that fit but contradict the config (an autoregressive mask)
+        raise CheckpointError(f"{path}: {e}") from None
     model.eval()
     return Run(cfg, model, ckpt, digest)

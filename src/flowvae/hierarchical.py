@@ -160,6 +160,19 @@ class WNConv2d(nn.Module):
     def request_data_init(self) -> None:
         self._init_pending = True
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        # the mask is a function of the config: weights saved with another one (model.ar_mask=pixel
+        # runs saved before its masks were openai/iaf's) would silently become another model
+        saved = state_dict.get(f"{prefix}mask")
+        if self.mask is not None and saved is not None and saved.shape == self.mask.shape:
+            if not torch.equal(saved.to(self.mask), self.mask):
+                raise ValueError(
+                    f"{prefix}mask: these weights were trained with another autoregressive mask than "
+                    "their config builds now (model.ar_mask=pixel runs saved before its masks became "
+                    "openai/iaf's get_conv_ar_mask); retrain the run"
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, x: Tensor) -> Tensor:
         if self._init_pending:
             return self._data_init(x)
@@ -205,6 +218,18 @@ def channel_mask(
     return mask
 
 
+def iaf_degrees(n_in: int, n_out: int) -> tuple[Tensor, Tensor]:
+    """openai/iaf's ``get_linear_ar_mask(n_in, n_out)`` as degrees for :func:`channel_mask`: the
+    wider side's channels in groups of ``n_wide / n_narrow`` take their group's index, the
+    narrower side's channels their own (equal widths: input ``i`` feeds output ``j`` iff ``i <= j``).
+    Where neither width divides the other (openai/iaf asserts it does) the groups are uneven
+    (``index * n_narrow // n_wide``), which keeps the net autoregressive."""
+    i, j = torch.arange(n_in), torch.arange(n_out)
+    if n_out >= n_in:
+        return i, j * n_in // n_out
+    return i * n_out // n_in, j
+
+
 AR_MASKS = ("channel", "pixel")
 
 
@@ -215,7 +240,9 @@ class ARConvNet(nn.Module):
     raster order (all channels) and at p on channels < c, so the Jacobian is strictly triangular
     in the order (reverse raster pixel, channel). ``mask="channel"``: output channel c depends
     on input channels < c only, at all pixels of the receptive field (triangular in channel-major
-    order); channel 0 then gets no flow at all. Hidden channel j has degree ``j * n_z // hidden``.
+    order); channel 0 then gets no flow at all. ``channel``: hidden channel j has degree
+    ``j * n_z // hidden`` in every layer; ``pixel``: each layer's centre tap is openai/iaf's
+    ``get_conv_ar_mask`` (:func:`iaf_degrees`; hidden to hidden: channel i feeds channel j iff i <= j).
     The context is added to the first hidden layer's pre-activations.
 
     Arguments:
@@ -238,10 +265,11 @@ class ARConvNet(nn.Module):
         self.hidden = nn.ModuleList()
         for _ in range(depth):
             degrees_hidden = torch.arange(hidden) * channels // hidden
-            m = channel_mask(degrees, degrees_hidden, False, pixels=pixels)
-            self.hidden.append(WNConv2d(width, hidden, 3, mask=m))
+            pair = iaf_degrees(width, hidden) if pixels else (degrees, degrees_hidden)
+            self.hidden.append(WNConv2d(width, hidden, 3, mask=channel_mask(*pair, False, pixels=pixels)))
             degrees, width = degrees_hidden, hidden
-        m = channel_mask(degrees, degrees_in.repeat(outputs), strict=True, pixels=pixels)
+        d_in, d_out = iaf_degrees(width, channels) if pixels else (degrees, degrees_in)
+        m = channel_mask(d_in, d_out.repeat(outputs), strict=True, pixels=pixels)
         self.out = WNConv2d(width, outputs * channels, 3, mask=m)
 
     @property
