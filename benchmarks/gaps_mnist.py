@@ -60,7 +60,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     settings = GapSettings(
-        estimator=args.estimator, samples=args.samples, chains=args.chains, ais_steps=args.ais_steps,
+        estimator=args.estimator, samples={"iwae": args.samples, "ais": args.chains},
+        options={"ais": {"steps": args.ais_steps}},
         elbo_samples=args.elbo_samples, local_flow=args.local_flow, batch_size=args.batch_size,
         seed=args.seed, drop_flagged=args.drop_flagged,
         local=LocalOptions(

@@ -207,7 +207,8 @@ def test_cli_writes_the_four_files(tiny_run, tmp_path):
         assert holds or any(w.startswith(label) for w in result["warnings"]), (label, result["warnings"])
     assert "| Approximation gap |" in (out / "gaps.md").read_text()
     assert result["ok"] and result["flagged"] == [] and result["dropped"] == 0
-    ais = {"estimator": "ais", "chains": 2, "steps": 10, "leapfrog": 10, "init": "prior"}
+    ais = {"estimator": "ais", "samples": 2, "steps": 10, "leapfrog": 10, "schedule": "sigmoid",
+           "init": "prior", "target_accept": 0.65, "step_size": 0.1}  # fmt: skip
     assert result["log_p_estimator"] == ais
     assert result["log_p_check"]["against"] == "iwae"
     assert result["q_star_family"] == "iaf"  # a richer local flow than q = diag, named

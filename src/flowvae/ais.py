@@ -45,6 +45,42 @@ STEP_SIZE_DECREASE = 0.98
 STEP_SIZE_MIN = 1e-4
 STEP_SIZE_MAX = 1.0
 ACCEPTANCE_DECAY = 0.9  # running average of each chain's acceptance probability
+CHAINS = 16  # AIS chains per example unless told otherwise
+
+
+@dataclass(frozen=True)
+class AISOptions:
+    """The settings of an AIS run, and the one place their defaults are written.
+
+    Attributes:
+        steps: annealing steps T (T + 1 inverse temperatures from 0 to 1).
+        leapfrog: leapfrog steps per HMC transition.
+        schedule: ``linear`` or ``sigmoid`` (see :func:`annealing_schedule`).
+        init: ``prior`` (anneal z from p(z)) or ``posterior`` (anneal eps from q's base).
+        target_accept: acceptance rate the per-chain step sizes adapt toward.
+        step_size: initial leapfrog step size.
+    """
+
+    steps: int = 1000
+    leapfrog: int = 10
+    schedule: str = "sigmoid"
+    init: str = "prior"
+    target_accept: float = 0.65
+    step_size: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"AIS needs steps >= 1, got {self.steps}")
+        if self.leapfrog < 1:
+            raise ValueError(f"AIS needs leapfrog >= 1, got {self.leapfrog}")
+        if not 0 < self.target_accept < 1:
+            raise ValueError(f"target_accept must be in (0, 1), got {self.target_accept}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown AIS schedule {self.schedule!r}; available: {', '.join(SCHEDULES)}")
+        if self.init not in INITS:
+            raise ValueError(f"unknown AIS init {self.init!r}; available: {', '.join(INITS)}")
+        if not self.step_size > 0:
+            raise ValueError(f"AIS needs step_size > 0, got {self.step_size}")
 
 
 def annealing_schedule(
@@ -185,29 +221,21 @@ class AISResult:
         return log_mean_exp(self.log_weights.double(), dim=0)
 
 
-def anneal(
-    path: AnnealingPath,
-    start: Tensor,
-    betas: Tensor,
-    leapfrog: int = 10,
-    target_accept: float = 0.65,
-    step_size: float = 0.1,
-) -> AISResult:
+def anneal(path: AnnealingPath, start: Tensor, betas: Tensor, **options) -> AISResult:
     """Run AIS along ``path`` from ``start`` (C, B, D), distributed as f_{betas[0]}.
 
     The chains accumulate sum_t (beta_t - beta_{t-1}) l(u_{t-1}), an estimate of
     log(Z_{beta_T} / Z_{beta_0}), with an HMC transition at every intermediate beta (T - 1
     transitions of ``leapfrog`` gradient evaluations each; none at the ends, where it would not
-    change the weight). Step sizes adapt per chain toward ``target_accept``.
+    change the weight). Step sizes adapt per chain toward ``target_accept``. ``options``: the
+    :class:`AISOptions` fields ``leapfrog``, ``target_accept``, ``step_size``.
     """
-    if leapfrog < 1:
-        raise ValueError(f"AIS needs leapfrog >= 1, got {leapfrog}")
-    if not 0 < target_accept < 1:
-        raise ValueError(f"target_accept must be in (0, 1), got {target_accept}")
+    o = AISOptions(**options)
+    leapfrog, target_accept = o.leapfrog, o.target_accept
     betas = betas.tolist()
     state = _evaluate(path, start)
     log_w = torch.zeros_like(state.log_p0)  # (C, B)
-    step = torch.full_like(state.log_p0, step_size).unsqueeze(-1)  # (C, B, 1)
+    step = torch.full_like(state.log_p0, o.step_size).unsqueeze(-1)  # (C, B, 1)
     running = torch.full_like(state.log_p0, target_accept)  # (C, B)
     accepted = torch.zeros_like(log_w)  # (C, B) accepted proposals per chain, kept on device
     for t in range(1, len(betas)):
@@ -231,23 +259,8 @@ def anneal(
     return AISResult(log_w, per_example.mean().item(), per_example, step.squeeze(-1), state.u)
 
 
-def _check_init(init: str) -> None:
-    if init not in INITS:
-        raise ValueError(f"unknown AIS init {init!r}; available: {', '.join(INITS)}")
-
-
 @torch.no_grad()
-def ais(
-    model: nn.Module,
-    x: Tensor,
-    chains: int = 16,
-    steps: int = 1000,
-    leapfrog: int = 10,
-    schedule: str = "sigmoid",
-    init: str = "prior",
-    target_accept: float = 0.65,
-    step_size: float = 0.1,
-) -> AISResult:
+def ais(model: nn.Module, x: Tensor, chains: int = CHAINS, **options) -> AISResult:
     """Hamiltonian AIS estimate of log p(x) for a batch x (B, C, H, W).
 
     Arguments:
@@ -255,12 +268,8 @@ def ais(
             and (for ``init="posterior"``) ``encode``; put it in eval mode first.
         x: the batch; device and dtype of the chains follow the model.
         chains: independent AIS chains per example (C).
-        steps: annealing steps T (T + 1 inverse temperatures from 0 to 1).
-        leapfrog: leapfrog steps per HMC transition.
-        schedule: ``linear`` or ``sigmoid`` (see :func:`annealing_schedule`).
-        init: ``prior`` (anneal z from p(z)) or ``posterior`` (anneal eps from q's base).
-        target_accept: acceptance rate the per-chain step sizes adapt toward.
-        step_size: initial leapfrog step size.
+        options: :class:`AISOptions` fields (steps, leapfrog, schedule, init, target_accept,
+            step_size); unset ones take its defaults.
 
     Returns:
         :class:`AISResult`; ``.log_marginal`` is the per-example estimate (B,).
@@ -270,58 +279,42 @@ def ais(
         Wu, Burda, Salakhutdinov & Grosse 2017, On the quantitative analysis of decoder-based
         generative models, arXiv 1611.04273.
     """
-    _check_init(init)
+    o = AISOptions(**options)
     batch = x.shape[0]
-    if init == "prior":
+    if o.init == "prior":
         path = prior_path(model, x)
         start = model.sample_prior((chains, batch))
     else:
         posterior = model.encode(x)
         path = posterior_path(model, x, posterior)
         start = posterior.sample_base((chains,))
-    betas = annealing_schedule(schedule, steps)
-    return anneal(path, start, betas, leapfrog, target_accept, step_size)
+    betas = annealing_schedule(o.schedule, o.steps)
+    return anneal(path, start, betas, **_transition_options(o))
+
+
+def _transition_options(o: AISOptions) -> dict:
+    return {"leapfrog": o.leapfrog, "target_accept": o.target_accept, "step_size": o.step_size}
 
 
 @torch.no_grad()
-def reverse_ais(
-    model: nn.Module,
-    x: Tensor,
-    z: Tensor,
-    chains: int = 16,
-    steps: int = 1000,
-    leapfrog: int = 10,
-    schedule: str = "sigmoid",
-    target_accept: float = 0.65,
-    step_size: float = 0.1,
-) -> AISResult:
+def reverse_ais(model: nn.Module, x: Tensor, z: Tensor, chains: int = CHAINS, **options) -> AISResult:
     """AIS from p(z|x) back to p(z), started at exact posterior samples z (B, D) or (C, B, D).
 
     The log-weights estimate log 1/p(x) (unbiased in exp), so ``.log_marginal`` =
     -log-mean-exp(log-weights) is a stochastic *upper* bound on log p(x), provided z really is an
-    exact posterior sample (Grosse et al. 2015, arXiv 1511.02543).
+    exact posterior sample (Grosse et al. 2015, arXiv 1511.02543). ``options``: as :func:`ais`
+    (``init`` does not apply: the path is the prior's).
     """
+    o = AISOptions(**options)
     start = z.expand(chains, *z.shape[-2:]) if z.dim() == 2 else z
-    betas = annealing_schedule(schedule, steps).flip(0)
-    result = anneal(prior_path(model, x), start.clone(), betas, leapfrog, target_accept, step_size)
+    betas = annealing_schedule(o.schedule, o.steps).flip(0)
+    result = anneal(prior_path(model, x), start.clone(), betas, **_transition_options(o))
     result.reverse = True
     return result
 
 
-@dataclass
-class AISOptions:
-    """The settings of the estimator ``ais`` (its ``samples`` are the chains per example)."""
-
-    steps: int = 1000
-    leapfrog: int = 10
-    schedule: str = "sigmoid"
-    init: str = "prior"
-    target_accept: float = 0.65
-    step_size: float = 0.1
-
-
 def ais_estimate(
-    model: nn.Module, x: Tensor, samples: int = 16, chains: int | None = None, **options
+    model: nn.Module, x: Tensor, samples: int = CHAINS, chains: int | None = None, **options
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The estimator ``ais``: per-example log p̂(x) (B,) and its diagnostics, each (B,).
 
@@ -329,11 +322,11 @@ def ais_estimate(
     :class:`AISOptions` fields. Diagnostics: ``acceptance``, each example's HMC acceptance
     rate over its chains and transitions.
     """
-    result = ais(model, x, chains=chains or samples, **vars(AISOptions(**options)))
+    result = ais(model, x, chains=chains or samples, **options)
     return result.log_marginal, {"acceptance": result.example_acceptance}
 
 
-def ais_estimator(model: nn.Module, x: Tensor, samples: int = 16, **options) -> Tensor:
+def ais_estimator(model: nn.Module, x: Tensor, samples: int = CHAINS, **options) -> Tensor:
     """:func:`ais_estimate` without the diagnostics: (B,)."""
     return ais_estimate(model, x, samples, **options)[0]
 
@@ -378,15 +371,7 @@ class BDMCResult:
 
 @torch.no_grad()
 def bdmc(
-    model: nn.Module,
-    n: int = 100,
-    chains: int = 16,
-    steps: int = 1000,
-    leapfrog: int = 10,
-    schedule: str = "sigmoid",
-    target_accept: float = 0.65,
-    step_size: float = 0.1,
-    batch_size: int = 100,
+    model: nn.Module, n: int = 100, chains: int = CHAINS, batch_size: int = 100, **options
 ) -> BDMCResult:
     """Sandwich log p(x) on data simulated from the model between two AIS runs.
 
@@ -402,23 +387,22 @@ def bdmc(
     Arguments:
         model: the generative model, in eval mode (needs ``sample_prior`` and ``decode_sample``).
         n: number of simulated examples, processed ``batch_size`` at a time.
-        chains, steps, leapfrog, schedule, target_accept, step_size: as in :func:`ais`.
+        chains, options: as in :func:`ais` (both runs start from the prior: ``init`` is fixed).
 
     References:
         Grosse, Ghahramani & Adams 2015, Sandwiching the marginal likelihood using bidirectional
         Monte Carlo, arXiv 1511.02543. Wu et al. 2017, arXiv 1611.04273.
     """
-    options = dict(
-        chains=chains, steps=steps, leapfrog=leapfrog, schedule=schedule,
-        target_accept=target_accept, step_size=step_size,
-    )  # fmt: skip
+    if options.get("init", "prior") != "prior":
+        raise ValueError("BDMC runs both directions from the prior: init must be prior")
+    options = {k: v for k, v in options.items() if k != "init"}
     lower, upper, xs, zs, acc_forward, acc_reverse = [], [], [], [], 0.0, 0.0
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         z = model.sample_prior((b,))
         x = model.decode_sample(z)
-        forward = ais(model, x, init="prior", **options)
-        reverse = reverse_ais(model, x, z, **options)
+        forward = ais(model, x, chains, init="prior", **options)
+        reverse = reverse_ais(model, x, z, chains, **options)
         lower.append(forward.log_marginal)
         upper.append(reverse.log_marginal)
         xs.append(x)

@@ -251,9 +251,11 @@ def _gaps(args: argparse.Namespace) -> int:
         patience=args.patience, tolerance=args.tolerance, lr_decay=args.lr_decay, decays=args.decays,
     )  # fmt: skip
     flow_options = {k: getattr(args, k) for k in ("flow_steps", "flow_hidden", "flow_layers")}
+    ais = {"steps": args.ais_steps, "leapfrog": args.leapfrog}
     settings = GapSettings(
-        estimator=args.estimator, samples=args.samples, chains=args.chains, ais_steps=args.ais_steps,
-        leapfrog=args.leapfrog, check=not args.no_check, elbo_samples=args.elbo_samples,
+        estimator=args.estimator, samples={"iwae": args.samples, "ais": args.chains},
+        options={"ais": {k: v for k, v in ais.items() if v is not None}},
+        check=not args.no_check, elbo_samples=args.elbo_samples,
         local_flow=args.local_flow, local=local,
         flow_options={k: v for k, v in flow_options.items() if v is not None},
         batch_size=args.batch_size, seed=args.seed, drop_flagged=args.drop_flagged,

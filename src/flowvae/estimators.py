@@ -15,13 +15,27 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import Tensor, nn
 
-from .ais import AISOptions, ais_estimate
+from .ais import CHAINS, AISOptions, ais_estimate
 from .core import ElboTerms
 from .diagnostics import khat_note, khat_warning, weight_diagnostics
 from .distributed import Dist, all_gather
 from .linear_gaussian import exact
 from .noise import ExampleStreams, example_streams
 from .numerics import bits_per_dim, log_mean_exp
+
+IWAE_SAMPLES = 5000  # K of the paper protocol (Burda et al.; IAF paper): importance samples per example
+
+
+@dataclass(frozen=True)
+class IWAEOptions:
+    """The settings of the estimator ``iwae``: samples are drawn ``chunk`` at a time (bounds the
+    model's memory at B x chunk rows; the values do not depend on it)."""
+
+    chunk: int = 500
+
+    def __post_init__(self) -> None:
+        if self.chunk < 1:
+            raise ValueError(f"iwae needs chunk >= 1, got {self.chunk}")
 
 
 def elbo_terms(model: nn.Module, x: Tensor, samples: int = 1) -> ElboTerms:
@@ -42,7 +56,9 @@ def elbo_estimate(model: nn.Module, x: Tensor, samples: int = 1) -> tuple[Tensor
     return terms.log_weight.mean(0), diagnostics
 
 
-def importance_log_weights(model: nn.Module, x: Tensor, samples: int = 5000, chunk: int = 500) -> Tensor:
+def importance_log_weights(
+    model: nn.Module, x: Tensor, samples: int = IWAE_SAMPLES, chunk: int = IWAEOptions.chunk
+) -> Tensor:
     """K = ``samples`` log-weights log p(x, z_k) - log q(z_k|x), z_k ~ q(z|x): (K, B).
 
     Drawn ``chunk`` at a time, so the model's memory is bounded by B * chunk whatever K; only
@@ -52,7 +68,7 @@ def importance_log_weights(model: nn.Module, x: Tensor, samples: int = 5000, chu
     return torch.cat(parts)
 
 
-def iwae(model: nn.Module, x: Tensor, samples: int = 5000, chunk: int = 500) -> Tensor:
+def iwae(model: nn.Module, x: Tensor, samples: int = IWAE_SAMPLES, chunk: int = IWAEOptions.chunk) -> Tensor:
     """Importance-sampled log p(x) with q as proposal (the IWAE bound, Burda et al. 2015): (B,).
 
     log p̂(x) = log (1/K) Σ_k p(x, z_k) / q(z_k|x), the log-mean-exp of
@@ -62,18 +78,11 @@ def iwae(model: nn.Module, x: Tensor, samples: int = 5000, chunk: int = 500) -> 
 
 
 def iwae_estimate(
-    model: nn.Module, x: Tensor, samples: int = 5000, chunk: int = 500
+    model: nn.Module, x: Tensor, samples: int = IWAE_SAMPLES, chunk: int = IWAEOptions.chunk
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The estimator ``iwae``: log p̂(x) (B,) and the weights' diagnostics (ESS, Pareto k̂)."""
     log_weights = importance_log_weights(model, x, samples, chunk)
     return log_mean_exp(log_weights.double(), dim=0), weight_diagnostics(log_weights)  # as iwae()
-
-
-@dataclass
-class IWAEOptions:
-    """The settings of the estimator ``iwae``: samples are drawn ``chunk`` at a time."""
-
-    chunk: int = 500
 
 
 @dataclass(frozen=True)
@@ -122,8 +131,8 @@ ESTIMATORS: dict[str, EstimatorRecord] = {
     r.name: r
     for r in [
         EstimatorRecord("elbo", elbo_estimate, 1, "draws of z per example"),
-        EstimatorRecord("iwae", iwae_estimate, 5000, "importance samples K", IWAEOptions, True),
-        EstimatorRecord("ais", ais_estimate, 16, "AIS chains per example", AISOptions),
+        EstimatorRecord("iwae", iwae_estimate, IWAE_SAMPLES, "importance samples K", IWAEOptions, True),
+        EstimatorRecord("ais", ais_estimate, CHAINS, "AIS chains per example", AISOptions),
         EstimatorRecord("exact", _without_diagnostics(exact), 1, "unused (exact value)"),
     ]
 }

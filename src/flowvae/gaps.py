@@ -44,13 +44,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .ais import ais_estimator
-from .estimators import iwae
-from .linear_gaussian import exact
+from .estimators import ESTIMATORS
 from .local import LocalOptions, elbo_with_stderr, frozen_model, local_optimise
+from .noise import ExampleStreams, example_streams
 from .posteriors import POSTERIORS, posterior_record
 
-LOG_P_ESTIMATORS = ("ais", "iwae", "exact")  # exact: linear-Gaussian models only
+# every registered estimator but the ELBO (which is L[q] itself); exact: linear-Gaussian models only
+LOG_P_ESTIMATORS = tuple(name for name in ESTIMATORS if name != "elbo")
+CHECK_AGAINST = {"ais": "iwae", "iwae": "ais"}  # the paired convergence check of each estimate
 SIGMAS = 3.0  # an ordering fails when violated by more than this many standard errors
 # an example is flagged when a value lies this many robust spreads (1.4826 MAD, at least
 # OUTLIER_FLOOR nats) from the median of its column: far beyond any Gaussian tail
@@ -76,11 +77,14 @@ class GapSettings:
     """Everything that determines a gap report besides the model and the data.
 
     Arguments:
-        estimator: ``ais`` or ``iwae``; ``exact`` for a linear-Gaussian model (a ground truth).
-        check: also run the other of ais/iwae and report the paired difference.
-        samples: K of the IWAE estimate.
-        chunk: IWAE samples per chunk (bounds memory).
-        chains, ais_steps, leapfrog, ais_init: the AIS estimate (see :func:`flowvae.ais.ais`).
+        estimator: the log p̂(x) estimate, a name in :data:`~flowvae.estimators.ESTIMATORS`
+            (``ais``, ``iwae``; ``exact`` for a linear-Gaussian model, a ground truth).
+        check: also run the other of ais/iwae (:data:`CHECK_AGAINST`) and report the paired
+            difference.
+        samples: per estimator name, its ``samples`` (K for iwae, chains for ais); a name not
+            given takes the estimator's default.
+        options: per estimator name, its options (fields of its options dataclass, e.g.
+            ``{"ais": {"steps": 200}}``); unset fields take their defaults.
         elbo_samples: draws of every ELBO (L[q], L[q*]); not the training k.
         local_flow: the family of q*_flow: ``same`` (q's own family and size; none for a
             ``diag`` q), a name in POSTERIORS, or ``none`` to skip it.
@@ -88,20 +92,18 @@ class GapSettings:
             :func:`flowvae.local.local_head`), over q's own with ``same``.
         local: the optimisation settings (lr, k, step cap, convergence check).
         batch_size: examples optimised together.
-        seed: batch i runs after ``torch.manual_seed(seed + i)``.
+        seed: the log p̂(x) and L[q] estimates draw from per-example streams seeded by ``seed``
+            and the example's index (the numbers ``flowvae eval`` gives those examples); the
+            local optimisation of batch i runs after ``torch.manual_seed(seed + i)``.
         drop_flagged: leave out flagged examples (non-finite or far outliers) instead of
             failing.
     """
 
     estimator: str = "ais"
     check: bool = True
-    samples: int = 5000
-    chunk: int = 500
-    chains: int = 16
-    ais_steps: int = 1000
-    leapfrog: int = 10
-    ais_init: str = "prior"
-    elbo_samples: int = 1000
+    samples: dict[str, int] = field(default_factory=dict)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    elbo_samples: int = LocalOptions.eval_samples
     local_flow: str = SAME
     flow_options: dict[str, Any] = field(default_factory=dict)
     local: LocalOptions = field(default_factory=LocalOptions)
@@ -113,9 +115,24 @@ class GapSettings:
         if self.estimator not in LOG_P_ESTIMATORS:
             available = ", ".join(LOG_P_ESTIMATORS)
             raise ValueError(f"unknown estimator {self.estimator!r}; available: {available}")
+        for name in {*self.samples, *self.options} - set(LOG_P_ESTIMATORS):
+            available = ", ".join(LOG_P_ESTIMATORS)
+            raise ValueError(f"settings for unknown estimator {name!r}; available: {available}")
+        for name, options in self.options.items():
+            ESTIMATORS[name].settings(**options)  # a bad option fails here, in one line
         if self.local_flow not in ("none", SAME) and self.local_flow not in POSTERIORS:
             available = ", ".join([*sorted(POSTERIORS), SAME, "none"])
             raise ValueError(f"unknown local flow {self.local_flow!r}; available: {available}")
+
+    def estimates(self) -> list[str]:
+        """The estimators a report runs: the declared one, and its check partner."""
+        partner = CHECK_AGAINST.get(self.estimator) if self.check else None
+        return [self.estimator, *([partner] if partner else [])]
+
+    def request(self, name: str) -> tuple[int, dict[str, Any]]:
+        """``(samples, full settings)`` of estimator ``name``."""
+        record = ESTIMATORS[name]
+        return self.samples.get(name) or record.default_samples, record.settings(**self.options.get(name, {}))
 
 
 @dataclass
@@ -152,8 +169,7 @@ class GapReport:
             return None
         d = self.columns["log_p_check"]
         se = d.std().item() / math.sqrt(d.numel()) if d.numel() > 1 else float("nan")
-        other = "iwae" if self.settings.estimator == "ais" else "ais"
-        return {"against": other, "mean": d.mean().item(), "stderr": se}
+        return {"against": self.settings.estimates()[1], "mean": d.mean().item(), "stderr": se}
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Mean and standard error (over examples) of every column but the index."""
@@ -167,13 +183,9 @@ class GapReport:
         return out
 
     def estimator_settings(self) -> dict[str, Any]:
-        s = self.settings
-        if s.estimator == "ais":
-            return {"estimator": "ais", "chains": s.chains, "steps": s.ais_steps, "leapfrog": s.leapfrog,
-                    "init": s.ais_init}  # fmt: skip
-        if s.estimator == "iwae":
-            return {"estimator": "iwae", "samples": s.samples}
-        return {"estimator": s.estimator}
+        """The log p̂(x) estimate as run: its name, samples and every option."""
+        samples, options = self.settings.request(self.settings.estimator)
+        return {"estimator": self.settings.estimator, "samples": samples, **options}
 
     def to_json(self) -> dict[str, Any]:
         settings = asdict(self.settings)
@@ -192,29 +204,23 @@ class GapReport:
 
 
 def _log_p(model: nn.Module, x: Tensor, s: GapSettings) -> dict[str, Tensor]:
-    """The log p̂(x) columns for a batch: ``log_p``, the estimators run, and the paired check."""
+    """The log p̂(x) columns for a batch, every one through the estimator registry: ``log_p``,
+    ``log_p_NAME`` of each estimator run, and the paired check."""
     out = {}
-    run = {s.estimator} | ({"ais", "iwae"} if s.check and s.estimator != "exact" else set())
-    if "iwae" in run:
-        out["log_p_iwae"] = iwae(model, x, samples=s.samples, chunk=s.chunk).double()
-    if "ais" in run:
-        out["log_p_ais"] = ais_estimator(
-            model, x, chains=s.chains, steps=s.ais_steps, leapfrog=s.leapfrog, init=s.ais_init
-        ).double()
-    if s.estimator == "exact":
-        out["log_p"] = exact(model, x).double()
-    else:
-        out["log_p"] = out[f"log_p_{s.estimator}"]
-    if len(run) == 2:
-        other = "iwae" if s.estimator == "ais" else "ais"
-        out["log_p_check"] = out["log_p"] - out[f"log_p_{other}"]
+    for name in s.estimates():
+        samples, options = s.request(name)
+        out[f"log_p_{name}"] = ESTIMATORS[name].estimate(model, x, samples, **options)[0].double()
+    names = s.estimates()
+    out["log_p"] = out[f"log_p_{names[0]}"]
+    if len(names) == 2:
+        out["log_p_check"] = out["log_p"] - out[f"log_p_{names[1]}"]
     return out
 
 
 def _batch_columns(
-    model: nn.Module, x: Tensor, s: GapSettings, flow: str, flow_options: dict[str, Any]
+    model: nn.Module, x: Tensor, index: Tensor, s: GapSettings, flow: str, flow_options: dict[str, Any]
 ) -> dict[str, Tensor]:
-    with torch.no_grad(), frozen_model(model):
+    with torch.no_grad(), frozen_model(model), example_streams(ExampleStreams.seeded(s.seed, index.tolist())):
         cols = _log_p(model, x, s)
         cols["elbo_q"], cols["elbo_q_se"] = elbo_with_stderr(model, x, model.encode(x), s.elbo_samples)
     options = LocalOptions(**{**asdict(s.local), "eval_samples": s.elbo_samples})
@@ -300,7 +306,7 @@ def flag_examples(columns: dict[str, Tensor], index: Tensor) -> list[dict[str, A
 def check_ordering(columns: dict[str, Tensor], q_star: str) -> tuple[list[str], dict[str, int]]:
     """The orderings the report relies on; warnings for those that fail beyond noise."""
     c = columns
-    loose = "log p̂(x) is too loose: raise --samples, --ais-steps or --chains"
+    loose = "log p̂(x) is too loose: raise its samples (K, chains) or AIS steps"
     checks = [
         ("log p̂(x) ≥ L[q*_FFG]", c["log_p"], c["elbo_ffg_star"], c["elbo_ffg_star_se"], loose),
     ]
@@ -346,7 +352,7 @@ def check_ordering(columns: dict[str, Tensor], q_star: str) -> tuple[list[str], 
         if abs(mean) > SIGMAS * se:
             warnings.append(
                 f"log p̂(x) differs from the other estimator by {mean:+.3f} ± {se:.3f} nats (paired): "
-                "one of them has not converged (raise --ais-steps/--chains or --samples)"
+                "one of them has not converged (raise AIS steps/chains or the IWAE K)"
             )
     return warnings, violations
 
@@ -395,14 +401,15 @@ def compute_gaps(
     start = time.perf_counter()
     device = next(model.parameters()).device
     flow, flow_options = local_flow_family(posterior, s, model_flow_options or {})
+    index = indices if indices is not None else torch.arange(x.shape[0])
     parts = []
-    for i, batch in enumerate(x.split(s.batch_size)):
+    batches = zip(x.split(s.batch_size), index.split(s.batch_size), strict=True)
+    for i, (batch, batch_index) in enumerate(batches):
         torch.manual_seed(s.seed + i)
-        parts.append(_batch_columns(model, batch.to(device), s, flow, flow_options))
+        parts.append(_batch_columns(model, batch.to(device), batch_index, s, flow, flow_options))
     columns = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     q_star = "ffg" if _factorised(posterior) or flow == "none" else "flow"  # q's family
     add_gaps(columns, q_star)
-    index = indices if indices is not None else torch.arange(x.shape[0])
     flagged = flag_examples(columns, index)
     dropped = 0
     if flagged and s.drop_flagged:
