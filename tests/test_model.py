@@ -164,3 +164,17 @@ def test_conv_networks_run_channels_last_and_give_the_same_numbers():
     plain = model(x, 2).log_weight
     # the same sums in another order: float32 rounding of terms of size ~|log w| ~ 1e2
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-4)
+
+
+def test_every_model_type_satisfies_the_whole_latent_variable_model_protocol():
+    """Estimators, BDMC, training and images use exactly the protocol's members: every model
+    type must have all of them (isinstance checks methods and attributes alike)."""
+    from flowvae.core import LatentVariableModel
+
+    hierarchical = {"type": "hierarchical", "posterior": "down-iaf", "depths": [1], "n_h": 4, "n_z": 2}
+    for overrides in ({}, hierarchical):
+        model = build_model(ModelConfig(**overrides), (1, 8, 8), binary=True)
+        assert isinstance(model, LatentVariableModel), overrides
+        z = model.sample_prior((2, 3), like=next(model.parameters()))
+        assert z.shape == (2, 3, model.latent_dim)
+        assert model.decode_sample(z[0]).shape == (3, 1, 8, 8)

@@ -17,9 +17,9 @@ Latents are flat vectors: z is (*S, B, D), log-densities are (*S, B).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -124,6 +124,18 @@ class ElboTerms:
         return self.log_q - self.log_prior
 
 
+def map_rows(
+    n: int, step: int, fn: Callable[[Tensor], tuple[Tensor, ...]], *, device=None, dim: int = 0
+) -> list[Tensor]:
+    """``fn`` over rows 0..n-1 in passes of at most ``step`` rows (``fn`` gets each pass's
+    index tensor), its outputs concatenated along ``dim`` (autograd flows through). The one way
+    the models bound an evaluation pass's memory: the flat VAE over blocks of samples, the
+    hierarchical one over images and (sample, image) rows."""
+    step = max(1, step)
+    parts = [fn(torch.arange(start, min(start + step, n), device=device)) for start in range(0, n, step)]
+    return [torch.cat(p, dim=dim) for p in zip(*parts, strict=True)]
+
+
 @runtime_checkable
 class LatentVariableModel(Protocol):
     """What every estimator, local optimisation and the training loop use of a model.
@@ -133,6 +145,7 @@ class LatentVariableModel(Protocol):
 
     latent_dim: int
     shape: tuple[int, ...]
+    likelihood: Any  # p(x|z)'s family (``flowvae.likelihoods``): ``discrete`` says if bits/dim mean anything
 
     def __call__(self, x: Tensor, samples: int = 1) -> ElboTerms:
         """One pass: z ~ q(z|x) (``samples`` draws per example) and the ELBO's terms."""
@@ -152,8 +165,16 @@ class LatentVariableModel(Protocol):
 
     def decode_mean(self, z: Tensor) -> Tensor: ...
 
+    def decode_sample(self, z: Tensor) -> Tensor:
+        """x ~ p(x|z) at z (N, D) (BDMC simulates data with it)."""
+        ...
+
+    def data_init(self, x: Tensor) -> None:
+        """Data-dependent initialisation from the first training batch (may do nothing)."""
+        ...
+
 
 __all__ = [
     "ConditionalBijection", "ElboTerms", "FlowPosterior", "LatentVariableModel", "Posterior",
-    "log_weight",
+    "log_weight", "map_rows",
 ]  # fmt: skip

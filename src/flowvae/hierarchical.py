@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import noise
-from .core import ElboTerms, Posterior
+from .core import ElboTerms, Posterior, map_rows
 from .likelihoods import build_likelihood
 from .numerics import log_normal, log_standard_normal
 
@@ -461,7 +461,7 @@ class HierarchicalPosterior(Posterior):
                 z, ladj = out.z, out.ladj
             return self.model.join_latent(z), _total(ladj)
 
-        z, ladj = self.model.map_rows(flat.shape[0], rows)
+        z, ladj = self.model._passes(flat.shape[0], rows)
         return z.view(*lead, -1), ladj.view(lead)
 
 
@@ -515,7 +515,6 @@ class HierarchicalVAE(nn.Module):
         pad_h, pad_w = padded[0] - height, padded[1] - width
         self.pad = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)  # F.pad order
         self.top_size = (padded[0] // factor, padded[1] // factor)
-        self._whole_batch = False
         self.likelihood = build_likelihood(cfg.likelihood, binary, self.shape, cfg.mixtures)
         self.x_enc = WNConv2d(c, cfg.n_h, 5, stride=2, init_scale=HEAD_INIT_SCALE)  # openai/iaf: 0.1
         levels_of_blocks = [i for i, depth in enumerate(cfg.depths) for _ in range(depth)]
@@ -635,50 +634,53 @@ class HierarchicalVAE(nn.Module):
         out = out[:, :, top : top + height, left : left + width]
         return out.reshape(out.shape[0], -1, c, height, width)
 
-    def map_rows(
+    def _passes(
         self, n: int, fn: Callable[[Tensor], tuple[Tensor, ...]], limit: int | None = None
     ) -> list[Tensor]:
-        """``fn`` over rows 0..n-1 in chunks of ``limit`` (default ``max_rows``), concatenated
-        (autograd flows through)."""
-        device = self.h_top.device
-        step = max(1, limit or self.max_rows)
-        parts = [fn(torch.arange(start, min(start + step, n), device=device)) for start in range(0, n, step)]
-        return [torch.cat(p) for p in zip(*parts, strict=True)]
+        """:func:`~flowvae.core.map_rows` in passes of ``limit`` rows (default ``max_rows``)."""
+        return map_rows(n, limit or self.max_rows, fn, device=self.h_top.device)
 
     # -- the flat VAE's interface
 
-    def forward(self, x: Tensor, samples: int = 1, eps: Tensor | None = None) -> ElboTerms:
+    def forward(
+        self, x: Tensor, samples: int = 1, eps: Tensor | None = None, one_pass: bool = False
+    ) -> ElboTerms:
         """The ELBO's terms for ``samples`` posterior draws per example.
 
-        With autograd on (training) this is one pass over all S x B rows. Without it
-        (evaluation) images go in chunks of at most ``max_rows`` and (sample, image) rows in
-        passes of at most ``max_rows``, each indexing the shared bottom-up parameters (never
-        repeating them S times) and drawing its own noise (when ``eps`` is None), so peak memory
-        depends on neither S nor B.
+        With autograd on (training), or ``one_pass``, this is one pass over all S x B rows.
+        Without it (evaluation) images go in chunks of at most ``max_rows`` and (sample, image)
+        rows in passes of at most ``max_rows``, each indexing the shared bottom-up parameters
+        (never repeating them S times) and drawing its own noise (when ``eps`` is None), so peak
+        memory depends on neither S nor B.
 
         Arguments:
             x: images (B, C, H, W).
             samples: S.
             eps: optional base noise (S, B, D); drawn from N(0, I) when None.
+            one_pass: all rows at once even without autograd (data-dependent init needs the
+                whole batch's statistics).
 
         Returns:
             :class:`~flowvae.estimators.ElboTerms` with (S, B) terms and ``kl_groups``
             (S, B, G), G = blocks x n_z: for each block and feature map, log q - log p summed over
             the map's positions (free bits clamp its minibatch mean, paper Eq. 15).
         """
-        batch = x.shape[0]
         s = samples if eps is None else eps.shape[0]
-        # with autograd every row's activations are kept anyway: chunk only evaluation passes
-        chunked = not (torch.is_grad_enabled() or self._whole_batch)
-        if chunked and batch > self.max_rows:  # bound the bottom-up pass too: images in chunks
-            chunks = x.split(self.max_rows)
-            given = [None] * len(chunks) if eps is None else eps.split(self.max_rows, dim=1)
-            parts = []
-            for i, (xs, es) in enumerate(zip(chunks, given, strict=True)):
-                with noise.narrowed(i * self.max_rows, len(xs)):  # examples keep their own draws
-                    parts.append(self.forward(xs, s, es))
-            fields = ("log_likelihood", "log_prior", "log_q", "kl_groups")
-            return ElboTerms(*(torch.cat([getattr(p, f) for p in parts], dim=1) for f in fields))
+        if one_pass or torch.is_grad_enabled():  # autograd keeps every row's activations anyway
+            return self._terms(x, s, eps, s * x.shape[0])
+
+        def images(index: Tensor) -> tuple[Tensor, ...]:  # bound the bottom-up pass too
+            start, end = int(index[0]), int(index[-1]) + 1
+            with noise.narrowed(start, end - start):  # examples keep their own draws
+                t = self._terms(x[start:end], s, None if eps is None else eps[:, start:end], self.max_rows)
+            return t.log_likelihood, t.log_prior, t.log_q, t.kl_groups
+
+        return ElboTerms(*map_rows(x.shape[0], self.max_rows, images, device=x.device, dim=1))
+
+    def _terms(self, x: Tensor, s: int, eps: Tensor | None, rows_per_pass: int) -> ElboTerms:
+        """Bottom-up pass over the images, then the (sample, image) rows through the top-down
+        pass in passes of ``rows_per_pass`` rows, then the ELBO's terms."""
+        batch = x.shape[0]
         up = None if self.up_feedback else self.bottom_up(x)
         # rows are sample-major: row r is image r % batch; noise not given is drawn per pass
         flat = None if eps is None else eps.reshape(s * batch, -1)
@@ -701,8 +703,7 @@ class HierarchicalVAE(nn.Module):
             log_lik = self.likelihood.log_prob(x.index_select(0, images), self._params(out.out))
             return log_lik, _total(out.log_p), _total(log_q), kl
 
-        limit = None if chunked else s * batch
-        log_lik, log_p, log_q, kl_groups = self.map_rows(s * batch, rows, limit)
+        log_lik, log_p, log_q, kl_groups = self._passes(s * batch, rows, rows_per_pass)
         return ElboTerms(
             log_likelihood=log_lik.view(s, batch),
             log_prior=log_p.view(s, batch),
@@ -718,11 +719,7 @@ class HierarchicalVAE(nn.Module):
         convs = [m for m in self.modules() if isinstance(m, WNConv2d)]
         for conv in convs:
             conv.request_data_init()
-        self._whole_batch = True  # the statistics are those of the whole batch: one pass
-        try:
-            self.forward(x)
-        finally:
-            self._whole_batch = False
+        self.forward(x, one_pass=True)  # the statistics are those of the whole batch
         for conv in convs:  # any conv this configuration never runs keeps its default init
             conv._init_pending = False
 
@@ -742,7 +739,7 @@ class HierarchicalVAE(nn.Module):
                 return (log_p,)
             return log_p, self.likelihood.log_prob(x.index_select(0, index % batch), self._params(out.out))
 
-        parts = self.map_rows(flat.shape[0], rows)
+        parts = self._passes(flat.shape[0], rows)
         log_p = parts[0].view(lead)
         return log_p, parts[1].view(lead) if x is not None else None
 
@@ -758,10 +755,15 @@ class HierarchicalVAE(nn.Module):
         log_p, log_lik = self._densities(z, x)
         return log_p + log_lik
 
-    def sample_prior(self, sample_shape: Sequence[int], temperature: float = 1.0) -> Tensor:
+    def sample_prior(
+        self, sample_shape: Sequence[int], like: Tensor | None = None, temperature: float = 1.0
+    ) -> Tensor:
         """Flat z (*sample_shape, D) drawn ancestrally from the prior; ``temperature`` scales the
-        prior's standard deviations (temperature < 1 gives smoother samples)."""
+        prior's standard deviations (temperature < 1 gives smoother samples). The samples have
+        the model's dtype and device (``like`` is accepted for the protocol; it must agree)."""
         n = math.prod(sample_shape)
+        if like is not None and (like.dtype, like.device) != (self.h_top.dtype, self.h_top.device):
+            raise ValueError("HierarchicalVAE samples in its own dtype and device; move the model instead")
         like = self.h_top
         examples = sample_shape[-1] if len(sample_shape) else 1  # the last sample dim indexes examples
 
@@ -770,7 +772,7 @@ class HierarchicalVAE(nn.Module):
             out = self.top_down(len(index), eps=self.split_latent(eps), temperature=temperature)
             return (self.join_latent(out.z),)
 
-        return self.map_rows(n, rows)[0].view(*sample_shape, self.latent_dim)
+        return self._passes(n, rows)[0].view(*sample_shape, self.latent_dim)
 
     def _decode(self, z: Tensor) -> Tensor:
         """Likelihood parameters (*S, B, P, C, H, W) for flat z (*S, B, D)."""
@@ -780,7 +782,7 @@ class HierarchicalVAE(nn.Module):
             out = self.top_down(len(index), z=self.split_latent(flat[index]), decode=True)
             return (self._params(out.out),)
 
-        out = self.map_rows(flat.shape[0], rows)[0]
+        out = self._passes(flat.shape[0], rows)[0]
         return out.view(*z.shape[:-1], *out.shape[1:])
 
     def decode_mean(self, z: Tensor) -> Tensor:

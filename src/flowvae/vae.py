@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from . import noise
-from .core import ElboTerms, Posterior
+from .core import ElboTerms, Posterior, map_rows
 from .likelihoods import LIKELIHOODS
 from .numerics import log_standard_normal
 
@@ -86,9 +86,12 @@ class VAE(nn.Module):
         step = self._samples_per_block(x)
         if self.training or torch.is_grad_enabled() or samples <= step:
             return self._terms(x, q, samples)
-        blocks = [self._terms(x, q, min(step, samples - s)) for s in range(0, samples, step)]
-        terms = ("log_likelihood", "log_prior", "log_q")
-        return ElboTerms(*(torch.cat([getattr(b, name) for b in blocks]) for name in terms))
+
+        def block(index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            t = self._terms(x, q, len(index))
+            return t.log_likelihood, t.log_prior, t.log_q
+
+        return ElboTerms(*map_rows(samples, step, block))
 
     def _samples_per_block(self, x: Tensor) -> int:
         rows = self.fused_rows if x.device.type == "cpu" else self.fused_rows_gpu
