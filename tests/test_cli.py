@@ -213,3 +213,39 @@ def test_eval_and_sample_show_progress_with_an_eta(run_dir, tmp_path, monkeypatc
     quiet = run_cli("eval", str(run_dir), "--samples", "5", "--limit", "10", "--no-progress")
     assert quiet.stderr == ""
     assert "khat over examples: k̂ needs K ≥ 21 importance samples (K = 5)" in quiet.stdout  # not nan
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        ["model.prior=vampprior", "model.prior_components=5"],
+        ["model.prior=flow", "model.prior_flow_steps=2", "model.prior_flow_hidden=8"],
+        ["model.stochastic_layers=2", "model.prior=vampprior", "model.prior_components=3",
+         "model.posterior=iaf", "model.flow_steps=1", "model.flow_hidden=8", "model.context_dim=4"],
+    ],
+    ids=["vampprior", "flow-prior", "hvae-vamp-iaf"],
+)
+def test_learned_priors_and_two_layers_train_resume_evaluate_sample_and_gap(tmp_path, model):
+    """model.prior and model.stochastic_layers end to end: train one epoch, resume for a second,
+    IWAE (tighter than the ELBO) and AIS, a sample grid, the gap report."""
+    from PIL import Image
+
+    d = tmp_path / "run"
+    tiny = ["model.hidden=[16]", "model.latent_dim=3", "train.epochs=1", "eval.samples=20", "train.threads=1"]
+    run_cli("train", "--run-dir", str(d), "--no-progress", *tiny, *model)
+    run_cli("train", "--resume", str(d), "--no-progress", "train.epochs=2")
+    assert load_checkpoint(d / "checkpoint.pt")["state"]["epoch"] == 2
+    iwae = json.loads(run_cli("eval", str(d), "--samples", "50", "--limit", "40", "--json").stdout)
+    elbo = json.loads(run_cli("eval", str(d), "--estimator", "elbo", "--limit", "40", "--json").stdout)
+    assert 0 < iwae["nll"] < 64 * math.log(2) and elbo["nll"] > iwae["nll"] - 3 * iwae["stderr"]
+    ais = ["--estimator", "ais", "--limit", "8", "--chains", "2", "--steps", "10", "--json"]
+    assert math.isfinite(json.loads(run_cli("eval", str(d), *ais).stdout)["nll"])
+    run_cli("sample", str(d), "--n", "4", "--out", str(tmp_path / "s.png"))
+    assert Image.open(tmp_path / "s.png").size[0] >= 2 * 64
+    gaps = [
+        "--n", "6", "--batch-size", "6", "--samples", "20", "--ais-steps", "5", "--chains", "2",
+        "--elbo-samples", "20", "--steps-cap", "20", "--local-samples", "2", "--check-every", "10",
+        "--patience", "1", "--threads", "1", "--json", "--out", str(tmp_path / "gaps"),
+    ]  # fmt: skip
+    summary = json.loads(run_cli("gaps", str(d), *gaps).stdout)["summary"]
+    assert summary

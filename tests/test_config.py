@@ -84,12 +84,14 @@ def test_string_choices_are_the_registries():
     """The Literal choices in config.py list exactly what the builders accept."""
     import typing
 
-    from flowvae import hierarchical, nets, posteriors
+    from flowvae import hierarchical, nets, posteriors, priors
     from flowvae.config import (
         DataConfig,
         DecoderNetwork,
         FlatPosterior,
+        FlatPrior,
         HierarchicalPosterior,
+        HierarchicalPrior,
         ModelConfig,
         Network,
     )
@@ -101,7 +103,9 @@ def test_string_choices_are_the_registries():
     assert set(typing.get_args(Network)) == set(nets.ENCODERS)
     decoders = set(typing.get_args(DecoderNetwork))
     assert decoders == set(typing.get_args(Network)) | {"made"} == set(nets.DECODERS)
-    assert set(typing.get_args(hints["prior"])) == set(hierarchical.PRIORS)
+    assert set(typing.get_args(HierarchicalPrior)) == set(hierarchical.PRIORS)
+    assert set(typing.get_args(FlatPrior)) == set(priors.PRIORS)
+    assert set(typing.get_args(hints["prior"])) == {"auto"} | set(priors.PRIORS) | set(hierarchical.PRIORS)
     data = typing.get_type_hints(DataConfig)
     assert set(typing.get_args(data["name"])) == set(DATASETS)
     assert set(typing.get_args(data["binarize"])) == set(BINARIZE_MODES)

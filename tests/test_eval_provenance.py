@@ -216,3 +216,25 @@ def test_iwae_and_ais_report_float64_without_rounding_to_float32():
     for name, options in (("iwae", {}), ("ais", {"steps": 3, "leapfrog": 1})):
         log_p, _ = ESTIMATORS[name].estimate(model, x, 4, **options)
         assert log_p.dtype == torch.float64, name
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"prior": "vampprior", "prior_components": 3}, {"prior": "flow", "prior_flow_hidden": 8},
+     {"stochastic_layers": 2, "prior": "vampprior", "prior_components": 2, "posterior": "iaf"}],
+    ids=["vampprior", "flow-prior", "two-layers"],
+)  # fmt: skip
+def test_learned_priors_draw_from_the_examples_streams_too(options):
+    """AIS from the prior samples p(z) per example: with a learned prior too, the values do not
+    depend on the batch size (float64 model: rounding only)."""
+    from flowvae.config import ModelConfig
+    from flowvae.model import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(hidden=[16], latent_dim=3, flow_steps=1, flow_hidden=8, context_dim=4, **options)
+    model = build_model(cfg, (1, 4, 4), binary=True).double().eval()
+    x = torch.bernoulli(torch.full((6, 1, 4, 4), 0.4, dtype=torch.float64))
+    ais = {"steps": 4, "leapfrog": 2}
+    one = evaluate(model, x, "ais", 3, seed=2, batch_size=1, **ais).per_example
+    six = evaluate(model, x, "ais", 3, seed=2, batch_size=6, **ais).per_example
+    torch.testing.assert_close(one, six, rtol=1e-12, atol=1e-10)

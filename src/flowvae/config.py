@@ -38,7 +38,10 @@ FlatPosterior = Literal[
 ]  # fmt: skip
 HierarchicalPosterior = Literal["up-diag", "up-iaf", "down-diag", "down-iaf", "down-iaf-mean"]
 PosteriorName = Literal[FlatPosterior, HierarchicalPosterior]
-PriorName = Literal["diag", "iaf"]
+# one vocabulary of priors; each model.type takes its subset (PRIORS_BY_TYPE), auto: its default
+FlatPrior = Literal["standard", "vampprior", "flow"]
+HierarchicalPrior = Literal["diag", "iaf"]
+PriorName = Literal["auto", FlatPrior, HierarchicalPrior]
 ArMask = Literal["channel", "pixel"]
 Optimizer = Literal["adam", "adamax"]
 LrSchedule = Literal["constant", "exponential", "cosine", "cosine-budget"]
@@ -83,12 +86,18 @@ class ModelConfig:
     num_householder: int = 8  # sylvester-householder: reflections per step
     num_ortho_vecs: int = 8  # sylvester-orthogonal: columns of Q (M <= latent_dim)
     aux_dim: int = 0  # realnvp-aux: size of v; 0 -> latent_dim
+    # prior p(z): flat FlatPrior (auto: standard), hierarchical HierarchicalPrior (auto: diag)
+    prior: PriorName = "auto"
+    prior_components: int = 500  # vampprior: pseudo-inputs K
+    prior_flow_steps: int = 4  # flow prior: affine couplings
+    prior_flow_hidden: int = 256  # flow prior: hidden units of each coupling's MLP
+    prior_flow_layers: int = 1  # flow prior: hidden layers of each coupling's MLP
+    stochastic_layers: int = 1  # flat: 2 = Tomczak & Welling's HVAE, latent_dim units per layer
     # hierarchical ResNet VAE (model.type=hierarchical; openai/iaf names in README)
     depths: list[int] = field(default_factory=lambda: [2, 2])  # blocks per level (resolution)
     n_h: int = 64  # deterministic feature maps per block
     n_z: int = 32  # stochastic feature maps per block
     depth_ar: int = 1  # hidden layers of each block's IAF (masked convolutions)
-    prior: PriorName = "diag"  # hierarchical prior p(z_i|z_>i)
     up_feedback: bool = False  # up-* posteriors: sampled z feeds the bottom-up stream (openai/iaf)
     ar_mask: ArMask = "channel"  # hierarchical IAF masks; pixel: openai/iaf (reverse raster order)
     row_budget_mb: int = 1024  # hierarchical evaluation: activation memory of one pass over its rows
@@ -249,6 +258,11 @@ CHECKS: dict[str, Check] = {
     "model.num_householder": _POSITIVE,
     "model.num_ortho_vecs": _POSITIVE,
     "model.aux_dim": _NON_NEGATIVE,
+    "model.prior_components": _POSITIVE,
+    "model.prior_flow_steps": _POSITIVE,
+    "model.prior_flow_hidden": _POSITIVE,
+    "model.prior_flow_layers": _NON_NEGATIVE,
+    "model.stochastic_layers": (lambda v: v in (1, 2), "must be 1 or 2"),
     "model.depths": _POSITIVE,
     "model.n_h": _POSITIVE,
     "model.n_z": _POSITIVE,
@@ -295,12 +309,22 @@ MODEL_TYPE_KEYS: dict[str, set[str]] = {
     "flat": {
         "encoder", "decoder", "latent_dim", "hidden", "decoder_hidden", "batch_norm", "input_to_all",
         "dropout", "channels", "blocks", "context_dim", "flow_steps", "flow_hidden", "flow_layers",
-        "num_householder", "num_ortho_vecs", "aux_dim",
+        "num_householder", "num_ortho_vecs", "aux_dim", "prior_components", "prior_flow_steps",
+        "prior_flow_hidden", "prior_flow_layers", "stochastic_layers",
     },
-    "hierarchical": {"depths", "n_h", "n_z", "depth_ar", "prior", "up_feedback", "ar_mask", "row_budget_mb"},
+    "hierarchical": {"depths", "n_h", "n_z", "depth_ar", "up_feedback", "ar_mask", "row_budget_mb"},
 }  # fmt: skip
 POSTERIORS_BY_TYPE = {
     "flat": typing.get_args(FlatPosterior), "hierarchical": typing.get_args(HierarchicalPosterior),
+}  # fmt: skip
+PRIORS_BY_TYPE = {
+    "flat": ("auto", *typing.get_args(FlatPrior)),
+    "hierarchical": ("auto", *typing.get_args(HierarchicalPrior)),
+}  # fmt: skip
+# keys of one prior only: given for another, they would be ignored
+PRIOR_KEYS = {
+    "prior_components": "vampprior", "prior_flow_steps": "flow", "prior_flow_hidden": "flow",
+    "prior_flow_layers": "flow",
 }  # fmt: skip
 
 
@@ -330,7 +354,18 @@ def validate(cfg: Config, given: list[str] | tuple[str, ...] = ()) -> Config:
             f"model.posterior={m.posterior} is not a posterior of model.type={m.type}; "
             f"valid values: {', '.join(allowed)}"
         )
+    if m.prior not in PRIORS_BY_TYPE[m.type]:
+        raise ConfigError(
+            f"model.prior={m.prior} is not a prior of model.type={m.type}; "
+            f"valid values: {', '.join(PRIORS_BY_TYPE[m.type])}"
+        )
     check_ignored(cfg, given)
+    for key in given:
+        name = key[6:] if key.startswith("model.") else ""
+        if name in PRIOR_KEYS and m.prior != PRIOR_KEYS[name]:
+            raise ConfigError(
+                f"{key} is ignored unless model.prior={PRIOR_KEYS[name]} (it is {m.prior}); remove it"
+            )
     if m.type == "hierarchical" and not m.depths:
         raise ConfigError("model.depths=[]: model.type=hierarchical needs at least one level, e.g. [2, 2]")
     if m.type == "flat" and m.posterior != "diag" and m.flow_steps <= 0:
@@ -394,6 +429,9 @@ def apply_dict(cfg: Config, values: dict[str, Any], origin: str = "config") -> C
             raise ConfigError(f"{origin}: section {section!r} must be a mapping")
         for name, value in entries.items():
             set_key(cfg, f"{section}.{name}", value)
+    if cfg.model.type == "flat" and cfg.model.prior == "diag":
+        # configs saved before the flat model read model.prior hold the hierarchical default there
+        cfg.model.prior = "auto"
     return cfg
 
 

@@ -721,8 +721,13 @@ class AuxiliaryHead(nn.Module):
         self.steps = nn.ModuleList(steps)
         self.reverse = _mlp(latent_dim + context_dim, hidden_features, num_layers, 2 * aux_dim)
 
+    def base_gaussian(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """(mean, log_std) of z0, each (B, D): the diagonal Gaussian the flow over z starts from."""
+        mean, log_std = self.gaussian(features).chunk(2, dim=-1)
+        return mean, log_std
+
     def forward(self, features: Tensor) -> AuxiliaryPosterior:
-        mean, log_std = self.gaussian(features).chunk(2, dim=-1)  # (B, D) each
+        mean, log_std = self.base_gaussian(features)  # (B, D) each
         v_base = mean.new_zeros(mean.shape[0], self.aux_dim)  # v0's own map is the first step
         context = self.context(features)  # (B, C)
         joint = FlowPosterior(

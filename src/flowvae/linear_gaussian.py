@@ -13,10 +13,17 @@ the Woodbury identity and the matrix determinant lemma,
 
     (x-b)^T C^{-1} (x-b) = (x-b)^T D^{-1} (x-b) - mu^T Lambda mu,   log|C| = log|D| + log|Lambda|,
 
-so the cost is O(n d^2 + d^3), never O(n^3). Every closed form here is computed in float64
-whatever the model's dtype, and returned in float64. ELBO, IWAE, AIS and BDMC are all checked against
-:func:`exact_log_marginal`; :func:`best_diag_elbo` is the closed-form L[q*_diag] used to test
-local optimisation of a factorised posterior (Cremer et al. 2018, arXiv 1801.03558).
+so the cost is O(n d^2 + d^3), never O(n^3).
+
+Every closed form also holds for any Gaussian prior N(m, Sigma) (``prior.moments``: a
+one-component VampPrior, or two linear-Gaussian stochastic layers): with r = x - b - W m,
+Lambda = Sigma^{-1} + W^T D^{-1} W, mu = m + Lambda^{-1} W^T D^{-1} r, the quadratic form is
+r^T D^{-1} r - (mu - m)^T Lambda (mu - m) and log|C| gains log|Sigma|.
+
+Every closed form here is computed in float64 whatever the model's dtype, and returned in
+float64. ELBO, IWAE, AIS and BDMC are all checked against :func:`exact_log_marginal`;
+:func:`best_diag_elbo` is the closed-form L[q*_diag] used to test local optimisation of a
+factorised posterior (Cremer et al. 2018, arXiv 1801.03558).
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ class LinearGaussianParams:
     weight: Tensor  # W (n, d)
     bias: Tensor  # b (n,)
     log_std: Tensor  # log sigma (n,)
+    prior_mean: Tensor  # m (d,) of the Gaussian prior
+    prior_covariance: Tensor  # Sigma (d, d)
 
 
 @dataclass
@@ -72,16 +81,27 @@ class GaussianPosterior:
         return self.mean + y
 
 
+def _prior_moments(model: nn.Module) -> tuple[Tensor, Tensor] | None:
+    prior = getattr(model, "prior", None)
+    return prior.moments(model) if hasattr(prior, "moments") else None
+
+
 def is_linear_gaussian(model: nn.Module) -> bool:
-    """Whether ``model`` is a flat VAE with a linear decoder and a Gaussian likelihood."""
-    return isinstance(getattr(model, "decoder", None), LinearDecoder) and isinstance(
-        getattr(model, "likelihood", None), Gaussian
+    """Whether ``model`` is a flat VAE with a linear decoder, a Gaussian likelihood and a
+    Gaussian prior."""
+    return (
+        isinstance(getattr(model, "decoder", None), LinearDecoder)
+        and isinstance(getattr(model, "likelihood", None), Gaussian)
+        and _prior_moments(model) is not None
     )
 
 
 def linear_gaussian_params(model: nn.Module, what: str = "exact inference") -> LinearGaussianParams:
     """W, b, log sigma of a linear-Gaussian VAE; a clear ``ValueError`` for any other model."""
-    if not is_linear_gaussian(model):
+    linear = isinstance(getattr(model, "decoder", None), LinearDecoder) and isinstance(
+        getattr(model, "likelihood", None), Gaussian
+    )
+    if not linear:
         decoder = type(getattr(model, "decoder", None)).__name__
         likelihood = type(getattr(model, "likelihood", None)).__name__
         raise ValueError(
@@ -89,39 +109,53 @@ def linear_gaussian_params(model: nn.Module, what: str = "exact inference") -> L
             f"model.likelihood=gaussian); this model has decoder={decoder}, "
             f"likelihood={likelihood}"
         )
+    moments = _prior_moments(model)
+    if moments is None:
+        raise ValueError(
+            f"{what} needs a Gaussian prior (model.prior=standard, or vampprior with "
+            "model.prior_components=1; two stochastic layers need model.hidden=[] and a constant "
+            f"p(z1|z2) variance); this model's prior is {type(getattr(model, 'prior', None)).__name__}"
+        )
     out = model.decoder.out
+    mean, covariance = moments
     # float64 whatever the model's dtype: the quadratic form below cancels (x^T D^-1 x minus
     # mu^T Lambda mu), and in float32 at small sigma that costs tens of nats
+    weight = out.weight.double()
     return LinearGaussianParams(
-        out.weight.double(), out.bias.double(), model.likelihood.log_std.flatten().double()
-    )
+        weight, out.bias.double(), model.likelihood.log_std.flatten().double(),
+        mean.to(weight.device), covariance.to(weight.device),
+    )  # fmt: skip
 
 
 def _residual(params: LinearGaussianParams, x: Tensor) -> Tensor:
-    return x.flatten(1).to(params.bias.dtype) - params.bias  # (B, n)
+    """r = x - b - W m, (B, n): x's offset from its mean under the model."""
+    return x.flatten(1).to(params.bias.dtype) - params.bias - params.weight @ params.prior_mean
 
 
 def exact_posterior(model: nn.Module, x: Tensor) -> GaussianPosterior:
     """p(z|x) of a linear-Gaussian VAE for a batch x (B, C, H, W)."""
     p = linear_gaussian_params(model, "exact_posterior")
     w_scaled = p.weight * torch.exp(-2 * p.log_std).unsqueeze(-1)  # D^{-1} W (n, d)
-    d = p.weight.shape[1]
-    precision = torch.eye(d, dtype=p.weight.dtype, device=p.weight.device) + p.weight.T @ w_scaled
+    prior_precision = torch.cholesky_inverse(torch.linalg.cholesky(p.prior_covariance))
+    precision = prior_precision + p.weight.T @ w_scaled
     chol = torch.linalg.cholesky(precision)
-    u = _residual(p, x) @ w_scaled  # W^T D^{-1} (x - b), (B, d)
-    mean = torch.cholesky_solve(u.T, chol).T  # Lambda^{-1} u, (B, d)
+    u = _residual(p, x) @ w_scaled  # W^T D^{-1} (x - b - W m), (B, d)
+    mean = p.prior_mean + torch.cholesky_solve(u.T, chol).T  # m + Lambda^{-1} u, (B, d)
     return GaussianPosterior(mean, precision, chol)
 
 
 def exact_log_marginal(model: nn.Module, x: Tensor) -> Tensor:
-    """log p(x) = log N(x; b, W W^T + diag sigma^2) of a linear-Gaussian VAE: (B,)."""
+    """log p(x) = log N(x; b + W m, W Sigma W^T + diag sigma^2) of a linear-Gaussian VAE: (B,)."""
     p = linear_gaussian_params(model, "exact_log_marginal")
     post = exact_posterior(model, x)
     r = _residual(p, x)  # (B, n)
     n = r.shape[1]
     u = r @ (p.weight * torch.exp(-2 * p.log_std).unsqueeze(-1))  # (B, d)
-    quad = (r**2 * torch.exp(-2 * p.log_std)).sum(-1) - (u * post.mean).sum(-1)
-    log_det = 2 * p.log_std.sum() + 2 * torch.log(torch.diagonal(post.precision_cholesky)).sum()
+    quad = (r**2 * torch.exp(-2 * p.log_std)).sum(-1) - (u * (post.mean - p.prior_mean)).sum(-1)
+    log_det = (
+        2 * p.log_std.sum() + torch.logdet(p.prior_covariance)
+        + 2 * torch.log(torch.diagonal(post.precision_cholesky)).sum()
+    )  # fmt: skip
     return -0.5 * (n * LOG_2PI + log_det + quad)
 
 

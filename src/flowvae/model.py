@@ -15,9 +15,11 @@ from torch import nn
 
 from .config import ModelConfig
 from .hierarchical import HierarchicalSpec, HierarchicalVAE
+from .hvae import TwoLayerHead, TwoLayerPrior
 from .likelihoods import build_likelihood
 from .nets import build_decoder, build_encoder
 from .posteriors import build_posterior
+from .priors import build_prior
 from .vae import VAE
 
 Shape = tuple[int, int, int]
@@ -35,7 +37,9 @@ def posterior_options(cfg: ModelConfig) -> dict:
 
 
 def build_flat(cfg: ModelConfig, shape: Shape, binary: bool) -> VAE:
-    """The flat VAE: ``model.encoder`` -> ``model.posterior`` -> ``model.decoder``."""
+    """The flat VAE: ``model.encoder`` -> ``model.posterior`` -> ``model.decoder``, prior
+    ``model.prior``; with ``model.stochastic_layers=2`` the posterior and the prior are those of
+    the top layer z2 of :mod:`flowvae.hvae` (``latent_dim`` units in each layer)."""
     net = {"batch_norm": cfg.batch_norm, "input_to_all": cfg.input_to_all, "dropout": cfg.dropout,
            "channels": cfg.channels, "blocks": cfg.blocks}  # fmt: skip
     # built in this order so that a seed gives the same initial weights as before the re-layering
@@ -43,15 +47,26 @@ def build_flat(cfg: ModelConfig, shape: Shape, binary: bool) -> VAE:
     encoder = build_encoder(cfg.encoder, shape, hidden=list(cfg.hidden), **net)
     posterior = build_posterior(cfg.posterior, encoder.out_features, cfg.latent_dim, **posterior_options(cfg))
     decoder_hidden = list(reversed(cfg.hidden)) if cfg.decoder_hidden is None else list(cfg.decoder_hidden)
+    layers = cfg.stochastic_layers
     decoder = build_decoder(
-        cfg.decoder, shape, likelihood.params, cfg.latent_dim, hidden=decoder_hidden, **net
+        cfg.decoder, shape, likelihood.params, layers * cfg.latent_dim, hidden=decoder_hidden, **net
     )
-    return VAE(encoder, posterior, decoder, likelihood, shape)
+    prior = build_prior(
+        "standard" if cfg.prior == "auto" else cfg.prior, cfg.latent_dim, shape, cfg.prior_components,
+        cfg.prior_flow_steps, cfg.prior_flow_hidden, cfg.prior_flow_layers,
+    )  # fmt: skip
+    if layers == 2:  # Tomczak & Welling's HVAE: q(z2|x) q(z1|x, z2), p(z2) p(z1|z2)
+        posterior = TwoLayerHead(posterior, encoder.out_features, cfg.latent_dim, cfg.hidden)
+        prior = TwoLayerPrior(prior, cfg.latent_dim, list(reversed(cfg.hidden)))
+    return VAE(encoder, posterior, decoder, likelihood, shape, prior)
 
 
 def hierarchical_spec(cfg: ModelConfig) -> HierarchicalSpec:
-    """The hierarchical model's settings: the ``model.*`` keys of the same names."""
-    return HierarchicalSpec(**{f.name: copy.deepcopy(getattr(cfg, f.name)) for f in fields(HierarchicalSpec)})
+    """The hierarchical model's settings: the ``model.*`` keys of the same names (``prior=auto``:
+    ``diag``)."""
+    spec = HierarchicalSpec(**{f.name: copy.deepcopy(getattr(cfg, f.name)) for f in fields(HierarchicalSpec)})
+    spec.prior = "diag" if spec.prior == "auto" else spec.prior
+    return spec
 
 
 def build_hierarchical(cfg: ModelConfig, shape: Shape, binary: bool) -> HierarchicalVAE:

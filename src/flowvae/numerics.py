@@ -32,6 +32,25 @@ def kl_normal(mean_q: Tensor, log_std_q: Tensor, mean_p: Tensor, log_std_p: Tens
     return 0.5 * (var_ratio + t - 1) - (log_std_q - log_std_p)
 
 
+def log_gaussian_mixture(z: Tensor, means: Tensor, log_stds: Tensor) -> Tensor:
+    """log (1/K) Σ_k N(z; means_k, diag exp(log_stds_k)^2): z (..., D), means and log_stds (K, D)
+    -> (...), in z's dtype (float32 at least).
+
+    Each component's quadratic form Σ_d (z_d - m_kd)^2 / s_kd^2 is expanded into matrix products
+    (z^2 · 1/s^2 - 2 z · m/s^2 + Σ m^2/s^2), so memory is (..., K), never (..., K, D); the
+    expansion cancels (terms of order (|z| / s)^2 leave a difference of order 1), so it runs in
+    float64, which autocast leaves alone.
+    """
+    lead, d = z.shape[:-1], z.shape[-1]
+    z64 = z.reshape(-1, d).double()
+    means, log_stds = means.double(), log_stds.double()
+    precision = torch.exp(-2 * log_stds)  # (K, D)
+    quad = (z64**2) @ precision.T - 2 * z64 @ (means * precision).T + (means**2 * precision).sum(-1)
+    log_components = -0.5 * (quad + d * LOG_2PI) - log_stds.sum(-1)  # (N, K)
+    out = torch.logsumexp(log_components, dim=-1) - math.log(means.shape[0])
+    return out.view(lead).to(torch.promote_types(z.dtype, torch.float32))
+
+
 def log_bernoulli(x: Tensor, logits: Tensor) -> Tensor:
     """Elementwise log Bernoulli(x; sigmoid(logits)) for x in {0, 1}, stable for large |logits|."""
     return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")

@@ -59,8 +59,13 @@ class FlowHead(nn.Module):
         self.context = nn.Linear(features, context) if steps else None
         self.steps = nn.ModuleList(steps)
 
-    def forward(self, features: Tensor) -> FlowPosterior:
+    def base_gaussian(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """(mean, log_std), each (B, D): the diagonal Gaussian the flow starts from."""
         mean, log_std = self.gaussian(features).chunk(2, dim=-1)
+        return mean, log_std
+
+    def forward(self, features: Tensor) -> FlowPosterior:
+        mean, log_std = self.base_gaussian(features)
         context = self.context(features) if self.context is not None else None
         return FlowPosterior(mean, log_std, context, list(self.steps))
 

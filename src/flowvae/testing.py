@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .linear_gaussian import linear_gaussian_params
+from .hvae import TwoLayerPrior
+from .linear_gaussian import is_linear_gaussian, linear_gaussian_params
 from .model import build_model
 from .posteriors import FlowHead
 
@@ -37,7 +38,9 @@ def random_linear_gaussian_vae(
     q: the exact posterior mean shifted by about ``encoder_error`` marginal standard deviations,
     and standard deviations ``1 + encoder_error`` times the geometric mean of the conditional
     and marginal posterior widths (so the importance weights have moderate tails).
-    Other options (e.g. ``flow_steps``) go to :class:`~flowvae.config.ModelConfig`.
+    Other options (e.g. ``flow_steps``, ``prior``) go to :class:`~flowvae.config.ModelConfig`.
+    With ``stochastic_layers=2, hidden=[]`` the model has two linear-Gaussian layers: p(z1|z2) =
+    N(A z2 + a, s^2 I) with random A, a and s, and x reads the concatenation (z2, z1).
     """
     g = torch.Generator().manual_seed(seed)
     cfg = ModelConfig(
@@ -48,14 +51,20 @@ def random_linear_gaussian_vae(
     model = build_model(cfg, shape, binary=False).to(dtype)
     n = shape[0] * shape[1] * shape[2]
     shared = torch.randn(n, 1, generator=g, dtype=dtype)
-    own = torch.randn(n, latent_dim, generator=g, dtype=dtype)
+    own = torch.randn(n, model.latent_dim, generator=g, dtype=dtype)  # every layer's units
     weight = math.sqrt(correlation) * shared + math.sqrt(1 - correlation) * own
     with torch.no_grad():
         model.decoder.out.weight.copy_(weight)
         model.decoder.out.bias.copy_(torch.randn(n, generator=g, dtype=dtype))
         log_std = math.log(noise_std) + 0.1 * torch.randn(shape, generator=g, dtype=dtype)
         model.likelihood.log_std.copy_(log_std)
-        if isinstance(model.posterior, FlowHead):
+        if isinstance(model.prior, TwoLayerPrior):  # p(z1|z2) linear with a constant variance
+            out = model.prior.conditional.out
+            out.weight.zero_()
+            out.weight[:latent_dim] = torch.randn(latent_dim, latent_dim, generator=g, dtype=dtype)
+            out.bias[:latent_dim] = torch.randn(latent_dim, generator=g, dtype=dtype)
+            out.bias[latent_dim:] = math.log(0.7)
+        if isinstance(model.posterior, FlowHead) and is_linear_gaussian(model):
             head = model.posterior.gaussian  # features (= flattened x) -> (mean, log_std)
             p = linear_gaussian_params(model)
             post_precision = torch.eye(latent_dim, dtype=dtype) + p.weight.T @ (

@@ -1,4 +1,5 @@
-"""The flat VAE: encoder -> posterior q(z|x) -> decoder -> likelihood p(x|z), prior N(0, I).
+"""The flat VAE: encoder -> posterior q(z|x) -> decoder -> likelihood p(x|z), prior p(z)
+(N(0, I) unless given one of :mod:`flowvae.priors`).
 
 The model exposes what every estimator needs and nothing more (:class:`~flowvae.core.LatentVariableModel`):
 
@@ -16,10 +17,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from . import noise
 from .core import ElboTerms, Posterior, map_rows
 from .likelihoods import LIKELIHOODS
-from .numerics import log_standard_normal
+from .priors import StandardNormal
 
 
 class VAE(nn.Module):
@@ -34,6 +34,8 @@ class VAE(nn.Module):
         likelihood: p(x|z) as a module of :mod:`flowvae.likelihoods`, or its name
             (``bernoulli``, ``logistic``, ``logistic-mixture``, ``gaussian``).
         shape: image shape (C, H, W); by default the decoder's ``shape``.
+        prior: p(z), a module of :mod:`flowvae.priors` (``log_prob(z, model)``,
+            ``sample(shape, model, like, temperature)``); default N(0, I).
 
     Example:
         >>> import torch
@@ -58,6 +60,7 @@ class VAE(nn.Module):
         decoder: nn.Module,
         likelihood: nn.Module | str,
         shape: Sequence[int] | None = None,
+        prior: nn.Module | None = None,
     ):
         super().__init__()
         shape = shape if shape is not None else getattr(decoder, "shape", None)
@@ -73,6 +76,7 @@ class VAE(nn.Module):
         self.encoder = encoder
         self.posterior = posterior
         self.decoder = decoder
+        self.prior = prior if prior is not None else StandardNormal(self.latent_dim)
 
     def forward(self, x: Tensor, samples: int = 1) -> ElboTerms:
         """The ELBO's terms for ``samples`` draws of z per example (what training differentiates).
@@ -108,7 +112,7 @@ class VAE(nn.Module):
         return self.posterior(self.encoder(x))
 
     def log_prior(self, z: Tensor) -> Tensor:
-        return log_standard_normal(z).sum(-1)
+        return self.prior.log_prob(z, self)
 
     def _decode(self, z: Tensor, x: Tensor | None = None) -> Tensor:
         """Likelihood parameters (*S, B, P, C, H, W) at z (*S, B, D); an autoregressive decoder
@@ -147,10 +151,9 @@ class VAE(nn.Module):
     def sample_prior(
         self, sample_shape: Sequence[int], like: Tensor | None = None, temperature: float = 1.0
     ) -> Tensor:
-        """z ~ N(0, temperature^2 I), (*sample_shape, D)."""
-        p = next(self.parameters()) if like is None else like
-        shape = (*sample_shape, self.latent_dim)  # the last sample dim indexes examples
-        return temperature * noise.randn(shape, batch_dim=-2, dtype=p.dtype, device=p.device)
+        """z ~ p(z), (*sample_shape, D); ``temperature`` scales the prior's standard deviations.
+        The last sample dim indexes examples (their own random streams when evaluating)."""
+        return self.prior.sample(sample_shape, self, like, temperature)
 
     def decode_mean(self, z: Tensor) -> Tensor:
         """The mean of p(x|z) at z (N, D); autoregressive: each pixel's mean given the pixels
