@@ -59,7 +59,7 @@ def test_own_modules_with_every_posterior_head():
     for name, record in flowvae.posteriors.POSTERIORS.items():
         encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10))
         decoder = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Unflatten(1, (1, 1, 4, 4)))
-        head = record.build(10, 3, steps=2, hidden=8, context=4)
+        head = record.build(10, 3, flow_steps=2, flow_hidden=8, context_dim=4)
         vae = flowvae.VAE(encoder, head, decoder, "bernoulli", shape=(1, 4, 4))
         value = flowvae.elbo(vae, x, samples=2)
         assert value.shape == (6,) and torch.isfinite(value).all(), name

@@ -277,7 +277,8 @@ def test_iaf_density_by_brute_force() -> None:
     integrates to one over a grid (a flipped log-det would not).
     """
     torch.manual_seed(0)
-    head = perturb(IAF(FEATURES, latent=2, steps=3, hidden=8, layers=1, context=3).double(), 0.7)
+    head = IAF(FEATURES, latent=2, flow_steps=3, flow_hidden=8, flow_layers=1, context_dim=3)
+    head = perturb(head.double(), 0.7)
     posterior = head(0.3 * features(1))
     z, log_q = posterior.rsample_and_log_prob((6,))  # (6, 1, 2)
     eps = invert(posterior, z)

@@ -62,6 +62,23 @@ class DataConfig:
     seed: int = 0  # seed of the fixed valid/test binarization and of fixed splits
 
 
+@dataclass(frozen=True)
+class FlowSize:
+    """The size of a flow posterior, under the names every layer uses (the ``model.*`` keys, the
+    posterior heads' keyword options, ``flowvae gaps --flow-*``), and their defaults."""
+
+    context_dim: int = 64  # size of the context vector h the encoder hands to flows
+    flow_steps: int = 4
+    flow_hidden: int = 320  # MADE / coupling-net hidden units
+    flow_layers: int = 1  # hidden layers in each MADE / coupling net
+    num_householder: int = 8  # sylvester-householder: reflections per step
+    num_ortho_vecs: int = 8  # sylvester-orthogonal: columns of Q (M <= latent_dim)
+    aux_dim: int = 0  # realnvp-aux: size of v; 0 -> latent_dim
+
+
+FLOW_SIZE_KEYS = tuple(f.name for f in dataclasses.fields(FlowSize))
+
+
 @dataclass
 class ModelConfig:
     type: ModelType = "flat"
@@ -79,13 +96,13 @@ class ModelConfig:
     mixtures: int = 5  # logistic-mixture: components
     # posterior q(z|x)
     posterior: PosteriorName = "diag"  # flat: FlatPosterior; hierarchical: HierarchicalPosterior
-    context_dim: int = 64  # size of the context vector h the encoder hands to flows
-    flow_steps: int = 4
-    flow_hidden: int = 320  # MADE / coupling-net hidden units
-    flow_layers: int = 1  # hidden layers in each MADE / coupling net
-    num_householder: int = 8  # sylvester-householder: reflections per step
-    num_ortho_vecs: int = 8  # sylvester-orthogonal: columns of Q (M <= latent_dim)
-    aux_dim: int = 0  # realnvp-aux: size of v; 0 -> latent_dim
+    context_dim: int = FlowSize.context_dim  # the flow size (FlowSize): one vocabulary everywhere
+    flow_steps: int = FlowSize.flow_steps
+    flow_hidden: int = FlowSize.flow_hidden
+    flow_layers: int = FlowSize.flow_layers
+    num_householder: int = FlowSize.num_householder
+    num_ortho_vecs: int = FlowSize.num_ortho_vecs
+    aux_dim: int = FlowSize.aux_dim
     # prior p(z): flat FlatPrior (auto: standard), hierarchical HierarchicalPrior (auto: diag)
     prior: PriorName = "auto"
     prior_components: int = 500  # vampprior: pseudo-inputs K

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .config import FLOW_SIZE_KEYS
 from .estimators import ESTIMATORS
 from .local import LocalOptions, elbo_with_stderr, frozen_model, local_optimise
 from .noise import ExampleStreams, example_streams
@@ -58,7 +59,6 @@ SIGMAS = 3.0  # an ordering fails when violated by more than this many standard 
 OUTLIER_MADS = 20.0
 OUTLIER_FLOOR = 0.5
 SAME = "same"  # local_flow: q's own family and size
-FLOW_SIZE_KEYS = ("flow_steps", "flow_hidden", "flow_layers", "num_householder", "num_ortho_vecs", "aux_dim")
 
 DEFINITIONS = {
     "log_p": "log p̂(x): the likelihood estimate (settings.estimator)",

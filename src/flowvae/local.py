@@ -63,9 +63,9 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import Tensor, nn
 
+from .config import FLOW_SIZE_KEYS
 from .core import FlowPosterior, Posterior, log_weight
 from .flows import fix_iterations
-from .model import POSTERIOR_OPTIONS
 from .posteriors import build_posterior
 
 # the flow of q*_flow unless told otherwise: small next to an amortized flow, since B copies of
@@ -159,17 +159,16 @@ def local_head(posterior: str, latent_dim: int, **flow_options) -> nn.Module:
     Arguments:
         posterior: a name in :data:`~flowvae.posteriors.POSTERIORS`.
         latent_dim: D.
-        flow_options: the flow's size under its ``model.*`` key names (``flow_steps``,
+        flow_options: the flow's size (:data:`~flowvae.config.FLOW_SIZE_KEYS`: ``flow_steps``,
             ``flow_hidden``, ``flow_layers``, ``aux_dim``, ...); defaults
             :data:`LOCAL_FLOW_DEFAULTS`.
     """
-    unknown = set(flow_options) - set(POSTERIOR_OPTIONS.values())
+    unknown = set(flow_options) - set(FLOW_SIZE_KEYS)
     if unknown:
-        valid = ", ".join(POSTERIOR_OPTIONS.values())
+        valid = ", ".join(FLOW_SIZE_KEYS)
         raise ValueError(f"unknown local flow option {sorted(unknown)[0]!r}; valid: {valid}")
-    options = {**LOCAL_FLOW_DEFAULTS, **flow_options, "context_dim": 0}  # model.* names
-    head_options = {option: options[key] for option, key in POSTERIOR_OPTIONS.items() if key in options}
-    return build_posterior(posterior, 0, latent_dim, **head_options)
+    options = {**LOCAL_FLOW_DEFAULTS, **flow_options, "context_dim": 0}
+    return build_posterior(posterior, 0, latent_dim, **options)
 
 
 class LocalPosterior(Posterior):

@@ -1,8 +1,8 @@
 """Config -> modules: the one place that reads a :class:`~flowvae.config.ModelConfig`.
 
 Networks, posteriors, likelihoods and models take plain numbers (shapes, widths, step counts);
-this module maps the config's keys onto them. The mapping of ``model.*`` keys to the
-posterior heads' options is :data:`POSTERIOR_OPTIONS`.
+this module maps the config's keys onto them. A posterior head's options are the ``model.*``
+keys of the same names (:data:`~flowvae.config.FLOW_SIZE_KEYS`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import fields
 
 from torch import nn
 
-from .config import ModelConfig
+from .config import FLOW_SIZE_KEYS, ModelConfig
 from .hierarchical import HierarchicalSpec, HierarchicalVAE
 from .hvae import TwoLayerHead, TwoLayerPrior
 from .likelihoods import build_likelihood
@@ -24,16 +24,9 @@ from .vae import VAE
 
 Shape = tuple[int, int, int]
 
-# a posterior head's option -> the model.* key that sets it
-POSTERIOR_OPTIONS = {
-    "steps": "flow_steps", "hidden": "flow_hidden", "layers": "flow_layers", "context": "context_dim",
-    "ortho_vecs": "num_ortho_vecs", "householder": "num_householder", "aux": "aux_dim",
-}  # fmt: skip
-
-
 def posterior_options(cfg: ModelConfig) -> dict:
     """The posterior heads' keyword options from ``cfg`` (each head takes its own subset)."""
-    return {option: getattr(cfg, key) for option, key in POSTERIOR_OPTIONS.items()}
+    return {key: getattr(cfg, key) for key in FLOW_SIZE_KEYS}
 
 
 def build_flat(cfg: ModelConfig, shape: Shape, binary: bool) -> VAE:
@@ -88,6 +81,6 @@ def build_model(cfg: ModelConfig, shape: Shape, binary: bool) -> nn.Module:
 
 
 __all__ = [
-    "MODEL_TYPES", "POSTERIOR_OPTIONS", "build_flat", "build_hierarchical", "build_model",
+    "MODEL_TYPES", "build_flat", "build_hierarchical", "build_model",
     "hierarchical_spec", "posterior_options",
 ]  # fmt: skip

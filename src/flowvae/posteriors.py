@@ -10,7 +10,7 @@ Put a flowvae posterior on your own features::
 
     >>> import torch
     >>> from flowvae import posteriors
-    >>> q = posteriors.IAF(features=16, latent=4, steps=2, hidden=32)
+    >>> q = posteriors.IAF(features=16, latent=4, flow_steps=2, flow_hidden=32)
     >>> z, log_q = q(torch.randn(8, 16)).rsample_and_log_prob((3,))
     >>> tuple(z.shape), tuple(log_q.shape)
     ((3, 8, 4), (3, 8))
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from .config import FlowSize
 from .core import FlowPosterior
 from .flows import (
     AffineCoupling,
@@ -39,6 +40,8 @@ from .flows import (
     alternating_mask,
     alternating_order,
 )
+
+SIZE = FlowSize()  # the heads' defaults
 
 
 class FlowHead(nn.Module):
@@ -80,24 +83,27 @@ class Diagonal(FlowHead):
 class IAF(FlowHead):
     """``iaf``: inverse autoregressive flow (Kingma et al. 2016, arXiv 1606.04934).
 
-    ``steps`` MADE steps with the gated update, variable order reversed between steps, each
-    MADE with ``layers`` hidden layers of ``hidden`` units taking the context h (size
-    ``context``). ``mean_only`` gives ``iaf-mean`` (a shift-only, volume-preserving update).
+    ``flow_steps`` MADE steps with the gated update, variable order reversed between steps, each
+    MADE with ``flow_layers`` hidden layers of ``flow_hidden`` units taking the context h (size
+    ``context_dim``). ``mean_only`` gives ``iaf-mean`` (a shift-only, volume-preserving update).
     """
 
     def __init__(
         self,
         features: int,
         latent: int,
-        steps: int = 4,
-        hidden: int = 320,
-        layers: int = 1,
-        context: int = 64,
+        flow_steps: int = SIZE.flow_steps,
+        flow_hidden: int = SIZE.flow_hidden,
+        flow_layers: int = SIZE.flow_layers,
+        context_dim: int = SIZE.context_dim,
         mean_only: bool = False,
     ):
         step = IAFMeanStep if mean_only else IAFStep
-        flow = [step(latent, context, hidden, layers, alternating_order(latent, k)) for k in range(steps)]
-        super().__init__(features, latent, context, flow)
+        flow = [
+            step(latent, context_dim, flow_hidden, flow_layers, alternating_order(latent, k))
+            for k in range(flow_steps)
+        ]
+        super().__init__(features, latent, context_dim, flow)
 
 
 class IAFMean(IAF):
@@ -107,46 +113,66 @@ class IAFMean(IAF):
         self,
         features: int,
         latent: int,
-        steps: int = 4,
-        hidden: int = 320,
-        layers: int = 1,
-        context: int = 64,
+        flow_steps: int = SIZE.flow_steps,
+        flow_hidden: int = SIZE.flow_hidden,
+        flow_layers: int = SIZE.flow_layers,
+        context_dim: int = SIZE.context_dim,
     ):
-        super().__init__(features, latent, steps, hidden, layers, context, mean_only=True)
+        super().__init__(features, latent, flow_steps, flow_hidden, flow_layers, context_dim, mean_only=True)
 
 
 class Planar(FlowHead):
     """``planar``: amortized planar flow steps (Rezende & Mohamed 2015, arXiv 1505.05770)."""
 
-    def __init__(self, features: int, latent: int, steps: int = 4, context: int = 64):
-        super().__init__(features, latent, context, [PlanarStep(latent, context) for _ in range(steps)])
+    def __init__(
+        self, features: int, latent: int, flow_steps: int = SIZE.flow_steps,
+        context_dim: int = SIZE.context_dim,
+    ):  # fmt: skip
+        flow = [PlanarStep(latent, context_dim) for _ in range(flow_steps)]
+        super().__init__(features, latent, context_dim, flow)
 
 
 class SylvesterOrthogonal(FlowHead):
-    """``sylvester-orthogonal``: Q with ``ortho_vecs`` orthonormal columns (van den Berg et al.
-    2018, arXiv 1803.05649), orthogonalised by Björck iterations."""
+    """``sylvester-orthogonal``: Q with ``num_ortho_vecs`` orthonormal columns (van den Berg et
+    al. 2018, arXiv 1803.05649), orthogonalised by Björck iterations."""
 
-    def __init__(self, features: int, latent: int, steps: int = 4, ortho_vecs: int = 8, context: int = 64):
-        m = min(ortho_vecs, latent)
-        super().__init__(
-            features, latent, context, [OrthogonalSylvesterStep(latent, context, m) for _ in range(steps)]
-        )
+    def __init__(
+        self,
+        features: int,
+        latent: int,
+        flow_steps: int = SIZE.flow_steps,
+        num_ortho_vecs: int = SIZE.num_ortho_vecs,
+        context_dim: int = SIZE.context_dim,
+    ):
+        m = min(num_ortho_vecs, latent)
+        flow = [OrthogonalSylvesterStep(latent, context_dim, m) for _ in range(flow_steps)]
+        super().__init__(features, latent, context_dim, flow)
 
 
 class SylvesterHouseholder(FlowHead):
-    """``sylvester-householder``: Q a product of ``householder`` reflections (arXiv 1803.05649)."""
+    """``sylvester-householder``: Q a product of ``num_householder`` reflections (arXiv 1803.05649)."""
 
-    def __init__(self, features: int, latent: int, steps: int = 4, householder: int = 8, context: int = 64):
-        flow = [HouseholderSylvesterStep(latent, context, householder) for _ in range(steps)]
-        super().__init__(features, latent, context, flow)
+    def __init__(
+        self,
+        features: int,
+        latent: int,
+        flow_steps: int = SIZE.flow_steps,
+        num_householder: int = SIZE.num_householder,
+        context_dim: int = SIZE.context_dim,
+    ):
+        flow = [HouseholderSylvesterStep(latent, context_dim, num_householder) for _ in range(flow_steps)]
+        super().__init__(features, latent, context_dim, flow)
 
 
 class SylvesterTriangular(FlowHead):
     """``sylvester-triangular``: Q the identity or the reversal permutation, alternating."""
 
-    def __init__(self, features: int, latent: int, steps: int = 4, context: int = 64):
-        flow = [TriangularSylvesterStep(latent, context, reverse=k % 2 == 1) for k in range(steps)]
-        super().__init__(features, latent, context, flow)
+    def __init__(
+        self, features: int, latent: int, flow_steps: int = SIZE.flow_steps,
+        context_dim: int = SIZE.context_dim,
+    ):  # fmt: skip
+        flow = [TriangularSylvesterStep(latent, context_dim, reverse=k % 2 == 1) for k in range(flow_steps)]
+        super().__init__(features, latent, context_dim, flow)
 
 
 class RealNVP(FlowHead):
@@ -156,32 +182,34 @@ class RealNVP(FlowHead):
         self,
         features: int,
         latent: int,
-        steps: int = 4,
-        hidden: int = 320,
-        layers: int = 1,
-        context: int = 64,
+        flow_steps: int = SIZE.flow_steps,
+        flow_hidden: int = SIZE.flow_hidden,
+        flow_layers: int = SIZE.flow_layers,
+        context_dim: int = SIZE.context_dim,
     ):
         flow = [
-            AffineCoupling(latent, context, hidden, layers, alternating_mask(latent, k)) for k in range(steps)
+            AffineCoupling(latent, context_dim, flow_hidden, flow_layers, alternating_mask(latent, k))
+            for k in range(flow_steps)
         ]
-        super().__init__(features, latent, context, flow)
+        super().__init__(features, latent, context_dim, flow)
 
 
 class RealNVPAux(AuxiliaryHead):
-    """``realnvp-aux``: couplings over (z, v) with an auxiliary variable v of size ``aux``
+    """``realnvp-aux``: couplings over (z, v) with an auxiliary variable v of size ``aux_dim``
     (0: ``latent``) and a learned reverse model r(v|x,z) (Cremer et al. 2018, arXiv 1801.03558)."""
 
     def __init__(
         self,
         features: int,
         latent: int,
-        steps: int = 4,
-        hidden: int = 320,
-        layers: int = 1,
-        context: int = 64,
-        aux: int = 0,
+        flow_steps: int = SIZE.flow_steps,
+        flow_hidden: int = SIZE.flow_hidden,
+        flow_layers: int = SIZE.flow_layers,
+        context_dim: int = SIZE.context_dim,
+        aux_dim: int = SIZE.aux_dim,
     ):
-        super().__init__(features, latent, aux or latent, context, hidden, layers, steps)
+        aux = aux_dim or latent
+        super().__init__(features, latent, aux, context_dim, flow_hidden, flow_layers, flow_steps)
 
 
 @dataclass(frozen=True)
@@ -193,9 +221,8 @@ class PosteriorRecord:
         head: the head class, built as ``head(features, latent, **options)``.
         family: ``gaussian`` (factorised Gaussian), ``flow`` or ``auxiliary``: q*'s family in
             the inference-gap analysis is the record's own.
-        options: the head's keyword options (a subset of steps, hidden, layers, context,
-            ortho_vecs, householder, aux), each filled from the config by
-            :mod:`flowvae.model`.
+        options: the head's keyword options: a subset of :data:`~flowvae.config.FLOW_SIZE_KEYS`,
+            the ``model.*`` keys of the same names.
     """
 
     name: str
@@ -207,23 +234,25 @@ class PosteriorRecord:
         return self.head(features, latent, **{k: v for k, v in options.items() if k in self.options})
 
 
-_FLOW = ("steps", "hidden", "layers", "context")
+_FLOW = ("flow_steps", "flow_hidden", "flow_layers", "context_dim")
 POSTERIORS: dict[str, PosteriorRecord] = {
     r.name: r
     for r in [
         PosteriorRecord("diag", Diagonal, "gaussian"),
         PosteriorRecord("iaf", IAF, "flow", _FLOW),
         PosteriorRecord("iaf-mean", IAFMean, "flow", _FLOW),
-        PosteriorRecord("planar", Planar, "flow", ("steps", "context")),
+        PosteriorRecord("planar", Planar, "flow", ("flow_steps", "context_dim")),
         PosteriorRecord(
-            "sylvester-orthogonal", SylvesterOrthogonal, "flow", ("steps", "ortho_vecs", "context")
-        ),
+            "sylvester-orthogonal", SylvesterOrthogonal, "flow",
+            ("flow_steps", "num_ortho_vecs", "context_dim"),
+        ),  # fmt: skip
         PosteriorRecord(
-            "sylvester-householder", SylvesterHouseholder, "flow", ("steps", "householder", "context")
-        ),
-        PosteriorRecord("sylvester-triangular", SylvesterTriangular, "flow", ("steps", "context")),
+            "sylvester-householder", SylvesterHouseholder, "flow",
+            ("flow_steps", "num_householder", "context_dim"),
+        ),  # fmt: skip
+        PosteriorRecord("sylvester-triangular", SylvesterTriangular, "flow", ("flow_steps", "context_dim")),
         PosteriorRecord("realnvp", RealNVP, "flow", _FLOW),
-        PosteriorRecord("realnvp-aux", RealNVPAux, "auxiliary", (*_FLOW, "aux")),
+        PosteriorRecord("realnvp-aux", RealNVPAux, "auxiliary", (*_FLOW, "aux_dim")),
     ]
 }
 

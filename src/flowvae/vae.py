@@ -43,7 +43,7 @@ class VAE(nn.Module):
         >>> import flowvae
         >>> encoder = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ELU())
         >>> decoder = nn.Sequential(nn.Linear(4, 64), nn.Unflatten(1, (1, 1, 8, 8)))
-        >>> q = flowvae.posteriors.IAF(features=32, latent=4, steps=2, hidden=16, context=8)
+        >>> q = flowvae.posteriors.IAF(features=32, latent=4, flow_steps=2, flow_hidden=16, context_dim=8)
         >>> vae = flowvae.VAE(encoder, q, decoder, "bernoulli", shape=(1, 8, 8))
         >>> x = torch.bernoulli(torch.full((5, 1, 8, 8), 0.3))
         >>> flowvae.elbo(vae, x).shape
