@@ -5,8 +5,13 @@ is a fresh copy of a trained run, ``{tmp}`` the test's folder; PREPARE puts the 
 Every case must fail with one line on stderr, no traceback, and leave no new folder behind.
 """
 
+import builtins
+import errno
+import io
+import os
 import pathlib
 import shutil
+import threading
 
 import pytest
 import torch
@@ -120,3 +125,130 @@ def test_bad_input(trained, tmp_path, monkeypatch, case, argv, code, fragment):
     else:
         assert not (tmp_path / "new" / "checkpoint.pt").exists()
     assert not (tmp_path / "pwned").exists()
+
+
+# --- a failed write of a run file (a full disk): one line naming the file, exit 1 -------------
+
+
+class _FullDisk:
+    """A file open for writing on a disk with ``room`` bytes (characters) free: a write past them
+    stores what fits, then fails as a full disk does (ENOSPC, no file name)."""
+
+    def __init__(self, f, room: int):
+        self._f, self._room = f, room
+
+    def write(self, data):
+        if len(data) > self._room:
+            self._f.write(data[: self._room])
+            self._room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._room -= len(data)
+        return self._f.write(data)
+
+    def __getattr__(self, name):  # flush, fileno, seek, tell, close, ...
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._f.close()
+
+
+def _fill_disk(monkeypatch, name: str, room: int = 100) -> list[str]:
+    """Files opened for writing whose name contains ``name`` fail after ``room`` bytes: through
+    ``open`` (csv, JSON lines, pillow, TensorBoard, pathlib) or, for ``.pt``, ``os.fdopen`` (the
+    checkpoints' temp files). Returns the paths opened so (the test checks the fault was met)."""
+    opened: list[str] = []
+    real_open, real_fdopen = io.open, os.fdopen
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        path = os.fsdecode(file) if isinstance(file, (str, bytes, os.PathLike)) else ""  # TensorBoard: bytes
+        if name in path and set(mode) & set("wax"):
+            opened.append(path)
+            return _FullDisk(f, room)
+        return f
+
+    def fake_fdopen(fd, mode="r", *args, **kwargs):
+        f = real_fdopen(fd, mode, *args, **kwargs)
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if name in path:
+            opened.append(path)
+            return _FullDisk(f, room)
+        return f
+
+    monkeypatch.setattr(io, "open", fake_open)
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(os, "fdopen", fake_fdopen)
+    return opened
+
+
+RUN_FILE_WRITES = [  # (what fails, the file the one line names)
+    ("config.yaml", "config.yaml"),
+    ("metrics.csv", "metrics.csv"),  # written through .metrics.csv.tmp
+    ("invocations.jsonl", "invocations.jsonl"),
+    ("samples.png", "samples.png"),
+    ("reconstructions.png", "reconstructions.png"),
+    ("events.out.tfevents", "events.out.tfevents.*"),  # TensorBoard writes in a thread of its own
+    ("best.pt", "best.pt"),  # checkpoints: through save_atomic's temp file, the real torch.save
+    ("checkpoint.pt", "checkpoint.pt"),
+]
+
+
+def _temp_files(run: pathlib.Path) -> list[str]:
+    return [p.name for p in run.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+@pytest.mark.parametrize("name, named", RUN_FILE_WRITES, ids=[w[0] for w in RUN_FILE_WRITES])
+def test_a_full_disk_is_one_line_naming_the_run_file(tmp_path, monkeypatch, name, named):
+    run = tmp_path / "new"
+    thread_errors: list = []  # e.g. TensorBoard's writer thread: its traceback would be a 2nd line
+    monkeypatch.setattr(threading, "excepthook", thread_errors.append)
+    opened = _fill_disk(monkeypatch, name)
+    proc = run_cli("train", "--run-dir", str(run), *TINY, check=False)
+    for thread in threading.enumerate():  # a writer thread that failed has reported it by now
+        if type(thread).__module__.startswith("tensorboard."):
+            thread.join(timeout=10)
+    monkeypatch.undo()
+    assert opened, f"no write of {name} was met"
+    assert not thread_errors, thread_errors[0].exc_value
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [f"flowvae: error: {run / named}: No space left on device"]
+    assert not _temp_files(run)
+
+
+def test_torch_save_failing_mid_write_is_one_line_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    """torch.save reports a short write as a RuntimeError (disk full at the first checkpoint)."""
+
+    def failing_save(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 the first bytes of a zip")  # a torn temp file is on disk
+        raise RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos 2048 vs 1968")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    run = tmp_path / "new"
+    proc = run_cli("train", "--run-dir", str(run), *TINY, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"flowvae: error: {run / 'best.pt'}: cannot write it (the disk may be full; torch.save: "
+        "[enforce fail at inline_container.cc:595] . unexpected pos 2048 vs 1968)"
+    ]
+    assert not _temp_files(run) and not (run / "best.pt").exists() and not (run / "checkpoint.pt").exists()
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_a_full_disk_on_resume_keeps_the_good_checkpoint(trained, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = {name: (run / name).read_bytes() for name in ("checkpoint.pt", "best.pt")}
+    opened = _fill_disk(monkeypatch, ".pt", room=1000)  # part of the new checkpoint reaches the disk
+    argv = ["train", "--resume", str(run), "--no-progress", "train.epochs=2", "train.max_steps=1"]
+    proc = run_cli(*argv, check=False)
+    monkeypatch.undo()
+    assert opened, "no checkpoint write was met"
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [f"flowvae: error: {run / 'checkpoint.pt'}: No space left on device"]
+    assert not _temp_files(run)
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert load_checkpoint(run / "checkpoint.pt")["state"]["step"] > 0  # still the good one, readable

@@ -41,6 +41,7 @@ from .config import Amp, Config, ConfigError, TrainConfig, from_dict, save_yaml
 from .core import ElboTerms
 from .data import ImageData, iterate_batches, load_data, num_batches
 from .estimators import elbo_terms
+from .files import writing
 from .images import make_grid, save_grid
 from .model import build_model
 from .numerics import bits_per_dim
@@ -354,12 +355,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite ``metrics.csv`` whole, through a temp file: a failed write leaves the old file."""
     tmp = run_dir / ".metrics.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRICS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(run_dir / "metrics.csv")
+    with writing(run_dir / "metrics.csv"):
+        try:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=METRICS)
+                writer.writeheader()
+                writer.writerows(rows)
+            tmp.replace(run_dir / "metrics.csv")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -452,7 +459,7 @@ def record_invocation(
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "resume": resume,
         "overrides": list(overrides), "epoch": state.epoch, "step": state.step, "precision": precision,
     }  # fmt: skip
-    with open(run_dir / "invocations.jsonl", "a") as f:
+    with writing(run_dir / "invocations.jsonl"), open(run_dir / "invocations.jsonl", "a") as f:
         f.write(json.dumps(entry) + "\n")
 
 
@@ -516,6 +523,14 @@ class _Run:
         return self.ema.model if self.ema is not None else self.model
 
 
+def _quiet_writer_threads(args: Any, previous: Any) -> None:
+    """``threading.excepthook``: TensorBoard's writer thread dies on a failed write (full disk)
+    and the writer raises that error again at its next call, where RunLog names the file; the
+    thread's own traceback on stderr is left out. Any other thread: the previous hook."""
+    if not (type(args.thread).__module__.startswith("tensorboard.") and issubclass(args.exc_type, OSError)):
+        previous(args)
+
+
 class RunLog:
     """Rank 0's record of each evaluation row: ``metrics.csv`` (rewritten whole), TensorBoard
     (scalars, valid bits/dim for non-binary data, the sample and reconstruction grids), the PNGs,
@@ -525,27 +540,35 @@ class RunLog:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir, self.cfg, self.data, self.show = run_dir, cfg, data, show
-        # purge_step: TensorBoard drops what a killed invocation logged after the checkpoint
-        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+        # TensorBoard writes in a thread of its own: its errors surface at a later call, unnamed
+        self.events = run_dir / "events.out.tfevents.*"
+        if getattr(threading.excepthook, "func", None) is not _quiet_writer_threads:
+            threading.excepthook = functools.partial(_quiet_writer_threads, previous=threading.excepthook)
+        with writing(self.events):
+            # purge_step: TensorBoard drops what a killed invocation logged after the checkpoint
+            self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
 
     def add(self, row: dict[str, Any], state: TrainState, model: nn.Module) -> None:
         """Log ``row``, the last of ``state.history``; ``model`` draws the images."""
         write_metrics(self.run_dir, state.history)
         step = row["step"]
-        for key in ("train_elbo", "valid_elbo", "kl", "lr", "kl_weight"):
-            self.writer.add_scalar(key, row[key], step)
-        if not self.data.binary:
-            bpd = bits_per_dim(-row["valid_elbo"], math.prod(self.data.shape))
-            self.writer.add_scalar("valid_bits_per_dim", bpd, step)
+        with writing(self.events):
+            for key in ("train_elbo", "valid_elbo", "kl", "lr", "kl_weight"):
+                self.writer.add_scalar(key, row[key], step)
+            if not self.data.binary:
+                bpd = bits_per_dim(-row["valid_elbo"], math.prod(self.data.shape))
+                self.writer.add_scalar("valid_bits_per_dim", bpd, step)
         for name, grid in save_images(model, self.data, self.run_dir, self.cfg.eval.seed).items():
-            self.writer.add_image(name, grid, step, dataformats="HWC")
+            with writing(self.events):
+                self.writer.add_image(name, grid, step, dataformats="HWC")
         if self.show:
             from tqdm import tqdm
 
             tqdm.write(evaluation_line(row, state, self.cfg.train.epochs), file=sys.stderr)
 
     def close(self) -> None:
-        self.writer.close()
+        with writing(self.events):
+            self.writer.close()
 
 
 def _build_model(
@@ -597,7 +620,8 @@ def _open_run_dir(
     if overwrite and not resume:
         for path in run_files(run_dir):
             path.unlink()
-    save_yaml(cfg, run_dir / "config.yaml")
+    with writing(run_dir / "config.yaml"):
+        save_yaml(cfg, run_dir / "config.yaml")
     write_metrics(run_dir, state.history)
     record_invocation(run_dir, resume, overrides, state, precision)
     return RunLog(run_dir, cfg, data, state.step + 1 if resume else None, progress)
