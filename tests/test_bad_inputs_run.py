@@ -45,7 +45,30 @@ CASES = [
     ("incomplete checkpoint", ["eval", "{run}", "--samples", "2"], 1, "incomplete checkpoint"),
     ("torn checkpoint", ["eval", "{run}", "--samples", "2"], 1, "not a readable checkpoint"),
     ("nan weights: eval", ["eval", "{run}", "--samples", "2"], 1, "not finite"),
+    ("resume: mis-shaped optimizer moments", ["train", "--resume", "{run}"], 1,
+     "checkpoint.pt: cannot resume: its optimizer does not fit this run (ValueError: exp_avg has shape (3,)"),
+    ("resume: optimizer of another type", ["train", "--resume", "{run}"], 1,
+     "checkpoint.pt: cannot resume: its optimizer does not fit this run"),
+    ("resume: mis-shaped weights", ["train", "--resume", "{run}"], 1,
+     "checkpoint.pt: cannot resume: its model does not fit this run"),
+    ("resume: EMA run without its EMA weights", ["train", "--resume", "{run}"], 1,
+     "checkpoint.pt: cannot resume: incomplete checkpoint (no ema)"),
 ]  # fmt: skip
+
+# every entry of checkpoint.pt that resuming needs: without it, one line names it
+RESUME_NEEDS = [
+    "config", "model", "image_shape", "binary", "optimizer", "state", "ranks",
+    "state.epoch", "state.batch", "state.step", "state.seconds", "state.best_valid", "state.best_epoch",
+    "state.bad_evals", "state.skipped", "state.consecutive_skips", "state.epoch_elbo_sum",
+    "state.epoch_kl_sum", "state.epoch_count", "state.lr", "state.kl_weight", "state.history",
+    "ranks[0].rng", "ranks[0].rng.torch", "ranks[0].rng.numpy", "ranks[0].rng.python", "ranks[0].epoch_sums",
+]  # fmt: skip
+# what resuming does without: written after the first checkpoints were, unused, or per machine
+RESUME_OPTIONAL = ["world", "state.horizon", "state.epoch_skipped", "state.stopped", "ranks[0].rng.cuda"]
+CASES += [
+    (f"resume without {entry}", ["train", "--resume", "{run}"], 1, f"incomplete checkpoint (no {entry})")
+    for entry in RESUME_NEEDS
+]
 
 
 class _Touch:
@@ -80,6 +103,27 @@ def _old_file(name: str):
     return prepare
 
 
+def _edit_latest(edit):
+    def prepare(run: pathlib.Path, tmp: pathlib.Path) -> None:
+        ckpt = load_checkpoint(run / "checkpoint.pt")
+        edit(ckpt)
+        save_atomic(ckpt, run / "checkpoint.pt")
+
+    return prepare
+
+
+def _drop(ckpt: dict, entry: str) -> None:
+    """Remove a dotted entry (``ranks[0].rng.torch``) of a checkpoint dict."""
+    *parents, last = entry.replace("[0]", ".0").split(".")
+    for key in parents:
+        ckpt = ckpt[int(key) if key.isdigit() else key]
+    ckpt.pop(last, None)
+
+
+def _first_moment(ckpt: dict) -> dict:
+    return next(iter(ckpt["optimizer"]["state"].values()))
+
+
 PREPARE = {
     "resume a folder without a run": lambda run, tmp: (tmp / "empty").mkdir(),
     "run dir holds config.yaml": _old_file("config.yaml"),
@@ -94,6 +138,19 @@ PREPARE = {
     "incomplete checkpoint": _edit_best(lambda c: c.pop("image_shape")),
     "torn checkpoint": lambda run, tmp: (run / "best.pt").write_bytes((run / "best.pt").read_bytes()[:999]),
     "nan weights: eval": _edit_best(lambda c: next(iter(c["model"].values())).fill_(float("nan"))),
+    "resume: mis-shaped optimizer moments": _edit_latest(
+        lambda c: _first_moment(c).update(exp_avg=torch.zeros(3))
+    ),
+    "resume: optimizer of another type": _edit_latest(
+        lambda c: c.update(optimizer={"state": {}, "param_groups": 1})
+    ),
+    "resume: mis-shaped weights": _edit_latest(
+        lambda c: c["model"].update({next(iter(c["model"])): torch.zeros(3)})
+    ),
+    "resume: EMA run without its EMA weights": _edit_latest(
+        lambda c: (c["config"]["train"].update(ema=0.9), c.pop("ema"))
+    ),
+    **{f"resume without {entry}": _edit_latest(lambda c, e=entry: _drop(c, e)) for entry in RESUME_NEEDS},
 }
 
 
@@ -125,6 +182,32 @@ def test_bad_input(trained, tmp_path, monkeypatch, case, argv, code, fragment):
     else:
         assert not (tmp_path / "new" / "checkpoint.pt").exists()
     assert not (tmp_path / "pwned").exists()
+
+
+def _entries(ckpt: dict) -> set[str]:
+    """checkpoint.pt's entries as RESUME_NEEDS names them: top level, state fields, process 0's."""
+    rank = ckpt["ranks"][0]
+    return {
+        *ckpt, *(f"state.{k}" for k in ckpt["state"]), *(f"ranks[0].{k}" for k in rank),
+        *(f"ranks[0].rng.{k}" for k in rank["rng"]), "ranks[0].rng.cuda",
+    }  # fmt: skip
+
+
+def test_every_entry_of_checkpoint_pt_is_needed_or_done_without(trained):
+    """A new entry save_checkpoint writes is either checked on resume (a RESUME_NEEDS case) or
+    one resume does without (and that is tested below)."""
+    written = _entries(load_checkpoint(trained / "checkpoint.pt"))
+    assert written - {"ema"} == set(RESUME_NEEDS) | set(RESUME_OPTIONAL)  # ema: needed with train.ema
+
+
+def test_resume_does_without_the_optional_entries(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    full = load_checkpoint(run / "checkpoint.pt")
+    _edit_latest(lambda c: [_drop(c, entry) for entry in RESUME_OPTIONAL])(run, tmp_path)
+    proc = run_cli("train", "--resume", str(run), "--no-progress", "train.epochs=2")
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert load_checkpoint(run / "checkpoint.pt")["state"]["step"] == 2 * full["state"]["step"]
 
 
 # --- a failed write of a run file (a full disk): one line naming the file, exit 1 -------------
