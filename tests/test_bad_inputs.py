@@ -8,8 +8,8 @@ Placeholders in argv: ``{run}`` a small trained run, ``{tmp}`` an empty folder, 
 existing plain file, ``{incomplete}`` a run whose best.pt lacks its weights, ``{truncated}`` a
 run whose best.pt is cut short, ``{bad_yaml}`` / ``{hier_yaml}`` YAML configs with a bad value /
 an ignored key, ``{full}`` a PNG path on a full disk (/dev/full), ``{readonly}`` a read-only
-folder. Exit codes: 2 for a bad value or flag (argparse and config errors), 1 for a problem met
-while running (files, OS).
+folder, ``{npz}`` a .npz file of 40 images. Exit codes: 2 for a bad value or flag (argparse and
+config errors), 1 for a problem met while running (files, OS, data).
 """
 
 from __future__ import annotations
@@ -17,10 +17,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from conftest import run_cli
+
+NPZ = ["data.name=npz", "data.file={npz}", "model.hidden=[8]"]
 
 BAD_INPUTS: list[tuple[str, list[str], int, str]] = [
     # --- config values, checked when parsed (train) ---
@@ -90,6 +93,21 @@ BAD_INPUTS: list[tuple[str, list[str], int, str]] = [
      "hier.yaml: model.latent_dim is ignored by model.type=hierarchical"),
     ("bad-value-in-yaml", ["train", "--config", "{bad_yaml}"], 2, "train.lr=-1.0: must be > 0"),
     ("unknown-preset", ["train", "--preset", "nope"], 2, "unknown preset 'nope'"),
+    ("valid-size-negative", ["train", "data.valid_size=-2"], 2,
+     "data.valid_size=-2: must be >= 0, or -1 for the dataset default"),
+    ("test-size-negative", ["train", "data.test_size=-3"], 2,
+     "data.test_size=-3: must be >= 0, or -1 for the dataset default"),
+    # --- split sizes, checked when the data is read: {npz} holds 40 images ---
+    ("npz-no-valid-no-test", ["train", *NPZ, "data.valid_size=0", "data.test_size=0"], 1,
+     "npz: data.test_size=0: the test split needs at least 1 example (there is no test file: it is held "
+     "out of the 40 examples of images.npz); set data.test_size=N"),
+    ("npz-no-valid-test-as-valid", ["train", *NPZ, "data.valid_size=0"], 1,
+     "npz: data.test_size=-1 (as data.valid_size=0): the test split needs at least 1 example"),
+    ("npz-splits-exceed-file", ["train", *NPZ, "data.valid_size=30", "data.test_size=10"], 1,
+     "npz: data.valid_size=30 + data.test_size=10 leave no training examples: at most 39 of the 40 "
+     "examples of images.npz can be held out in all"),
+    ("digits-splits-exceed-data", ["train", "data.valid_size=1000", "data.test_size=797"], 1,
+     "digits: data.valid_size=1000 + data.test_size=797 leave no training examples: at most 1796"),
     # --- train flags ---
     ("config-file-missing", ["train", "--config", "{tmp}/missing.yaml"], 2, "missing.yaml: file not found"),
     ("run-dir-is-a-file", ["train", "--run-dir", "{file}"], 2, "exists and is a file, not a folder"),
@@ -172,11 +190,13 @@ def places(trained: Path, tmp_path: Path) -> dict[str, str]:
     (tmp_path / "bad.yaml").write_text("train:\n  lr: -1\n")
     hierarchical = "model:\n  type: hierarchical\n  posterior: up-iaf\n  latent_dim: 5\n"
     (tmp_path / "hier.yaml").write_text(hierarchical)
+    np.savez(tmp_path / "images.npz", x=np.zeros((40, 8, 8), np.uint8))
     return {
         "run": str(trained), "tmp": str(tmp_path / "empty"), "file": str(tmp_path / "file.txt"),
         "incomplete": str(incomplete), "truncated": str(truncated), "bad_yaml": str(tmp_path / "bad.yaml"),
         "hier_yaml": str(tmp_path / "hier.yaml"),
         "full": str(tmp_path / "full.png"), "readonly": str(tmp_path / "readonly"),
+        "npz": str(tmp_path / "images.npz"),
     }  # fmt: skip
 
 

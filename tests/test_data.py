@@ -161,6 +161,12 @@ def test_npz(tmp_path: Path, shape: tuple[int, ...]) -> None:
     assert torch.equal(load_data(cfg).valid, d2.valid)
     cfg.seed = 1
     assert not torch.equal(load_data(cfg).valid, d2.valid)
+    # an empty validation split is allowed (an empty test split is not: test_bad_inputs.py), and
+    # so is holding out all but one example
+    for (valid, test), sizes in {(0, 3): [17, 0, 3], (10, 9): [1, 10, 9]}.items():
+        cfg.valid_size, cfg.test_size = valid, test
+        d = load_data(cfg)
+        assert [len(d.train), len(d.valid), len(d.test)] == sizes
 
 
 def test_digits_split() -> None:

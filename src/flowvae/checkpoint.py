@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .config import Config, ConfigError, from_dict
+from .files import writing
 from .model import build_model
 
 
@@ -29,19 +30,21 @@ class CheckpointError(RuntimeError):
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
     """Write with torch.save to a temp file in the same folder, fsync, then rename.
 
-    A kill at any moment leaves either the old file or the new one, never a torn file.
+    A kill at any moment leaves either the old file or the new one, never a torn file; a failed
+    write (full disk) leaves the old file and no temp file, and raises an ``OSError`` naming ``path``.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path, torch_save=True):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 TEMP_PREFIXES = (".checkpoint.pt.", ".best.pt.", ".metrics.csv.")

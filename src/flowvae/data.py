@@ -115,16 +115,32 @@ def _valid_size(cfg: DataConfig, default: int, n: int) -> int:
     """Resolved ``valid_size`` for datasets whose test split is a file of its own."""
     v = default if cfg.valid_size < 0 else cfg.valid_size
     if n - v < 1:
-        raise DataError(f"{cfg.name}: valid_size={v} leaves no training examples out of {n}")
+        raise DataError(
+            f"{cfg.name}: data.valid_size={v} leaves no training examples: at most {n - 1} of the "
+            f"{n} training images can be held out for validation"
+        )
     return v
 
 
-def _held_out_sizes(cfg: DataConfig, default: int, n: int) -> tuple[int, int]:
-    """Resolved (valid, test) sizes for datasets split from one array; test defaults to valid's."""
+def _held_out_sizes(cfg: DataConfig, default: int, n: int, source: str) -> tuple[int, int]:
+    """Resolved (valid, test) sizes for datasets split from one array of ``n`` examples (named
+    ``source``); test defaults to valid's. Valid may be 0 (no validation); test needs >= 1
+    example (there is no test file), and train too."""
     v = default if cfg.valid_size < 0 else cfg.valid_size
     t = v if cfg.test_size < 0 else cfg.test_size
-    if n - v - t < 1 or t < 1:
-        raise DataError(f"{cfg.name}: valid_size={v}, test_size={t} do not fit {n} examples")
+    if t < 1:
+        setting = f"data.test_size={cfg.test_size}"
+        setting += f" (as data.valid_size={v})" if cfg.test_size < 0 else ""
+        raise DataError(
+            f"{cfg.name}: {setting}: the test split needs at least 1 example (there is no test file: it is "
+            f"held out of the {n} examples of {source}); set data.test_size=N (data.valid_size=0, no "
+            "validation split, is allowed)"
+        )
+    if v + t > n - 1:
+        raise DataError(
+            f"{cfg.name}: data.valid_size={v} + data.test_size={t} leave no training examples: at most "
+            f"{n - 1} of the {n} examples of {source} can be held out in all"
+        )
     return v, t
 
 
@@ -150,7 +166,7 @@ def _load_digits(cfg: DataConfig, root: Path) -> Arrays:
 
     x = (load_digits().images / 16.0).astype(np.float32)[:, None]
     # seed 0, not cfg.seed: the split is part of the dataset's definition
-    return _permuted_split(x, _held_out_sizes(cfg, 250, len(x)), seed=0)
+    return _permuted_split(x, _held_out_sizes(cfg, 250, len(x), "scikit-learn's digits"), seed=0)
 
 
 AMAT_PIXELS = 784
@@ -315,7 +331,7 @@ def _load_npz(cfg: DataConfig, root: Path) -> Arrays:
             "expected uint8 (N, H, W) or (N, H, W, C) with C 1 or 3"
         )
     x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    return _permuted_split(x, _held_out_sizes(cfg, round(0.1 * len(x)), len(x)), cfg.seed)
+    return _permuted_split(x, _held_out_sizes(cfg, round(0.1 * len(x)), len(x), path.name), cfg.seed)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .files import writing
+
 MIN_IMAGE_SIZE = 64  # pixels: 8x8 digits are drawn 8x larger, 28x28 MNIST 3x, 32x32 CIFAR 2x
 
 
@@ -56,10 +58,8 @@ def save_grid(
 ) -> None:  # fmt: skip
     """Save :func:`make_grid` of ``images`` as an image file (format from the suffix, e.g. PNG)."""
     grid = make_grid(images, nrow, padding, min_size=min_size)
-    try:
+    with writing(path):  # pillow's write errors (disk full) do not name the file
         Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid).save(path)
-    except OSError as e:  # pillow's write errors (disk full) do not name the file
-        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
 
 
 @torch.no_grad()

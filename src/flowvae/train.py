@@ -15,6 +15,7 @@ interrupted run ends where an uninterrupted one does. Budgets (``train.max_minut
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import functools
@@ -27,7 +28,8 @@ import sys
 import threading
 import time
 import typing
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +38,12 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed
-from .checkpoint import load_checkpoint, load_run, remove_temp_files, save_atomic
+from .checkpoint import CheckpointError, load_checkpoint, load_run, remove_temp_files, save_atomic
 from .config import Amp, Config, ConfigError, TrainConfig, from_dict, save_yaml
 from .core import ElboTerms
 from .data import ImageData, iterate_batches, load_data, num_batches
 from .estimators import elbo_terms
+from .files import writing
 from .images import make_grid, save_grid
 from .model import build_model
 from .numerics import bits_per_dim
@@ -354,12 +357,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite ``metrics.csv`` whole, through a temp file: a failed write leaves the old file."""
     tmp = run_dir / ".metrics.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRICS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(run_dir / "metrics.csv")
+    with writing(run_dir / "metrics.csv"):
+        try:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=METRICS)
+                writer.writeheader()
+                writer.writerows(rows)
+            tmp.replace(run_dir / "metrics.csv")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -452,7 +461,7 @@ def record_invocation(
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "resume": resume,
         "overrides": list(overrides), "epoch": state.epoch, "step": state.step, "precision": precision,
     }  # fmt: skip
-    with open(run_dir / "invocations.jsonl", "a") as f:
+    with writing(run_dir / "invocations.jsonl"), open(run_dir / "invocations.jsonl", "a") as f:
         f.write(json.dumps(entry) + "\n")
 
 
@@ -516,6 +525,14 @@ class _Run:
         return self.ema.model if self.ema is not None else self.model
 
 
+def _quiet_writer_threads(args: Any, previous: Any) -> None:
+    """``threading.excepthook``: TensorBoard's writer thread dies on a failed write (full disk)
+    and the writer raises that error again at its next call, where RunLog names the file; the
+    thread's own traceback on stderr is left out. Any other thread: the previous hook."""
+    if not (type(args.thread).__module__.startswith("tensorboard.") and issubclass(args.exc_type, OSError)):
+        previous(args)
+
+
 class RunLog:
     """Rank 0's record of each evaluation row: ``metrics.csv`` (rewritten whole), TensorBoard
     (scalars, valid bits/dim for non-binary data, the sample and reconstruction grids), the PNGs,
@@ -525,27 +542,35 @@ class RunLog:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir, self.cfg, self.data, self.show = run_dir, cfg, data, show
-        # purge_step: TensorBoard drops what a killed invocation logged after the checkpoint
-        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+        # TensorBoard writes in a thread of its own: its errors surface at a later call, unnamed
+        self.events = run_dir / "events.out.tfevents.*"
+        if getattr(threading.excepthook, "func", None) is not _quiet_writer_threads:
+            threading.excepthook = functools.partial(_quiet_writer_threads, previous=threading.excepthook)
+        with writing(self.events):
+            # purge_step: TensorBoard drops what a killed invocation logged after the checkpoint
+            self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
 
     def add(self, row: dict[str, Any], state: TrainState, model: nn.Module) -> None:
         """Log ``row``, the last of ``state.history``; ``model`` draws the images."""
         write_metrics(self.run_dir, state.history)
         step = row["step"]
-        for key in ("train_elbo", "valid_elbo", "kl", "lr", "kl_weight"):
-            self.writer.add_scalar(key, row[key], step)
-        if not self.data.binary:
-            bpd = bits_per_dim(-row["valid_elbo"], math.prod(self.data.shape))
-            self.writer.add_scalar("valid_bits_per_dim", bpd, step)
+        with writing(self.events):
+            for key in ("train_elbo", "valid_elbo", "kl", "lr", "kl_weight"):
+                self.writer.add_scalar(key, row[key], step)
+            if not self.data.binary:
+                bpd = bits_per_dim(-row["valid_elbo"], math.prod(self.data.shape))
+                self.writer.add_scalar("valid_bits_per_dim", bpd, step)
         for name, grid in save_images(model, self.data, self.run_dir, self.cfg.eval.seed).items():
-            self.writer.add_image(name, grid, step, dataformats="HWC")
+            with writing(self.events):
+                self.writer.add_image(name, grid, step, dataformats="HWC")
         if self.show:
             from tqdm import tqdm
 
             tqdm.write(evaluation_line(row, state, self.cfg.train.epochs), file=sys.stderr)
 
     def close(self) -> None:
-        self.writer.close()
+        with writing(self.events):
+            self.writer.close()
 
 
 def _build_model(
@@ -566,24 +591,87 @@ def _build_model(
     return model
 
 
+# What a resume reads from checkpoint.pt besides what every checkpoint has (checkpoint.REQUIRED):
+# these entries (``ema`` too when the run keeps an EMA), every TrainState field but those of
+# STATE_DEFAULTED, and for each process its RNG states and the running sums of its part of the
+# epoch. STATE_DEFAULTED: fields added after the first checkpoints were written (those resume
+# with the defaults) and ``stopped`` (reset by a resume).
+RESUME_ENTRIES = ("model", "optimizer", "state", "ranks")
+STATE_DEFAULTED = ("horizon", "epoch_skipped", "stopped")
+RANK_ENTRIES = ("rng", "rng.torch", "rng.numpy", "rng.python", "epoch_sums")
+
+
+def missing_for_resume(ckpt: dict[str, Any], ema: bool) -> list[str]:
+    """The entries resuming needs that ``ckpt`` lacks, as dotted names (``optimizer``,
+    ``state.step``, ``ranks[0].rng.torch``; ``ema`` when ``ema``); none inside a missing one."""
+
+    def lacks(entry: Any, dotted: str) -> bool:
+        for key in dotted.split("."):
+            if not isinstance(entry, dict) or entry.get(key) is None:
+                return True
+            entry = entry[key]
+        return False
+
+    state = [f"state.{f.name}" for f in fields(TrainState) if f.name not in STATE_DEFAULTED]
+    missing = [k for k in [*RESUME_ENTRIES, *(["ema"] if ema else []), *state] if lacks(ckpt, k)]
+    ranks = ckpt.get("ranks") if isinstance(ckpt.get("ranks"), list) else []
+    missing += [f"ranks[{i}].{k}" for i, rank in enumerate(ranks) for k in RANK_ENTRIES if lacks(rank, k)]
+    return [k for k in missing if not any(k.startswith(f"{m}.") for m in missing)]
+
+
+@contextlib.contextmanager
+def _resuming(path: Path, entry: str) -> Iterator[None]:
+    """An ``entry`` of the checkpoint at ``path`` that is there but does not fit (a wrong type,
+    tensors of the wrong shape) is a one-line :class:`CheckpointError` naming it."""
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
+        problem = f"its {entry} does not fit this run ({reason})"
+        raise CheckpointError(f"{path}: cannot resume: {problem}") from None
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """``load_state_dict`` takes moments of any shape and type; the first step would fail on them."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if not isinstance(value, Tensor):
+                    raise TypeError(f"{key} is a {type(value).__name__}, not a tensor")
+                if value.dim() and value.shape != p.shape:
+                    raise ValueError(f"{key} has shape {tuple(value.shape)}, its parameter {tuple(p.shape)}")
+
+
 def _restore(
-    run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, d: distributed.Dist,
+    run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: bool, d: distributed.Dist,
     device: torch.device,
 ) -> tuple[TrainState, dict[str, Any]]:  # fmt: skip
     """Resume from checkpoint.pt: weights, optimizer, state, and this rank's RNG states and the
-    running sums of its part of the epoch. Returns the state and the checkpoint (for the EMA)."""
-    ckpt = load_checkpoint(run_dir / "checkpoint.pt", map_location=device)
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    state = TrainState(**{**ckpt["state"], "stopped": ""})
+    running sums of its part of the epoch. Returns the state and the checkpoint (for the EMA).
+
+    A checkpoint that lacks an entry (:func:`missing_for_resume`) or holds one that does not fit
+    fails in one line naming it, before anything is written."""
+    path = run_dir / "checkpoint.pt"
+    ckpt = load_checkpoint(path, map_location=device)
+    missing = missing_for_resume(ckpt, ema)
+    if missing:
+        raise CheckpointError(f"{path}: cannot resume: incomplete checkpoint (no {', '.join(missing)})")
     if len(ckpt["ranks"]) != d.world:
         raise ConfigError(
             f"{run_dir} was written by {len(ckpt['ranks'])} process(es); resume it with as many "
             f"(this is {d.world})"
         )
-    mine = ckpt["ranks"][d.rank]
-    set_rng_state(mine["rng"])
-    state.epoch_elbo_sum, state.epoch_kl_sum, state.epoch_count = mine["epoch_sums"]
+    with _resuming(path, "model"):
+        model.load_state_dict(ckpt["model"])
+    with _resuming(path, "optimizer"):
+        optimizer.load_state_dict(ckpt["optimizer"])
+        _check_optimizer_state(optimizer)
+    with _resuming(path, "state"):
+        state = TrainState(**{**ckpt["state"], "stopped": ""})
+    with _resuming(path, f"ranks[{d.rank}]"):
+        mine = ckpt["ranks"][d.rank]
+        set_rng_state(mine["rng"])
+        state.epoch_elbo_sum, state.epoch_kl_sum, state.epoch_count = mine["epoch_sums"]
     return state, ckpt
 
 
@@ -597,7 +685,8 @@ def _open_run_dir(
     if overwrite and not resume:
         for path in run_files(run_dir):
             path.unlink()
-    save_yaml(cfg, run_dir / "config.yaml")
+    with writing(run_dir / "config.yaml"):
+        save_yaml(cfg, run_dir / "config.yaml")
     write_metrics(run_dir, state.history)
     record_invocation(run_dir, resume, overrides, state, precision)
     return RunLog(run_dir, cfg, data, state.step + 1 if resume else None, progress)
@@ -624,7 +713,9 @@ def setup(
     model = _build_model(cfg, data, device, batch_size, resume)
     optimizer = optimizer_for(cfg, model)
     learning_rate(cfg, 0.0)  # an unknown schedule fails here, before anything is written
-    state, ckpt = _restore(run_dir, model, optimizer, d, device) if resume else (TrainState(), None)
+    state, ckpt = (TrainState(), None)
+    if resume:
+        state, ckpt = _restore(run_dir, model, optimizer, t.ema > 0, d, device)
     # DDP broadcasts rank 0's weights at construction: all ranks start identical
     net = DistributedDataParallel(model) if d.enabled else model
     if t.amp not in typing.get_args(Amp):
@@ -633,7 +724,8 @@ def setup(
         net = torch.compile(net)
     ema = EMA(model, t.ema) if t.ema > 0 else None
     if ema is not None and ckpt is not None:
-        ema.model.load_state_dict(ckpt["ema"])
+        with _resuming(run_dir / "checkpoint.pt", "ema"):
+            ema.model.load_state_dict(ckpt["ema"])
     log = None
     if d.is_main:
         precision = precision_note(t.amp, device.type)
