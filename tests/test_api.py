@@ -93,3 +93,31 @@ def test_docstring_examples():
         attempted += result.attempted
     assert failed == 0
     assert attempted >= 10  # the public API's examples are there
+
+
+def test_a_decoder_of_the_wrong_shape_fails_once_with_the_expected_shape():
+    """A decoder ending in (N, C, H, W) instead of (N, P, C, H, W) is refused by one ValueError that
+    names the shape the likelihood needs (not a broadcasting error from inside the likelihood);
+    the check runs on the first output only, and a right decoder (flat and ``made``) passes it."""
+    import pytest
+
+    x = torch.bernoulli(torch.full((5, 1, 8, 8), 0.3))
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16))
+    for likelihood, p in (("bernoulli", 1), ("logistic", 2)):
+        decoder = torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.Unflatten(1, (1, 8, 8)))
+        vae = flowvae.VAE(encoder, flowvae.posteriors.Diagonal(16, 4), decoder, likelihood, shape=(1, 8, 8))
+        with pytest.raises(ValueError, match=re.escape(f"(N, P, C, H, W) = (5, {p}, 1, 8, 8)")):
+            flowvae.elbo(vae, x)
+    good = torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.Unflatten(1, (1, 1, 8, 8)))
+    vae = flowvae.VAE(encoder, flowvae.posteriors.Diagonal(16, 4), good, "bernoulli", shape=(1, 8, 8))
+    assert flowvae.elbo(vae, x).shape == (5,) and vae._decoder_checked
+    calls = []
+    vae._check_decoder = lambda *a: calls.append(a)  # checked already: never called again
+    flowvae.elbo(vae, x)
+    flowvae.iwae(vae.eval(), x, samples=3)
+    assert calls == []
+    cfg = flowvae.preset("digits").model
+    cfg.decoder, cfg.hidden, cfg.latent_dim = "made", [16], 4
+    made = flowvae.build_model(cfg, (1, 8, 8), True)
+    assert flowvae.elbo(made, x).shape == (5,) and made._decoder_checked
+    assert flowvae.iwae(made.eval(), x, samples=3).shape == (5,)
