@@ -23,11 +23,14 @@ def _readme_python() -> str:
 
 
 def test_readme_python_example_runs(tmp_path):
+    """... and runs again in the same folder (a researcher re-runs a script)."""
     script = tmp_path / "example.py"
     script.write_text(_readme_python())
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, env=env)
-    assert p.returncode == 0, p.stderr[-2000:]
+    for _ in range(2):
+        cmd = [sys.executable, str(script)]
+        p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env)
+        assert p.returncode == 0, p.stderr[-2000:]
     lines = p.stdout.strip().splitlines()
     assert lines[0].startswith("-log p(x) = ") and "on 250 test digits" in lines[0]
     assert math.isfinite(float(lines[-1])) and float(lines[-1]) > 0  # an nll in nats
@@ -121,3 +124,19 @@ def test_a_decoder_of_the_wrong_shape_fails_once_with_the_expected_shape():
     made = flowvae.build_model(cfg, (1, 8, 8), True)
     assert flowvae.elbo(made, x).shape == (5,) and made._decoder_checked
     assert flowvae.iwae(made.eval(), x, samples=3).shape == (5,)
+
+
+def test_errors_raised_in_python_name_the_python_arguments(tmp_path):
+    """A run folder already in use: from Python the advice is fit's own arguments, not CLI flags."""
+    import pytest
+
+    from flowvae.train import TrainingError
+
+    cfg = flowvae.preset("digits")
+    cfg.train.max_steps = 1
+    flowvae.fit(cfg, tmp_path / "r", progress=False)
+    with pytest.raises(TrainingError, match="already holds a run") as e:
+        flowvae.fit(cfg, tmp_path / "r", progress=False)
+    assert "resume=True" in str(e.value) and "overwrite=True" in str(e.value) and "--" not in str(e.value)
+    assert "--resume" in e.value.cli and "--overwrite" in e.value.cli  # what `flowvae train` prints
+    assert flowvae.fit(cfg, tmp_path / "r", progress=False, overwrite=True).step == 1

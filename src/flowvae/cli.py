@@ -652,7 +652,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, CheckpointError, TrainingError, ValueError) as e:
         if os.environ.get("FLOWVAE_DEBUG"):
             raise
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        text = getattr(e, "cli", None) or str(e)  # an error of the library in the command line's terms
+        msg = text.splitlines()[0] if text else type(e).__name__
         print(f"flowvae: error: {msg}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
     except BrokenPipeError:  # e.g. `flowvae config | head`: the reader has all it wanted
@@ -665,7 +666,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flowvae: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:  # train: Interrupted says where its checkpoint is
-        print(f"flowvae: interrupted{'; ' + str(e) if str(e) else ''}", file=sys.stderr)
+        text = getattr(e, "cli", None) or str(e)
+        print(f"flowvae: interrupted{'; ' + text if text else ''}", file=sys.stderr)
         return 130
 
 

@@ -50,7 +50,13 @@ MAX_CONSECUTIVE_SKIPS = 50
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (diverged, bad run directory). One-line message."""
+    """Training cannot go on (diverged, bad run directory). One-line message, in the terms of the
+    Python API (``fit(..., overwrite=True)``); ``cli`` is the same advice in the command line's
+    (``--overwrite``), which ``flowvae`` prints instead."""
+
+    def __init__(self, message: str, cli: str = ""):
+        super().__init__(message)
+        self.cli = cli or message
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -376,7 +382,12 @@ LR_HINT = " (a smaller train.lr than {:g} may help)"
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C stopped training at a safe point, after writing a checkpoint. One-line message."""
+    """Ctrl-C stopped training at a safe point, after writing a checkpoint. One-line message, with
+    ``cli`` as :class:`TrainingError`'s."""
+
+    def __init__(self, message: str, cli: str = ""):
+        super().__init__(message)
+        self.cli = cli or message
 
 
 def run_files(run_dir: Path) -> list[Path]:
@@ -390,14 +401,17 @@ def run_files(run_dir: Path) -> list[Path]:
 def check_new_run_dir(run_dir: Path, overwrite: bool = False) -> None:
     """A new run goes to a missing or empty folder; one holding run files only with ``overwrite``."""
     if run_dir.exists() and not run_dir.is_dir():
-        raise TrainingError(f"{run_dir}: exists and is not a directory; choose another --run-dir")
+        problem = f"{run_dir}: exists and is not a directory; choose another"
+        raise TrainingError(f"{problem} run_dir", cli=f"{problem} --run-dir")
     found = run_files(run_dir)
     if found and not overwrite:
         names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
         raise TrainingError(
-            f"{run_dir} already holds a run ({names}); use --resume {run_dir} to continue it, "
-            "--overwrite to replace it, or another --run-dir"
-        )
+            f"{run_dir} already holds a run ({names}); fit(cfg, {str(run_dir)!r}, resume=True) continues "
+            "it, fit(..., overwrite=True) replaces it, or choose another run_dir",
+            cli=f"{run_dir} already holds a run ({names}); use --resume {run_dir} to continue it, "
+            "--overwrite to replace it, or another --run-dir",
+        )  # fmt: skip
 
 
 def new_run_dir(parent: Path, stem: str) -> Path:
@@ -897,7 +911,10 @@ def _train_in_group(
             run.log.close()
     if state.stopped == INTERRUPTED:
         saved = f"wrote {run_dir / 'checkpoint.pt'}" if run.last_good == state.step else _kept(run)
-        raise Interrupted(f"stopped at step {state.step}; {saved}; continue with --resume {run_dir}")
+        raise Interrupted(
+            f"stopped at step {state.step}; {saved}; continue with fit(cfg, {str(run_dir)!r}, resume=True)",
+            cli=f"stopped at step {state.step}; {saved}; continue with --resume {run_dir}",
+        )
     return state
 
 
