@@ -415,7 +415,10 @@ def parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true",
         help="replace the run files already in --run-dir (default: refuse such a folder)",
     )  # fmt: skip
-    t.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
+    t.add_argument(
+        "--no-progress", action="store_true",
+        help="no progress bar on a terminal; the line per evaluation stays (default: shown)",
+    )  # fmt: skip
     t.set_defaults(fn=_train)
 
     e = sub.add_parser("eval", help="estimate log p(x) of a trained run")

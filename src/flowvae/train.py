@@ -44,6 +44,7 @@ from .estimators import elbo_terms
 from .images import make_grid, save_grid
 from .model import build_model
 from .numerics import bits_per_dim
+from .progress import progress_bar
 
 METRICS = ["epoch", "step", "seconds", "train_elbo", "valid_elbo", "kl", "lr", "kl_weight", "skipped"]
 MAX_CONSECUTIVE_SKIPS = 50
@@ -533,17 +534,19 @@ class _Run:
 class RunLog:
     """Rank 0's record of each evaluation row: ``metrics.csv`` (rewritten whole), TensorBoard
     (scalars, valid bits/dim for non-binary data, the sample and reconstruction grids), the PNGs,
-    and with ``show`` one evaluation line that stays on screen above the progress bar."""
+    and one evaluation line on stderr (:func:`evaluation_line`; above the bar on a terminal, and
+    what a log file gets instead of the bar)."""
 
-    def __init__(self, run_dir: Path, cfg: Config, data: ImageData, purge_step: int | None, show: bool):
+    def __init__(self, run_dir: Path, cfg: Config, data: ImageData, purge_step: int | None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_dir, self.cfg, self.data, self.show = run_dir, cfg, data, show
+        self.run_dir, self.cfg, self.data = run_dir, cfg, data
         # purge_step: TensorBoard drops what a killed invocation logged after the checkpoint
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
 
-    def add(self, row: dict[str, Any], state: TrainState, model: nn.Module) -> None:
-        """Log ``row``, the last of ``state.history``; ``model`` draws the images."""
+    def add(self, row: dict[str, Any], state: TrainState, model: nn.Module, eta: float) -> None:
+        """Log ``row``, the last of ``state.history``; ``model`` draws the images; ``eta``:
+        seconds this invocation is expected to go on (NaN: unknown)."""
         write_metrics(self.run_dir, state.history)
         step = row["step"]
         for key in ("train_elbo", "valid_elbo", "kl", "lr", "kl_weight"):
@@ -553,10 +556,9 @@ class RunLog:
             self.writer.add_scalar("valid_bits_per_dim", bpd, step)
         for name, grid in save_images(model, self.data, self.run_dir, self.cfg.eval.seed).items():
             self.writer.add_image(name, grid, step, dataformats="HWC")
-        if self.show:
-            from tqdm import tqdm
+        from tqdm import tqdm
 
-            tqdm.write(evaluation_line(row, state, self.cfg.train.epochs), file=sys.stderr)
+        tqdm.write(evaluation_line(row, state, self.cfg.train.epochs, eta), file=sys.stderr)
 
     def close(self) -> None:
         self.writer.close()
@@ -603,7 +605,7 @@ def _restore(
 
 def _open_run_dir(
     cfg: Config, run_dir: Path, resume: bool, overwrite: bool, overrides: list[str], state: TrainState,
-    data: ImageData, progress: bool, precision: str,
+    data: ImageData, precision: str,
 ) -> RunLog:  # fmt: skip
     """Rank 0, once everything is built: the run really starts, from here on the folder holds it."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -614,12 +616,11 @@ def _open_run_dir(
     save_yaml(cfg, run_dir / "config.yaml")
     write_metrics(run_dir, state.history)
     record_invocation(run_dir, resume, overrides, state, precision)
-    return RunLog(run_dir, cfg, data, state.step + 1 if resume else None, progress)
+    return RunLog(run_dir, cfg, data, state.step + 1 if resume else None)
 
 
 def setup(
-    cfg: Config, run_dir: Path, resume: bool, progress: bool, overwrite: bool, overrides: list[str],
-    d: distributed.Dist,
+    cfg: Config, run_dir: Path, resume: bool, overwrite: bool, overrides: list[str], d: distributed.Dist,
 ) -> _Run:  # fmt: skip
     """Build data, model, optimizer and EMA (restored on resume), then (rank 0) open the run
     directory: nothing is written before, so a bad value fails with an untouched (or no) folder."""
@@ -651,9 +652,8 @@ def setup(
     log = None
     if d.is_main:
         precision = precision_note(t.amp, device.type)
-        log = _open_run_dir(cfg, run_dir, resume, overwrite, overrides, state, data, progress, precision)
-        if progress:
-            print(f"training precision: {precision}", file=sys.stderr, flush=True)
+        log = _open_run_dir(cfg, run_dir, resume, overwrite, overrides, state, data, precision)
+        print(f"training precision: {precision}", file=sys.stderr, flush=True)
         if d.enabled:
             print(
                 f"DDP: {d.world} processes x {batch_size} examples = effective batch {t.batch_size}",
@@ -760,8 +760,11 @@ def run_epoch(run: _Run) -> bool:
     )  # fmt: skip
     for x in batches:
         out = _step(run, x)
-        run.bar.set_postfix(elbo=f"{out['elbo']:.2f}", refresh=False)
-        run.bar.update(1)
+        if not run.bar.disable:
+            run.bar.set_postfix(elbo=f"{out['elbo']:.2f}", refresh=False)
+            if cfg.train.max_minutes:  # the steps that fit in the time left, at the pace so far
+                run.bar.total = _projected_end(run)[0]
+            run.bar.update(1)
         every = cfg.train.checkpoint_every_steps
         if every and state.step % every == 0:
             save_checkpoint(run, periodic=True)
@@ -812,7 +815,7 @@ def evaluate(run: _Run) -> None:
         if cfg.train.early_stopping and state.bad_evals >= cfg.train.early_stopping:
             state.stopped = f"early stopping after {state.bad_evals} evaluations"
     if run.log is not None:
-        run.log.add(state.history[-1], state, run.eval_model)
+        run.log.add(state.history[-1], state, run.eval_model, _projected_end(run)[1])
     if improved:
         save_checkpoint(run, "best.pt")
 
@@ -834,19 +837,33 @@ def end_of_epoch(run: _Run) -> None:
     save_checkpoint(run)
 
 
-def _progress_bar(run: _Run, progress: bool) -> Any:
-    """A tqdm bar over this invocation's steps (to the end of training or of ``train.max_steps``)."""
-    from tqdm import tqdm
-
+def _projected_end(run: _Run) -> tuple[int, float]:
+    """Where this invocation is expected to stop, in steps of the whole run, and in how many
+    seconds: at ``train.epochs``, sooner at ``train.max_steps``, or at the step that the time
+    left of ``train.max_minutes`` reaches at this invocation's pace (evaluations included).
+    Seconds are NaN before the first step of this invocation."""
     state, t = run.state, run.cfg.train
     position = state.epoch * run.n_batches + state.batch
-    total = t.epochs * run.n_batches
+    end = t.epochs * run.n_batches
+    done = state.step - run.first_step
     if t.max_steps:
-        total = min(total, position + t.max_steps)
-    return tqdm(
-        total=total, initial=position, unit="step", disable=not progress or not run.d.is_main,
-        dynamic_ncols=True,
-    )  # fmt: skip
+        end = min(end, position + t.max_steps - done)
+    elapsed = time.perf_counter() - run.invoked
+    if done <= 0 or elapsed <= 0:
+        return end, math.nan
+    rate = done / elapsed  # steps per second
+    if t.max_minutes:
+        end = min(end, position + int(rate * max(60 * t.max_minutes - elapsed, 0.0)))
+    return end, (end - position) / rate
+
+
+def _progress_bar(run: _Run, progress: bool) -> Any:
+    """A bar over this invocation's steps on a terminal (its total: :func:`_projected_end`); into a
+    log file (stderr not a terminal) or with ``progress`` off, none: the evaluation lines tell."""
+    state = run.state
+    enabled = progress and run.d.is_main and sys.stderr.isatty()
+    position = state.epoch * run.n_batches + state.batch
+    return progress_bar(_projected_end(run)[0], "", enabled, unit="steps", initial=position)
 
 
 def train(
@@ -861,8 +878,10 @@ def train(
 
     Nothing is written before the data and model are built, so a bad value fails with an
     untouched (or no) folder. ``overwrite`` replaces a folder's run files; ``overrides`` are only
-    recorded in ``invocations.jsonl``. Ctrl-C writes a checkpoint and raises :class:`Interrupted`.
-    A checkpoint is never written with non-finite weights, nor after a non-finite valid ELBO.
+    recorded in ``invocations.jsonl``. Rank 0 prints the start-up lines and one line per
+    evaluation on stderr; ``progress`` adds a bar where stderr is a terminal. Ctrl-C writes a
+    checkpoint and raises :class:`Interrupted`. A checkpoint is never written with non-finite
+    weights, nor after a non-finite valid ELBO.
 
     Under torchrun every process runs this function: ``train.batch_size`` is the effective
     (global) batch, split evenly over the processes; rank 0 alone writes the run directory.
@@ -894,7 +913,7 @@ def _train_in_group(
 ) -> TrainState:
     """Set up, run epochs (each closed by :func:`end_of_epoch`) until done or stopped, then the
     checkpoint of a stop inside an epoch; raises :class:`Interrupted` after Ctrl-C."""
-    run = setup(cfg, run_dir, resume, progress, overwrite, overrides or [], d)
+    run = setup(cfg, run_dir, resume, overwrite, overrides or [], d)
     state = run.state
     run.bar = _progress_bar(run, progress)
     run.sigint, previous_handler = _install_sigint()
@@ -918,12 +937,21 @@ def _train_in_group(
     return state
 
 
-def evaluation_line(row: dict[str, Any], state: TrainState, epochs: int) -> str:
-    """``epoch 3/30  train ELBO -98.12  valid ELBO -97.50  best -97.50 (epoch 3)  0:01:02``."""
-    elapsed = time.strftime("%H:%M:%S", time.gmtime(row["seconds"]))
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, s = divmod(round(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{s:02d}"
+
+
+def evaluation_line(row: dict[str, Any], state: TrainState, epochs: int, eta: float = math.nan) -> str:
+    """``epoch 3/30  step 1170  train ELBO -98.12  valid ELBO -97.50  KL 25.31  best -97.50 (epoch 3)
+    elapsed 0:01:02  ETA 0:09:18``: one line per evaluation, no carriage return (a log file reads
+    it as it is); ``eta`` in seconds (NaN: ``?``)."""
     return (
-        f"epoch {row['epoch']}/{epochs}  train ELBO {row['train_elbo']:.2f}  valid ELBO "
-        f"{row['valid_elbo']:.2f}  best {state.best_valid:.2f} (epoch {state.best_epoch})  {elapsed}"
+        f"epoch {row['epoch']}/{epochs}  step {row['step']}  train ELBO {row['train_elbo']:.2f}  valid ELBO "
+        f"{row['valid_elbo']:.2f}  KL {row['kl']:.2f}  best {state.best_valid:.2f} (epoch {state.best_epoch})"
+        f"  elapsed {_clock(row['seconds'])}  ETA {_clock(eta)}"
     )
 
 
