@@ -782,13 +782,15 @@ def run_epoch(run: _Run) -> bool:
 
 
 def _metrics_row(run: _Run, valid: float) -> dict[str, Any]:
-    """The row of :data:`METRICS` after an epoch; the train ELBO and KL are summed over ranks."""
+    """The row of :data:`METRICS` after an epoch, or at a budget stop inside one (its epoch then
+    fractional: epochs done); the train ELBO and KL are summed over ranks."""
     state = run.state
+    epoch = round(state.epoch + state.batch / run.n_batches, 3) if state.batch else state.epoch
     elbo_sum, kl_sum, count = distributed.all_reduce_sum(
         [state.epoch_elbo_sum, state.epoch_kl_sum, float(state.epoch_count)], run.d, run.device
     )
     return {
-        "epoch": state.epoch, "step": state.step, "seconds": round(time.perf_counter() - run.started, 3),
+        "epoch": epoch, "step": state.step, "seconds": round(time.perf_counter() - run.started, 3),
         "train_elbo": elbo_sum / max(count, 1), "valid_elbo": valid, "kl": kl_sum / max(count, 1),
         "lr": state.lr, "kl_weight": state.kl_weight, "skipped": state.skipped,
     }  # fmt: skip
@@ -911,8 +913,9 @@ def _train_in_group(
     overrides: list[str] | None,
     d: distributed.Dist,
 ) -> TrainState:
-    """Set up, run epochs (each closed by :func:`end_of_epoch`) until done or stopped, then the
-    checkpoint of a stop inside an epoch; raises :class:`Interrupted` after Ctrl-C."""
+    """Set up, run epochs (each closed by :func:`end_of_epoch`) until done or stopped, then, for a
+    budget stop inside an epoch, an evaluation (best.pt and the last metrics row describe the
+    weights the run ends with) and a checkpoint; raises :class:`Interrupted` after Ctrl-C."""
     run = setup(cfg, run_dir, resume, overwrite, overrides or [], d)
     state = run.state
     run.bar = _progress_bar(run, progress)
@@ -921,6 +924,8 @@ def _train_in_group(
         while state.epoch < cfg.train.epochs and not state.stopped and run_epoch(run):
             end_of_epoch(run)
         if state.batch:  # a budget stop or Ctrl-C inside an epoch
+            if state.stopped != INTERRUPTED:  # a budget: evaluate the weights the run ends with
+                evaluate(run)
             save_checkpoint(run)
     finally:
         if previous_handler is not None:
