@@ -16,6 +16,7 @@ from flowvae.data import (
     DataError,
     ImageData,
     data_root,
+    evaluation_images,
     iterate_batches,
     load_data,
     num_batches,
@@ -427,3 +428,10 @@ def test_missing_files_suggest_the_data_root_that_holds_them(tmp_path: Path, mon
         load_data(DataConfig(name="npz", root="elsewhere", file="x.npz"))
     assert f"{tmp_path / 'elsewhere' / 'x.npz'}: file not found" in str(e.value)
     assert "relative to data.root" in str(e.value)
+
+
+def test_a_limit_above_the_split_size_says_it_was_capped() -> None:
+    data = load_data(DataConfig(name="digits"))
+    capped = evaluation_images(data, "test", limit=10**6)
+    assert len(capped.images) == len(data.test) and "capped" in capped.description
+    assert "capped" not in evaluation_images(data, "test", limit=len(data.test)).description

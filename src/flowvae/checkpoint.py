@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,7 +30,8 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
     A kill at any moment leaves either the old file or the new one, never a torn file.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}"  # not mkstemp's 0600: the run's files' mode
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)

@@ -120,7 +120,7 @@ class TrainConfig:
     max_minutes: float = 0.0  # wall-time budget; then a clean stop with a checkpoint (0 = off)
     max_steps: int = 0  # step budget; then a clean stop with a checkpoint (0 = off)
     seed: int = 0
-    device: str = "cpu"  # cpu | cuda | auto
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto (CUDA if present, else cpu)
     amp: Amp = "auto"  # bf16 autocast of the training forward pass; auto: where the hardware has native bf16
     compile: bool = False  # torch.compile the training forward pass (for GPUs; off by default)
     threads: int = 0  # torch intra-op threads (0 = torch default)
@@ -233,6 +233,9 @@ _FRACTION: Check = (lambda v: 0 <= v < 1, "must be in [0, 1)")
 _DEVICE: Check = (
     lambda v: re.fullmatch(r"cpu|auto|cuda(:\d+)?", v) is not None, "must be cpu, cuda, cuda:N or auto"
 )
+
+# the values a free-form string key takes, as `flowvae config` lists them (checked by CHECKS)
+FORMS: dict[str, tuple[str, ...]] = {"train.device": ("cpu", "cuda", "cuda:N", "auto")}
 
 CHECKS: dict[str, Check] = {
     "data.valid_size": _SPLIT_SIZE,

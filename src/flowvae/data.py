@@ -430,6 +430,8 @@ def evaluation_images(data: ImageData, split: str, limit: int = 0, seed: int = 1
     total = x.shape[0]
     indices = subset_indices(total, limit, seed)
     what = f"{split}: all {total} examples"
+    if limit > total:
+        what += f" (limit {limit} capped to the split's size)"
     if len(indices) < total:
         what = f"{split}: random subset of {len(indices)} of {total} (seed {seed})"
     x = x[indices]
