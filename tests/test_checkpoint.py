@@ -64,3 +64,10 @@ def test_checkpoints_with_numpy_rng_states_still_load_and_resume(tmp_path):
     torch.save(ckpt, run / "checkpoint.pt")
     cfg = prepare_run(None, run, True, ["train.epochs=2"])
     assert train(cfg, run, resume=True, progress=False).epoch == 2
+
+
+def test_checkpoints_get_the_mode_of_the_runs_other_files(run_dir):
+    """Written through a temp file, yet not mkstemp's 0600: the mode open() gives config.yaml."""
+    mode = (run_dir / "config.yaml").stat().st_mode & 0o777
+    assert (run_dir / "checkpoint.pt").stat().st_mode & 0o777 == mode
+    assert (run_dir / "best.pt").stat().st_mode & 0o777 == mode

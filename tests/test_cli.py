@@ -175,7 +175,8 @@ def test_help_states_the_samples_default_per_estimator_and_how_to_list_keys():
     assert "iwae: K importance samples (default: the run's eval.samples)" in samples
     assert f"elbo: z samples (default {ESTIMATORS['elbo'].default_samples})" in samples
     assert f"(default {ESTIMATORS['ais'].default_samples})" in samples.split("ais:")[1]
-    assert "--samples" in run_cli("eval", "--help").stdout
+    usage = run_cli("eval", "--help").stdout
+    assert "--samples K" in usage and "--chains N" in usage and "SAMPLES" not in usage
     assert "flowvae config" in run_cli("train", "--help").stdout
 
 
@@ -186,6 +187,7 @@ def test_config_lists_every_key_as_an_override():
     lines = run_cli("config", "--preset", "mnist-mlp").stdout.strip().splitlines()
     assert [line.split("=", 1)[0] for line in lines] == valid_keys()
     assert any(line.startswith("train.lr_schedule=constant") and "exponential" in line for line in lines)
+    assert any(line.startswith("train.device=") and "cuda:N | auto" in line for line in lines)
     cfg = preset("digits")
     for line in lines:  # each line is a valid override, together they make the preset
         set_key(cfg, *parse_override(line.split("  (")[0]))

@@ -38,11 +38,23 @@ def test_bad_overrides_fail_clearly(override, words):
         apply_overrides(Config(), [override])
 
 
-def test_unknown_key_lists_valid_keys():
+@pytest.mark.parametrize(
+    "override, near",
+    [
+        ("model.posterier=iaf", ["model.posterior"]), ("posterior=iaf", ["model.posterior"]),
+        ("train.posterior=iaf", ["model.posterior"]), ("train.lrr=1", ["train.lr"]),
+        ("data.rot=x", ["data.root"]), ("batch_size=5", ["train.batch_size", "eval.batch_size"]),
+        ("model.nope=1", []),
+    ],
+)  # fmt: skip
+def test_unknown_key_names_the_nearest_valid_keys(override, near):
+    """Not a list of every key: the nearest ones (a misspelling, a missing or wrong section)."""
     with pytest.raises(ConfigError) as e:
-        apply_overrides(Config(), ["train.lrr=1"])
-    assert "train.lr," in str(e.value) and "\n" not in str(e.value)
-    assert "train.lr" in valid_keys()
+        apply_overrides(Config(), [override])
+    message = str(e.value)
+    assert "\n" not in message and "flowvae config" in message and all(k in valid_keys() for k in near)
+    suggested = message.partition("did you mean ")[2].partition("?")[0]
+    assert (suggested.split(" or ") if suggested else []) == near
 
 
 def test_yaml_roundtrip_and_errors(tmp_path):

@@ -16,6 +16,7 @@ from flowvae.data import (
     DataError,
     ImageData,
     data_root,
+    evaluation_images,
     iterate_batches,
     load_data,
     num_batches,
@@ -411,3 +412,32 @@ def test_real_binarized_mnist_and_mnist() -> None:
     d = load_data(DataConfig(name="mnist", root=str(REAL_DATA / "mnist")))
     assert [len(d.train), len(d.valid), len(d.test)] == [50000, 10000, 10000]
     assert (d.binary, d.dynamic) == (True, True)
+
+
+def test_missing_files_suggest_the_data_root_that_holds_them(tmp_path: Path, monkeypatch) -> None:
+    """data.root one level too high (or too low) names the folder that holds the files; every
+    path in the message is absolute; otherwise the hint says the download needs the internet and
+    where to put the files by hand."""
+    (tmp_path / "binarized_mnist").mkdir()
+    (tmp_path / "binarized_mnist" / "binarized_mnist_train.amat").write_text("")
+    monkeypatch.chdir(tmp_path)
+    for root in (".", "binarized_mnist/deeper"):
+        with pytest.raises(DataError) as e:
+            load_data(DataConfig(name="binarized_mnist", root=root))
+        assert f"did you mean data.root={tmp_path / 'binarized_mnist'}?" in str(e.value)
+    with pytest.raises(DataError) as e:
+        load_data(DataConfig(name="mnist", root="elsewhere"))
+    message = str(e.value)
+    assert f"in {tmp_path / 'elsewhere'};" in message and f"--root {tmp_path / 'elsewhere'}" in message
+    assert "internet" in message and "by hand" in message and "\n" not in message
+    with pytest.raises(DataError) as e:  # data.file: relative to data.root, and the message says so
+        load_data(DataConfig(name="npz", root="elsewhere", file="x.npz"))
+    assert f"{tmp_path / 'elsewhere' / 'x.npz'}: file not found" in str(e.value)
+    assert "relative to data.root" in str(e.value)
+
+
+def test_a_limit_above_the_split_size_says_it_was_capped() -> None:
+    data = load_data(DataConfig(name="digits"))
+    capped = evaluation_images(data, "test", limit=10**6)
+    assert len(capped.images) == len(data.test) and "capped" in capped.description
+    assert "capped" not in evaluation_images(data, "test", limit=len(data.test)).description

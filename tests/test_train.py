@@ -47,10 +47,14 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     train(small_cfg(), a, progress=False)
     state = train(small_cfg("train.max_steps=17"), b, progress=False)  # stops inside epoch 2
     assert state.stopped == "max_steps=17" and state.batch == 4
-    assert len(rows(b)) == 1
+    # evaluated at the stop: the last row (epochs done: 1 + 4/13) and best.pt are the final weights
+    assert [(r["epoch"], r["step"]) for r in rows(b)] == [("1", "13"), (str(round(1 + 4 / 13, 3)), "17")]
+    valid = [float(r["valid_elbo"]) for r in rows(b)]
+    assert load_checkpoint(b / "best.pt")["state"]["step"] == (17 if valid[1] > valid[0] else 13)
     cfg = prepare_run(None, b, True, ["train.max_steps=0"])
     train(cfg, b, resume=True, progress=False)
-    assert rows(a) == rows(b) and len(rows(a)) == 3
+    epoch_ends = [r for r in rows(b) if "." not in r["epoch"]]
+    assert rows(a) == epoch_ends and len(rows(a)) == 3
     ma, mb = load_checkpoint(a / "checkpoint.pt"), load_checkpoint(b / "checkpoint.pt")
     for key in ma["model"]:
         assert torch.equal(ma["model"][key], mb["model"][key]), key
@@ -414,7 +418,8 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_matches_uninterrupted(tmp_path, m
     run = tmp_path / "int"
     proc = run_cli("train", "--run-dir", str(run), "--no-progress", *args, check=False)
     assert proc.returncode == 130 and f"--resume {run}" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    lines = proc.stderr.strip().splitlines()  # the start-up line(s), then one line saying where it stopped
+    assert [line for line in lines if line.startswith("flowvae:")] == lines[-1:]
     assert load_checkpoint(run / "checkpoint.pt")["state"]["step"] == at  # nothing lost
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
     monkeypatch.setattr(train_module, "train_step", real)
@@ -454,20 +459,62 @@ def test_budgets_count_per_invocation_and_each_resume_is_recorded(tmp_path):
     ]  # fmt: skip
 
 
-def test_progress_keeps_one_line_per_evaluation_and_tensorboard_gets_the_grids(tmp_path, capsys):
+def test_progress_keeps_one_line_per_evaluation_and_tensorboard_gets_the_grids(tmp_path, monkeypatch):
+    """On a terminal: a bar over the whole run, and one evaluation line per epoch above it."""
+    import io
+
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
     run = tmp_path / "r"
     train(small_cfg("train.epochs=2"), run, progress=True)
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if "valid ELBO" in line]
+    lines = [line for line in err.getvalue().splitlines() if "valid ELBO" in line]
     assert len(lines) == 2 and lines[0].lstrip("\r ").startswith("epoch 1/2") and "best" in lines[1]
-    assert "/26" in err  # one bar over the whole run (2 epochs x 13 steps): its ETA is the run's
+    assert "/26" in err.getvalue()  # one bar over the whole run (2 epochs x 13 steps): its ETA is the run's
     (events,) = run.glob("events.out.tfevents*")
     acc = EventAccumulator(str(events), size_guidance={"images": 0})
     acc.Reload()
     assert {"samples", "reconstructions"} <= set(acc.Tags()["images"])
     assert [e.step for e in acc.Images("samples")] == [13, 26]
+
+
+def test_the_bar_of_a_timed_run_ends_with_its_time_budget(tmp_path, monkeypatch):
+    """Under train.max_minutes the bar's total is the steps that fit in the time left at the pace
+    so far, not train.epochs' worth."""
+    import io
+    import re
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    state = train(small_cfg("train.epochs=100000", "train.max_minutes=0.03"), tmp_path / "r", progress=True)
+    assert state.stopped == "max_minutes=0.03"
+    done, total = map(int, re.findall(r"(\d+)/(\d+) steps", err.getvalue())[-1])  # its last redraw
+    assert 0 < done <= state.step and total <= 3 * state.step  # not 100000 x 13
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-progress"]])
+def test_training_into_a_log_file_prints_one_line_per_evaluation(tmp_path, flag):
+    """stderr not a terminal (a log file), with or without --no-progress: the start-up lines and
+    one line per evaluation with its step, ELBOs, KL, elapsed time and ETA; no carriage return."""
+    log = tmp_path / "train.log"
+    cmd = [sys.executable, "-m", "flowvae", "train", "--run-dir", str(tmp_path / "r"), *flag, *SMALL]
+    with open(log, "w") as f:
+        subprocess.run(cmd, check=True, env=_cli_env(), timeout=300, stderr=f, stdout=subprocess.DEVNULL)
+    text = log.read_text()
+    assert "\r" not in text and text.startswith("training precision: ")
+    lines = [line for line in text.splitlines() if "valid ELBO" in line]
+    assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
+    for line in lines:
+        assert all(word in line for word in ("step ", "train ELBO", "KL ", "elapsed ", "ETA "))
 
 
 def test_tensorboard_drops_what_a_killed_invocation_logged_after_its_checkpoint(tmp_path):

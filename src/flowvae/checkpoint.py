@@ -10,7 +10,7 @@ import hashlib
 import io
 import os
 import pickle
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -35,7 +35,9 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
     """
     path = Path(path)
     with writing(path, torch_save=True):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        # not mkstemp (mode 0600): the file gets the mode of the run's other files
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "wb") as f:
                 torch.save(obj, f)

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from .checkpoint import CheckpointError, load_run
-from .config import Config, ConfigError, apply_overrides, check_value, load_yaml, valid_keys
+from .config import FORMS, Config, ConfigError, apply_overrides, check_value, load_yaml, valid_keys
 from .data import DataError, download
 from .estimators import ESTIMATORS
 from .likelihoods import likelihood_name
@@ -226,7 +226,7 @@ def _config(args: argparse.Namespace) -> int:
         obj = getattr(cfg, section)
         typ = typing.get_type_hints(type(obj))[name]
         literal = typing.get_origin(typ) is typing.Literal
-        choices = [c if c else '""' for c in typing.get_args(typ)] if literal else []
+        choices = [c if c else '""' for c in typing.get_args(typ)] if literal else list(FORMS.get(key, ()))
         value = yaml.safe_dump(getattr(obj, name), default_flow_style=True).removesuffix("\n...\n").strip()
         line = f"{key}={value}"
         print(f"{line:<{width + 12}}  ({' | '.join(choices)})" if choices else line)
@@ -420,7 +420,10 @@ def parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true",
         help="replace the run files already in --run-dir (default: refuse such a folder)",
     )  # fmt: skip
-    t.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
+    t.add_argument(
+        "--no-progress", action="store_true",
+        help="no progress bar on a terminal; the line per evaluation stays (default: shown)",
+    )  # fmt: skip
     t.set_defaults(fn=_train)
 
     e = sub.add_parser("eval", help="estimate log p(x) of a trained run")
@@ -431,7 +434,7 @@ def parser() -> argparse.ArgumentParser:
         "linear-Gaussian models only; bdmc: AIS sandwich on simulated data (default: iwae)",
     )  # fmt: skip
     e.add_argument(
-        "--samples", type=POSITIVE,
+        "--samples", type=POSITIVE, metavar="K",
         help="iwae: K importance samples (default: the run's eval.samples); elbo: z samples "
         f"(default {ESTIMATORS['elbo'].default_samples}); ais: chains per example "
         f"(default {ESTIMATORS['ais'].default_samples}); exact: unused",
@@ -440,8 +443,9 @@ def parser() -> argparse.ArgumentParser:
         "--split", default="test", choices=["test", "valid", "train"], help="data split (default: test)"
     )
     e.add_argument(
-        "--limit", type=POSITIVE, help="a fixed seeded random subset of N examples (default: all; "
-        "bdmc: N simulated examples, default 100)",
+        "--limit", type=POSITIVE, metavar="N",
+        help="a fixed seeded random subset of N examples (default: all; bdmc: N simulated examples, "
+        "default 100)",
     )  # fmt: skip
     e.add_argument(
         "--batch-size", type=POSITIVE, help="examples per batch (default: the run's eval.batch_size)"
@@ -471,7 +475,7 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ais = e.add_argument_group("AIS (--estimator ais|bdmc)")
     ais.add_argument(
-        "--chains", type=POSITIVE, dest="samples",
+        "--chains", type=POSITIVE, dest="samples", metavar="N",
         help=f"chains per example, the same as --samples (default: {ESTIMATORS['ais'].default_samples})",
     )  # fmt: skip
     ais.add_argument("--steps", type=POSITIVE, help="intermediate distributions (default: 1000)")
@@ -657,7 +661,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, CheckpointError, TrainingError, ValueError) as e:
         if os.environ.get("FLOWVAE_DEBUG"):
             raise
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        text = getattr(e, "cli", None) or str(e)  # an error of the library in the command line's terms
+        msg = text.splitlines()[0] if text else type(e).__name__
         print(f"flowvae: error: {msg}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
     except BrokenPipeError:  # e.g. `flowvae config | head`: the reader has all it wanted
@@ -670,7 +675,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flowvae: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:  # train: Interrupted says where its checkpoint is
-        print(f"flowvae: interrupted{'; ' + str(e) if str(e) else ''}", file=sys.stderr)
+        text = getattr(e, "cli", None) or str(e)
+        print(f"flowvae: interrupted{'; ' + text if text else ''}", file=sys.stderr)
         return 130
 
 

@@ -379,7 +379,7 @@ HEADER = [
     "active units",
     "parameters",
     "epochs",
-    "train min",
+    "train min (to last eval)",
 ]
 
 

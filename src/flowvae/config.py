@@ -2,13 +2,14 @@
 
 A run is fully described by one :class:`Config` (``data``, ``model``, ``train``, ``eval``).
 Presets derive from one another (vdvae style); overrides are type-checked and an unknown
-key fails with the list of valid keys.
+key fails naming the nearest valid keys.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
 import re
 import types
@@ -145,7 +146,7 @@ class TrainConfig:
     max_minutes: float = 0.0  # wall-time budget; then a clean stop with a checkpoint (0 = off)
     max_steps: int = 0  # step budget; then a clean stop with a checkpoint (0 = off)
     seed: int = 0
-    device: str = "cpu"  # cpu | cuda | auto
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto (CUDA if present, else cpu)
     amp: Amp = "auto"  # bf16 autocast of the training forward pass; auto: where the hardware has native bf16
     compile: bool = False  # torch.compile the training forward pass (for GPUs; off by default)
     threads: int = 0  # torch intra-op threads (0 = torch default)
@@ -258,6 +259,9 @@ _FRACTION: Check = (lambda v: 0 <= v < 1, "must be in [0, 1)")
 _DEVICE: Check = (
     lambda v: re.fullmatch(r"cpu|auto|cuda(:\d+)?", v) is not None, "must be cpu, cuda, cuda:N or auto"
 )
+
+# the values a free-form string key takes, as `flowvae config` lists them (checked by CHECKS)
+FORMS: dict[str, tuple[str, ...]] = {"train.device": ("cpu", "cuda", "cuda:N", "auto")}
 
 CHECKS: dict[str, Check] = {
     "data.valid_size": _SPLIT_SIZE,
@@ -398,13 +402,33 @@ def validate(cfg: Config, given: list[str] | tuple[str, ...] = ()) -> Config:
     return cfg
 
 
+def suggest_keys(key: str, keys: list[str]) -> str:
+    """The valid keys nearest to ``key`` by difflib's ratio of the names after the dot (``posterior``
+    -> ``model.posterior``; in another section than ``key``'s, the better of 0.95 times that and
+    the whole keys' ratio), those above 0.7 and within 0.05 of the best: ``did you mean ...?``."""
+    section, _, name = key.rpartition(".")
+
+    def score(k: str) -> float:
+        own, _, own_name = k.partition(".")
+        by_name = difflib.SequenceMatcher(None, name, own_name).ratio()
+        if section in ("", own):
+            return by_name
+        return max(0.95 * by_name, difflib.SequenceMatcher(None, key, k).ratio())
+
+    scores = {k: score(k) for k in keys}
+    best = max(scores.values(), default=0.0)
+    near = sorted((k for k, v in scores.items() if v >= max(0.7, best - 0.05)), key=lambda k: -scores[k])
+    listing = "`flowvae config` lists every key"
+    return f"did you mean {' or '.join(near[:3])}? ({listing})" if near else listing
+
+
 def set_key(cfg: Config, key: str, value: Any) -> None:
     """Set ``section.name`` to ``value`` (already parsed), type- and range-checked."""
     parts = key.split(".")
     if len(parts) != 2 or not hasattr(cfg, parts[0]) or not dataclasses.is_dataclass(
         getattr(cfg, parts[0])
     ) or parts[1] not in {f.name for f in dataclasses.fields(getattr(cfg, parts[0]))}:
-        raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys(cfg))}")
+        raise ConfigError(f"unknown config key {key!r}; {suggest_keys(key, valid_keys(cfg))}")
     section = getattr(cfg, parts[0])
     value = _coerce(value, _field_type(section, parts[1]), key)
     check_value(key, value)

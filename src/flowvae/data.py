@@ -97,8 +97,24 @@ def _find(root: Path, name: str, dataset: str) -> Path:
     for path in (root / name, root / f"{name}.gz"):
         if path.is_file():
             return path
-    hint = f"; run `flowvae data download {dataset}`" if dataset in DOWNLOADS else ""
-    raise DataError(f"{name}: file not found (nor {name}.gz) in {root}{hint}")
+    raise _missing(root, name, dataset, f" (nor {name}.gz)")
+
+
+def _missing(root: Path, name: str, dataset: str, also: str = "") -> DataError:
+    """File ``root/name`` (``name`` may hold a folder) is missing: the error names the absolute
+    folder and suggests the fix: ``data.root=`` a subfolder or the parent that holds it (the
+    usual slip: one level too high or too low), else where to download it or put it by hand."""
+    root = root.absolute()
+    nearby = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    for folder in [*sorted(nearby), root.parent]:
+        if any((folder / n).is_file() for n in (name, f"{name}.gz")):
+            return DataError(f"{name}: file not found{also} in {root}; did you mean data.root={folder}?")
+    where = root / Path(name).parent if Path(name).parent != Path(".") else root
+    hint = (
+        f"; `flowvae data download {dataset} --root {root}` fetches it (needs internet access); offline, "
+        f"copy the file into {where} by hand"
+    ) if dataset in DOWNLOADS else ""  # fmt: skip
+    return DataError(f"{Path(name).name}: file not found{also} in {where}{hint}")
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -281,7 +297,7 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 def _read_cifar_batch(path: Path) -> np.ndarray:
     if not path.is_file():
-        raise DataError(f"{path.name}: file not found in {path.parent}; run `flowvae data download cifar10`")
+        raise _missing(path.parent.parent, f"{path.parent.name}/{path.name}", "cifar10")
     try:
         with path.open("rb") as f:
             batch = _ArrayUnpickler(f, encoding="bytes").load()
@@ -307,11 +323,16 @@ def _load_npz(cfg: DataConfig, root: Path) -> Arrays:
     with C in {1, 3}. Fixed split seeded by ``cfg.seed``: ``valid_size`` examples (default 10%)
     for valid, ``test_size`` (default: as many) for test, the rest for train."""
     if not cfg.file:
-        raise DataError("npz: data.file is not set (path of the .npz, relative to data.root)")
+        raise DataError("npz: data.file is not set (path of the .npz, relative to data.root, or absolute)")
     path = Path(cfg.file).expanduser()
+    if not path.is_absolute() and not (root / path).is_file():
+        raise DataError(
+            f"{(root / path).absolute()}: file not found (data.file={cfg.file} is read relative to "
+            f"data.root={root.absolute()}; or give an absolute path)"
+        )
     path = path if path.is_absolute() else root / path
     if not path.is_file():
-        raise DataError(f"{path.name}: file not found in {path.parent}")
+        raise DataError(f"{path}: file not found")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -436,6 +457,8 @@ def evaluation_images(data: ImageData, split: str, limit: int = 0, seed: int = 1
     total = x.shape[0]
     indices = subset_indices(total, limit, seed)
     what = f"{split}: all {total} examples"
+    if limit > total:
+        what += f" (limit {limit} capped to the split's size)"
     if len(indices) < total:
         what = f"{split}: random subset of {len(indices)} of {total} (seed {seed})"
     x = x[indices]
@@ -561,7 +584,10 @@ def _fetch(url: str, dest: Path, md5: str) -> None:
         if isinstance(e, urllib.error.HTTPError):
             e.close()  # it holds the open response
         reason = " ".join(str(getattr(e, "reason", None) or e).split())
-        raise DataError(f"{dest.name}: download from {url} failed: {reason}") from None
+        raise DataError(
+            f"{dest.name}: download from {url} failed: {reason} (the download needs internet access; "
+            f"offline, copy the file into {dest.parent.absolute()} by hand)"
+        ) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
 

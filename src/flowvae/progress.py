@@ -14,24 +14,25 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed} elapsed, ETA {remaining}]"
+FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed} elapsed, ETA {remaining}{postfix}]"
 
 
 def progress_bar(
     total: int, desc: str, enabled: bool = True, unit: str = "examples", file: TextIO | None = None,
-    interval: float | None = None,
+    interval: float | None = None, initial: int = 0,
 ) -> tqdm:  # fmt: skip
     """A bar on ``file`` (default stderr): ``desc: done/total unit [elapsed, ETA]``.
 
     On a terminal it redraws in place every 0.5 s and is cleared at the end; into a log file it
     first writes after 30 s, then a line at most every 30 s, and nothing for a shorter job (an
     error stays the only line). ``interval`` overrides both. Disabled, it prints nothing; stdout
-    stays clean either way (``--json`` prints exactly one object there).
+    stays clean either way (``--json`` prints exactly one object there). ``initial``: items done
+    before (a resumed run), not counted in the rate.
     """
     file = file or sys.stderr
     tty = hasattr(file, "isatty") and file.isatty()
     every = interval if interval is not None else (0.5 if tty else 30.0)
     return tqdm(
-        total=total, desc=desc, unit=unit, file=file, disable=not enabled, leave=not tty,
+        total=total, initial=initial, desc=desc, unit=unit, file=file, disable=not enabled, leave=not tty,
         mininterval=every, delay=0 if tty else every, bar_format=FORMAT, dynamic_ncols=tty, ascii=not tty,
     )  # fmt: skip

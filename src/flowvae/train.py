@@ -47,13 +47,20 @@ from .files import writing
 from .images import make_grid, save_grid
 from .model import build_model
 from .numerics import bits_per_dim
+from .progress import progress_bar
 
 METRICS = ["epoch", "step", "seconds", "train_elbo", "valid_elbo", "kl", "lr", "kl_weight", "skipped"]
 MAX_CONSECUTIVE_SKIPS = 50
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (diverged, bad run directory). One-line message."""
+    """Training cannot go on (diverged, bad run directory). One-line message, in the terms of the
+    Python API (``fit(..., overwrite=True)``); ``cli`` is the same advice in the command line's
+    (``--overwrite``), which ``flowvae`` prints instead."""
+
+    def __init__(self, message: str, cli: str = ""):
+        super().__init__(message)
+        self.cli = cli or message
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -385,7 +392,12 @@ LR_HINT = " (a smaller train.lr than {:g} may help)"
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C stopped training at a safe point, after writing a checkpoint. One-line message."""
+    """Ctrl-C stopped training at a safe point, after writing a checkpoint. One-line message, with
+    ``cli`` as :class:`TrainingError`'s."""
+
+    def __init__(self, message: str, cli: str = ""):
+        super().__init__(message)
+        self.cli = cli or message
 
 
 def run_files(run_dir: Path) -> list[Path]:
@@ -399,14 +411,17 @@ def run_files(run_dir: Path) -> list[Path]:
 def check_new_run_dir(run_dir: Path, overwrite: bool = False) -> None:
     """A new run goes to a missing or empty folder; one holding run files only with ``overwrite``."""
     if run_dir.exists() and not run_dir.is_dir():
-        raise TrainingError(f"{run_dir}: exists and is not a directory; choose another --run-dir")
+        problem = f"{run_dir}: exists and is not a directory; choose another"
+        raise TrainingError(f"{problem} run_dir", cli=f"{problem} --run-dir")
     found = run_files(run_dir)
     if found and not overwrite:
         names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
         raise TrainingError(
-            f"{run_dir} already holds a run ({names}); use --resume {run_dir} to continue it, "
-            "--overwrite to replace it, or another --run-dir"
-        )
+            f"{run_dir} already holds a run ({names}); fit(cfg, {str(run_dir)!r}, resume=True) continues "
+            "it, fit(..., overwrite=True) replaces it, or choose another run_dir",
+            cli=f"{run_dir} already holds a run ({names}); use --resume {run_dir} to continue it, "
+            "--overwrite to replace it, or another --run-dir",
+        )  # fmt: skip
 
 
 def new_run_dir(parent: Path, stem: str) -> Path:
@@ -536,12 +551,13 @@ def _quiet_writer_threads(args: Any, previous: Any) -> None:
 class RunLog:
     """Rank 0's record of each evaluation row: ``metrics.csv`` (rewritten whole), TensorBoard
     (scalars, valid bits/dim for non-binary data, the sample and reconstruction grids), the PNGs,
-    and with ``show`` one evaluation line that stays on screen above the progress bar."""
+    and one evaluation line on stderr (:func:`evaluation_line`; above the bar on a terminal, and
+    what a log file gets instead of the bar)."""
 
-    def __init__(self, run_dir: Path, cfg: Config, data: ImageData, purge_step: int | None, show: bool):
+    def __init__(self, run_dir: Path, cfg: Config, data: ImageData, purge_step: int | None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_dir, self.cfg, self.data, self.show = run_dir, cfg, data, show
+        self.run_dir, self.cfg, self.data = run_dir, cfg, data
         # TensorBoard writes in a thread of its own: its errors surface at a later call, unnamed
         self.events = run_dir / "events.out.tfevents.*"
         if getattr(threading.excepthook, "func", None) is not _quiet_writer_threads:
@@ -550,8 +566,9 @@ class RunLog:
             # purge_step: TensorBoard drops what a killed invocation logged after the checkpoint
             self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
 
-    def add(self, row: dict[str, Any], state: TrainState, model: nn.Module) -> None:
-        """Log ``row``, the last of ``state.history``; ``model`` draws the images."""
+    def add(self, row: dict[str, Any], state: TrainState, model: nn.Module, eta: float) -> None:
+        """Log ``row``, the last of ``state.history``; ``model`` draws the images; ``eta``:
+        seconds this invocation is expected to go on (NaN: unknown)."""
         write_metrics(self.run_dir, state.history)
         step = row["step"]
         with writing(self.events):
@@ -563,10 +580,9 @@ class RunLog:
         for name, grid in save_images(model, self.data, self.run_dir, self.cfg.eval.seed).items():
             with writing(self.events):
                 self.writer.add_image(name, grid, step, dataformats="HWC")
-        if self.show:
-            from tqdm import tqdm
+        from tqdm import tqdm
 
-            tqdm.write(evaluation_line(row, state, self.cfg.train.epochs), file=sys.stderr)
+        tqdm.write(evaluation_line(row, state, self.cfg.train.epochs, eta), file=sys.stderr)
 
     def close(self) -> None:
         with writing(self.events):
@@ -677,7 +693,7 @@ def _restore(
 
 def _open_run_dir(
     cfg: Config, run_dir: Path, resume: bool, overwrite: bool, overrides: list[str], state: TrainState,
-    data: ImageData, progress: bool, precision: str,
+    data: ImageData, precision: str,
 ) -> RunLog:  # fmt: skip
     """Rank 0, once everything is built: the run really starts, from here on the folder holds it."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -689,12 +705,11 @@ def _open_run_dir(
         save_yaml(cfg, run_dir / "config.yaml")
     write_metrics(run_dir, state.history)
     record_invocation(run_dir, resume, overrides, state, precision)
-    return RunLog(run_dir, cfg, data, state.step + 1 if resume else None, progress)
+    return RunLog(run_dir, cfg, data, state.step + 1 if resume else None)
 
 
 def setup(
-    cfg: Config, run_dir: Path, resume: bool, progress: bool, overwrite: bool, overrides: list[str],
-    d: distributed.Dist,
+    cfg: Config, run_dir: Path, resume: bool, overwrite: bool, overrides: list[str], d: distributed.Dist,
 ) -> _Run:  # fmt: skip
     """Build data, model, optimizer and EMA (restored on resume), then (rank 0) open the run
     directory: nothing is written before, so a bad value fails with an untouched (or no) folder."""
@@ -729,9 +744,8 @@ def setup(
     log = None
     if d.is_main:
         precision = precision_note(t.amp, device.type)
-        log = _open_run_dir(cfg, run_dir, resume, overwrite, overrides, state, data, progress, precision)
-        if progress:
-            print(f"training precision: {precision}", file=sys.stderr, flush=True)
+        log = _open_run_dir(cfg, run_dir, resume, overwrite, overrides, state, data, precision)
+        print(f"training precision: {precision}", file=sys.stderr, flush=True)
         if d.enabled:
             print(
                 f"DDP: {d.world} processes x {batch_size} examples = effective batch {t.batch_size}",
@@ -838,8 +852,11 @@ def run_epoch(run: _Run) -> bool:
     )  # fmt: skip
     for x in batches:
         out = _step(run, x)
-        run.bar.set_postfix(elbo=f"{out['elbo']:.2f}", refresh=False)
-        run.bar.update(1)
+        if not run.bar.disable:
+            run.bar.set_postfix(elbo=f"{out['elbo']:.2f}", refresh=False)
+            if cfg.train.max_minutes:  # the steps that fit in the time left, at the pace so far
+                run.bar.total = _projected_end(run)[0]
+            run.bar.update(1)
         every = cfg.train.checkpoint_every_steps
         if every and state.step % every == 0:
             save_checkpoint(run, periodic=True)
@@ -857,13 +874,15 @@ def run_epoch(run: _Run) -> bool:
 
 
 def _metrics_row(run: _Run, valid: float) -> dict[str, Any]:
-    """The row of :data:`METRICS` after an epoch; the train ELBO and KL are summed over ranks."""
+    """The row of :data:`METRICS` after an epoch, or at a budget stop inside one (its epoch then
+    fractional: epochs done); the train ELBO and KL are summed over ranks."""
     state = run.state
+    epoch = round(state.epoch + state.batch / run.n_batches, 3) if state.batch else state.epoch
     elbo_sum, kl_sum, count = distributed.all_reduce_sum(
         [state.epoch_elbo_sum, state.epoch_kl_sum, float(state.epoch_count)], run.d, run.device
     )
     return {
-        "epoch": state.epoch, "step": state.step, "seconds": round(time.perf_counter() - run.started, 3),
+        "epoch": epoch, "step": state.step, "seconds": round(time.perf_counter() - run.started, 3),
         "train_elbo": elbo_sum / max(count, 1), "valid_elbo": valid, "kl": kl_sum / max(count, 1),
         "lr": state.lr, "kl_weight": state.kl_weight, "skipped": state.skipped,
     }  # fmt: skip
@@ -890,7 +909,7 @@ def evaluate(run: _Run) -> None:
         if cfg.train.early_stopping and state.bad_evals >= cfg.train.early_stopping:
             state.stopped = f"early stopping after {state.bad_evals} evaluations"
     if run.log is not None:
-        run.log.add(state.history[-1], state, run.eval_model)
+        run.log.add(state.history[-1], state, run.eval_model, _projected_end(run)[1])
     if improved:
         save_checkpoint(run, "best.pt")
 
@@ -912,19 +931,33 @@ def end_of_epoch(run: _Run) -> None:
     save_checkpoint(run)
 
 
-def _progress_bar(run: _Run, progress: bool) -> Any:
-    """A tqdm bar over this invocation's steps (to the end of training or of ``train.max_steps``)."""
-    from tqdm import tqdm
-
+def _projected_end(run: _Run) -> tuple[int, float]:
+    """Where this invocation is expected to stop, in steps of the whole run, and in how many
+    seconds: at ``train.epochs``, sooner at ``train.max_steps``, or at the step that the time
+    left of ``train.max_minutes`` reaches at this invocation's pace (evaluations included).
+    Seconds are NaN before the first step of this invocation."""
     state, t = run.state, run.cfg.train
     position = state.epoch * run.n_batches + state.batch
-    total = t.epochs * run.n_batches
+    end = t.epochs * run.n_batches
+    done = state.step - run.first_step
     if t.max_steps:
-        total = min(total, position + t.max_steps)
-    return tqdm(
-        total=total, initial=position, unit="step", disable=not progress or not run.d.is_main,
-        dynamic_ncols=True,
-    )  # fmt: skip
+        end = min(end, position + t.max_steps - done)
+    elapsed = time.perf_counter() - run.invoked
+    if done <= 0 or elapsed <= 0:
+        return end, math.nan
+    rate = done / elapsed  # steps per second
+    if t.max_minutes:
+        end = min(end, position + int(rate * max(60 * t.max_minutes - elapsed, 0.0)))
+    return end, (end - position) / rate
+
+
+def _progress_bar(run: _Run, progress: bool) -> Any:
+    """A bar over this invocation's steps on a terminal (its total: :func:`_projected_end`); into a
+    log file (stderr not a terminal) or with ``progress`` off, none: the evaluation lines tell."""
+    state = run.state
+    enabled = progress and run.d.is_main and sys.stderr.isatty()
+    position = state.epoch * run.n_batches + state.batch
+    return progress_bar(_projected_end(run)[0], "", enabled, unit="steps", initial=position)
 
 
 def train(
@@ -939,8 +972,10 @@ def train(
 
     Nothing is written before the data and model are built, so a bad value fails with an
     untouched (or no) folder. ``overwrite`` replaces a folder's run files; ``overrides`` are only
-    recorded in ``invocations.jsonl``. Ctrl-C writes a checkpoint and raises :class:`Interrupted`.
-    A checkpoint is never written with non-finite weights, nor after a non-finite valid ELBO.
+    recorded in ``invocations.jsonl``. Rank 0 prints the start-up lines and one line per
+    evaluation on stderr; ``progress`` adds a bar where stderr is a terminal. Ctrl-C writes a
+    checkpoint and raises :class:`Interrupted`. A checkpoint is never written with non-finite
+    weights, nor after a non-finite valid ELBO.
 
     Under torchrun every process runs this function: ``train.batch_size`` is the effective
     (global) batch, split evenly over the processes; rank 0 alone writes the run directory.
@@ -970,9 +1005,10 @@ def _train_in_group(
     overrides: list[str] | None,
     d: distributed.Dist,
 ) -> TrainState:
-    """Set up, run epochs (each closed by :func:`end_of_epoch`) until done or stopped, then the
-    checkpoint of a stop inside an epoch; raises :class:`Interrupted` after Ctrl-C."""
-    run = setup(cfg, run_dir, resume, progress, overwrite, overrides or [], d)
+    """Set up, run epochs (each closed by :func:`end_of_epoch`) until done or stopped, then, for a
+    budget stop inside an epoch, an evaluation (best.pt and the last metrics row describe the
+    weights the run ends with) and a checkpoint; raises :class:`Interrupted` after Ctrl-C."""
+    run = setup(cfg, run_dir, resume, overwrite, overrides or [], d)
     state = run.state
     run.bar = _progress_bar(run, progress)
     run.sigint, previous_handler = _install_sigint()
@@ -980,6 +1016,8 @@ def _train_in_group(
         while state.epoch < cfg.train.epochs and not state.stopped and run_epoch(run):
             end_of_epoch(run)
         if state.batch:  # a budget stop or Ctrl-C inside an epoch
+            if state.stopped != INTERRUPTED:  # a budget: evaluate the weights the run ends with
+                evaluate(run)
             save_checkpoint(run)
     finally:
         if previous_handler is not None:
@@ -989,16 +1027,28 @@ def _train_in_group(
             run.log.close()
     if state.stopped == INTERRUPTED:
         saved = f"wrote {run_dir / 'checkpoint.pt'}" if run.last_good == state.step else _kept(run)
-        raise Interrupted(f"stopped at step {state.step}; {saved}; continue with --resume {run_dir}")
+        raise Interrupted(
+            f"stopped at step {state.step}; {saved}; continue with fit(cfg, {str(run_dir)!r}, resume=True)",
+            cli=f"stopped at step {state.step}; {saved}; continue with --resume {run_dir}",
+        )
     return state
 
 
-def evaluation_line(row: dict[str, Any], state: TrainState, epochs: int) -> str:
-    """``epoch 3/30  train ELBO -98.12  valid ELBO -97.50  best -97.50 (epoch 3)  0:01:02``."""
-    elapsed = time.strftime("%H:%M:%S", time.gmtime(row["seconds"]))
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, s = divmod(round(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{s:02d}"
+
+
+def evaluation_line(row: dict[str, Any], state: TrainState, epochs: int, eta: float = math.nan) -> str:
+    """``epoch 3/30  step 1170  train ELBO -98.12  valid ELBO -97.50  KL 25.31  best -97.50 (epoch 3)
+    elapsed 0:01:02  ETA 0:09:18``: one line per evaluation, no carriage return (a log file reads
+    it as it is); ``eta`` in seconds (NaN: ``?``)."""
     return (
-        f"epoch {row['epoch']}/{epochs}  train ELBO {row['train_elbo']:.2f}  valid ELBO "
-        f"{row['valid_elbo']:.2f}  best {state.best_valid:.2f} (epoch {state.best_epoch})  {elapsed}"
+        f"epoch {row['epoch']}/{epochs}  step {row['step']}  train ELBO {row['train_elbo']:.2f}  valid ELBO "
+        f"{row['valid_elbo']:.2f}  KL {row['kl']:.2f}  best {state.best_valid:.2f} (epoch {state.best_epoch})"
+        f"  elapsed {_clock(row['seconds'])}  ETA {_clock(eta)}"
     )
 
 

@@ -30,7 +30,9 @@ class VAE(nn.Module):
         posterior: a posterior head, features (B, F) -> :class:`~flowvae.core.Posterior`
             (any of :mod:`flowvae.posteriors`, or your own); it must expose ``latent_dim``.
         decoder: latents (N, D) -> likelihood parameters (N, P, C, H, W), P =
-            ``likelihood.params``.
+            ``likelihood.params`` (1 for ``bernoulli``): for 8x8 binary images end it with
+            ``nn.Unflatten(1, (1, 1, 8, 8))``. Its first output is checked (one ``ValueError``
+            naming the expected shape); later calls are not.
         likelihood: p(x|z) as a module of :mod:`flowvae.likelihoods`, or its name
             (``bernoulli``, ``logistic``, ``logistic-mixture``, ``gaussian``).
         shape: image shape (C, H, W); by default the decoder's ``shape``.
@@ -77,6 +79,7 @@ class VAE(nn.Module):
         self.posterior = posterior
         self.decoder = decoder
         self.prior = prior if prior is not None else StandardNormal(self.latent_dim)
+        self._decoder_checked = False  # set by the first decoder output of the right shape
 
     def forward(self, x: Tensor, samples: int = 1) -> ElboTerms:
         """The ELBO's terms for ``samples`` draws of z per example (what training differentiates).
@@ -120,9 +123,30 @@ class VAE(nn.Module):
         if getattr(self.decoder, "autoregressive", False):
             if x is None:
                 raise ValueError("an autoregressive decoder needs the images it scores")
-            return self.decoder(z, x)
+            out = self.decoder(z, x)
+            if not self._decoder_checked:
+                self._check_decoder(out, z.shape[:-1], "(*S, B, P, C, H, W)")
+            return out
         out = self.decoder(z.reshape(-1, z.shape[-1]))  # (N, P, C, H, W)
+        if not self._decoder_checked:
+            self._check_decoder(out, out.shape[:1], "(N, P, C, H, W)")
         return out.view(*z.shape[:-1], *out.shape[1:])
+
+    def _check_decoder(self, out: Tensor, lead: Sequence[int], form: str) -> None:
+        """Once: the decoder's output must be ``lead`` + (P, C, H, W), P the likelihood's
+        parameters per pixel (``likelihood.params``; any P for a likelihood without it)."""
+        params = getattr(self.likelihood, "params", None)
+        p = params if params is not None else (out.shape[len(lead)] if out.dim() > len(lead) else "P")
+        expected = (*lead, p, *self.shape)
+        if tuple(out.shape) != expected:
+            name = type(self.likelihood).__name__
+            what = f"{params} ({name}.params)" if params is not None else f"what {name} takes"
+            raise ValueError(
+                f"the decoder returned shape {tuple(out.shape)}; VAE expects {form} = {expected}: P = "
+                f"{what} likelihood parameters per pixel, (C, H, W) = shape; e.g. end the decoder with "
+                f"nn.Unflatten(1, {(p, *self.shape)})"
+            )
+        self._decoder_checked = True
 
     def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
         """log p(x|z): x (B, C, H, W), z (*S, B, D) -> (*S, B).
