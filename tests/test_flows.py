@@ -14,17 +14,15 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from flowvae.flows import (
-    MADE,
     AffineCoupling,
     HouseholderSylvesterStep,
-    IAFMeanStep,
-    IAFStep,
     OrthogonalSylvesterStep,
     PlanarStep,
     TriangularSylvesterStep,
     alternating_mask,
     solve_tanh_equation,
 )
+from flowvae.made import MADE, IAFMeanStep, IAFStep
 
 D, C = 4, 3  # latent and context sizes of the step tests; hidden width 7 is not a multiple of D
 

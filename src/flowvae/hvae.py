@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from . import noise
 from .core import Posterior
-from .flows import _concat_context
+from .flows import concat_context
 from .nets import MLP
 from .numerics import log_normal
 
@@ -67,7 +67,7 @@ class TwoLayerPosterior(Posterior):
     def transform(self, eps: Tensor) -> tuple[Tensor, Tensor]:
         eps_top, eps_bottom = eps.split([self.top.base_dim, self.bottom_dim], dim=-1)
         z2, ladj = self.top.transform(eps_top)
-        mean, log_std = self.conditional(_concat_context(z2, self.features))
+        mean, log_std = self.conditional(concat_context(z2, self.features))
         z1 = mean + torch.exp(log_std) * eps_bottom
         return torch.cat([z2, z1], dim=-1), ladj + log_std.sum(-1)
 

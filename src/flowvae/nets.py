@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .flows import MADE, MaskedLinear
+from .made import MADE, MaskedLinear
 
 Shape = tuple[int, int, int]
 
@@ -148,7 +148,7 @@ class MADEDecoder(nn.Module):
     """An autoregressive decoder: p(x|z) = Π_i p(x_i | x_<i, z) over the pixels in raster order
     (channel, row, column), each factor the likelihood's per-pixel density.
 
-    A MADE over the pixels (:class:`~flowvae.flows.MADE`, equal hidden widths) with z as its
+    A MADE over the pixels (:class:`~flowvae.made.MADE`, equal hidden widths) with z as its
     context, plus direct masked connections from earlier pixels to each output (DARN, Gregor et
     al. 2014; MADE, Germain et al. 2015). The pixels' contribution does not depend on z, so for
     many z per image (importance sampling) it is computed once per image: the cost per sample is

@@ -32,14 +32,12 @@ from .flows import (
     AffineCoupling,
     AuxiliaryHead,
     HouseholderSylvesterStep,
-    IAFMeanStep,
-    IAFStep,
     OrthogonalSylvesterStep,
     PlanarStep,
     TriangularSylvesterStep,
     alternating_mask,
-    alternating_order,
 )
+from .made import IAFMeanStep, IAFStep, alternating_order
 
 SIZE = FlowSize()  # the heads' defaults
 
