@@ -111,13 +111,14 @@ def test_string_choices_are_the_registries():
 
     hints = typing.get_type_hints(ModelConfig)
     assert set(typing.get_args(FlatPosterior)) == set(posteriors.POSTERIORS)
-    assert set(typing.get_args(HierarchicalPosterior)) == set(hierarchical.POSTERIORS)
+    assert set(typing.get_args(HierarchicalPosterior)) == set(hierarchical.BLOCK_POSTERIORS)
     assert set(typing.get_args(Network)) == set(nets.ENCODERS)
     decoders = set(typing.get_args(DecoderNetwork))
     assert decoders == set(typing.get_args(Network)) | {"made"} == set(nets.DECODERS)
-    assert set(typing.get_args(HierarchicalPrior)) == set(hierarchical.PRIORS)
+    assert set(typing.get_args(HierarchicalPrior)) == set(hierarchical.BLOCK_PRIORS)
     assert set(typing.get_args(FlatPrior)) == set(priors.PRIORS)
-    assert set(typing.get_args(hints["prior"])) == {"auto"} | set(priors.PRIORS) | set(hierarchical.PRIORS)
+    every_prior = {"auto"} | set(priors.PRIORS) | set(hierarchical.BLOCK_PRIORS)
+    assert set(typing.get_args(hints["prior"])) == every_prior
     data = typing.get_type_hints(DataConfig)
     assert set(typing.get_args(data["name"])) == set(DATASETS)
     assert set(typing.get_args(data["binarize"])) == set(BINARIZE_MODES)

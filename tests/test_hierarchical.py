@@ -12,11 +12,12 @@ from conftest import run_cli
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from flowvae.arconv import ARConvNet, channel_mask
 from flowvae.checkpoint import CheckpointError, load_run, save_atomic
 from flowvae.config import Config, ModelConfig
 from flowvae.core import ElboTerms
 from flowvae.estimators import ESTIMATORS, elbo, evaluate, iwae
-from flowvae.hierarchical import POSTERIORS, ARConvNet, HierarchicalBlock, HierarchicalVAE, channel_mask
+from flowvae.hierarchical import BLOCK_POSTERIORS, HierarchicalBlock, HierarchicalVAE
 from flowvae.model import build_model, hierarchical_spec
 from flowvae.train import train_step, training_loss
 
@@ -241,7 +242,8 @@ def test_reported_elbo_never_uses_kl_min():
 
 
 # every posterior, and the up-* ones with their sample fed back into the bottom-up stream
-VARIANTS = [(p, False) for p in POSTERIORS] + [(p, True) for p in POSTERIORS if p.startswith("up")]
+VARIANTS = [(p, False) for p in BLOCK_POSTERIORS]
+VARIANTS += [(p, True) for p in BLOCK_POSTERIORS if p.startswith("up")]
 
 
 @pytest.mark.parametrize("posterior,feedback", VARIANTS)
@@ -388,7 +390,7 @@ def test_shapes_for_every_posterior(depths, shape, binary):
     torch.manual_seed(0)
     c, height, width = shape
     x = images(2, shape, binary, dtype=torch.float32)
-    for posterior in POSTERIORS:
+    for posterior in BLOCK_POSTERIORS:
         model = tiny(shape, binary, torch.float32, depths=depths, posterior=posterior, n_h=4)
         factor = 2 ** len(depths)
         padded = math.ceil(height / factor) * factor  # 28 -> 32 with three levels
