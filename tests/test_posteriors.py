@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Normal
 
-from flowvae.config import ModelConfig
+from flowvae.config import FlowSize, ModelConfig
 from flowvae.core import FlowPosterior, Posterior
 from flowvae.estimators import elbo
 from flowvae.flows import AuxiliaryPosterior
@@ -355,3 +355,12 @@ def test_a_flow_beats_the_best_factorised_gaussian_on_a_linear_gaussian_model() 
     assert diag_gap > best_diag_gap - 0.05  # no factorised q beats the closed form
     flow_gap, _ = elbo_gap("iaf", x)
     assert flow_gap < 0.5 * best_diag_gap, (flow_gap, best_diag_gap, diag_gap)
+
+
+def test_a_head_refuses_a_size_it_does_not_take_and_records_list_the_heads_own_options():
+    from flowvae.posteriors import POSTERIORS, Planar
+
+    with pytest.raises(TypeError, match="Planar takes flow_steps, context_dim; got flow_hidden"):
+        Planar(4, 2, flow_hidden=3)
+    assert all(set(r.options) <= set(FlowSize().__dict__) for r in POSTERIORS.values())
+    assert POSTERIORS["realnvp-aux"].options[-1] == "aux_dim"

@@ -477,15 +477,15 @@ class AuxiliaryPosterior(Posterior):
 class AuxiliaryHead(nn.Module):
     """Maps encoder features (B, F) to an :class:`AuxiliaryPosterior`.
 
-    Each of the ``num_steps`` steps is two affine couplings: z from (v, h), then v from (z, h).
+    Each of the ``flow_steps`` steps is two affine couplings: z from (v, h), then v from (z, h).
 
     Arguments:
         feature_dim: F.
         latent_dim: D.
         aux_dim: A, the size of v.
         context_dim: C, the size of h.
-        hidden_features, num_layers: width and hidden layers of every net (q(v0|.), couplings, r).
-        num_steps: coupling steps T.
+        flow_hidden, flow_layers: width and hidden layers of every net (q(v0|.), couplings, r).
+        flow_steps: coupling steps T.
 
     References:
         Cremer, Li & Duvenaud, arXiv 1801.03558 (Sec. 3.2, auxiliary flow).
@@ -497,9 +497,9 @@ class AuxiliaryHead(nn.Module):
         latent_dim: int,
         aux_dim: int,
         context_dim: int,
-        hidden_features: int,
-        num_layers: int,
-        num_steps: int,
+        flow_hidden: int,
+        flow_layers: int,
+        flow_steps: int,
     ):
         super().__init__()
         self.latent_dim, self.aux_dim = latent_dim, aux_dim
@@ -509,13 +509,13 @@ class AuxiliaryHead(nn.Module):
         is_v = torch.arange(joint) >= latent_dim
 
         def coupling(update: Tensor) -> AffineCoupling:
-            return AffineCoupling(joint, context_dim, hidden_features, num_layers, update)
+            return AffineCoupling(joint, context_dim, flow_hidden, flow_layers, update)
 
         steps = [coupling(is_v)]  # v0 = mu(h, z0) + sigma(h, z0) * eps_v: q(v0|x, z0)
-        for _ in range(num_steps):
+        for _ in range(flow_steps):
             steps += [coupling(~is_v), coupling(is_v)]
         self.steps = nn.ModuleList(steps)
-        self.reverse = _mlp(latent_dim + context_dim, hidden_features, num_layers, 2 * aux_dim)
+        self.reverse = _mlp(latent_dim + context_dim, flow_hidden, flow_layers, 2 * aux_dim)
 
     def base_gaussian(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """(mean, log_std) of z0, each (B, D): the diagonal Gaussian the flow over z starts from."""

@@ -39,8 +39,6 @@ from .flows import (
 )
 from .made import IAFMeanStep, IAFStep, alternating_order
 
-SIZE = FlowSize()  # the heads' defaults
-
 
 class FlowHead(nn.Module):
     """Maps encoder features (B, F) to a :class:`~flowvae.core.FlowPosterior`.
@@ -74,140 +72,120 @@ class FlowHead(nn.Module):
 class Diagonal(FlowHead):
     """``diag``: the factorised Gaussian N(mean(x), diag std(x)^2) (Kingma & Welling 2014)."""
 
+    options: tuple[str, ...] = ()
+
     def __init__(self, features: int, latent: int):
         super().__init__(features, latent)
 
 
-class IAF(FlowHead):
-    """``iaf``: inverse autoregressive flow (Kingma et al. 2016, arXiv 1606.04934).
+def flow_size(head: type, size: dict[str, int]) -> FlowSize:
+    """``size`` as a :class:`~flowvae.config.FlowSize`; a ``TypeError`` for a key ``head`` does not
+    take (its ``options``)."""
+    unknown = set(size) - set(head.options)
+    if unknown:
+        takes = ", ".join(head.options) or "no size"
+        raise TypeError(f"{head.__name__} takes {takes}; got {sorted(unknown)[0]}")
+    return FlowSize(**size)
 
-    ``flow_steps`` MADE steps with the gated update, variable order reversed between steps, each
-    MADE with ``flow_layers`` hidden layers of ``flow_hidden`` units taking the context h (size
-    ``context_dim``). ``mean_only`` gives ``iaf-mean`` (a shift-only, volume-preserving update).
+
+class StepsHead(FlowHead):
+    """A diagonal Gaussian followed by ``flow_steps`` steps, each made by :meth:`make_step`.
+
+    Every head of this kind takes ``(features, latent, **size)``: ``size`` holds the keys of
+    its :attr:`options`, a subset of :class:`~flowvae.config.FlowSize` (the ``model.*`` names;
+    unset ones take FlowSize's defaults); another key is a ``TypeError``.
     """
 
-    def __init__(
-        self,
-        features: int,
-        latent: int,
-        flow_steps: int = SIZE.flow_steps,
-        flow_hidden: int = SIZE.flow_hidden,
-        flow_layers: int = SIZE.flow_layers,
-        context_dim: int = SIZE.context_dim,
-        mean_only: bool = False,
-    ):
-        step = IAFMeanStep if mean_only else IAFStep
-        flow = [
-            step(latent, context_dim, flow_hidden, flow_layers, alternating_order(latent, k))
-            for k in range(flow_steps)
-        ]
-        super().__init__(features, latent, context_dim, flow)
+    options: tuple[str, ...] = ("flow_steps", "context_dim")
+
+    def __init__(self, features: int, latent: int, **size: int):
+        s = flow_size(type(self), size)
+        steps = [self.make_step(latent, s, k) for k in range(s.flow_steps)]
+        super().__init__(features, latent, s.context_dim, steps)
+
+    def make_step(self, latent: int, size: FlowSize, k: int) -> nn.Module:
+        """Step ``k`` (0-based) of the flow over ``latent`` variables."""
+        raise NotImplementedError
 
 
-class IAFMean(IAF):
+_NETS = ("flow_steps", "flow_hidden", "flow_layers", "context_dim")  # steps with an MLP or MADE
+
+
+class IAF(StepsHead):
+    """``iaf``: inverse autoregressive flow (Kingma et al. 2016, arXiv 1606.04934): MADE steps
+    with the gated update, variable order reversed between steps, each MADE with ``flow_layers``
+    hidden layers of ``flow_hidden`` units taking the context h (size ``context_dim``)."""
+
+    options = _NETS
+
+    def make_step(self, latent: int, size: FlowSize, k: int) -> nn.Module:
+        order = alternating_order(latent, k)
+        return IAFStep(latent, size.context_dim, size.flow_hidden, size.flow_layers, order)
+
+
+class IAFMean(StepsHead):
     """``iaf-mean``: IAF whose steps only shift (z' = z + m(z, h)); log|det| = 0."""
 
-    def __init__(
-        self,
-        features: int,
-        latent: int,
-        flow_steps: int = SIZE.flow_steps,
-        flow_hidden: int = SIZE.flow_hidden,
-        flow_layers: int = SIZE.flow_layers,
-        context_dim: int = SIZE.context_dim,
-    ):
-        super().__init__(features, latent, flow_steps, flow_hidden, flow_layers, context_dim, mean_only=True)
+    options = _NETS
+
+    def make_step(self, latent: int, size: FlowSize, k: int) -> nn.Module:
+        order = alternating_order(latent, k)
+        return IAFMeanStep(latent, size.context_dim, size.flow_hidden, size.flow_layers, order)
 
 
-class Planar(FlowHead):
+class Planar(StepsHead):
     """``planar``: amortized planar flow steps (Rezende & Mohamed 2015, arXiv 1505.05770)."""
 
-    def __init__(
-        self, features: int, latent: int, flow_steps: int = SIZE.flow_steps,
-        context_dim: int = SIZE.context_dim,
-    ):  # fmt: skip
-        flow = [PlanarStep(latent, context_dim) for _ in range(flow_steps)]
-        super().__init__(features, latent, context_dim, flow)
+    def make_step(self, latent: int, size: FlowSize, k: int) -> nn.Module:
+        return PlanarStep(latent, size.context_dim)
 
 
-class SylvesterOrthogonal(FlowHead):
+class SylvesterOrthogonal(StepsHead):
     """``sylvester-orthogonal``: Q with ``num_ortho_vecs`` orthonormal columns (van den Berg et
     al. 2018, arXiv 1803.05649), orthogonalised by Björck iterations."""
 
-    def __init__(
-        self,
-        features: int,
-        latent: int,
-        flow_steps: int = SIZE.flow_steps,
-        num_ortho_vecs: int = SIZE.num_ortho_vecs,
-        context_dim: int = SIZE.context_dim,
-    ):
-        m = min(num_ortho_vecs, latent)
-        flow = [OrthogonalSylvesterStep(latent, context_dim, m) for _ in range(flow_steps)]
-        super().__init__(features, latent, context_dim, flow)
+    options = ("flow_steps", "num_ortho_vecs", "context_dim")
+
+    def make_step(self, latent: int, size: FlowSize, k: int) -> nn.Module:
+        return OrthogonalSylvesterStep(latent, size.context_dim, min(size.num_ortho_vecs, latent))
 
 
-class SylvesterHouseholder(FlowHead):
+class SylvesterHouseholder(StepsHead):
     """``sylvester-householder``: Q a product of ``num_householder`` reflections (arXiv 1803.05649)."""
 
-    def __init__(
-        self,
-        features: int,
-        latent: int,
-        flow_steps: int = SIZE.flow_steps,
-        num_householder: int = SIZE.num_householder,
-        context_dim: int = SIZE.context_dim,
-    ):
-        flow = [HouseholderSylvesterStep(latent, context_dim, num_householder) for _ in range(flow_steps)]
-        super().__init__(features, latent, context_dim, flow)
+    options = ("flow_steps", "num_householder", "context_dim")
+
+    def make_step(self, latent: int, size: FlowSize, k: int) -> nn.Module:
+        return HouseholderSylvesterStep(latent, size.context_dim, size.num_householder)
 
 
-class SylvesterTriangular(FlowHead):
+class SylvesterTriangular(StepsHead):
     """``sylvester-triangular``: Q the identity or the reversal permutation, alternating."""
 
-    def __init__(
-        self, features: int, latent: int, flow_steps: int = SIZE.flow_steps,
-        context_dim: int = SIZE.context_dim,
-    ):  # fmt: skip
-        flow = [TriangularSylvesterStep(latent, context_dim, reverse=k % 2 == 1) for k in range(flow_steps)]
-        super().__init__(features, latent, context_dim, flow)
+    def make_step(self, latent: int, size: FlowSize, k: int) -> nn.Module:
+        return TriangularSylvesterStep(latent, size.context_dim, reverse=k % 2 == 1)
 
 
-class RealNVP(FlowHead):
+class RealNVP(StepsHead):
     """``realnvp``: affine couplings with alternating masks (Dinh et al. 2017, arXiv 1605.08803)."""
 
-    def __init__(
-        self,
-        features: int,
-        latent: int,
-        flow_steps: int = SIZE.flow_steps,
-        flow_hidden: int = SIZE.flow_hidden,
-        flow_layers: int = SIZE.flow_layers,
-        context_dim: int = SIZE.context_dim,
-    ):
-        flow = [
-            AffineCoupling(latent, context_dim, flow_hidden, flow_layers, alternating_mask(latent, k))
-            for k in range(flow_steps)
-        ]
-        super().__init__(features, latent, context_dim, flow)
+    options = _NETS
+
+    def make_step(self, latent: int, size: FlowSize, k: int) -> nn.Module:
+        mask = alternating_mask(latent, k)
+        return AffineCoupling(latent, size.context_dim, size.flow_hidden, size.flow_layers, mask)
 
 
 class RealNVPAux(AuxiliaryHead):
     """``realnvp-aux``: couplings over (z, v) with an auxiliary variable v of size ``aux_dim``
     (0: ``latent``) and a learned reverse model r(v|x,z) (Cremer et al. 2018, arXiv 1801.03558)."""
 
-    def __init__(
-        self,
-        features: int,
-        latent: int,
-        flow_steps: int = SIZE.flow_steps,
-        flow_hidden: int = SIZE.flow_hidden,
-        flow_layers: int = SIZE.flow_layers,
-        context_dim: int = SIZE.context_dim,
-        aux_dim: int = SIZE.aux_dim,
-    ):
-        aux = aux_dim or latent
-        super().__init__(features, latent, aux, context_dim, flow_hidden, flow_layers, flow_steps)
+    options = (*_NETS, "aux_dim")
+
+    def __init__(self, features: int, latent: int, **size: int):
+        s = flow_size(type(self), size)
+        aux = s.aux_dim or latent
+        super().__init__(features, latent, aux, s.context_dim, s.flow_hidden, s.flow_layers, s.flow_steps)
 
 
 @dataclass(frozen=True)
@@ -219,38 +197,34 @@ class PosteriorRecord:
         head: the head class, built as ``head(features, latent, **options)``.
         family: ``gaussian`` (factorised Gaussian), ``flow`` or ``auxiliary``: q*'s family in
             the inference-gap analysis is the record's own.
-        options: the head's keyword options: a subset of :data:`~flowvae.config.FLOW_SIZE_KEYS`,
-            the ``model.*`` keys of the same names.
+    The head's keyword options are its class's ``options``: a subset of
+    :data:`~flowvae.config.FLOW_SIZE_KEYS`, the ``model.*`` keys of the same names.
     """
 
     name: str
     head: type[nn.Module]
     family: str
-    options: tuple[str, ...] = ()
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        return self.head.options
 
     def build(self, features: int, latent: int, **options) -> nn.Module:
         return self.head(features, latent, **{k: v for k, v in options.items() if k in self.options})
 
 
-_FLOW = ("flow_steps", "flow_hidden", "flow_layers", "context_dim")
 POSTERIORS: dict[str, PosteriorRecord] = {
     r.name: r
     for r in [
         PosteriorRecord("diag", Diagonal, "gaussian"),
-        PosteriorRecord("iaf", IAF, "flow", _FLOW),
-        PosteriorRecord("iaf-mean", IAFMean, "flow", _FLOW),
-        PosteriorRecord("planar", Planar, "flow", ("flow_steps", "context_dim")),
-        PosteriorRecord(
-            "sylvester-orthogonal", SylvesterOrthogonal, "flow",
-            ("flow_steps", "num_ortho_vecs", "context_dim"),
-        ),  # fmt: skip
-        PosteriorRecord(
-            "sylvester-householder", SylvesterHouseholder, "flow",
-            ("flow_steps", "num_householder", "context_dim"),
-        ),  # fmt: skip
-        PosteriorRecord("sylvester-triangular", SylvesterTriangular, "flow", ("flow_steps", "context_dim")),
-        PosteriorRecord("realnvp", RealNVP, "flow", _FLOW),
-        PosteriorRecord("realnvp-aux", RealNVPAux, "auxiliary", (*_FLOW, "aux_dim")),
+        PosteriorRecord("iaf", IAF, "flow"),
+        PosteriorRecord("iaf-mean", IAFMean, "flow"),
+        PosteriorRecord("planar", Planar, "flow"),
+        PosteriorRecord("sylvester-orthogonal", SylvesterOrthogonal, "flow"),
+        PosteriorRecord("sylvester-householder", SylvesterHouseholder, "flow"),
+        PosteriorRecord("sylvester-triangular", SylvesterTriangular, "flow"),
+        PosteriorRecord("realnvp", RealNVP, "flow"),
+        PosteriorRecord("realnvp-aux", RealNVPAux, "auxiliary"),
     ]
 }
 
@@ -269,6 +243,6 @@ def build_posterior(name: str, features: int, latent: int, **options) -> nn.Modu
 
 __all__ = [
     "IAF", "POSTERIORS", "Diagonal", "FlowHead", "IAFMean", "Planar", "PosteriorRecord", "RealNVP",
-    "RealNVPAux", "SylvesterHouseholder", "SylvesterOrthogonal", "SylvesterTriangular",
+    "StepsHead", "RealNVPAux", "SylvesterHouseholder", "SylvesterOrthogonal", "SylvesterTriangular",
     "build_posterior", "posterior_record",
 ]  # fmt: skip
