@@ -22,7 +22,7 @@ from flowvae.flows import (
     alternating_mask,
     solve_tanh_equation,
 )
-from flowvae.made import MADE, IAFMeanStep, IAFStep
+from flowvae.made import MADE, IAFStep
 
 D, C = 4, 3  # latent and context sizes of the step tests; hidden width 7 is not a multiple of D
 
@@ -38,7 +38,7 @@ def perturb(module: nn.Module, scale: float = 0.5) -> nn.Module:
 STEPS: dict[str, Callable[[], nn.Module]] = {
     "iaf": lambda: IAFStep(D, C, 7, 2),
     "iaf-reversed-no-hidden": lambda: IAFStep(D, C, 7, 0, order=torch.arange(D).flip(0)),
-    "iaf-mean": lambda: IAFMeanStep(D, C, 7, 1, order=torch.tensor([2, 0, 3, 1])),
+    "iaf-mean": lambda: IAFStep(D, C, 7, 1, order=torch.tensor([2, 0, 3, 1]), mean_only=True),
     "planar": lambda: PlanarStep(D, C),
     "sylvester-orthogonal": lambda: OrthogonalSylvesterStep(D, C, 2),
     "sylvester-orthogonal-square": lambda: OrthogonalSylvesterStep(D, C, D),

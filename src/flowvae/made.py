@@ -1,9 +1,9 @@
 """MADE and the inverse autoregressive flow steps built on it.
 
 :class:`MADE` (Germain et al. 2015) is the masked network of every autoregressive step here and
-of the autoregressive decoder (:mod:`flowvae.nets`); :class:`IAFStep` and :class:`IAFMeanStep`
-(Kingma et al. 2016) are flow steps with the :class:`~flowvae.core.ConditionalBijection`
-signature, like those of :mod:`flowvae.flows`.
+of the autoregressive decoder (:mod:`flowvae.nets`); :class:`IAFStep` (Kingma et al. 2016; gated
+or mean-only) is a flow step with the :class:`~flowvae.core.ConditionalBijection` signature,
+like those of :mod:`flowvae.flows`.
 """
 
 from __future__ import annotations
@@ -130,7 +130,8 @@ class IAFStep(nn.Module):
     ``m, s = MADE(z, h)``; ``z_new = sigmoid(s) * z + (1 - sigmoid(s)) * m``; since m_i and s_i
     depend on z only through the variables before i, the Jacobian is triangular and
     log|det| = sum_i log sigmoid(s_i). The bias of s starts at ``gate_bias`` > 0 and the MADE's
-    output weights start small, so every step starts close to the identity.
+    output weights start small, so every step starts close to the identity. ``mean_only``: the
+    volume-preserving step ``z_new = z + m(z, h)`` (log|det| = 0; no s, no gate).
 
     Arguments:
         features: D.
@@ -138,6 +139,7 @@ class IAFStep(nn.Module):
         hidden_features, num_layers: the MADE's width and number of hidden layers.
         order: the autoregressive order (alternate it between steps to reverse the variables).
         gate_bias: initial bias of s (sigmoid(2) = 0.88).
+        mean_only: the shift-only update.
 
     Returns:
         (forward) ``(z_new, ladj)``, shapes (..., D) and (...).
@@ -155,19 +157,27 @@ class IAFStep(nn.Module):
         num_layers: int,
         order: Tensor | None = None,
         gate_bias: float = 2.0,
+        mean_only: bool = False,
     ):
         super().__init__()
-        self.made = MADE(features, context_features, hidden_features, num_layers, 2, order)
+        self.mean_only = mean_only
+        outputs = 1 if mean_only else 2  # m, or m and s
+        self.made = MADE(features, context_features, hidden_features, num_layers, outputs, order)
         self.made.init_output_small()
-        with torch.no_grad():
-            self.made.output.bias[features:] = gate_bias  # outputs [D:2D] are s
+        if not mean_only:
+            with torch.no_grad():
+                self.made.output.bias[features:] = gate_bias  # outputs [D:2D] are s
 
-    def _gate(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        m, s = self.made(z, context).unbind(-2)  # (..., D) each
-        return m, s
+    def _update(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(m, s), each (..., D); s is None for a mean-only step."""
+        out = self.made(z, context)
+        return (out.squeeze(-2), None) if self.mean_only else out.unbind(-2)
 
     def forward(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        m, s = self._gate(z, context)
+        m, s = self._update(z, context)
+        if s is None:
+            z_new = z + m
+            return z_new, z_new.new_zeros(z_new.shape[:-1])
         gate = torch.sigmoid(s)
         return gate * z + (1 - gate) * m, F.logsigmoid(s).sum(-1)
 
@@ -176,41 +186,10 @@ class IAFStep(nn.Module):
         """D sequential passes: after pass k the first k variables (in order) are exact."""
         z = z_new.clone()
         for _ in range(z.shape[-1]):
-            m, s = self._gate(z, context)
-            gate = torch.sigmoid(s)
-            z = (z_new - (1 - gate) * m) / gate
-        return z
-
-
-class IAFMeanStep(nn.Module):
-    """Volume-preserving (mean-only) IAF step: ``z_new = z + m(z, h)``, log|det| = 0.
-
-    Arguments and References: as :class:`IAFStep` (without ``gate_bias``).
-
-    Returns:
-        (forward) ``(z_new, zeros)``, shapes (..., D) and (...).
-    """
-
-    def __init__(
-        self,
-        features: int,
-        context_features: int,
-        hidden_features: int,
-        num_layers: int,
-        order: Tensor | None = None,
-    ):
-        super().__init__()
-        self.made = MADE(features, context_features, hidden_features, num_layers, 1, order)
-        self.made.init_output_small()
-
-    def forward(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        m = self.made(z, context).squeeze(-2)  # (..., D)
-        z_new = z + m
-        return z_new, z_new.new_zeros(z_new.shape[:-1])
-
-    @torch.no_grad()
-    def inverse(self, z_new: Tensor, context: Tensor) -> Tensor:
-        z = z_new.clone()
-        for _ in range(z.shape[-1]):
-            z = z_new - self.made(z, context).squeeze(-2)
+            m, s = self._update(z, context)
+            if s is None:
+                z = z_new - m
+            else:
+                gate = torch.sigmoid(s)
+                z = (z_new - (1 - gate) * m) / gate
         return z

@@ -37,7 +37,7 @@ from .flows import (
     TriangularSylvesterStep,
     alternating_mask,
 )
-from .made import IAFMeanStep, IAFStep, alternating_order
+from .made import IAFStep, alternating_order
 
 
 class FlowHead(nn.Module):
@@ -117,20 +117,18 @@ class IAF(StepsHead):
     hidden layers of ``flow_hidden`` units taking the context h (size ``context_dim``)."""
 
     options = _NETS
+    mean_only = False
 
     def make_step(self, latent: int, size: FlowSize, k: int) -> nn.Module:
         order = alternating_order(latent, k)
-        return IAFStep(latent, size.context_dim, size.flow_hidden, size.flow_layers, order)
+        hidden, layers = size.flow_hidden, size.flow_layers
+        return IAFStep(latent, size.context_dim, hidden, layers, order, mean_only=self.mean_only)
 
 
-class IAFMean(StepsHead):
+class IAFMean(IAF):
     """``iaf-mean``: IAF whose steps only shift (z' = z + m(z, h)); log|det| = 0."""
 
-    options = _NETS
-
-    def make_step(self, latent: int, size: FlowSize, k: int) -> nn.Module:
-        order = alternating_order(latent, k)
-        return IAFMeanStep(latent, size.context_dim, size.flow_hidden, size.flow_layers, order)
+    mean_only = True
 
 
 class Planar(StepsHead):
