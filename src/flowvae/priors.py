@@ -129,7 +129,7 @@ class VampPrior(nn.Module):
         return mean, torch.diag(torch.exp(2 * log_std))
 
 
-class FlowPrior(nn.Module):
+class FlowPrior(StandardNormal):
     """``flow``: p(z) a normalizing flow on N(0, I): ``steps`` affine couplings (RealNVP, Dinh et
     al. 2017, arXiv 1605.08803) with alternating masks, in the density direction.
 
@@ -145,8 +145,7 @@ class FlowPrior(nn.Module):
     """
 
     def __init__(self, latent: int, steps: int = 4, hidden: int = 256, layers: int = 1):
-        super().__init__()
-        self.latent_dim = latent
+        super().__init__(latent)
         self.steps = nn.ModuleList(
             AffineCoupling(latent, 0, hidden, layers, alternating_mask(latent, k)) for k in range(steps)
         )
@@ -162,17 +161,15 @@ class FlowPrior(nn.Module):
 
     def log_prob(self, z: Tensor, model: nn.Module | None = None) -> Tensor:
         u, ladj = self.to_base(z)
-        return log_standard_normal(u).sum(-1) + ladj
+        return super().log_prob(u) + ladj
 
     @torch.no_grad()
     def sample(
         self, sample_shape: Sequence[int], model: nn.Module | None = None, like: Tensor | None = None,
         temperature: float = 1.0,
     ) -> Tensor:  # fmt: skip
-        """u ~ N(0, temperature^2 I) through the inverse couplings, last step first."""
-        p = _like(model, like)
-        shape = (*sample_shape, self.latent_dim)  # the last sample dim indexes examples
-        z = temperature * noise.randn(shape, batch_dim=-2, dtype=p.dtype, device=p.device)
+        """u ~ N(0, temperature^2 I) (the base's draw) through the inverse couplings, last first."""
+        z = super().sample(sample_shape, model, like, temperature)
         context = z.new_zeros(0)
         for step in reversed(self.steps):
             z = step.inverse(z, context)
