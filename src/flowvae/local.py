@@ -370,6 +370,81 @@ def _reanchor(local: LocalPosterior, optimizer: torch.optim.Adam, best: Tensor, 
         state["exp_avg_sq"].mul_(factor**2)
 
 
+def _per_example(mask: Tensor, like: Tensor) -> Tensor:
+    """A (B,) mask shaped to broadcast against per-example parameters ``like`` (B, ...)."""
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+@dataclass
+class _Progress:
+    """Every example's optimisation state, each (B,) on the device (no host sync per step)."""
+
+    active: Tensor  # still optimising
+    best: Tensor  # best window-mean ELBO so far
+    best_params: list[Tensor]  # the trainable parameters at that window's last step
+    bad_checks: Tensor  # checks since the last improvement by more than the tolerance
+    decays: Tensor  # step-size reductions so far
+    running: Tensor  # the current window's summed objective
+    steps: Tensor  # steps taken
+    scale: Tensor  # per-example step-size factor
+    skipped: Tensor  # updates skipped as non-finite
+
+    @classmethod
+    def start(cls, batch: int, like: Tensor, trainable: list[Tensor]) -> _Progress:
+        def zeros(dtype: torch.dtype) -> Tensor:
+            return torch.zeros(batch, dtype=dtype, device=like.device)
+
+        return cls(
+            active=torch.ones(batch, dtype=torch.bool, device=like.device),
+            best=torch.full((batch,), -math.inf, dtype=torch.float64, device=like.device),
+            best_params=[p.detach().clone() for p in trainable], bad_checks=zeros(torch.long),
+            decays=zeros(torch.long), running=zeros(torch.float64), steps=zeros(torch.long),
+            scale=torch.ones(batch, dtype=like.dtype, device=like.device), skipped=zeros(torch.long),
+        )  # fmt: skip
+
+    def check(self, before: list[Tensor], options: LocalOptions) -> None:
+        """End of a window: keep the best window's parameters (``before``: those its last
+        objective was computed at), reduce the step size of stalled examples, stop converged ones."""
+        average = self.running / options.check_every
+        improved = self.active & (average > self.best + options.tolerance)
+        better = self.active & (average > self.best)
+        self.best = torch.where(better, average, self.best)
+        for old, kept in zip(before, self.best_params, strict=True):
+            kept.copy_(torch.where(_per_example(better, old), old, kept))
+        self.bad_checks = torch.where(improved, torch.zeros_like(self.bad_checks), self.bad_checks + 1)
+        stalled = self.active & (self.bad_checks >= options.patience)
+        self.scale = torch.where(stalled, self.scale * options.lr_decay, self.scale)
+        self.decays += stalled.long()
+        self.bad_checks = torch.where(stalled, torch.zeros_like(self.bad_checks), self.bad_checks)
+        self.active &= self.decays <= options.decays
+        self.running.zero_()
+
+
+def _masked_step(
+    model: nn.Module, x: Tensor, local: LocalPosterior, optimizer: torch.optim.Adam, progress: _Progress,
+    samples: int,
+) -> list[Tensor]:  # fmt: skip
+    """One Adam step of every active example's own ELBO, scaled per example; an example whose
+    objective or gradient is not finite keeps its parameters. Returns the parameters before it."""
+    trainable = local.trainable()
+    objective = log_weights(model, x, local, samples).mean(0)  # (B,)
+    optimizer.zero_grad(set_to_none=False)
+    (-objective.sum()).backward()  # each example's parameters get the gradient of its own ELBO only
+    update = progress.active & _per_example_finite(objective.detach(), [p.grad for p in trainable])
+    progress.skipped += (progress.active & ~update).long()
+    before = [p.detach().clone() for p in trainable]
+    for p in trainable:  # a zero gradient keeps Adam's moments finite
+        p.grad = torch.where(_per_example(update, p), p.grad, torch.zeros_like(p.grad))
+    optimizer.step()
+    with torch.no_grad():  # per-example step sizes; Adam moves even at zero gradient
+        factor = torch.where(update, progress.scale, torch.zeros_like(progress.scale))
+        for p, old in zip(trainable, before, strict=True):
+            p.copy_(old + _per_example(factor, p) * (p - old))
+    progress.steps += progress.active.long()
+    progress.running += torch.nan_to_num(objective.detach().double(), nan=-math.inf)
+    return before
+
+
 def local_optimise(
     model: nn.Module,
     x: Tensor,
@@ -407,71 +482,33 @@ def local_optimise(
     start = time.perf_counter()
     like = next(model.parameters())
     x = x.to(like.device)
-    batch = x.shape[0]
     eval_seed = int(torch.randint(2**62, (), dtype=torch.long))
     with frozen_model(model):
-        local = LocalPosterior(local_head(posterior, model.latent_dim, **flow_options), batch, like)
+        local = LocalPosterior(local_head(posterior, model.latent_dim, **flow_options), x.shape[0], like)
         if local.has_gaussian:
             local.set_gaussian(*(init if init is not None else amortized_start(model, x, options.samples)))
         trainable = local.trainable()
-        follow = local.gaussian_only  # the anchor follows the Gaussian (see the module)
         optimizer = torch.optim.Adam(trainable, lr=options.lr)
-        active = torch.ones(batch, dtype=torch.bool, device=x.device)
-        best = torch.full((batch,), -math.inf, dtype=torch.float64, device=x.device)
-        best_params = [p.detach().clone() for p in trainable]
-        bad_checks = torch.zeros(batch, dtype=torch.long, device=x.device)
-        decays = torch.zeros(batch, dtype=torch.long, device=x.device)
-        running = torch.zeros(batch, dtype=torch.float64, device=x.device)
-        steps = torch.zeros(batch, dtype=torch.long, device=x.device)
-        scale = torch.ones(batch, dtype=like.dtype, device=x.device)  # per-example lr factor
-        skipped = torch.zeros(batch, dtype=torch.long, device=x.device)  # no host sync per step
+        progress = _Progress.start(x.shape[0], like, trainable)
         with torch.enable_grad():
             for step in range(1, options.max_steps + 1):
-                objective = log_weights(model, x, local, options.samples).mean(0)  # (B,)
-                optimizer.zero_grad(set_to_none=False)
-                # each example's parameters get the gradient of its own ELBO only
-                (-objective.sum()).backward()
-                update = active & _per_example_finite(objective.detach(), [p.grad for p in trainable])
-                skipped += (active & ~update).long()
-                before = [p.detach().clone() for p in trainable]
-                for p in trainable:  # a zero gradient keeps Adam's moments finite
-                    mask = update.view(-1, *([1] * (p.dim() - 1)))
-                    p.grad = torch.where(mask, p.grad, torch.zeros_like(p.grad))
-                optimizer.step()
-                with torch.no_grad():  # per-example step sizes; Adam moves even at zero gradient
-                    factor = torch.where(update, scale, torch.zeros_like(scale))
-                    for p, old in zip(trainable, before, strict=True):
-                        p.copy_(old + factor.view(-1, *([1] * (p.dim() - 1))) * (p - old))
-                steps += active.long()
-                running += torch.nan_to_num(objective.detach().double(), nan=-math.inf)
+                before = _masked_step(model, x, local, optimizer, progress, options.samples)
                 if step % options.check_every == 0:
                     with torch.no_grad():
-                        average = running / options.check_every
-                        improved = active & (average > best + options.tolerance)
-                        better = active & (average > best)
-                        best = torch.where(better, average, best)
-                        # the parameters the window's last objective was computed at
-                        for old, kept in zip(before, best_params, strict=True):
-                            kept.copy_(torch.where(better.view(-1, *([1] * (old.dim() - 1))), old, kept))
-                        bad_checks = torch.where(improved, torch.zeros_like(bad_checks), bad_checks + 1)
-                        stalled = active & (bad_checks >= options.patience)
-                        scale = torch.where(stalled, scale * options.lr_decay, scale)
-                        decays += stalled.long()
-                        bad_checks = torch.where(stalled, torch.zeros_like(bad_checks), bad_checks)
-                        active &= decays <= options.decays
-                        running.zero_()
-                        if follow:
-                            _reanchor(local, optimizer, best_params[0], active)
-                    if not active.any():
+                        progress.check(before, options)
+                        if local.gaussian_only:  # the anchor follows the Gaussian (see the module)
+                            _reanchor(local, optimizer, progress.best_params[0], progress.active)
+                    if not progress.active.any():
                         break
-        if steps.max() >= options.check_every:  # the best window's parameters; an example
+        if progress.steps.max() >= options.check_every:  # the best window's parameters; an example
             with torch.no_grad():  # with no finite window keeps its initial ones
-                for p, kept in zip(trainable, best_params, strict=True):
+                for p, kept in zip(trainable, progress.best_params, strict=True):
                     p.copy_(kept)
         # the final estimate's draws do not depend on how long any example took to converge
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             torch.manual_seed(eval_seed)
             elbo, stderr = elbo_with_stderr(model, x, local, options.eval_samples, options.eval_chunk)
+    active, steps, skipped = progress.active, progress.steps, progress.skipped
     return LocalResult(
         posterior=posterior, elbo=elbo, stderr=stderr, steps=steps.cpu(), converged=~active.cpu(),
         skipped=skipped.cpu(), seconds=time.perf_counter() - start, local=local,
