@@ -33,8 +33,9 @@ from flowvae.data import evaluation_images, load_data
 from flowvae.estimators import evaluate
 from flowvae.images import save_grid
 from flowvae.model import build_model
+from flowvae.optim import optimizer_for, train_step
 from flowvae.presets import preset
-from flowvae.train import optimizer_for, train, train_step
+from flowvae.train import train
 
 IMAGE_SHAPE = (3, 32, 32)
 

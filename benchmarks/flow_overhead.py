@@ -1,8 +1,8 @@
 """Cost of a flow posterior's training step relative to ``diag`` (issue 14).
 
 Every posterior gets the ``mnist-mlp`` model (MLP 784-300-300, z=32) and trains on one fixed batch
-of 100 binary images with :func:`flowvae.train.train_step`, once with the optimizer the config
-gives (:func:`flowvae.train.optimizer_for`) and once with ``torch.optim.Adam(fused=True)``.
+of 100 binary images with :func:`flowvae.optim.train_step`, once with the optimizer the config
+gives (:func:`flowvae.optim.optimizer_for`) and once with ``torch.optim.Adam(fused=True)``.
 Repeats are interleaved over posteriors and optimizers, so that load from other processes hits
 all of them alike; the table shows the median ms per step and its ratio to ``diag``'s. The clock
 is this process's CPU time (``--clock cpu``, the default): at one thread it is the wall time of
@@ -28,8 +28,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from flowvae.config import DataConfig
 from flowvae.data import load_data
 from flowvae.model import build_model
+from flowvae.optim import optimizer_for, train_step, training_loss
 from flowvae.presets import preset
-from flowvae.train import optimizer_for, train_step, training_loss
 
 POSTERIORS = ["diag", "iaf", "iaf-mean", "realnvp", "planar", "sylvester-orthogonal"]
 OPTIMIZERS = ["optimizer_for", "fused-adam"]

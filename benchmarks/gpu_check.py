@@ -22,7 +22,7 @@ the parts share a ``--budget`` (seconds) and ``compile``, last, gets what is lef
 2. ``cli``: ``flowvae train`` (mnist-mlp, iaf, 400 steps) on the device, ``flowvae eval`` and
    ``flowvae sample`` of that run, then the same training under ``torchrun --nproc_per_node=1``:
    exit codes, wall seconds, img/s of the run's own clock, the precision line of invocations.jsonl.
-3. ``train``: steps/s and img/s of ``flowvae.train.train_step`` at batch 100, data resident on the
+3. ``train``: steps/s and img/s of ``flowvae.optim.train_step`` at batch 100, data resident on the
    device, timed after a warm-up with a synchronize at both ends: mnist-mlp diag / iaf and the
    peer's gated-conv architecture (../shared/peers/ours_bench.py) diag / iaf / sylvester-orthogonal,
    in float32 and bf16 autocast; ``compile`` (last): bf16 + ``torch.compile``, with its compile time.
@@ -62,9 +62,9 @@ from flowvae.config import Config, apply_overrides
 from flowvae.data import load_data
 from flowvae.estimators import iwae
 from flowvae.model import build_model
+from flowvae.optim import native_bf16, optimizer_for, train_step
 from flowvae.presets import preset
 from flowvae.testing import rounding_bound
-from flowvae.train import native_bf16, optimizer_for, train_step
 from flowvae.vae import VAE
 
 SRC = Path(__file__).resolve().parent.parent / "src"

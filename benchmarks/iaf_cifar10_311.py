@@ -33,8 +33,9 @@ import torch
 from flowvae.config import apply_overrides
 from flowvae.data import iterate_batches, load_data
 from flowvae.model import build_model
+from flowvae.optim import optimizer_for, train_step
 from flowvae.presets import preset
-from flowvae.train import optimizer_for, train, train_step
+from flowvae.train import train
 
 PRESET = "iaf-cifar10-311"
 

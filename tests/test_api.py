@@ -130,7 +130,7 @@ def test_errors_raised_in_python_name_the_python_arguments(tmp_path):
     """A run folder already in use: from Python the advice is fit's own arguments, not CLI flags."""
     import pytest
 
-    from flowvae.train import TrainingError
+    from flowvae.rundir import TrainingError
 
     cfg = flowvae.preset("digits")
     cfg.train.max_steps = 1

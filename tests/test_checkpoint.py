@@ -29,7 +29,7 @@ def test_incomplete_and_foreign_checkpoints_are_one_line_errors(tmp_path):
     with pytest.raises(CheckpointError, match="incomplete checkpoint .no config, image_shape, binary"):
         load_checkpoint(path)
     save_atomic([1, 2], path)  # type: ignore[arg-type]
-    with pytest.raises(CheckpointError, match="incomplete checkpoint"):
+    with pytest.raises(CheckpointError, match="not a flowvae checkpoint .a list, not a dict"):
         load_checkpoint(path)
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
@@ -55,7 +55,7 @@ def test_checkpoints_with_numpy_rng_states_still_load_and_resume(tmp_path):
     """Runs written before RNG states were tensors: numpy's array reconstruction is allowed."""
     import numpy as np
 
-    from flowvae.train import prepare_run
+    from flowvae.rundir import prepare_run
 
     run = tmp_path / "old"
     train(apply_overrides(preset("digits"), TINY), run, progress=False)

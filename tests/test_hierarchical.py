@@ -19,7 +19,7 @@ from flowvae.core import ElboTerms
 from flowvae.estimators import ESTIMATORS, elbo, evaluate, iwae
 from flowvae.hierarchical import BLOCK_POSTERIORS, HierarchicalBlock, HierarchicalVAE
 from flowvae.model import build_model, hierarchical_spec
-from flowvae.train import train_step, training_loss
+from flowvae.optim import train_step, training_loss
 
 TINY = dict(type="hierarchical", n_h=6, n_z=2, depth_ar=1)
 

@@ -6,9 +6,9 @@ import shutil
 import pytest
 from conftest import run_cli
 
-from flowvae import train as train_module
+from flowvae import rundir as rundir_module
 from flowvae.checkpoint import load_checkpoint
-from flowvae.train import new_run_dir
+from flowvae.rundir import new_run_dir
 
 TINY = ["--no-progress", "model.hidden=[16]", "model.latent_dim=2", "train.epochs=1", "eval.samples=4"]
 
@@ -28,7 +28,7 @@ def test_new_run_dirs_started_in_the_same_second_differ(tmp_path):
 
 def test_two_default_runs_in_the_same_second_keep_both_results(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(train_module.time, "strftime", lambda fmt, *a: "20260101-000000")
+    monkeypatch.setattr(rundir_module.time, "strftime", lambda fmt, *a: "20260101-000000")
     run_cli("train", *TINY, "model.posterior=iaf", "model.flow_steps=1")
     run_cli("train", *TINY, "model.posterior=iaf", "model.flow_steps=1")
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())

@@ -13,19 +13,18 @@ from flowvae.checkpoint import load_checkpoint, load_run
 from flowvae.config import apply_overrides
 from flowvae.core import ElboTerms
 from flowvae.data import load_data
-from flowvae.presets import preset
-from flowvae.train import (
-    TrainingError,
+from flowvae.optim import (
     budget_horizon,
     evaluate_elbo,
     kl_weight,
     learning_rate,
     optimizer_for,
-    prepare_run,
-    train,
     train_step,
     training_loss,
 )
+from flowvae.presets import preset
+from flowvae.rundir import TrainingError, prepare_run
+from flowvae.train import train
 
 SMALL = [
     "model.hidden=[32]", "model.latent_dim=4", "train.batch_size=100", "train.epochs=3",
@@ -285,10 +284,10 @@ def test_a_training_step_syncs_with_the_host_once(clip, monkeypatch):
 def test_amp_auto_uses_bf16_exactly_where_the_hardware_has_it(native, monkeypatch):
     """``train.amp=auto`` (the default) autocasts the training forward pass to bf16 where the
     device multiplies bf16 natively, and stays float32 elsewhere; ``none``/``bf16`` force it."""
-    import flowvae.train as train_module
+    import flowvae.optim as optim_module
     from flowvae.model import build_model
 
-    monkeypatch.setattr(train_module, "native_bf16", lambda device_type: native)
+    monkeypatch.setattr(optim_module, "native_bf16", lambda device_type: native)
     assert small_cfg().train.amp == "auto"
     model = build_model(small_cfg().model, (1, 8, 8), True)
     seen = []
@@ -301,7 +300,7 @@ def test_amp_auto_uses_bf16_exactly_where_the_hardware_has_it(native, monkeypatc
         out = train_step(model, optimizer, x, cfg, beta=1.0, lr=1e-3)
         assert seen.pop() == (torch.bfloat16 if bf16 else torch.float32), amp
         assert all(isinstance(v, float) for v in out.values())
-        note = train_module.precision_note(amp, "cpu")
+        note = optim_module.precision_note(amp, "cpu")
         assert note.startswith("bf16 autocast" if bf16 else "float32"), note
 
 
@@ -320,7 +319,7 @@ def test_asking_for_cuda_without_it_is_a_clear_error(tmp_path):
 
 
 def test_ema_forgets_its_initialisation_early_and_averages_later():
-    from flowvae.train import EMA
+    from flowvae.optim import EMA
 
     model = torch.nn.Linear(1, 1, bias=False)
     torch.nn.init.zeros_(model.weight)

@@ -25,7 +25,8 @@ from .progress import progress_bar
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import new_run_dir, prepare_run, summary_line, train
+    from .rundir import new_run_dir, prepare_run, summary_line
+    from .train import train
 
     if args.resume:
         if args.preset or args.config or args.run_dir or args.overwrite:
@@ -653,7 +654,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .train import TrainingError
+    from .rundir import TrainingError
 
     args = parser().parse_args(argv)
     try:

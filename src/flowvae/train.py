@@ -1,26 +1,18 @@
-"""Training: small named steps and the run directory.
+"""Training: the loop.
 
 ``train`` = ``setup`` (data, model, optimizer, EMA, resume, run directory) + ``run_epoch`` (each
-``train_step``, in-epoch checkpoints, budgets, Ctrl-C) + ``end_of_epoch`` (``evaluate``:
+``train_step``, in-epoch checkpoints, budgets, Ctrl-C) + ``end_of_epoch`` (``validate``:
 ``evaluate_elbo``, divergence stop, ``best.pt``, early stopping; ``save_checkpoint``), with a
-``RunLog`` that consumes each metrics row.
+:class:`~flowvae.rundir.RunLog` that consumes each metrics row. What one update is made of is in
+:mod:`flowvae.optim`; the run directory's files in :mod:`flowvae.rundir`.
 
-A run directory holds ``config.yaml`` (fully resolved), ``metrics.csv`` (a row per evaluation),
-TensorBoard event files, ``checkpoint.pt`` (latest), ``best.pt`` (best valid ELBO),
-``samples.png``, ``reconstructions.png`` and ``invocations.jsonl`` (one line per invocation).
 Resuming restores model, optimizer, EMA, RNG states and the position inside the epoch, so an
 interrupted run ends where an uninterrupted one does. Budgets (``train.max_minutes``,
 ``train.max_steps``) count per invocation and are not carried into the next resume.
 """
-
 from __future__ import annotations
 
 import contextlib
-import copy
-import csv
-import functools
-import itertools
-import json
 import math
 import random
 import signal
@@ -38,309 +30,46 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed
-from .checkpoint import CheckpointError, load_checkpoint, load_run, remove_temp_files, save_atomic
-from .config import Amp, Config, ConfigError, TrainConfig, from_dict, save_yaml
-from .core import ElboTerms
+from .checkpoint import CheckpointError, load_checkpoint, remove_temp_files, save_atomic
+from .config import Amp, Config, ConfigError, save_yaml
 from .data import ImageData, iterate_batches, load_data, num_batches
-from .estimators import elbo_terms
 from .files import writing
-from .images import make_grid, save_grid
 from .model import build_model
-from .numerics import bits_per_dim
+from .optim import (
+    EMA,
+    budget_horizon,
+    evaluate_elbo,
+    freeze,
+    init_from,
+    kl_weight,
+    learning_rate,
+    optimizer_for,
+    precision_note,
+    resolve_device,
+    train_step,
+    training_loss,
+)
 from .progress import progress_bar
+from .rundir import (
+    RunLog,
+    TrainingError,
+    TrainState,
+    check_new_run_dir,
+    new_run_dir,
+    prepare_run,
+    record_invocation,
+    run_files,
+    summary_line,
+    write_metrics,
+)
 
-METRICS = ["epoch", "step", "seconds", "train_elbo", "valid_elbo", "kl", "lr", "kl_weight", "skipped"]
 MAX_CONSECUTIVE_SKIPS = 50
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (diverged, bad run directory). One-line message, in the terms of the
-    Python API (``fit(..., overwrite=True)``); ``cli`` is the same advice in the command line's
-    (``--overwrite``), which ``flowvae`` prints instead."""
-
-    def __init__(self, message: str, cli: str = ""):
-        super().__init__(message)
-        self.cli = cli or message
 
 
 # ----------------------------------------------------------------------------- pieces
 
 
-class EMA:
-    """Polyak averaging of the weights: shadow <- d * shadow + (1 - d) * weights.
-
-    d = min(decay, (1 + step) / (10 + step)): early on the average forgets quickly, so a short
-    run is not evaluated with weights still close to their initialisation (as TensorFlow's
-    ExponentialMovingAverage with num_updates). A function of the step: resumes exactly.
-    """
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        decay = min(self.decay, (1 + step) / (10 + step))
-        for s, p in zip(self.model.parameters(), model.parameters(), strict=True):
-            s.lerp_(p, 1 - decay)
-        for s, b in zip(self.model.buffers(), model.buffers(), strict=True):
-            s.copy_(b)
-
-
-def learning_rate(cfg: Config, progress: float, horizon: float = 0.0) -> float:
-    """The lr after ``progress`` epochs: a pure function of progress (and, for ``cosine-budget``,
-    of the ``horizon`` in epochs kept in the run's state), so resume needs no other state."""
-    t = cfg.train
-    if t.lr_schedule == "constant":
-        return t.lr
-    if t.lr_schedule == "exponential":
-        return t.lr * t.lr_decay ** math.floor(progress)
-    if t.lr_schedule in ("cosine", "cosine-budget"):
-        end = horizon if t.lr_schedule == "cosine-budget" and horizon > 0 else t.epochs
-        frac = min(progress / max(end, 1e-9), 1.0)
-        return t.lr_min + 0.5 * (t.lr - t.lr_min) * (1 + math.cos(math.pi * frac))
-    raise ConfigError(
-        f"unknown train.lr_schedule {t.lr_schedule!r}; use constant, exponential, cosine, cosine-budget"
-    )
-
-
-def budget_horizon(cfg: Config, epoch: int, epochs_timed: float, seconds: float) -> float:
-    """The epoch at which ``cosine-budget`` ends: ``train.epochs``, or sooner the epoch at which
-    ``train.max_minutes`` runs out, had the ``epochs_timed`` epochs just done (in ``seconds``,
-    evaluations included) set the pace of the rest. ``epoch``: epochs completed so far."""
-    t = cfg.train
-    if not t.max_minutes or epochs_timed <= 0:
-        return float(t.epochs)
-    left = max(60 * t.max_minutes - seconds, 0.0)
-    return min(float(t.epochs), epoch + left * epochs_timed / max(seconds, 1e-9))
-
-
-def kl_weight(cfg: Config, progress: float) -> float:
-    """KL warm-up (Sønderby et al. 2016): the weight rises linearly to 1 over kl_warmup_epochs."""
-    w = cfg.train.kl_warmup_epochs
-    return 1.0 if w <= 0 else min(1.0, progress / w)
-
-
-def training_loss(
-    terms: ElboTerms, beta: float, kl_min: float, latent_dim: int, objective: str = "elbo"
-) -> Tensor:
-    """-(E[log p(x|z)] - beta * KL) per example, with free bits (Kingma et al. 2016, Eq. 15).
-
-    ``objective="iwae"``: minus the importance-weighted bound (Burda et al. 2016) over the
-    samples (dim 0), log mean_k exp(log p(x|z_k) + beta (log p(z_k) - log q(z_k|x))): with one
-    sample it is the ELBO; with more it is tighter. Free bits do not apply to it.
-
-    Free bits: the KL of each group, averaged over the minibatch, is clamped from below at
-    ``kl_min`` nats per latent dimension (a group is the whole latent vector of a flat VAE, a
-    feature map of a layer in the hierarchical model). Reported numbers never use this.
-    """
-    if objective == "iwae":
-        log_w = terms.log_likelihood - beta * terms.kl
-        return -(torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])).mean()
-    if terms.kl_groups is None:
-        kl = terms.kl.mean()
-        if kl_min > 0:
-            kl = torch.clamp(kl, min=kl_min * latent_dim)
-    else:
-        kl = terms.kl_groups.flatten(0, -2).mean(0)  # (G,) mean over samples and batch
-        kl = torch.clamp(kl, min=kl_min).sum() if kl_min > 0 else kl.sum()
-    return -terms.log_likelihood.mean() + beta * kl
-
-
-FREEZE = {"decoder": ("decoder.", "likelihood."), "encoder": ("encoder.", "posterior.")}
-
-
-def freeze(model: nn.Module, part: str) -> None:
-    """Leave a part of the model out of training (``train.freeze``), e.g. to retrain only the
-    encoder of a trained model (Cremer et al. 2018, with ``train.init_from``)."""
-    if not part:
-        return
-    if part not in FREEZE:
-        raise ConfigError(f"unknown train.freeze {part!r}; use decoder or encoder")
-    names = [n for n, p in model.named_parameters() if n.startswith(FREEZE[part])]
-    if not names:
-        raise ConfigError(f"train.freeze={part}: this model has no {part} parameters")
-    for name, p in model.named_parameters():
-        if name in names:
-            p.requires_grad_(False)
-
-
-def init_from(model: nn.Module, run_dir: str, part: str, device: torch.device) -> None:
-    """Initialise from a trained run's best weights: all of them, or with ``train.freeze`` only
-    the frozen part (the rest starts fresh: e.g. a new encoder on a trained decoder)."""
-    source = load_run(run_dir, "best", device)[1].state_dict()
-    if part:
-        if part not in FREEZE:
-            raise ConfigError(f"unknown train.freeze {part!r}; use decoder or encoder")
-        source = {k: v for k, v in source.items() if k.startswith(FREEZE[part])}
-    own = model.state_dict()
-    bad = [k for k, v in source.items() if k not in own or own[k].shape != v.shape]
-    if bad or not source:
-        raise ConfigError(
-            f"train.init_from={run_dir}: its {part or 'model'} does not match this model's "
-            f"({len(bad)} mismatched tensors, e.g. {bad[:1]})"
-        )
-    model.load_state_dict(source, strict=not part)
-
-
-def optimizer_for(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """Adam or Adamax over the trainable parameters, in one fused kernel (Adam) or one call per
-    operation over all tensors (Adamax) instead of a Python loop over parameters: at batch 100 on
-    a CPU the loop cost ~2 ms of a ~10 ms step. Same update rule either way."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    t = cfg.train
-    if t.optimizer == "adam":
-        fused = all(p.dtype in (torch.float32, torch.float64) for p in params)
-        adam = torch.optim.AdamW if t.weight_decay > 0 else torch.optim.Adam
-        return adam(params, lr=t.lr, weight_decay=t.weight_decay, fused=fused or None)
-    if t.optimizer == "adamax":
-        return torch.optim.Adamax(params, lr=t.lr, weight_decay=t.weight_decay, foreach=True)
-    raise ConfigError(f"unknown train.optimizer {cfg.train.optimizer!r}; use adam or adamax")
-
-
-@functools.cache
-def native_bf16(device_type: str) -> bool:
-    """Whether this machine multiplies bf16 matrices in hardware: AVX-512 BF16 or AMX on x86
-    CPUs, compute capability 8.0 or later on CUDA GPUs."""
-    if device_type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
-    if device_type == "cpu":
-        capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
-        return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
-    return False
-
-
-def uses_bf16(amp: str, device_type: str) -> bool:
-    """``train.amp`` resolved on ``device_type``: ``auto`` is bf16 where :func:`native_bf16`."""
-    return amp == "bf16" or (amp == "auto" and native_bf16(device_type))
-
-
-def precision_note(amp: str, device_type: str) -> str:
-    """What the training forward pass runs in, and why; recorded in ``invocations.jsonl``."""
-    if uses_bf16(amp, device_type):
-        why = "this machine has native bf16 matmul" if amp == "auto" else "train.amp=bf16"
-        return f"bf16 autocast ({why}; evaluation stays float32)"
-    why = "no native bf16 matmul on this machine" if amp == "auto" else "train.amp=none"
-    return f"float32 ({why})"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but CUDA is not available on this machine")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ConfigError(f"unknown train.device {name!r}; use auto, cpu or cuda")
-    return torch.device(name)
-
-
-def train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    x: Tensor,
-    cfg: Config,
-    beta: float,
-    lr: float,
-) -> dict[str, float]:
-    """One update. Returns floats; ``skipped`` is 1 when the loss or gradient was not finite
-    (or the gradient norm exceeded ``train.skip_threshold``) and the update was not applied.
-
-    ``model`` may be wrapped in DistributedDataParallel: backward always runs (a NaN loss gives
-    NaN gradients), so every rank reaches the same skip decision after the gradient all-reduce.
-    """
-    t = cfg.train
-    model.train()
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=uses_bf16(t.amp, x.device.type)):
-        terms = model(x, t.samples)
-    latent_dim = getattr(model, "_orig_mod", model)
-    latent_dim = getattr(latent_dim, "module", latent_dim).latent_dim
-    loss = training_loss(terms, beta, t.kl_min, latent_dim, t.objective)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    params = [p for p in model.parameters() if p.grad is not None]
-    if t.grad_clip > 0:
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-    else:  # no clipping: the norm only (for the skip test and the log), no pass scaling by 1
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-    # the step's one host sync: everything the skip decision and the log need, in one transfer
-    stats = [loss, terms.log_weight.mean(), terms.kl.mean(), grad_norm]
-    loss_value, elbo, kl, norm = torch.stack([v.detach().float() for v in stats]).tolist()
-    skip = not math.isfinite(norm) or not math.isfinite(loss_value)
-    skip = skip or (t.skip_threshold > 0 and norm > t.skip_threshold)
-    if skip:
-        optimizer.zero_grad(set_to_none=True)
-    else:
-        optimizer.step()
-    return {"loss": loss_value, "elbo": elbo, "kl": kl, "grad_norm": norm, "skipped": float(skip)}
-
-
-@torch.no_grad()
-def evaluate_elbo(model: nn.Module, data: ImageData, split: str, cfg: Config) -> float:
-    """Mean ELBO (true KL, no warm-up, no free bits) over a split, with a fixed RNG stream;
-    NaN for an empty split (``data.valid_size=0``: no validation)."""
-    if len(data.split(split)) == 0:
-        return math.nan
-    model.eval()
-    device = next(model.parameters()).device
-    total, n = 0.0, 0
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(cfg.eval.seed)
-        for x in iterate_batches(data, split, cfg.eval.batch_size, shuffle=False, seed=cfg.eval.seed):
-            x = x.to(device)
-            total += elbo_terms(model, x, cfg.eval.valid_samples).log_weight.mean(0).sum().item()
-            n += x.shape[0]
-    return total / n
-
-
-@torch.no_grad()
-def save_images(
-    model: nn.Module, data: ImageData, run_dir: Path, seed: int, n: int = 64
-) -> dict[str, np.ndarray]:
-    """samples.png (means of p(x|z), z from the prior) and reconstructions.png (pairs of rows).
-
-    Returns both grids as uint8 ``(H, W, C)`` arrays (for TensorBoard), keyed by name.
-    """
-    model.eval()
-    device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        samples = model.decode_mean(model.sample_prior((n,))).cpu()
-        x = (data.valid if len(data.valid) else data.train)[: n // 2].to(device)
-        z, _ = model.encode(x).rsample_and_log_prob()
-        rec = model.decode_mean(z)
-        pairs = torch.stack([x.view_as(rec), rec], 1).view(-1, *rec.shape[1:]).cpu()  # x, x̂ side by side
-    grids = {}
-    for name, images in {"samples": samples, "reconstructions": pairs}.items():
-        save_grid(images, run_dir / f"{name}.png", nrow=8)
-        grids[name] = make_grid(images, nrow=8)
-    return grids
-
-
 # ----------------------------------------------------------------------------- state
-
-
-@dataclass
-class TrainState:
-    epoch: int = 0  # epochs completed
-    batch: int = 0  # batches done inside the current epoch
-    step: int = 0
-    seconds: float = 0.0
-    best_valid: float = -math.inf
-    best_epoch: int = -1
-    bad_evals: int = 0
-    skipped: int = 0
-    consecutive_skips: int = 0
-    epoch_skipped: int = 0  # skipped updates of the current epoch
-    epoch_elbo_sum: float = 0.0  # running sums of the current epoch's train ELBO and KL
-    epoch_kl_sum: float = 0.0
-    epoch_count: int = 0
-    lr: float = 0.0  # of the last step
-    horizon: float = 0.0  # cosine-budget: the epoch its cosine ends (0: train.epochs)
-    kl_weight: float = 0.0
-    stopped: str = ""
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def rng_state() -> dict[str, Any]:
@@ -363,30 +92,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """Rewrite ``metrics.csv`` whole, through a temp file: a failed write leaves the old file."""
-    tmp = run_dir / ".metrics.csv.tmp"
-    with writing(run_dir / "metrics.csv"):
-        try:
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=METRICS)
-                writer.writeheader()
-                writer.writerows(rows)
-            tmp.replace(run_dir / "metrics.csv")
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
-RESUMABLE_OVERRIDES = {"train.epochs", "train.max_minutes", "train.max_steps", "train.early_stopping"}
-BUDGETS = ("max_minutes", "max_steps")  # per invocation: a resume starts without them unless given
-RUN_FILES = (
-    "config.yaml", "metrics.csv", "checkpoint.pt", "best.pt", "samples.png", "reconstructions.png",
-    "invocations.jsonl",
-)  # fmt: skip
 INTERRUPTED = "interrupted (Ctrl-C)"
 LR_HINT = " (a smaller train.lr than {:g} may help)"
 
@@ -398,86 +106,6 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, message: str, cli: str = ""):
         super().__init__(message)
         self.cli = cli or message
-
-
-def run_files(run_dir: Path) -> list[Path]:
-    """The run artifacts in ``run_dir``: what starting a new run there would overwrite."""
-    if not run_dir.is_dir():
-        return []
-    names = [p for p in run_dir.iterdir() if p.name in RUN_FILES or p.name.startswith("events.out.tfevents")]
-    return sorted(names)
-
-
-def check_new_run_dir(run_dir: Path, overwrite: bool = False) -> None:
-    """A new run goes to a missing or empty folder; one holding run files only with ``overwrite``."""
-    if run_dir.exists() and not run_dir.is_dir():
-        problem = f"{run_dir}: exists and is not a directory; choose another"
-        raise TrainingError(f"{problem} run_dir", cli=f"{problem} --run-dir")
-    found = run_files(run_dir)
-    if found and not overwrite:
-        names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
-        raise TrainingError(
-            f"{run_dir} already holds a run ({names}); fit(cfg, {str(run_dir)!r}, resume=True) continues "
-            "it, fit(..., overwrite=True) replaces it, or choose another run_dir",
-            cli=f"{run_dir} already holds a run ({names}); use --resume {run_dir} to continue it, "
-            "--overwrite to replace it, or another --run-dir",
-        )  # fmt: skip
-
-
-def new_run_dir(parent: Path, stem: str) -> Path:
-    """Create ``parent/STEM-YYYYmmdd-HHMMSS`` atomically (``mkdir`` fails if it exists), with
-    ``-2``, ``-3``... when taken: two runs started in the same second never share a folder."""
-    parent.mkdir(parents=True, exist_ok=True)
-    base = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    for i in itertools.count(1):
-        path = parent / (base if i == 1 else f"{base}-{i}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise AssertionError("unreachable")
-
-
-def prepare_run(
-    cfg: Config | None, run_dir: Path, resume: bool, overrides: list[str], overwrite: bool = False
-) -> Config:
-    """Check the run directory before anything is written.
-
-    A new run: ``cfg``, if ``run_dir`` holds no run files (or ``overwrite``). A resume: the saved
-    config with the budgets (``train.max_minutes``, ``train.max_steps``) switched off, since they
-    count per invocation, then ``overrides`` (only :data:`RESUMABLE_OVERRIDES`).
-    """
-    from .config import apply_overrides, parse_override
-
-    if resume:
-        cfg = from_dict(load_checkpoint(run_dir / "checkpoint.pt")["config"])
-        for name in BUDGETS:
-            setattr(cfg.train, name, getattr(TrainConfig(), name))
-        for text in overrides:
-            key, _ = parse_override(text)
-            if key not in RESUMABLE_OVERRIDES:
-                raise ConfigError(
-                    f"cannot change {key} when resuming; allowed: {', '.join(sorted(RESUMABLE_OVERRIDES))}"
-                )
-        return apply_overrides(cfg, overrides)
-    check_new_run_dir(run_dir, overwrite)
-    assert cfg is not None
-    return cfg
-
-
-def record_invocation(
-    run_dir: Path, resume: bool, overrides: list[str], state: TrainState, precision: str
-) -> None:
-    """Append this invocation (time, resume or not, its overrides, where it starts, the training
-    precision it used) to ``invocations.jsonl``: a resume's budget overrides hold for that
-    invocation only, and a resume on another machine may resolve ``train.amp=auto`` differently."""
-    entry = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "resume": resume,
-        "overrides": list(overrides), "epoch": state.epoch, "step": state.step, "precision": precision,
-    }  # fmt: skip
-    with writing(run_dir / "invocations.jsonl"), open(run_dir / "invocations.jsonl", "a") as f:
-        f.write(json.dumps(entry) + "\n")
 
 
 def _install_sigint() -> tuple[dict[str, bool], Any]:
@@ -538,55 +166,6 @@ class _Run:
     @property
     def eval_model(self) -> nn.Module:
         return self.ema.model if self.ema is not None else self.model
-
-
-def _quiet_writer_threads(args: Any, previous: Any) -> None:
-    """``threading.excepthook``: TensorBoard's writer thread dies on a failed write (full disk)
-    and the writer raises that error again at its next call, where RunLog names the file; the
-    thread's own traceback on stderr is left out. Any other thread: the previous hook."""
-    if not (type(args.thread).__module__.startswith("tensorboard.") and issubclass(args.exc_type, OSError)):
-        previous(args)
-
-
-class RunLog:
-    """Rank 0's record of each evaluation row: ``metrics.csv`` (rewritten whole), TensorBoard
-    (scalars, valid bits/dim for non-binary data, the sample and reconstruction grids), the PNGs,
-    and one evaluation line on stderr (:func:`evaluation_line`; above the bar on a terminal, and
-    what a log file gets instead of the bar)."""
-
-    def __init__(self, run_dir: Path, cfg: Config, data: ImageData, purge_step: int | None):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.run_dir, self.cfg, self.data = run_dir, cfg, data
-        # TensorBoard writes in a thread of its own: its errors surface at a later call, unnamed
-        self.events = run_dir / "events.out.tfevents.*"
-        if getattr(threading.excepthook, "func", None) is not _quiet_writer_threads:
-            threading.excepthook = functools.partial(_quiet_writer_threads, previous=threading.excepthook)
-        with writing(self.events):
-            # purge_step: TensorBoard drops what a killed invocation logged after the checkpoint
-            self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
-
-    def add(self, row: dict[str, Any], state: TrainState, model: nn.Module, eta: float) -> None:
-        """Log ``row``, the last of ``state.history``; ``model`` draws the images; ``eta``:
-        seconds this invocation is expected to go on (NaN: unknown)."""
-        write_metrics(self.run_dir, state.history)
-        step = row["step"]
-        with writing(self.events):
-            for key in ("train_elbo", "valid_elbo", "kl", "lr", "kl_weight"):
-                self.writer.add_scalar(key, row[key], step)
-            if not self.data.binary:
-                bpd = bits_per_dim(-row["valid_elbo"], math.prod(self.data.shape))
-                self.writer.add_scalar("valid_bits_per_dim", bpd, step)
-        for name, grid in save_images(model, self.data, self.run_dir, self.cfg.eval.seed).items():
-            with writing(self.events):
-                self.writer.add_image(name, grid, step, dataformats="HWC")
-        from tqdm import tqdm
-
-        tqdm.write(evaluation_line(row, state, self.cfg.train.epochs, eta), file=sys.stderr)
-
-    def close(self) -> None:
-        with writing(self.events):
-            self.writer.close()
 
 
 def _build_model(
@@ -888,7 +467,7 @@ def _metrics_row(run: _Run, valid: float) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def evaluate(run: _Run) -> None:
+def validate(run: _Run) -> None:
     """The valid ELBO, the divergence stop, the metrics row (logged on rank 0), best.pt, early stopping.
 
     Every rank evaluates the same weights with the same seed: identical decisions.
@@ -925,7 +504,7 @@ def end_of_epoch(run: _Run) -> None:
         (seconds,) = distributed.all_reduce_sum([seconds / run.d.world], run.d, run.device)
         state.horizon = budget_horizon(run.cfg, state.epoch, timed, seconds)
     if state.epoch % t.eval_every == 0 or state.epoch == t.epochs or state.stopped:
-        evaluate(run)
+        validate(run)
     state.epoch_elbo_sum = state.epoch_kl_sum = 0.0
     state.epoch_count = state.epoch_skipped = 0
     save_checkpoint(run)
@@ -1017,7 +596,7 @@ def _train_in_group(
             end_of_epoch(run)
         if state.batch:  # a budget stop or Ctrl-C inside an epoch
             if state.stopped != INTERRUPTED:  # a budget: evaluate the weights the run ends with
-                evaluate(run)
+                validate(run)
             save_checkpoint(run)
     finally:
         if previous_handler is not None:
@@ -1032,40 +611,6 @@ def _train_in_group(
             cli=f"stopped at step {state.step}; {saved}; continue with --resume {run_dir}",
         )
     return state
-
-
-def _clock(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    minutes, s = divmod(round(seconds), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{s:02d}"
-
-
-def evaluation_line(row: dict[str, Any], state: TrainState, epochs: int, eta: float = math.nan) -> str:
-    """``epoch 3/30  step 1170  train ELBO -98.12  valid ELBO -97.50  KL 25.31  best -97.50 (epoch 3)
-    elapsed 0:01:02  ETA 0:09:18``: one line per evaluation, no carriage return (a log file reads
-    it as it is); ``eta`` in seconds (NaN: ``?``)."""
-    return (
-        f"epoch {row['epoch']}/{epochs}  step {row['step']}  train ELBO {row['train_elbo']:.2f}  valid ELBO "
-        f"{row['valid_elbo']:.2f}  KL {row['kl']:.2f}  best {state.best_valid:.2f} (epoch {state.best_epoch})"
-        f"  elapsed {_clock(row['seconds'])}  ETA {_clock(eta)}"
-    )
-
-
-def summary_line(state: TrainState, run_dir: Path, binary: bool, dims: int) -> str:
-    if state.best_epoch < 0:
-        best = "no evaluation yet"
-    elif math.isnan(state.best_valid):
-        best = f"no validation split: best.pt holds the weights of epoch {state.best_epoch}"
-    elif binary:
-        best = f"best valid ELBO {state.best_valid:.2f} nats (epoch {state.best_epoch})"
-    else:
-        best = (
-            f"best valid ELBO {state.best_valid:.2f} nats = "
-            f"{bits_per_dim(-state.best_valid, dims):.3f} bits/dim (epoch {state.best_epoch})"
-        )
-    stop = f"; stopped: {state.stopped}" if state.stopped else ""
-    return f"{best}; {state.step} steps, {state.skipped} skipped{stop}; run dir: {run_dir}"
 
 
 __all__ = [
