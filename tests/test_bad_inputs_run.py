@@ -338,7 +338,7 @@ def test_a_full_disk_on_resume_keeps_the_good_checkpoint(trained, tmp_path, monk
     assert opened, "no checkpoint write was met"
     assert proc.returncode == 1, proc.stderr
     # the budget stop evaluates the final weights first: best.pt may be the first file written
-    written = [[f"flowvae: error: {run / name}: No space left on device"] for name in ("best.pt", "checkpoint.pt")]
+    written = [[f"flowvae: error: {run / n}: No space left on device"] for n in ("best.pt", "checkpoint.pt")]
     assert _errors(proc.stderr) in written
     assert not _temp_files(run)
     assert {name: (run / name).read_bytes() for name in before} == before
