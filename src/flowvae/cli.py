@@ -441,8 +441,9 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     t.add_argument(
         "--resume", metavar="RUN_DIR", type=_run_dir,
-        help="continue the run in RUN_DIR exactly where it stopped (default: start a new run); "
-        "budgets (train.max_minutes, train.max_steps) count from this invocation",
+        help="continue the run in RUN_DIR exactly where it stopped (a group of --seeds: every unfinished "
+        "member; default: start a new run); budgets (train.max_minutes, train.max_steps) count from this "
+        "invocation",
     )  # fmt: skip
     t.add_argument(
         "--overwrite", action="store_true",
