@@ -7,11 +7,14 @@ the group's config and overrides) marks the folder as a group. ``fit(None, G, re
 (``--resume G``) resumes every member that is not finished and starts any that never wrote a
 checkpoint: each member checkpoints as a run does, so a killed group loses nothing.
 
-The members run as concurrent processes (``spawn``), as many at a time as there are cores (or
-``workers``), each with ``max(1, cores // workers)`` intra-op threads unless ``train.threads``
-says otherwise: small models do not use many cores well, several of them side by side do.
-Ctrl-C reaches the group's process, which passes one Ctrl-C to every member (each stops at its
-next step with a checkpoint); a member whose parent dies does the same.
+The members run as concurrent processes (``spawn``), all at once (or ``workers`` at a time),
+each with ``max(1, cores // workers)`` intra-op threads unless ``train.threads`` says otherwise:
+small models do not use many cores well, several of them side by side do; and members that run
+at the same time get the same share of the machine, so a time budget (``train.max_minutes``)
+buys each about the same number of steps. Ctrl-C reaches the group's process, which passes one
+Ctrl-C to every member (each stops at its next step with a checkpoint) and starts no other; a
+member that is interrupted by itself stops the group the same way; a member whose group process
+dies stops as after Ctrl-C.
 
 Across seeds (:func:`compare_groups`, ``flowvae compare G1 G2 …``): every member of every group
 is scored on the same examples with the same per-example seeds (:func:`~flowvae.compare.compare_runs`).
@@ -58,9 +61,10 @@ from .compare import (
     read_metrics,
     shared_examples,
 )
-from .config import Config, ConfigError, from_dict
+from .config import Config, ConfigError, apply_overrides, from_dict, parse_override
 from .data import DataError
 from .train import (
+    RESUMABLE_OVERRIDES,
     Interrupted,
     TrainingError,
     TrainState,
@@ -171,7 +175,7 @@ def fit(
 
     A run: :func:`flowvae.train.train` (returns its :class:`TrainState`). A group (``seeds=N``;
     ``resume=True`` on a folder holding ``group.json``, ``cfg`` then unused): N members in
-    ``run_dir/seed-i`` trained ``workers`` at a time (default: one per core, at most N); returns
+    ``run_dir/seed-i`` trained ``workers`` at a time (default: all N at once); returns
     each member's final state by member name. A member that fails raises (after the others end)
     the error of the first one, its message naming the member.
     """
@@ -214,10 +218,15 @@ def train_group(
                     done[name] = state
                     continue
                 jobs.append(_Job(name, member, member_cfg, True, False, overrides))
-            else:  # killed (or failed) before its first checkpoint: it starts again
-                jobs.append(
-                    _Job(name, member, member_config(group.config, seed), False, True, group.overrides)
-                )
+            else:  # killed (or failed) before its first checkpoint: it starts again, with this
+                # invocation's overrides over the group's config (the keys a resume may change)
+                fresh = member_config(group.config, seed)
+                for text in overrides:
+                    if parse_override(text)[0] not in RESUMABLE_OVERRIDES:
+                        raise ConfigError(f"cannot change {parse_override(text)[0]} when resuming; allowed: "
+                                          f"{', '.join(sorted(RESUMABLE_OVERRIDES))}")  # fmt: skip
+                apply_overrides(fresh, overrides)
+                jobs.append(_Job(name, member, fresh, False, True, [*group.overrides, *overrides]))
     else:
         if cfg is None or seeds is None or seeds < 1:
             raise ConfigError(f"a new group needs a config and seeds >= 1 (got {seeds})")
@@ -271,7 +280,7 @@ def _run_jobs(
     """Run the members' processes, ``workers`` at a time; Ctrl-C is passed on to each once."""
     if not jobs:
         return {}
-    workers = min(workers or cores(), len(jobs))
+    workers = min(workers or len(jobs), len(jobs))
     ctx = multiprocessing.get_context("spawn")
     pending, running = list(jobs), {}  # running: process sentinel -> (job, process, connection)
     failures: list[tuple[str, str, str]] = []  # (member, error type, message)
@@ -310,15 +319,13 @@ def _run_jobs(
                     failures.append((job.name, message[1], message[2]))
                 elif message[0] == "interrupted":
                     interrupted.append(job.name)
+                    if not stopping:  # one member stopped by itself: the group stops with it
+                        stopping = _stop(pending, running)
                 if progress and message[0] == "done":
                     _show_progress([job], shown)
                     print(f"{job.name}: done", file=sys.stderr)
         except KeyboardInterrupt:  # the first stops every member at its next step, a second at once
-            stopping = True
-            pending.clear()
-            for _, process, _ in running.values():
-                if process.pid is not None and process.is_alive():
-                    os.kill(process.pid, signal.SIGINT)
+            stopping = _stop(pending, running)
     if failures:
         name, kind, text = failures[0]
         others = f" ({len(failures) - 1} other member(s) failed too)" if len(failures) > 1 else ""
@@ -327,6 +334,15 @@ def _run_jobs(
     if stopping or interrupted:
         raise Interrupted(f"stopped every member with a checkpoint; continue with --resume {group_dir}")
     return {job.name: TrainState(**load_checkpoint(job.run_dir / "checkpoint.pt")["state"]) for job in jobs}
+
+
+def _stop(pending: list[_Job], running: dict[int, tuple[_Job, Any, Any]]) -> bool:
+    """Start no other member; pass one Ctrl-C to each running one."""
+    pending.clear()
+    for _, process, _ in running.values():
+        if process.pid is not None and process.is_alive():
+            os.kill(process.pid, signal.SIGINT)
+    return True
 
 
 def _show_progress(jobs: list[_Job], shown: dict[str, int]) -> None:
