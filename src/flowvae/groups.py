@@ -29,6 +29,7 @@ of the per-example difference of seed means (today's paired SE; conditional on t
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -41,7 +42,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -289,51 +290,71 @@ def _run_jobs(
     stopping = False
     if progress:
         print(f"group {group_dir}: {len(jobs)} member(s) to train, {workers} at a time", file=sys.stderr)
-    while pending or running:
-        try:
-            while pending and len(running) < workers and not stopping:
-                job = pending.pop(0)
-                threads = job.cfg.train.threads or max(1, cores() // workers)
-                receive, send = ctx.Pipe(duplex=False)
-                process = ctx.Process(
-                    target=_member_main, name=f"flowvae-{job.name}",
-                    args=(send, job.cfg.to_dict(), str(job.run_dir), job.resume, job.overwrite, job.overrides,
-                          threads, os.getpid(), bool(os.environ.get("FLOWVAE_DEBUG"))),
-                )  # fmt: skip
-                process.start()
-                send.close()
-                running[process.sentinel] = (job, process, receive)
-            ready = multiprocessing.connection.wait(list(running), timeout=POLL_SECONDS)
-            if progress:
-                _show_progress([job for job, _, _ in running.values()], shown)
-            for sentinel in ready:
-                job, process, receive = running.pop(sentinel)
-                process.join()
-                message = (
-                    receive.recv()
-                    if receive.poll()
-                    else ("error", "TrainingError", f"its process ended ({process.exitcode})")
-                )
-                receive.close()
-                if message[0] == "error":
-                    failures.append((job.name, message[1], message[2]))
-                elif message[0] == "interrupted":
-                    interrupted.append(job.name)
-                    if not stopping:  # one member stopped by itself: the group stops with it
-                        stopping = _stop(pending, running)
-                if progress and message[0] == "done":
-                    _show_progress([job], shown)
-                    print(f"{job.name}: done", file=sys.stderr)
-        except KeyboardInterrupt:  # the first stops every member at its next step, a second at once
-            stopping = _stop(pending, running)
-    if failures:
-        name, kind, text = failures[0]
+    with _sigint_raises():  # as in a single run, even where Ctrl-C was ignored at start-up
+        while pending or running:
+            try:
+                while pending and len(running) < workers and not stopping:
+                    job = pending.pop(0)
+                    threads = job.cfg.train.threads or max(1, cores() // workers)
+                    process, receive = _start(ctx, job, threads)
+                    running[process.sentinel] = (job, process, receive)
+                ready = multiprocessing.connection.wait(list(running), timeout=POLL_SECONDS)
+                if progress:
+                    _show_progress([job for job, _, _ in running.values()], shown)
+                for sentinel in ready:
+                    job, process, receive = running.pop(sentinel)
+                    process.join()
+                    message = (
+                        receive.recv()
+                        if receive.poll()
+                        else ("error", "TrainingError", f"its process ended ({process.exitcode})")
+                    )
+                    receive.close()
+                    if message[0] == "error":
+                        failures.append((job.name, message[1], message[2]))
+                    elif message[0] == "interrupted":
+                        interrupted.append(job.name)
+                        if not stopping:  # one member stopped by itself: the group stops with it
+                            stopping = _stop(pending, running)
+                    if progress and message[0] == "done":
+                        _show_progress([job], shown)
+                        print(f"{job.name}: done", file=sys.stderr)
+            except KeyboardInterrupt:  # the first stops every member at its next step, a second at once
+                stopping = _stop(pending, running)
+    if failures:  # the first member (in the group's order) that failed
+        name, kind, text = min(failures, key=lambda f: [job.name for job in jobs].index(f[0]))
         others = f" ({len(failures) - 1} other member(s) failed too)" if len(failures) > 1 else ""
         error = _ERRORS.get(kind, TrainingError)
         raise error(f"{group_dir / name}: {text}{others}; fix it and continue with --resume {group_dir}")
     if stopping or interrupted:
         raise Interrupted(f"stopped every member with a checkpoint; continue with --resume {group_dir}")
     return {job.name: TrainState(**load_checkpoint(job.run_dir / "checkpoint.pt")["state"]) for job in jobs}
+
+
+def _start(ctx: Any, job: _Job, threads: int) -> tuple[Any, Any]:
+    """Start a member's process; returns it and the end of the pipe its outcome comes through."""
+    receive, send = ctx.Pipe(duplex=False)
+    debug = bool(os.environ.get("FLOWVAE_DEBUG"))
+    args = (send, job.cfg.to_dict(), str(job.run_dir), job.resume, job.overwrite, job.overrides, threads,
+            os.getpid(), debug)  # fmt: skip
+    process = ctx.Process(target=_member_main, name=f"flowvae-{job.name}", args=args)
+    process.start()
+    send.close()
+    return process, receive
+
+
+@contextlib.contextmanager
+def _sigint_raises() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt in the group's process (as :func:`flowvae.train.train`
+    handles it in a run's), also where it was ignored at start-up (e.g. ``nohup ... &``)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
 def _stop(pending: list[_Job], running: dict[int, tuple[_Job, Any, Any]]) -> bool:
