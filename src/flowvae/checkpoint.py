@@ -117,6 +117,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt, digest
 
 
+GROUP_FILE = "group.json"  # marks a folder of runs that differ only in train.seed (flowvae.groups)
+
+
 def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
     names = {"best": "best.pt", "latest": "checkpoint.pt"}
     if which not in names:
@@ -124,6 +127,11 @@ def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: run directory not found")
+    if (run_dir / GROUP_FILE).is_file() and not (run_dir / names[which]).exists():
+        raise CheckpointError(
+            f"{run_dir}: a group of runs (one per training seed), not one run; give a member, e.g. "
+            f"{run_dir / 'seed-0'}"
+        )
     if which == "best" and not (run_dir / names[which]).exists() and (run_dir / names["latest"]).exists():
         raise CheckpointError(
             f"{run_dir}: no best.pt yet (the run stopped before its first evaluation); "

@@ -25,15 +25,16 @@ from .progress import progress_bar
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .groups import fit, is_group
     from .rundir import new_run_dir, prepare_run, summary_line
-    from .train import train
 
+    group = bool(args.seeds) or bool(args.resume and is_group(args.resume))
     if args.resume:
-        if args.preset or args.config or args.run_dir or args.overwrite:
+        if args.preset or args.config or args.run_dir or args.overwrite or args.seeds:
             raise ConfigError("--resume takes its config and folder from the run; drop --preset/--config/"
-                              "--run-dir/--overwrite")  # fmt: skip
+                              "--run-dir/--overwrite/--seeds")  # fmt: skip
         run_dir = Path(args.resume)
-        cfg = prepare_run(None, run_dir, True, args.overrides)
+        cfg = None if group else prepare_run(None, run_dir, True, args.overrides)
     else:
         name, note = (args.preset, "") if args.preset else starting_preset(args.overrides, args.config)
         cfg = preset(name)
@@ -43,7 +44,7 @@ def _train(args: argparse.Namespace) -> int:
         if note:
             print(note)
         run_dir = Path(args.run_dir) if args.run_dir else None
-        if run_dir is not None:
+        if run_dir is not None and not group:
             prepare_run(cfg, run_dir, False, [], overwrite=args.overwrite)
     created: list[Path] = []  # claimed atomically now, removed again if the run never starts
     if run_dir is None:
@@ -51,16 +52,18 @@ def _train(args: argparse.Namespace) -> int:
         run_dir = new_run_dir(Path("runs"), default_run_name(name, cfg))
         created.insert(0, run_dir)
     try:
-        state = train(
+        state = fit(
             cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
-            overwrite=args.overwrite, overrides=args.overrides,
+            overwrite=args.overwrite, overrides=args.overrides, seeds=args.seeds,
         )  # fmt: skip
     finally:
         for folder in created:
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
     if int(os.environ.get("RANK", "0")) == 0:
-        print(summary_line(state, run_dir, *_dims(run_dir)))
+        for name, member in state.items() if isinstance(state, dict) else [("", state)]:
+            folder = run_dir / name if name else run_dir
+            print(f"{name + ': ' if name else ''}{summary_line(member, folder, *_dims(folder))}")
     return 0
 
 
@@ -81,6 +84,7 @@ def _dims(run_dir: Path) -> tuple[bool, int]:
 def _eval(args: argparse.Namespace) -> int:
     from . import distributed
     from .compare import evaluate_run
+    from .groups import evaluate_group, is_group, seed_mean_sd
 
     d = distributed.setup(torch.device(args.device))
     device = distributed.local_device(torch.device(args.device), d)
@@ -96,7 +100,8 @@ def _eval(args: argparse.Namespace) -> int:
         desc = f"eval {args.estimator}" + (f" (K={args.samples})" if args.samples else "")
         return progress_bar(total, desc, enabled=d.is_main and not args.no_progress, unit="examples")
 
-    scored = evaluate_run(
+    score = evaluate_group if is_group(args.run_dir) else evaluate_run
+    scored = score(
         args.run_dir, args.estimator, args.samples, split=args.split, limit=args.limit or 0, seed=args.seed,
         batch_size=args.batch_size, checkpoint=args.checkpoint, device=device, dist=d,
         cache=not args.no_cache, progress=bar, **options,
@@ -105,52 +110,76 @@ def _eval(args: argparse.Namespace) -> int:
     distributed.cleanup(d)
     if not d.is_main:
         return 0
+    if not isinstance(scored, dict):
+        out, lines = _eval_report(args, scored)
+        print(json.dumps(out) if args.json else "\n".join(lines))
+        return 0
+    reports = {name: _eval_report(args, member, f"{name}: ") for name, member in scored.items()}
+    values = [member.estimate.nll for member in scored.values()]
+    mean, sd = seed_mean_sd(values)
+    if args.json:
+        members = {name: out for name, (out, _) in reports.items()}
+        print(json.dumps({"group": str(args.run_dir), "members": members, "seeds": values, "nll_mean": mean,
+                          "nll_sd": sd}))  # fmt: skip
+        return 0
+    print("\n".join(line for _, lines in reports.values() for line in lines))
+    spread = f"± {sd:.3f} (sd over {len(values)} training seeds)" if sd is not None else "(1 seed: no sd)"
+    print(f"across seeds: -log p(x) = {mean:.3f} {spread} nats")
+    return 0
+
+
+def _eval_report(args: argparse.Namespace, scored, prefix: str = "") -> tuple[dict, list[str]]:
+    """One run's evaluation: its JSON object and its sentence (and diagnostics) as lines;
+    warnings go to stderr, named by ``prefix``."""
     result, subset = scored.estimate, scored.examples.description
     if not math.isfinite(result.nll):
         raise ValueError(
-            f"{args.estimator} on {args.split}: -log p(x) is {result.nll} (not finite): the model in "
+            f"{prefix}{args.estimator} on {args.split}: -log p(x) is {result.nll} (not finite): the model in "
             f"{args.run_dir} gives non-finite likelihoods"
         )
     for warning in result.warnings:
-        print(f"flowvae: warning: {warning}", file=sys.stderr)
+        print(f"flowvae: warning: {prefix}{warning}", file=sys.stderr)
     out = {**result.to_json(), "checkpoint": args.checkpoint, "data": scored.run.config.data.name,
            "subset": subset, "cached": scored.cached}  # fmt: skip
     binary = scored.run.checkpoint["binary"]  # binary images are reported in nats only
     out["likelihood"] = likelihood_name(scored.run.config.model.likelihood, binary)  # numbers differ by it
-    if args.json:
-        print(json.dumps(out))
-        return 0
     unit = "" if result.bits_per_dim is None or binary else f" = {result.bits_per_dim:.4f} bits/dim"
-    print(
-        f"{args.estimator} (K={result.samples}) on {subset}: -log p(x) = {result.nll:.3f} ± "
+    lines = [
+        f"{prefix}{args.estimator} (K={result.samples}) on {subset}: -log p(x) = {result.nll:.3f} ± "
         f"{result.stderr:.3f} nats{unit} ({out['likelihood']} likelihood; {result.seconds:.1f} s"
         f"{', cached' if scored.cached else ''})"
-    )
+    ]
     for name, v in result.diagnostics.items():
         values = f"median {v['median']:.3g}, min {v['min']:.3g}, max {v['max']:.3g}"
         if "note" in v:  # why some (or all) values are missing
             values = v["note"] if math.isnan(v["median"]) else f"{values} ({v['note']})"
-        print(f"  {name} over examples: {values}")
-    return 0
+        lines.append(f"  {name} over examples: {values}")
+    return out, lines
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import compare_runs, markdown_table, write_comparison
+    from . import compare, groups
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    comparison = compare_runs(
+    grouped = any(groups.is_group(d) for d in [*args.run_dirs, args.baseline] if d)
+    how = groups if grouped else compare  # a group is one method: mean and sd over its seeds
+    comparison = (groups.compare_groups if grouped else compare.compare_runs)(
         args.run_dirs, args.baseline, args.estimator, args.samples, split=args.split, limit=args.limit or 0,
         seed=args.seed, checkpoint=args.checkpoint, cache=not args.no_cache,
         progress=None if args.no_progress else lambda total, desc: progress_bar(total, desc, unit="examples"),
     )  # fmt: skip
     for warning in comparison.warnings:
         print(f"flowvae: warning: {warning}", file=sys.stderr)
-    paths = write_comparison(comparison, [Path(r) for r in args.run_dirs], args.out) if args.out else {}
+    paths = {}
+    if args.out:
+        dirs = [Path(r) for r in args.run_dirs]
+        paths = groups.write_comparison(comparison, args.out) if grouped else compare.write_comparison(
+            comparison, dirs, args.out)  # fmt: skip
     if args.json:
         print(json.dumps({**comparison.to_json(), "files": {k: str(v) for k, v in paths.items()}}))
     else:
-        print(markdown_table(comparison))
+        print(how.markdown_table(comparison))
         if paths:
             print(f"\nwrote {', '.join(p.name for p in paths.values())} to {args.out}")
     return 0
@@ -414,12 +443,18 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     t.add_argument(
         "--resume", metavar="RUN_DIR", type=_run_dir,
-        help="continue the run in RUN_DIR exactly where it stopped (default: start a new run); "
-        "budgets (train.max_minutes, train.max_steps) count from this invocation",
+        help="continue the run in RUN_DIR exactly where it stopped (a group of --seeds: every unfinished "
+        "member; default: start a new run); budgets (train.max_minutes, train.max_steps) count from this "
+        "invocation",
     )  # fmt: skip
     t.add_argument(
         "--overwrite", action="store_true",
         help="replace the run files already in --run-dir (default: refuse such a folder)",
+    )  # fmt: skip
+    t.add_argument(
+        "--seeds", type=POSITIVE,
+        help="train N runs with train.seed+0..N-1 into RUN_DIR/seed-0..seed-(N-1), side by side on the "
+        "cores; `eval`/`compare` RUN_DIR report mean and sd over seeds (default: one run)",
     )  # fmt: skip
     t.add_argument(
         "--no-progress", action="store_true",

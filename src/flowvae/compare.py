@@ -242,9 +242,25 @@ class Comparison:
     baseline: str
     rows: list[ComparisonRow]
     warnings: list[str]
+    # each row's per-example log p̂(x), by row name (for statistics over runs; not in the JSON)
+    per_example: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        del out["per_example"]
+        return out
+
+
+def shared_examples(runs: list[Run], split: str, limit: int, seed: int) -> list[EvaluationSet]:
+    """The examples each run is scored on; runs on the same data config share one load."""
+    loaded: dict[str, EvaluationSet] = {}
+    examples = []
+    for run in runs:
+        key = json.dumps(asdict(run.config.data), sort_keys=True, default=str)
+        if key not in loaded:
+            loaded[key] = evaluation_images(load_data(run.config.data), split, limit, seed)
+        examples.append(loaded[key])
+    return examples
 
 
 def compare_runs(
@@ -260,26 +276,24 @@ def compare_runs(
     checkpoint: str = "best",
     cache: bool = True,
     progress: Callable[[int, str], Any] | None = None,
+    labels: list[str] | None = None,
     **options,
 ) -> Comparison:
     """Evaluate every run on the same examples with the same seeds; paired differences to the
     baseline (default: the first run). Before anything is evaluated, runs whose scored images
     differ (other data files, splits or binarization) or whose K differs are refused.
-    ``progress(total, description)`` makes a progress context (see :func:`evaluate_run`)."""
+    ``progress(total, description)`` makes a progress context (see :func:`evaluate_run`);
+    ``labels``: the rows' names, one per run of ``run_dirs`` (default: the folders' names)."""
     dirs = [Path(r) for r in run_dirs]
+    names = dict(zip(dirs, labels, strict=True)) if labels is not None else {}
     base = Path(baseline) if baseline is not None else dirs[0]
     if base not in dirs:
         dirs.insert(0, base)
     if len({d.resolve() for d in dirs}) != len(dirs):
         raise ValueError("a run is listed twice")
+    name = {d: names.get(d, d.name) for d in dirs}
     runs = [load_run(d, checkpoint) for d in dirs]
-    loaded: dict[str, EvaluationSet] = {}  # runs on the same data config share one load
-    examples = []
-    for run in runs:
-        key = json.dumps(asdict(run.config.data), sort_keys=True, default=str)
-        if key not in loaded:
-            loaded[key] = evaluation_images(load_data(run.config.data), split, limit, seed)
-        examples.append(loaded[key])
+    examples = shared_examples(runs, split, limit, seed)
     record = estimator_record(estimator)
     ks = [samples or (r.config.eval.samples if record.run_samples else record.default_samples) for r in runs]
     for d, ex, k in zip(dirs, examples, ks, strict=True):
@@ -293,7 +307,7 @@ def compare_runs(
     scored = [
         evaluate_run(
             d, estimator, samples, split=split, limit=limit, seed=seed, checkpoint=checkpoint, cache=cache,
-            progress=(lambda total, d=d: progress(total, f"{d.name} {estimator}")) if progress else None,
+            progress=(lambda total, d=d: progress(total, f"{name[d]} {estimator}")) if progress else None,
             examples=ex, run=run, **options,
         )  # fmt: skip
         for d, ex, run in zip(dirs, examples, runs, strict=True)
@@ -312,7 +326,7 @@ def compare_runs(
         metrics = read_metrics(d)
         rows.append(
             ComparisonRow(
-                run=d.name,
+                run=name[d],
                 posterior=s.run.config.model.posterior,
                 nll=s.estimate.nll,
                 stderr=s.estimate.stderr,
@@ -331,16 +345,17 @@ def compare_runs(
                 diagnostics=s.estimate.diagnostics,
             )
         )
-        warnings += [f"{d.name}: {w}" for w in s.estimate.warnings]
+        warnings += [f"{name[d]}: {w}" for w in s.estimate.warnings]
     return Comparison(
         estimator,
         first.estimate.samples,
         split,
         first.estimate.n,
         first.examples.description,
-        base.name,
+        name[base],
         rows,
         warnings,
+        {name[d]: s.estimate.per_example for d, s in zip(dirs, scored, strict=True)},
     )
 
 
@@ -395,15 +410,19 @@ def markdown_table(c: Comparison) -> str:
     return "\n".join(lines)
 
 
+LATEX = {"—": "---", "_": r"\_", "&": r"\&", "−": "$-$", "Δ": r"$\Delta$", "p̂": r"$\hat p$", "±": r"$\pm$"}
+
+
+def latex_escape(text: str) -> str:
+    """Plain table text (a header, a run's name) as LaTeX."""
+    for plain, tex in LATEX.items():
+        text = text.replace(plain, tex)
+    return text
+
+
 def latex_table(c: Comparison) -> str:
     """A booktabs table (needs ``\\usepackage{booktabs}``)."""
-    latex = {"—": "---", "_": r"\_", "&": r"\&", "−": "$-$", "Δ": r"$\Delta$", "p̂": r"$\hat p$"}
-
-    def esc(text: str) -> str:
-        for plain, tex in latex.items():
-            text = text.replace(plain, tex)
-        return text
-
+    esc = latex_escape
     head = [esc(h) for h in HEADER]
     lines = [
         r"\begin{tabular}{ll" + "r" * (len(HEADER) - 2) + "}",
@@ -429,20 +448,21 @@ def write_csv(c: Comparison, path: str | Path) -> None:
             writer.writerow(["" if getattr(row, k) is None else getattr(row, k) for k in keys])
 
 
-def plot_curves(run_dirs: list[str | Path], path: str | Path) -> None:
-    """Valid ELBO against epoch and against wall time, one line per run (PNG or PDF by suffix)."""
+def plot_curves(run_dirs: list[str | Path], path: str | Path, labels: list[str] | None = None) -> None:
+    """Valid ELBO against epoch and against wall time, one line per run (PNG or PDF by suffix),
+    named by ``labels`` (default: the folders' names)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for d in run_dirs:
+    for d, label in zip(run_dirs, labels or [Path(d).name for d in run_dirs], strict=True):
         rows = [r for r in read_metrics(d) if math.isfinite(r.get("valid_elbo", float("nan")))]
         if not rows:
             continue
-        by_epoch.plot([r["epoch"] for r in rows], [r["valid_elbo"] for r in rows], label=Path(d).name)
-        by_time.plot([r["seconds"] / 60 for r in rows], [r["valid_elbo"] for r in rows], label=Path(d).name)
+        by_epoch.plot([r["epoch"] for r in rows], [r["valid_elbo"] for r in rows], label=label)
+        by_time.plot([r["seconds"] / 60 for r in rows], [r["valid_elbo"] for r in rows], label=label)
     by_epoch.set_xlabel("epoch")
     by_time.set_xlabel("training time (minutes)")
     by_epoch.set_ylabel("valid ELBO (nats)")
@@ -476,8 +496,10 @@ __all__ = [
     "active_units",
     "compare_runs",
     "evaluate_run",
+    "latex_escape",
     "latex_table",
     "markdown_table",
     "plot_curves",
+    "shared_examples",
     "write_comparison",
 ]

@@ -1,0 +1,673 @@
+"""Seeds are part of a result: a *group* of runs that differ only in ``train.seed``.
+
+``fit(cfg, G, seeds=N)`` (``flowvae train --seeds N --run-dir G``) trains N members with seeds
+``train.seed + 0 … N−1`` into ``G/seed-0 … G/seed-(N−1)``, each an ordinary run directory
+(``eval``, ``sample``, ``gaps`` and ``--resume`` work on each); ``G/group.json`` (members, seeds,
+the group's config and overrides) marks the folder as a group. ``fit(None, G, resume=True)``
+(``--resume G``) resumes every member that is not finished and starts any that never wrote a
+checkpoint: each member checkpoints as a run does, so a killed group loses nothing.
+
+The members run as concurrent processes (``spawn``), all at once (or ``workers`` at a time),
+each with ``max(1, cores // workers)`` intra-op threads unless ``train.threads`` says otherwise:
+small models do not use many cores well, several of them side by side do; and members that run
+at the same time get the same share of the machine, so a time budget (``train.max_minutes``)
+buys each about the same number of steps. Ctrl-C reaches the group's process, which passes one
+Ctrl-C to every member (each stops at its next step with a checkpoint) and starts no other; a
+member that is interrupted by itself stops the group the same way; a member whose group process
+dies stops as after Ctrl-C.
+
+Across seeds (:func:`compare_groups`, ``flowvae compare G1 G2 …``): every member of every group
+is scored on the same examples with the same per-example seeds (:func:`~flowvae.compare.compare_runs`).
+Per group: the per-seed −log p̂ (each the mean over the examples), their mean and sample sd. Per
+group against the baseline group: ``diff_mean`` (difference of the seed means) with
+``diff_se_seeds`` = sqrt(sd₁²/n₁ + sd₀²/n₀) (Welch: seeds independent within and across groups),
+which includes the variance from training seeds and the estimator's noise, conditional on the
+test examples (every seed is scored on the same ones); with one seed in either group there is
+none (``None``, "n/a (1 seed)"). Next to it ``diff_se_paired``: the standard error over examples
+of the per-example difference of seed means (today's paired SE; conditional on the trained models).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import statistics
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from . import compare
+from .checkpoint import GROUP_FILE, CheckpointError, load_checkpoint, load_run
+from .compare import (
+    Comparison,
+    RunEvaluation,
+    compare_runs,
+    evaluate_run,
+    latex_escape,
+    plot_curves,
+    read_metrics,
+    shared_examples,
+)
+from .config import Config, ConfigError, apply_overrides, from_dict, parse_override
+from .data import DataError
+from .rundir import RESUMABLE_OVERRIDES, TrainingError, TrainState, evaluation_line, prepare_run, run_files
+from .train import Interrupted, train
+
+GROUP_VERSION = 1
+POLL_SECONDS = 2.0  # how often the group's process looks at its members' metrics
+
+
+# ----------------------------------------------------------------------------- the folder
+
+
+@dataclass
+class Group:
+    """What ``group.json`` holds: member folders (relative to the group), their ``train.seed``,
+    the config every member starts from (with the first seed) and the overrides given."""
+
+    members: list[str]
+    seeds: list[int]
+    config: dict[str, Any]
+    overrides: list[str] = field(default_factory=list)
+    version: int = GROUP_VERSION
+
+
+def is_group(path: str | Path) -> bool:
+    return (Path(path) / GROUP_FILE).is_file()
+
+
+def read_group(path: str | Path) -> Group:
+    file = Path(path) / GROUP_FILE
+    try:
+        values = json.loads(file.read_text())
+        group = Group(**values)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not a group of runs (no {GROUP_FILE})") from None
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{file}: not a readable group file ({type(e).__name__})") from None
+    if len(group.members) != len(group.seeds) or not group.members:
+        raise CheckpointError(f"{file}: members and seeds do not match")
+    return group
+
+
+def group_members(path: str | Path) -> list[Path] | None:
+    """The member run folders of a group, or ``None`` if ``path`` is not a group."""
+    return [Path(path) / m for m in read_group(path).members] if is_group(path) else None
+
+
+def run_label(path: Path) -> str:
+    """A run's name in tables: ``G/seed-1`` for a member of group ``G``, else the folder's name."""
+    return f"{path.parent.name}/{path.name}" if is_group(path.parent) else path.name
+
+
+def member_config(base: dict[str, Any], seed: int) -> Config:
+    cfg = from_dict(base)
+    cfg.train.seed = seed
+    return cfg
+
+
+def check_new_group(group_dir: Path, seeds: int, overwrite: bool) -> None:
+    """A new group goes to a missing folder, or one without a group or a run in it (``overwrite``:
+    a group's folder is reused and its members' run files replaced)."""
+    if group_dir.exists() and not group_dir.is_dir():
+        raise TrainingError(f"{group_dir}: exists and is not a directory; choose another --run-dir")
+    if run_files(group_dir):
+        raise TrainingError(f"{group_dir} holds a single run; choose another --run-dir for a group of seeds")
+    taken = is_group(group_dir) or any(run_files(group_dir / f"seed-{i}") for i in range(seeds))
+    if taken and not overwrite:
+        raise TrainingError(
+            f"{group_dir} already holds a group of runs; use --resume {group_dir} to continue it, "
+            "--overwrite to replace it, or another --run-dir"
+        )
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class _Job:
+    name: str
+    run_dir: Path
+    cfg: Config
+    resume: bool
+    overwrite: bool
+    overrides: list[str]
+
+
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def fit(
+    cfg: Config | None,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    overwrite: bool = False,
+    overrides: list[str] | None = None,
+    *,
+    seeds: int | None = None,
+    workers: int | None = None,
+) -> TrainState | dict[str, TrainState]:
+    """Train (or resume) a run, as ``flowvae train``; with ``seeds=N``, or resuming a group, a group.
+
+    A run: :func:`flowvae.train.train` (returns its :class:`TrainState`). A group (``seeds=N``;
+    ``resume=True`` on a folder holding ``group.json``, ``cfg`` then unused): N members in
+    ``run_dir/seed-i`` trained ``workers`` at a time (default: all N at once); returns
+    each member's final state by member name. A member that fails raises (after the others end)
+    the error of the first one, its message naming the member.
+    """
+    if seeds is None and not (resume and is_group(run_dir)):
+        if cfg is None:
+            raise ConfigError("fit needs a config (or resume=True)")
+        return train(cfg, run_dir, resume, progress, overwrite, overrides)
+    return train_group(cfg, run_dir, seeds, resume, progress, overwrite, overrides, workers)
+
+
+def train_group(
+    cfg: Config | None,
+    group_dir: str | Path,
+    seeds: int | None,
+    resume: bool = False,
+    progress: bool = True,
+    overwrite: bool = False,
+    overrides: list[str] | None = None,
+    workers: int | None = None,
+) -> dict[str, TrainState]:
+    """Train or resume the members of a group (see :func:`fit`)."""
+    group_dir, overrides = Path(group_dir), list(overrides or [])
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("a group trains its members in processes of its own; launch it without torchrun")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers={workers} must be >= 1")
+    done: dict[str, TrainState] = {}
+    created = not group_dir.exists()
+    if resume:
+        if seeds is not None:
+            raise ConfigError("--resume takes the seeds from the group; drop --seeds")
+        group = read_group(group_dir)
+        jobs = []
+        for name, seed in zip(group.members, group.seeds, strict=True):
+            member = group_dir / name
+            if (member / "checkpoint.pt").is_file():
+                member_cfg = prepare_run(None, member, True, overrides)
+                state = _finished(member, member_cfg)
+                if state is not None:
+                    done[name] = state
+                    continue
+                jobs.append(_Job(name, member, member_cfg, True, False, overrides))
+            else:  # killed (or failed) before its first checkpoint: it starts again, with this
+                # invocation's overrides over the group's config (the keys a resume may change)
+                fresh = member_config(group.config, seed)
+                for text in overrides:
+                    if parse_override(text)[0] not in RESUMABLE_OVERRIDES:
+                        raise ConfigError(f"cannot change {parse_override(text)[0]} when resuming; allowed: "
+                                          f"{', '.join(sorted(RESUMABLE_OVERRIDES))}")  # fmt: skip
+                apply_overrides(fresh, overrides)
+                jobs.append(_Job(name, member, fresh, False, True, [*group.overrides, *overrides]))
+    else:
+        if cfg is None or seeds is None or seeds < 1:
+            raise ConfigError(f"a new group needs a config and seeds >= 1 (got {seeds})")
+        check_new_group(group_dir, seeds, overwrite)
+        base = cfg.train.seed
+        group = Group([f"seed-{i}" for i in range(seeds)], [base + i for i in range(seeds)], cfg.to_dict(),
+                      overrides)  # fmt: skip
+        group_dir.mkdir(parents=True, exist_ok=True)
+        tmp = group_dir / f".{GROUP_FILE}.tmp"
+        tmp.write_text(json.dumps(asdict(group), indent=1) + "\n")
+        tmp.replace(group_dir / GROUP_FILE)
+        jobs = [
+            _Job(name, group_dir / name, member_config(group.config, seed), False, overwrite, overrides)
+            for name, seed in zip(group.members, group.seeds, strict=True)
+        ]
+    try:
+        done.update(_run_jobs(jobs, group_dir, workers, progress))
+    except BaseException:
+        if not resume and not any(run_files(group_dir / m) for m in group.members):
+            _remove_unstarted(group_dir, group.members, created)  # nothing started: no folder left
+        raise
+    return {name: done[name] for name in group.members}
+
+
+def _finished(member: Path, cfg: Config) -> TrainState | None:
+    """The member's final state if it has nothing left to do: all epochs, or early stopped."""
+    state = load_checkpoint(member / "checkpoint.pt")["state"]
+    if state["epoch"] >= cfg.train.epochs or state.get("stopped", "").startswith("early stopping"):
+        return TrainState(**state)
+    return None
+
+
+def _remove_unstarted(group_dir: Path, members: list[str], created: bool) -> None:
+    (group_dir / GROUP_FILE).unlink(missing_ok=True)
+    for name in members:
+        folder = group_dir / name
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    if created and group_dir.is_dir() and not any(group_dir.iterdir()):
+        group_dir.rmdir()
+
+
+_ERRORS: dict[str, type[Exception]] = {
+    e.__name__: e for e in (ConfigError, DataError, CheckpointError, TrainingError, ValueError)
+}
+
+
+def _run_jobs(
+    jobs: list[_Job], group_dir: Path, workers: int | None, progress: bool
+) -> dict[str, TrainState]:
+    """Run the members' processes, ``workers`` at a time; Ctrl-C is passed on to each once."""
+    if not jobs:
+        return {}
+    workers = min(workers or len(jobs), len(jobs))
+    ctx = multiprocessing.get_context("spawn")
+    pending, running = list(jobs), {}  # running: process sentinel -> (job, process, connection)
+    failures: list[tuple[str, str, str]] = []  # (member, error type, message)
+    interrupted: list[str] = []
+    shown: dict[str, int] = {}
+    stopping = False
+    if progress:
+        print(f"group {group_dir}: {len(jobs)} member(s) to train, {workers} at a time", file=sys.stderr)
+    with _sigint_raises():  # as in a single run, even where Ctrl-C was ignored at start-up
+        while pending or running:
+            try:
+                while pending and len(running) < workers and not stopping:
+                    job = pending.pop(0)
+                    threads = job.cfg.train.threads or max(1, cores() // workers)
+                    process, receive = _start(ctx, job, threads)
+                    running[process.sentinel] = (job, process, receive)
+                ready = multiprocessing.connection.wait(list(running), timeout=POLL_SECONDS)
+                if progress:
+                    _show_progress([job for job, _, _ in running.values()], shown)
+                for sentinel in ready:
+                    job, process, receive = running.pop(sentinel)
+                    process.join()
+                    message = (
+                        receive.recv()
+                        if receive.poll()
+                        else ("error", "TrainingError", f"its process ended ({process.exitcode})")
+                    )
+                    receive.close()
+                    if message[0] == "error":
+                        failures.append((job.name, message[1], message[2]))
+                    elif message[0] == "interrupted":
+                        interrupted.append(job.name)
+                        if not stopping:  # one member stopped by itself: the group stops with it
+                            stopping = _stop(pending, running)
+                    if progress and message[0] == "done":
+                        _show_progress([job], shown)
+                        print(f"{job.name}: done", file=sys.stderr)
+            except KeyboardInterrupt:  # the first stops every member at its next step, a second at once
+                stopping = _stop(pending, running)
+    if failures:  # the first member (in the group's order) that failed
+        name, kind, text = min(failures, key=lambda f: [job.name for job in jobs].index(f[0]))
+        others = f" ({len(failures) - 1} other member(s) failed too)" if len(failures) > 1 else ""
+        error = _ERRORS.get(kind, TrainingError)
+        raise error(f"{group_dir / name}: {text}{others}; fix it and continue with --resume {group_dir}")
+    if stopping or interrupted:
+        raise Interrupted(f"stopped every member with a checkpoint; continue with --resume {group_dir}")
+    return {job.name: TrainState(**load_checkpoint(job.run_dir / "checkpoint.pt")["state"]) for job in jobs}
+
+
+def _start(ctx: Any, job: _Job, threads: int) -> tuple[Any, Any]:
+    """Start a member's process; returns it and the end of the pipe its outcome comes through."""
+    receive, send = ctx.Pipe(duplex=False)
+    debug = bool(os.environ.get("FLOWVAE_DEBUG"))
+    args = (send, job.cfg.to_dict(), str(job.run_dir), job.resume, job.overwrite, job.overrides, threads,
+            os.getpid(), debug)  # fmt: skip
+    process = ctx.Process(target=_member_main, name=f"flowvae-{job.name}", args=args)
+    process.start()
+    send.close()
+    return process, receive
+
+
+@contextlib.contextmanager
+def _sigint_raises() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt in the group's process (as :func:`flowvae.train.train`
+    handles it in a run's), also where it was ignored at start-up (e.g. ``nohup ... &``)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+
+def _stop(pending: list[_Job], running: dict[int, tuple[_Job, Any, Any]]) -> bool:
+    """Start no other member; pass one Ctrl-C to each running one."""
+    pending.clear()
+    for _, process, _ in running.values():
+        if process.pid is not None and process.is_alive():
+            os.kill(process.pid, signal.SIGINT)
+    return True
+
+
+def _show_progress(jobs: list[_Job], shown: dict[str, int]) -> None:
+    """One line per new evaluation row of each member (read from its metrics.csv), named."""
+    for job in jobs:
+        rows = read_metrics(job.run_dir)
+        for i in range(shown.get(job.name, 0), len(rows)):
+            row = {**rows[i], "epoch": int(rows[i]["epoch"])}
+            best = max(rows[: i + 1], key=lambda r: r.get("valid_elbo", -math.inf))
+            state = TrainState(best_valid=best.get("valid_elbo", math.nan), best_epoch=int(best["epoch"]))
+            print(f"{job.name}: {evaluation_line(row, state, job.cfg.train.epochs)}", file=sys.stderr)
+        shown[job.name] = len(rows)
+
+
+def _watch_parent(parent: int) -> None:
+    """A member whose group process died stops as after Ctrl-C: at its next step, with a checkpoint."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def _member_main(
+    send: Any, cfg: dict[str, Any], run_dir: str, resume: bool, overwrite: bool, overrides: list[str],
+    threads: int, parent: int, debug: bool,
+) -> None:  # fmt: skip
+    """One member, in its own process: trains, then sends ("done",), ("interrupted", text) or
+    ("error", type name, one-line message)."""
+    os.setpgrp()  # a terminal's Ctrl-C reaches the group's process only, which passes it on once
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    torch.set_num_threads(threads)
+    try:
+        train(
+            from_dict(cfg), run_dir, resume=resume, progress=False, overwrite=overwrite, overrides=overrides
+        )
+        message: tuple = ("done",)
+    except Interrupted as e:
+        message = ("interrupted", str(e))
+    except BaseException as e:
+        if debug:
+            traceback.print_exc()
+        text = str(e).splitlines()[0] if str(e) else ""
+        known = type(e).__name__ in _ERRORS
+        message = ("error", type(e).__name__, text if known else f"{type(e).__name__}: {text}")
+    try:
+        send.send(message)
+    except OSError:  # the group's process is gone
+        pass
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def seed_mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample sd (n − 1) of per-seed values; no sd (``None``) from one seed."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def difference_across_seeds(base: Sequence[float], other: Sequence[float]) -> tuple[float, float | None]:
+    """``mean(other) − mean(base)`` and its standard error over training seeds, Welch's
+    sqrt(sd_other²/n_other + sd_base²/n_base) (sample sds; seeds independent). ``None`` when a
+    group has one seed: one run says nothing about how another seed would move it."""
+    (m0, s0), (m1, s1) = seed_mean_sd(base), seed_mean_sd(other)
+    if s0 is None or s1 is None:
+        return m1 - m0, None
+    return m1 - m0, math.sqrt(s1**2 / len(other) + s0**2 / len(base))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate_group(
+    group_dir: str | Path, estimator: str = "iwae", samples: int | None = None, *, split: str = "test",
+    limit: int = 0, seed: int = 1234, checkpoint: str = "best", device: str | torch.device = "cpu",
+    **kwargs: Any,
+) -> dict[str, RunEvaluation]:  # fmt: skip
+    """Every member scored as :func:`~flowvae.compare.evaluate_run` scores a run, on the same
+    examples with the same per-example seeds (members on the same data share one load)."""
+    members = group_members(group_dir)
+    if members is None:
+        raise CheckpointError(f"{group_dir}: not a group of runs (no {GROUP_FILE})")
+    runs = [load_run(m, checkpoint, device) for m in members]
+    examples = shared_examples(runs, split, limit, seed)
+    return {
+        m.name: evaluate_run(
+            m,
+            estimator,
+            samples,
+            split=split,
+            limit=limit,
+            seed=seed,
+            checkpoint=checkpoint,
+            device=device,
+            examples=ex,
+            run=run,
+            **kwargs,
+        )  # fmt: skip
+        for m, run, ex in zip(members, runs, examples, strict=True)
+    }
+
+
+# ----------------------------------------------------------------------------- comparison
+
+
+@dataclass
+class GroupRow:
+    group: str
+    posterior: str
+    members: list[str]  # row names in the per-run table
+    train_seeds: list[int]
+    seeds: list[float]  # per seed: mean -log p̂ over the examples
+    nll_mean: float
+    nll_sd: float | None  # None: one seed
+    diff_mean: float | None  # nll_mean minus the baseline's (negative: better); None for the baseline
+    diff_se_seeds: float | None  # Welch SE over seeds; None for the baseline or with one seed in either
+    diff_se_paired: float | None  # SE over examples of the per-example difference of seed means
+    elbo_mean: float
+    kl_mean: float
+    active_units_mean: float
+    latent_dim: int
+    parameters: int
+    epochs_mean: float
+    train_seconds_mean: float | None
+
+
+@dataclass
+class GroupComparison:
+    estimator: str
+    samples: int
+    split: str
+    n: int
+    subset: str
+    baseline: str
+    groups: list[GroupRow]
+    runs: Comparison  # every member of every group, as compare_runs reports runs
+    run_dirs: dict[str, str]  # row name in ``runs`` -> run folder
+    warnings: list[str]
+    se_seeds: str = "Welch over seeds: sqrt(sd^2/n + sd_baseline^2/n_baseline), sample sds of per-seed means"
+    se_paired: str = "over examples: sd of the per-example difference of seed means / sqrt(examples)"
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["runs"] = self.runs.to_json()["rows"]
+        return out
+
+
+def _train_seed(run_dir: Path) -> int:
+    """A run's ``train.seed``, from its resolved ``config.yaml`` (plain YAML data)."""
+    return int(yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["seed"])
+
+
+def compare_groups(
+    dirs: list[str | Path], baseline: str | Path | None = None, estimator: str = "iwae",
+    samples: int | None = None, **kwargs: Any,
+) -> GroupComparison:  # fmt: skip
+    """Groups (or single runs: groups of one) as methods. Every member is scored by
+    :func:`~flowvae.compare.compare_runs` on the same examples; then per group the per-seed
+    values, their mean and sd, and against the baseline (default: the first) the difference of
+    seed means with its standard error over seeds and its paired one over examples."""
+    methods = [Path(d) for d in dirs]
+    base = Path(baseline) if baseline is not None else methods[0]
+    if base not in methods:
+        methods.insert(0, base)
+    members = {m: group_members(m) or [m] for m in methods}
+    flat = [r for m in methods for r in members[m]]
+    labels = [run_label(r) for m in methods for r in members[m]]
+    c = compare_runs(flat, members[base][0], estimator, samples, labels=labels, **kwargs)
+    rows = dict(zip(labels, c.rows, strict=True))
+    names = {m: [lab for lab, r in zip(labels, flat, strict=True) if r in members[m]] for m in methods}
+
+    def nll_per_example(m: Path) -> torch.Tensor:  # mean over the group's seeds, per example
+        return -torch.stack([c.per_example[n].double() for n in names[m]]).mean(0)
+
+    base_values, base_per_example = [rows[n].nll for n in names[base]], nll_per_example(base)
+    out = []
+    for m in methods:
+        own = [rows[n] for n in names[m]]
+        values = [r.nll for r in own]
+        mean, sd = seed_mean_sd(values)
+        diff = se_seeds = se_paired = None
+        if m != base:
+            diff, se_seeds = difference_across_seeds(base_values, values)
+            d = nll_per_example(m) - base_per_example
+            se_paired = d.std().item() / math.sqrt(d.numel())
+        seconds = [r.train_seconds for r in own]
+        out.append(GroupRow(
+            group=m.name if is_group(m) else run_label(m), posterior=own[0].posterior, members=names[m],
+            train_seeds=[_train_seed(r) for r in members[m]], seeds=values, nll_mean=mean, nll_sd=sd,
+            diff_mean=diff, diff_se_seeds=se_seeds, diff_se_paired=se_paired,
+            elbo_mean=statistics.fmean(r.elbo for r in own), kl_mean=statistics.fmean(r.kl for r in own),
+            active_units_mean=statistics.fmean(r.active_units for r in own), latent_dim=own[0].latent_dim,
+            parameters=own[0].parameters, epochs_mean=statistics.fmean(r.epochs for r in own),
+            train_seconds_mean=None if None in seconds else statistics.fmean(seconds),
+        ))  # fmt: skip
+    run_dirs = {lab: str(r) for lab, r in zip(labels, flat, strict=True)}
+    return GroupComparison(
+        c.estimator,
+        c.samples,
+        c.split,
+        c.n,
+        c.subset,
+        out[methods.index(base)].group,
+        out,
+        c,
+        run_dirs,
+        c.warnings,
+    )
+
+
+NO_SEEDS = "n/a (1 seed)"
+
+GROUP_HEADER = [
+    "group",
+    "posterior",
+    "−log p̂ (nats), mean ± sd (n seeds)",
+    "per seed",
+    "Δ vs baseline ± SE over seeds",
+    "± paired SE",
+    "test ELBO",
+    "KL",
+    "active units",
+    "parameters",
+    "epochs",
+    "train min",
+]
+
+
+def _group_cells(row: GroupRow, latex: bool = False) -> list[str]:
+    def pm(value: float, err: float | None) -> str:
+        if err is None:
+            return f"{value:.2f} ± {NO_SEEDS}" if not latex else f"${value:.2f}$ ({NO_SEEDS})"
+        return f"${value:.2f} \\pm {err:.2f}$" if latex else f"{value:.2f} ± {err:.2f}"
+
+    n = len(row.seeds)
+    nll = f"{pm(row.nll_mean, row.nll_sd)}" + (f" ({n})" if n > 1 else "")
+    diff = "—" if row.diff_mean is None else pm(row.diff_mean, row.diff_se_seeds)
+    paired = "—" if row.diff_se_paired is None else f"{row.diff_se_paired:.2f}"
+    minutes = "—" if row.train_seconds_mean is None else f"{row.train_seconds_mean / 60:.1f}"
+    return [
+        row.group,
+        row.posterior,
+        nll,
+        ", ".join(f"{v:.2f}" for v in row.seeds),
+        diff,
+        paired,
+        f"{row.elbo_mean:.2f}",
+        f"{row.kl_mean:.2f}",
+        f"{row.active_units_mean:.1f}/{row.latent_dim}",
+        f"{row.parameters:,}",
+        f"{row.epochs_mean:g}",
+        minutes,
+    ]
+
+
+def markdown_table(c: GroupComparison, members: bool = True) -> str:
+    """The group table (means over seeds) and, with ``members``, the per-run table below it."""
+    lines = [
+        f"{c.estimator} (K={c.samples}) on {c.subset}; per group: mean ± sd over training seeds; Δ: "
+        f"difference of seed means to `{c.baseline}` (negative: better) ± standard error over seeds "
+        "(Welch), then ± paired standard error over examples (conditional on the trained models)",
+        "",
+        "| " + " | ".join(GROUP_HEADER) + " |",
+        "|" + "---|" * len(GROUP_HEADER),
+    ]
+    lines += ["| " + " | ".join(_group_cells(r)) + " |" for r in c.groups]
+    if members:
+        lines += ["", "Every run:", "", compare.markdown_table(c.runs)]
+    return "\n".join(lines)
+
+
+def latex_table(c: GroupComparison) -> str:
+    """A booktabs table of the groups (needs ``\\usepackage{booktabs}``)."""
+    lines = [
+        r"\begin{tabular}{ll" + "r" * (len(GROUP_HEADER) - 2) + "}",
+        r"\toprule",
+        " & ".join(latex_escape(h) for h in GROUP_HEADER) + r" \\",
+        r"\midrule",
+    ]
+    lines += [
+        " & ".join(latex_escape(x if i in (0, 1, 3) else x.replace(",", "{,}"))
+                   for i, x in enumerate(_group_cells(r, True))) + r" \\"
+        for r in c.groups
+    ]  # fmt: skip
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines)
+
+
+def write_comparison(c: GroupComparison, out_dir: str | Path) -> dict[str, Path]:
+    """comparison.{md,tex,csv,json} (groups; ``runs.csv``: every member) and curves.{png,pdf}."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {k: out / f"comparison.{k}" for k in ("md", "tex", "csv", "json")}
+    paths["md"].write_text(markdown_table(c) + "\n")
+    paths["tex"].write_text(latex_table(c) + "\n")
+    keys = list(GroupRow.__dataclass_fields__)
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(keys)
+        for row in c.groups:
+            values = [getattr(row, k) for k in keys]
+            writer.writerow([" ".join(map(str, v)) if isinstance(v, list) else "" if v is None else v
+                             for v in values])  # fmt: skip
+    paths["runs_csv"] = out / "runs.csv"
+    compare.write_csv(c.runs, paths["runs_csv"])
+    paths["json"].write_text(json.dumps(c.to_json(), indent=1) + "\n")
+    for suffix in ("png", "pdf"):
+        paths[suffix] = out / f"curves.{suffix}"
+        plot_curves(list(c.run_dirs.values()), paths[suffix], labels=list(c.run_dirs))
+    return paths
+
+
+__all__ = [
+    "Group", "GroupComparison", "GroupRow", "check_new_group", "compare_groups", "difference_across_seeds",
+    "evaluate_group", "fit", "group_members", "is_group", "latex_table", "markdown_table", "read_group",
+    "seed_mean_sd", "train_group", "write_comparison",
+]  # fmt: skip
