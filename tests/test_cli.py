@@ -142,8 +142,10 @@ def test_estimators_from_the_cli_agree_with_the_exact_value(linear_gaussian_run)
         assert key in ais["settings"]
     assert ais["samples"] == 8 and ais["settings"]["init"] == "posterior"
     assert ais["settings"]["steps"] == 100 and 0 < ais["diagnostics"]["acceptance"]["mean"] <= 1
-    bdmc = nll("--estimator", "bdmc", "--chains", "4", "--steps", "50")
+    bdmc = ["bdmc", str(linear_gaussian_run), "--n", "30", "--chains", "4", "--steps", "50", "--json"]
+    bdmc = json.loads(run_cli(*bdmc).stdout)
     assert bdmc["n"] == 30 and bdmc["lower"] <= bdmc["upper"] + 0.05 and bdmc["gap"] >= -0.05
+    assert bdmc["chains"] == 4 and bdmc["steps"] == 50
 
 
 def test_exact_refuses_models_without_an_exact_likelihood(run_dir):
@@ -172,9 +174,9 @@ def test_help_states_the_samples_default_per_estimator_and_how_to_list_keys():
     from flowvae.estimators import ESTIMATORS
 
     samples = [a.help for a in _subcommands()["eval"]._actions if a.dest == "samples"][0]  # --chains too
-    assert "iwae: K importance samples (default: the run's eval.samples)" in samples
-    assert f"elbo: z samples (default {ESTIMATORS['elbo'].default_samples})" in samples
-    assert f"(default {ESTIMATORS['ais'].default_samples})" in samples.split("ais:")[1]
+    assert "iwae: importance samples K (default: the run's eval.samples)" in samples
+    assert f"elbo: draws of z per example (default: {ESTIMATORS['elbo'].default_samples})" in samples
+    assert f"(default: {ESTIMATORS['ais'].default_samples})" in samples.split("ais:")[1]
     usage = run_cli("eval", "--help").stdout
     assert "--samples K" in usage and "--chains N" in usage and "SAMPLES" not in usage
     assert "flowvae config" in run_cli("train", "--help").stdout

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -61,12 +61,19 @@ class AISOptions:
         step_size: initial leapfrog step size.
     """
 
-    steps: int = 1000
-    leapfrog: int = 10
-    schedule: str = "sigmoid"
-    init: str = "prior"
-    target_accept: float = 0.65
-    step_size: float = 0.1
+    steps: int = field(default=1000, metadata={"help": "intermediate distributions"})
+    leapfrog: int = field(default=10, metadata={"help": "leapfrog steps per HMC move"})
+    schedule: str = field(
+        default="sigmoid", metadata={"help": "spacing of the temperatures", "choices": SCHEDULES}
+    )
+    init: str = field(
+        default="prior",
+        metadata={"help": "start chains from the prior, or from q(z|x) (no proper bound)", "choices": INITS},
+    )
+    target_accept: float = field(
+        default=0.65, metadata={"help": "HMC acceptance rate the step size adapts to", "range": (0.0, 1.0)}
+    )
+    step_size: float = field(default=0.1, metadata={"help": "initial HMC step size", "range": (0.0, None)})
 
     def __post_init__(self) -> None:
         if self.steps < 1:

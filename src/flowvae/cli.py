@@ -16,7 +16,19 @@ import torch
 import yaml
 
 from .checkpoint import CheckpointError, load_run
-from .config import FORMS, Config, ConfigError, apply_overrides, check_value, load_yaml, valid_keys
+from .cliargs import (
+    POSITIVE,
+    Parser,
+    chosen,
+    common_flags,
+    existing_file,
+    image_out,
+    new_dir,
+    number,
+    option_flags,
+    run_dir,
+)
+from .config import FORMS, Config, ConfigError, apply_overrides, load_yaml, valid_keys
 from .data import DataError, download
 from .estimators import ESTIMATORS
 from .likelihoods import likelihood_name
@@ -90,9 +102,6 @@ def _eval(args: argparse.Namespace) -> int:
     device = distributed.local_device(torch.device(args.device), d)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.estimator == "bdmc":  # simulates its own data: no split, no per-example batches
-        run = load_run(args.run_dir, args.checkpoint, device)
-        return _bdmc(args, run.model, args.batch_size or run.config.eval.batch_size, d)
     record = ESTIMATORS[args.estimator]
     options = {name: getattr(args, name, None) for name in record.settings()}
 
@@ -185,25 +194,32 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bdmc(args: argparse.Namespace, model: torch.nn.Module, batch: int, d) -> int:
-    """BDMC (Grosse et al. 2015) on ``--limit`` (default 100) examples simulated from the model.
+def _bdmc(args: argparse.Namespace) -> int:
+    """BDMC (Grosse et al. 2015) on ``--n`` examples simulated from the model.
 
     Forward AIS from the prior gives a stochastic lower bound of log p(x), reverse AIS from the
     simulated (exact posterior) z an upper bound: their gap bounds the AIS error at these
     settings for data like the model's own, which tells how many steps real data needs.
     """
-    from .ais import bdmc
+    from .ais import AISOptions, bdmc
+    from .groups import is_group
 
-    if d.enabled:
-        raise ValueError("--estimator bdmc runs in one process; launch it without torchrun")
-    names = ("steps", "leapfrog", "schedule", "target_accept", "step_size")
-    options = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-    if args.samples:
-        options["chains"] = args.samples
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("bdmc runs in one process; launch it without torchrun")
+    if is_group(args.run_dir):
+        raise ValueError(
+            f"{args.run_dir} is a group of seeds: run bdmc on one member (e.g. {args.run_dir}/seed-0)"
+        )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = load_run(args.run_dir, args.checkpoint, args.device)
+    options = chosen(args, AISOptions)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    result = bdmc(model, n=args.limit or 100, batch_size=batch, **options)
-    out = {"estimator": "bdmc", **result.to_json(), **options, "seconds": time.perf_counter() - start}
+    batch = args.batch_size or run.config.eval.batch_size
+    result = bdmc(run.model, n=args.n, chains=args.chains, batch_size=batch, **options)
+    out = {"estimator": "bdmc", **result.to_json(), "chains": args.chains, **options,
+           "seconds": time.perf_counter() - start}  # fmt: skip
     if args.json:
         print(json.dumps(out))
     else:
@@ -271,23 +287,18 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _gaps(args: argparse.Namespace) -> int:
+    from .ais import AISOptions
     from .gaps import GapSettings, markdown_table, run_gaps, write_report
-    from .local import LocalOptions
+    from .local import LOCAL_FLOW_DEFAULTS, LocalOptions
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    local = LocalOptions(
-        lr=args.lr, samples=args.local_samples, max_steps=args.steps_cap, check_every=args.check_every,
-        patience=args.patience, tolerance=args.tolerance, lr_decay=args.lr_decay, decays=args.decays,
-    )  # fmt: skip
-    flow_options = {k: getattr(args, k) for k in ("flow_steps", "flow_hidden", "flow_layers")}
-    ais = {"steps": args.ais_steps, "leapfrog": args.leapfrog}
+    samples = {k: v for k, v in {"iwae": args.samples, "ais": args.chains}.items() if v is not None}
+    flow_options = {k: getattr(args, k) for k in LOCAL_FLOW_DEFAULTS if getattr(args, k) is not None}
     settings = GapSettings(
-        estimator=args.estimator, samples={"iwae": args.samples, "ais": args.chains},
-        options={"ais": {k: v for k, v in ais.items() if v is not None}},
-        check=not args.no_check, elbo_samples=args.elbo_samples,
-        local_flow=args.local_flow, local=local,
-        flow_options={k: v for k, v in flow_options.items() if v is not None},
+        estimator=args.estimator, samples=samples, options={"ais": chosen(args, AISOptions, "ais_")},
+        check=not args.no_check, elbo_samples=args.elbo_samples, local_flow=args.local_flow,
+        local=LocalOptions(**chosen(args, LocalOptions)), flow_options=flow_options,
         batch_size=args.batch_size, seed=args.seed, drop_flagged=args.drop_flagged,
     )  # fmt: skip
     report = run_gaps(args.run_dir, args.split, args.n, settings, args.seed, args.checkpoint, args.device)
@@ -308,120 +319,16 @@ def _gaps(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------
-# parse-time checks: a bad flag fails before a file is read or written, in one line
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (the usage is one ``--help`` away), exit code 2."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _integer(low: int) -> typing.Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} must be >= {low}")
-        return value
-
-    parse.__name__ = f"integer >= {low}"
-    return parse
-
-
-def _number(low: float, high: float = math.inf, open_low: bool = True) -> typing.Callable[[str], float]:
-    """A finite float in (low, high) (``open_low=False``: [low, high))."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        ok = math.isfinite(value) and (value > low if open_low else value >= low) and value < high
-        if not ok:
-            lo = f"({low}" if open_low else f"[{low}"
-            raise argparse.ArgumentTypeError(f"{text} must be a finite number in {lo}, {high})")
-        return value
-
-    return parse
-
-
-POSITIVE, NON_NEGATIVE = _integer(1), _integer(0)
-
-
-def _device(text: str) -> str:
-    """cpu, cuda, cuda:N or auto; CUDA must be available (said here, not as a checkpoint error)."""
-    try:
-        check_value("train.device", text)  # the config key's syntax
-    except ConfigError:
-        raise argparse.ArgumentTypeError(f"{text!r}: use cpu, cuda, cuda:N or auto") from None
-    if text == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if text.startswith("cuda"):
-        if not torch.cuda.is_available():
-            problem = "CUDA is not available on this machine (use --device cpu)"
-            raise argparse.ArgumentTypeError(f"{text}: {problem}")
-        if int(text.partition(":")[2] or 0) >= torch.cuda.device_count():
-            problem = f"this machine has {torch.cuda.device_count()} CUDA devices"
-            raise argparse.ArgumentTypeError(f"{text}: {problem}")
-    return text
-
-
-def _run_dir(text: str) -> str:
-    """An existing run folder (eval, sample, gaps, train --resume)."""
-    path = Path(text)
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"{text}: run directory not found")
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: is a file, not a run directory")
-    return text
-
-
-def _new_dir(text: str) -> str:
-    """A folder to write into: absent (created later) or a folder, never a file."""
-    path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: exists and is a file, not a folder")
-    for parent in path.parents:
-        if parent.exists() and not parent.is_dir():
-            raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a folder")
-    return text
-
-
-def _image_out(text: str) -> str:
-    """An image file in an existing folder, its format known from the suffix (e.g. .png)."""
-    from PIL import Image
-
-    path = Path(text)
-    if path.suffix.lower() not in Image.registered_extensions():
-        raise argparse.ArgumentTypeError(f"{text}: unknown image format {path.suffix!r}; use a .png name")
-    if not path.parent.is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: folder {path.parent} does not exist")
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: is a folder; give a file name such as samples.png")
-    return text
-
-
-def _existing_file(text: str) -> str:
-    if not Path(text).is_file():
-        raise argparse.ArgumentTypeError(f"{text}: file not found")
-    return text
-
-
 TRAIN_EPILOG = """\
 config keys: `flowvae config` lists every key with its default value and valid values
 (`flowvae config --preset NAME`: with a preset's values); `flowvae presets` lists the presets.
 Without --preset a run starts from the preset of its data.name (digits for the default data)."""
 
 
-def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="flowvae", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+RUN_DIR_HELP = "the run folder (written by `flowvae train`)"
 
+
+def _train_parser(sub) -> None:
     t = sub.add_parser(
         "train", help="train a VAE (default preset: digits, zero download)", epilog=TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -435,22 +342,24 @@ def parser() -> argparse.ArgumentParser:
         "data.name, digits if none is given)",
     )  # fmt: skip
     t.add_argument(
-        "--config", type=_existing_file, help="a YAML config file applied over the preset (default: none)"
+        "--config", type=existing_file, help="a YAML config file applied over the preset (default: none)"
     )
     t.add_argument(
-        "--run-dir", type=_new_dir,
+        "--run-dir",
+        type=new_dir,
         help="where to write the run (default: a new runs/PRESET-DATA-POSTERIOR-TIME)",
-    )  # fmt: skip
+    )
     t.add_argument(
-        "--resume", metavar="RUN_DIR", type=_run_dir,
+        "--resume", metavar="RUN_DIR", type=run_dir,
         help="continue the run in RUN_DIR exactly where it stopped (a group of --seeds: every unfinished "
         "member; default: start a new run); budgets (train.max_minutes, train.max_steps) count from this "
         "invocation",
     )  # fmt: skip
     t.add_argument(
-        "--overwrite", action="store_true",
-        help="replace the run files already in --run-dir (default: refuse such a folder)",
-    )  # fmt: skip
+        "--overwrite",
+        action="store_true",
+        help="replace the run files already in --run-dir (default: refuse)",
+    )
     t.add_argument(
         "--seeds", type=POSITIVE,
         help="train N runs with train.seed+0..N-1 into RUN_DIR/seed-0..seed-(N-1), side by side on the "
@@ -462,99 +371,92 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     t.set_defaults(fn=_train)
 
-    e = sub.add_parser("eval", help="estimate log p(x) of a trained run")
-    e.add_argument("run_dir", type=_run_dir, help="the run folder (written by `flowvae train`)")
+
+def _eval_parser(sub) -> None:
+    e = sub.add_parser("eval", help="estimate log p(x) of a trained run (or of every member of a group)")
+    e.add_argument("run_dir", type=run_dir, help=RUN_DIR_HELP)
     e.add_argument(
-        "--estimator", default="iwae", choices=sorted([*ESTIMATORS, "bdmc"]),
-        help="iwae: importance sampling with q; elbo; ais: annealed importance sampling (HMC); exact: "
-        "linear-Gaussian models only; bdmc: AIS sandwich on simulated data (default: iwae)",
+        "--estimator", default="iwae", choices=sorted(ESTIMATORS),
+        help="; ".join(f"{name}: {r.samples_are}" for name, r in ESTIMATORS.items()) + " (default: iwae)",
     )  # fmt: skip
     e.add_argument(
         "--samples", type=POSITIVE, metavar="K",
-        help="iwae: K importance samples (default: the run's eval.samples); elbo: z samples "
-        f"(default {ESTIMATORS['elbo'].default_samples}); ais: chains per example "
-        f"(default {ESTIMATORS['ais'].default_samples}); exact: unused",
+        help="; ".join(
+            f"{n}: {r.samples_are} (default: "
+            + ("the run's eval.samples" if r.run_samples else str(r.default_samples)) + ")"
+            for n, r in ESTIMATORS.items()
+        ),
     )  # fmt: skip
     e.add_argument(
-        "--split", default="test", choices=["test", "valid", "train"], help="data split (default: test)"
+        "--limit",
+        type=POSITIVE,
+        metavar="N",
+        help="a fixed seeded random subset of N examples (default: all)",
     )
     e.add_argument(
-        "--limit", type=POSITIVE, metavar="N",
-        help="a fixed seeded random subset of N examples (default: all; bdmc: N simulated examples, "
-        "default 100)",
+        "--batch-size", type=POSITIVE,
+        help="examples per batch: speed and memory only, not the values (default: the run's eval.batch_size)",
     )  # fmt: skip
-    e.add_argument(
-        "--batch-size", type=POSITIVE, help="examples per batch (default: the run's eval.batch_size)"
-    )
-    e.add_argument(
-        "--chunk", type=POSITIVE,
-        help="iwae: samples per chunk, bounds memory to batch-size x chunk (default: the run's eval.chunk)",
-    )  # fmt: skip
-    e.add_argument(
-        "--checkpoint", default="best", choices=["best", "latest"],
-        help="best: best valid ELBO (best.pt); latest: last checkpoint (default: best)",
-    )  # fmt: skip
-    e.add_argument("--seed", type=int, default=1234, help="seed of the subset and samples (default: 1234)")
-    e.add_argument(
-        "--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)"
-    )
-    e.add_argument(
-        "--threads", type=NON_NEGATIVE, default=0, help="torch intra-op threads (default: 0, torch's choice)"
-    )
-    e.add_argument("--json", action="store_true", help="print exactly one JSON object (default: a sentence)")
-    e.add_argument(
-        "--no-progress", action="store_true", help="no progress and ETA on stderr (default: shown)"
-    )
-    e.add_argument(
-        "--no-cache", action="store_true",
-        help="recompute even if RUN_DIR/eval-cache holds the result (default: use the cache)",
-    )  # fmt: skip
-    ais = e.add_argument_group("AIS (--estimator ais|bdmc)")
-    ais.add_argument(
-        "--chains", type=POSITIVE, dest="samples", metavar="N",
-        help=f"chains per example, the same as --samples (default: {ESTIMATORS['ais'].default_samples})",
-    )  # fmt: skip
-    ais.add_argument("--steps", type=POSITIVE, help="intermediate distributions (default: 1000)")
-    ais.add_argument("--leapfrog", type=POSITIVE, help="leapfrog steps per HMC move (default: 10)")
-    ais.add_argument(
-        "--schedule", choices=["linear", "sigmoid"], help="spacing of the temperatures (default: sigmoid)"
-    )
-    ais.add_argument(
-        "--init", choices=["prior", "posterior"],
-        help="ais: start chains from the prior, or from q(z|x), then not a proper bound (default: prior)",
-    )  # fmt: skip
-    ais.add_argument(
-        "--target-accept", type=_number(0.0, 1.0),
-        help="HMC acceptance rate the step size adapts to (default: 0.65)",
-    )  # fmt: skip
-    ais.add_argument("--step-size", type=_number(0.0), help="initial HMC step size (default: 0.1)")
+    common_flags(e, "split", "checkpoint", "seed", "device", "threads", "json", "no-progress", "no-cache",
+                 what="the subset and of every example's draws")  # fmt: skip
+    for name, record in ESTIMATORS.items():
+        if record.options is not None:
+            group = e.add_argument_group(f"{name} (--estimator {name})")
+            if name == "ais":
+                group.add_argument(
+                    "--chains",
+                    type=POSITIVE,
+                    dest="samples",
+                    metavar="N",
+                    help=f"chains per example, the same as --samples (default: {record.default_samples})",
+                )
+            run_key = "the run's eval.{name}" if record.run_samples else ""
+            option_flags(group, record.options, default_text=run_key)
     e.set_defaults(fn=_eval)
 
+
+def _bdmc_parser(sub) -> None:
+    from .ais import CHAINS, AISOptions
+
+    b = sub.add_parser(
+        "bdmc", help="sandwich log p(x) on data simulated from a run's model (forward and reverse AIS)"
+    )
+    b.add_argument("run_dir", type=run_dir, help=RUN_DIR_HELP)
+    b.add_argument("--n", type=POSITIVE, default=100, help="examples simulated from the model (default: 100)")
+    b.add_argument(
+        "--chains", type=POSITIVE, default=CHAINS, help=f"AIS chains per example (default: {CHAINS})"
+    )
+    b.add_argument(
+        "--batch-size", type=POSITIVE, help="examples per batch (default: the run's eval.batch_size)"
+    )
+    common_flags(b, "checkpoint", "seed", "device", "threads", "json", what="the simulation and the chains")
+    option_flags(b.add_argument_group("AIS"), AISOptions, skip=("init",))
+    b.set_defaults(fn=_bdmc)
+
+
+def _sample_parser(sub) -> None:
     s = sub.add_parser("sample", help="draw images from a trained run's prior")
-    s.add_argument("run_dir", type=_run_dir, help="the run folder (written by `flowvae train`)")
+    s.add_argument("run_dir", type=run_dir, help=RUN_DIR_HELP)
     s.add_argument("--n", type=POSITIVE, default=64, help="number of images (default: 64)")
     s.add_argument(
-        "--out", type=_image_out, help="PNG path in an existing folder (default: a new RUN_DIR/samples-N.png)"
+        "--out", type=image_out, help="PNG path in an existing folder (default: a new RUN_DIR/samples-N.png)"
     )
     s.add_argument(
-        "--checkpoint", default="best", choices=["best", "latest"],
-        help="best: best valid ELBO (best.pt); latest: last checkpoint (default: best)",
-    )  # fmt: skip
-    s.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default: 0)")
-    s.add_argument(
-        "--temperature", type=_number(0.0, open_low=False), default=1.0,
+        "--temperature", type=number(0.0, open_low=False), default=1.0,
         help="scale of the prior's std; 1 samples the model itself (default: 1)",
     )  # fmt: skip
-    s.add_argument(
-        "--no-progress", action="store_true", help="no progress and ETA on stderr (default: shown)"
-    )
+    common_flags(s, "checkpoint", "seed", "no-progress", seed=0, what="the prior draws")
     s.set_defaults(fn=_sample)
 
+
+def _gaps_parser(sub) -> None:
+    from .ais import AISOptions
+    from .estimators import IWAE_SAMPLES
+    from .gaps import LOG_P_ESTIMATORS
+    from .local import LOCAL_FLOW_DEFAULTS, LocalOptions
+
     g = sub.add_parser("gaps", help="inference suboptimality: approximation and amortization gaps")
-    g.add_argument("run_dir", type=_run_dir, help="the run folder (written by `flowvae train`)")
-    g.add_argument(
-        "--split", default="test", choices=["test", "valid", "train"], help="data split (default: test)"
-    )
+    g.add_argument("run_dir", type=run_dir, help=RUN_DIR_HELP)
     g.add_argument(
         "--n", type=POSITIVE, default=100, help="a fixed seeded random subset of N examples (default: 100)"
     )
@@ -564,126 +466,85 @@ def parser() -> argparse.ArgumentParser:
         "(default: same)",
     )  # fmt: skip
     g.add_argument(
-        "--estimator", default="ais", choices=["ais", "iwae"], help="the log p(x) estimate (default: ais)"
+        "--estimator",
+        default="ais",
+        choices=list(LOG_P_ESTIMATORS),
+        help="the log p(x) estimate (default: ais)",
     )
     g.add_argument(
-        "--no-check", action="store_true",
-        help="skip the other estimator's paired check (default: run it)",
+        "--no-check", action="store_true", help="skip the other estimator's paired check (default: run it)"
+    )
+    g.add_argument("--samples", type=POSITIVE, help=f"K of the IWAE estimate (default: {IWAE_SAMPLES})")
+    g.add_argument(
+        "--chains",
+        type=POSITIVE,
+        help=f"AIS chains per example (default: {ESTIMATORS['ais'].default_samples})",
+    )
+    g.add_argument(
+        "--elbo-samples", type=POSITIVE, default=LocalOptions.eval_samples,
+        help=f"draws of every ELBO estimate (default: {LocalOptions.eval_samples})",
     )  # fmt: skip
-    g.add_argument(
-        "--leapfrog", type=POSITIVE, default=10, help="HMC leapfrog steps per AIS transition (default: 10)"
-    )
-    g.add_argument("--samples", type=POSITIVE, default=5000, help="K of the IWAE estimate (default: 5000)")
-    g.add_argument(
-        "--ais-steps", type=POSITIVE, default=1000, help="AIS intermediate distributions (default: 1000)"
-    )
-    g.add_argument("--chains", type=POSITIVE, default=16, help="AIS chains per example (default: 16)")
-    g.add_argument(
-        "--elbo-samples", type=POSITIVE, default=1000, help="draws of every ELBO estimate (default: 1000)"
-    )
-    g.add_argument(
-        "--steps-cap", type=POSITIVE, default=10000, help="local optimisation step cap (default: 10000)"
-    )
-    g.add_argument(
-        "--lr", type=_number(0.0), default=1e-2,
-        help="local optimisation Adam learning rate, in widths of q (default: 1e-2)",
-    )  # fmt: skip
-    g.add_argument(
-        "--local-samples", type=POSITIVE, default=50, help="z draws per local step (default: 50)"
-    )
-    g.add_argument("--flow-steps", type=POSITIVE, help="steps of the local flow (default: q's, else 2)")
-    g.add_argument(
-        "--flow-hidden", type=POSITIVE, help="hidden units of the local flow's nets (default: q's, else 100)"
-    )
-    g.add_argument(
-        "--flow-layers", type=POSITIVE, help="hidden layers of the local flow's nets (default: q's, else 1)"
-    )
-    g.add_argument(
-        "--check-every", type=POSITIVE, default=100, help="steps between convergence checks (default: 100)"
-    )
-    g.add_argument(
-        "--patience", type=POSITIVE, default=5,
-        help="checks without improvement before a step-size decay (default: 5)",
-    )  # fmt: skip
-    g.add_argument(
-        "--tolerance", type=_number(0.0), default=0.01, help="nats counted as an improvement (default: 0.01)"
-    )
-    g.add_argument(
-        "--lr-decay", type=_number(0.0, 1.0), default=0.5, help="step-size factor on a stall (default: 0.5)"
-    )
-    g.add_argument(
-        "--decays", type=POSITIVE, default=4, help="step-size reductions before convergence (default: 4)"
-    )
+    option_flags(g.add_argument_group("AIS"), AISOptions, prefix="ais-", names={"leapfrog": "--leapfrog"})
+    local = g.add_argument_group("local optimisation")
+    option_flags(local, LocalOptions, defaults=True, skip=("eval_samples", "eval_chunk"),
+                 names={"samples": "--local-samples", "max_steps": "--steps-cap"})  # fmt: skip
+    for key, default in LOCAL_FLOW_DEFAULTS.items():
+        flag = "--" + key.replace("_", "-")
+        local.add_argument(
+            flag, type=POSITIVE, help=f"{key} of the local flow (default: q's, else {default})"
+        )
     g.add_argument(
         "--drop-flagged", action="store_true",
         help="leave out non-finite or far-outlying examples instead of failing (default: fail)",
     )  # fmt: skip
     g.add_argument("--batch-size", type=POSITIVE, default=100, help="examples per batch (default: 100)")
-    g.add_argument(
-        "--checkpoint", default="best", choices=["best", "latest"],
-        help="best: best valid ELBO (best.pt); latest: last checkpoint (default: best)",
-    )  # fmt: skip
-    g.add_argument(
-        "--seed", type=int, default=1234, help="seed of the subset and of the estimates (default: 1234)"
+    g.add_argument("--out", type=new_dir, help="output folder (default: RUN_DIR/gaps)")
+    common_flags(
+        g, "split", "checkpoint", "seed", "device", "threads", "json", what="the subset and of the estimates"
     )
-    g.add_argument(
-        "--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)"
-    )
-    g.add_argument(
-        "--threads", type=NON_NEGATIVE, default=0, help="torch intra-op threads (default: 0, torch's choice)"
-    )
-    g.add_argument("--json", action="store_true", help="print exactly one JSON object (default: a table)")
-    g.add_argument("--out", type=_new_dir, help="output folder (default: RUN_DIR/gaps)")
     g.set_defaults(fn=_gaps)
 
-    c = sub.add_parser("compare", help="evaluate runs on the same examples: a paired table and curves")
-    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", type=_run_dir, help="run folders to compare")
-    c.add_argument(
-        "--baseline", type=_run_dir, help="the run differences are paired against (default: the first)"
+
+def _compare_parser(sub) -> None:
+    c = sub.add_parser(
+        "compare", help="evaluate runs (or seed groups) on the same examples: a paired table and curves"
     )
     c.add_argument(
-        "--estimator", default="iwae", choices=["elbo", "iwae", "ais"], help="estimator (default: iwae)"
+        "run_dirs", nargs="+", metavar="RUN_DIR", type=run_dir, help="run folders (or groups) to compare"
+    )
+    c.add_argument(
+        "--baseline", type=run_dir, help="the run differences are paired against (default: the first)"
+    )
+    c.add_argument(
+        "--estimator", default="iwae", choices=sorted(ESTIMATORS), help="estimator (default: iwae)"
     )
     c.add_argument("--samples", type=POSITIVE, help="K (default: each run's eval.samples for iwae)")
-    c.add_argument(
-        "--split", default="test", choices=["test", "valid", "train"], help="data split (default: test)"
-    )
-    c.add_argument(
-        "--limit", type=POSITIVE, help="a fixed seeded random subset of N examples (default: all)"
-    )
-    c.add_argument("--seed", type=int, default=1234, help="seed of the subset and estimates (default: 1234)")
-    c.add_argument(
-        "--checkpoint", default="best", choices=["best", "latest"],
-        help="best: best valid ELBO (best.pt); latest: last checkpoint (default: best)",
-    )  # fmt: skip
-    c.add_argument(
-        "--threads", type=NON_NEGATIVE, default=0, help="torch intra-op threads (default: 0, torch's choice)"
-    )
-    c.add_argument(
-        "--no-cache", action="store_true", help="recompute even if eval-cache has it (default: use it)"
-    )
-    c.add_argument("--json", action="store_true", help="print exactly one JSON object (default: a table)")
-    c.add_argument(
-        "--no-progress", action="store_true", help="no progress and ETA on stderr (default: shown)"
-    )
+    c.add_argument("--limit", type=POSITIVE, help="a fixed seeded random subset of N examples (default: all)")
     c.add_argument(
         "--out", help="write comparison.{md,tex,csv,json} and curves.{png,pdf} here (default: print only)"
     )
+    common_flags(c, "split", "seed", "checkpoint", "threads", "no-cache", "json", "no-progress",
+                 what="the subset and the estimates")  # fmt: skip
     c.set_defaults(fn=_compare)
 
-    sub.add_parser("presets", help="list the named presets").set_defaults(fn=_presets)
 
+def parser() -> argparse.ArgumentParser:
+    from .data import DOWNLOADS
+
+    p = Parser(prog="flowvae", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_train_parser, _eval_parser, _bdmc_parser, _sample_parser, _gaps_parser, _compare_parser):
+        add(sub)
+    sub.add_parser("presets", help="list the named presets").set_defaults(fn=_presets)
     c = sub.add_parser("config", help="list every config key with its value and valid values")
     c.add_argument("--preset", help="show this preset's values (default: the built-in defaults)")
     c.set_defaults(fn=_config)
-
     d = sub.add_parser("data", help="dataset utilities")
-    dsub = d.add_subparsers(dest="data_command", required=True)
-    dl = dsub.add_parser("download", help="fetch a dataset's standard files and verify checksums")
-    dl.add_argument(
-        "name", choices=["binarized_mnist", "mnist", "fashion_mnist", "cifar10"], help="the dataset"
+    dl = d.add_subparsers(dest="data_command", required=True).add_parser(
+        "download", help="fetch a dataset's standard files and verify checksums"
     )
-    dl.add_argument("--root", type=_new_dir, help="target folder (default: $FLOWVAE_DATA, else ./data)")
+    dl.add_argument("name", choices=list(DOWNLOADS), help="the dataset")
+    dl.add_argument("--root", type=new_dir, help="target folder (default: $FLOWVAE_DATA, else ./data)")
     dl.set_defaults(fn=_download)
     return p
 

@@ -31,7 +31,9 @@ class IWAEOptions:
     """The settings of the estimator ``iwae``: samples are drawn ``chunk`` at a time (bounds the
     model's memory at B x chunk rows; the values do not depend on it)."""
 
-    chunk: int = 500
+    chunk: int = field(
+        default=500, metadata={"help": "samples per chunk: bounds memory to batch size x chunk"}
+    )
 
     def __post_init__(self) -> None:
         if self.chunk < 1:

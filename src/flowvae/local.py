@@ -92,16 +92,22 @@ class LocalOptions:
         eval_chunk: draws per chunk of the final estimate (bounds memory).
     """
 
-    lr: float = 1e-2
-    samples: int = 50
-    max_steps: int = 10000
-    check_every: int = 100
-    patience: int = 5
-    tolerance: float = 0.01
-    lr_decay: float = 0.5
-    decays: int = 4
-    eval_samples: int = 1000
-    eval_chunk: int = 100
+    lr: float = field(
+        default=1e-2, metadata={"help": "Adam learning rate, in widths of q", "range": (0.0, None)}
+    )
+    samples: int = field(default=50, metadata={"help": "z draws per step"})
+    max_steps: int = field(default=10000, metadata={"help": "step cap"})
+    check_every: int = field(default=100, metadata={"help": "steps between convergence checks"})
+    patience: int = field(default=5, metadata={"help": "checks without improvement before a step-size decay"})
+    tolerance: float = field(
+        default=0.01, metadata={"help": "nats counted as an improvement", "range": (0.0, None)}
+    )
+    lr_decay: float = field(
+        default=0.5, metadata={"help": "step-size factor on a stall", "range": (0.0, 1.0)}
+    )
+    decays: int = field(default=4, metadata={"help": "step-size reductions before convergence"})
+    eval_samples: int = field(default=1000, metadata={"help": "draws of the final ELBO estimate"})
+    eval_chunk: int = field(default=100, metadata={"help": "draws per chunk of the final estimate"})
 
     def __post_init__(self) -> None:
         for f in fields(self):
