@@ -71,16 +71,27 @@ def _cache_key(request: dict[str, Any]) -> str:
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
-def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
+def _read_cache(path: Path, examples: EvaluationSet) -> dict[str, np.ndarray] | None:
+    """The cached arrays of ``path`` if they are for exactly ``examples`` (their digest and
+    indices), else None (missing, torn, foreign or for other images: recomputed)."""
     try:
         with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except (OSError, ValueError, KeyError, EOFError):  # missing, torn or foreign: recompute
+            hit = {k: f[k] for k in f.files}
+    except (OSError, ValueError, KeyError, EOFError):
         return None
+    indices = hit.get("indices")
+    same = str(hit.get("images")) == examples.digest and np.array_equal(indices, examples.indices.numpy())
+    return hit if same else None
 
 
-def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Atomically (temp file + rename); a cache that cannot be written is skipped, not fatal."""
+def _write_cache(path: Path, estimate: Estimate, examples: EvaluationSet) -> None:
+    """The per-example values, diagnostics and what they are for, written atomically (temp file +
+    rename); a cache that cannot be written is skipped, not fatal."""
+    arrays = {
+        "log_p": estimate.per_example.numpy(), "indices": examples.indices.numpy(),
+        "images": np.array(examples.digest), "seconds": np.array(estimate.seconds),
+    }  # fmt: skip
+    arrays.update({f"diag_{k}": v.numpy() for k, v in estimate.per_example_diagnostics.items()})
     try:
         path.parent.mkdir(exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -128,60 +139,32 @@ def evaluate_run(
             options[name] = getattr(run.config.eval, name)
     settings = record.settings(**{k: v for k, v in options.items() if v is not None})
     samples = samples or (run.config.eval.samples if record.run_samples else record.default_samples)
-    batch_size = batch_size or run.config.eval.batch_size
     if examples is None:
         examples = evaluation_images(load_data(run.config.data), split, limit, seed)
-    images = examples.digest
     request = {
-        "checkpoint": run.digest,
-        "images": images,
-        "code": code_digest(),
-        "device": torch.device(device).type,
-        "estimator": estimator,
-        "samples": samples,
-        "settings": settings,
-        "split": split,
-        "seed": seed,
-    }
-    path = None
-    if cache:
-        path = Path(run_dir) / CACHE_DIR / f"{_cache_key(request)}.npz"
-        hit = _read_cache(path)
-        if (
-            hit is not None
-            and str(hit.get("images")) == images
-            and np.array_equal(hit["indices"], examples.indices.numpy())
-        ):
-            diagnostics = {k[5:]: torch.from_numpy(v) for k, v in hit.items() if k.startswith("diag_")}
-            estimate = summarise_estimate(
-                estimator,
-                split,
-                samples,
-                torch.from_numpy(hit["log_p"]),
-                diagnostics,
-                settings,
-                math.prod(examples.images.shape[1:]),
-                run.model.likelihood.discrete,
-                float(hit["seconds"]),
-            )
-            return RunEvaluation(run, estimate, examples, cached=True)
+        "checkpoint": run.digest, "images": examples.digest, "code": code_digest(),
+        "device": torch.device(device).type, "estimator": estimator, "samples": samples,
+        "settings": settings, "split": split, "seed": seed,
+    }  # fmt: skip
+    entry = Path(run_dir) / CACHE_DIR / f"{_cache_key(request)}.npz" if cache else None
+    hit = _read_cache(entry, examples) if entry is not None else None
+    if hit is not None:
+        diagnostics = {k[5:]: torch.from_numpy(v) for k, v in hit.items() if k.startswith("diag_")}
+        estimate = summarise_estimate(
+            estimator, split, samples, torch.from_numpy(hit["log_p"]), diagnostics, settings,
+            math.prod(examples.images.shape[1:]), run.model.likelihood.discrete, float(hit["seconds"]),
+        )  # fmt: skip
+        return RunEvaluation(run, estimate, examples, cached=True)
     d = dist or Dist()
-    batches = examples.images.split(batch_size)
+    batches = examples.images.split(batch_size or run.config.eval.batch_size)
     mine = sum(len(b) for i, b in enumerate(batches) if i % d.world == d.rank)  # this rank's examples
     with progress(mine) if progress is not None else contextlib.nullcontext() as bar:
         estimate = evaluate(
             run.model, batches, estimator, samples, split=split, seed=seed, indices=examples.indices,
             dist=d, progress=bar.update if bar is not None else None, **settings,
         )  # fmt: skip
-    if path is not None and d.is_main and math.isfinite(estimate.nll):  # a NaN is never cached
-        arrays = {
-            "log_p": estimate.per_example.numpy(),
-            "indices": examples.indices.numpy(),
-            "images": np.array(images),
-            "seconds": np.array(estimate.seconds),
-        }
-        arrays.update({f"diag_{k}": v.numpy() for k, v in estimate.per_example_diagnostics.items()})
-        _write_cache(path, arrays)
+    if entry is not None and d.is_main and math.isfinite(estimate.nll):  # a NaN is never cached
+        _write_cache(entry, estimate, examples)
     return RunEvaluation(run, estimate, examples, cached=False)
 
 
@@ -233,13 +216,19 @@ class ComparisonRow:
 
 
 @dataclass
-class Comparison:
+class ComparisonHeader:
+    """What every comparison states first: the estimator and K, the examples, the baseline."""
+
     estimator: str
     samples: int
     split: str
     n: int
     subset: str
     baseline: str
+
+
+@dataclass
+class Comparison(ComparisonHeader):
     rows: list[ComparisonRow]
     warnings: list[str]
     # each row's per-example log p̂(x), by row name (for statistics over runs; not in the JSON)
@@ -294,6 +283,37 @@ def compare_runs(
     name = {d: names.get(d, d.name) for d in dirs}
     runs = [load_run(d, checkpoint) for d in dirs]
     examples = shared_examples(runs, split, limit, seed)
+    _check_pairable(dirs, runs, examples, estimator, samples, split)
+    scored = [
+        evaluate_run(
+            d, estimator, samples, split=split, limit=limit, seed=seed, checkpoint=checkpoint, cache=cache,
+            progress=(lambda total, d=d: progress(total, f"{name[d]} {estimator}")) if progress else None,
+            examples=ex, run=run, **options,
+        )  # fmt: skip
+        for d, ex, run in zip(dirs, examples, runs, strict=True)
+    ]
+    first = scored[0]
+    base_log_p = scored[dirs.index(base)].estimate.per_example
+    rows, warnings = [], []
+    for d, s in zip(dirs, scored, strict=True):
+        elbo = evaluate_run(
+            d, "elbo", elbo_samples, split=split, limit=limit, seed=seed, checkpoint=checkpoint, cache=cache,
+            examples=s.examples, run=s.run,
+        ).estimate  # fmt: skip
+        rows.append(_row(name[d], s, elbo, None if d == base else base_log_p, read_metrics(d)))
+        warnings += [f"{name[d]}: {w}" for w in s.estimate.warnings]
+    per_example = {name[d]: s.estimate.per_example for d, s in zip(dirs, scored, strict=True)}
+    return Comparison(
+        estimator, first.estimate.samples, split, first.estimate.n, first.examples.description, name[base],
+        rows, warnings, per_example,
+    )  # fmt: skip
+
+
+def _check_pairable(
+    dirs: list[Path], runs: list[Run], examples: list[EvaluationSet], estimator: str, samples: int | None,
+    split: str,
+) -> None:  # fmt: skip
+    """Refuse, before anything is evaluated, runs scored on other images or with another K."""
     record = estimator_record(estimator)
     ks = [samples or (r.config.eval.samples if record.run_samples else record.default_samples) for r in runs]
     for d, ex, k in zip(dirs, examples, ks, strict=True):
@@ -304,58 +324,32 @@ def compare_runs(
             )
         if k != ks[0]:
             raise ValueError(f"{d} would be evaluated with K={k}, {dirs[0]} with K={ks[0]}: pass --samples")
-    scored = [
-        evaluate_run(
-            d, estimator, samples, split=split, limit=limit, seed=seed, checkpoint=checkpoint, cache=cache,
-            progress=(lambda total, d=d: progress(total, f"{name[d]} {estimator}")) if progress else None,
-            examples=ex, run=run, **options,
-        )  # fmt: skip
-        for d, ex, run in zip(dirs, examples, runs, strict=True)
-    ]
-    first = scored[0]
-    by_dir = dict(zip(dirs, scored, strict=True))
-    base_log_p = by_dir[base].estimate.per_example
-    rows, warnings = [], []
-    for d, s in zip(dirs, scored, strict=True):
-        elbo = evaluate_run(
-            d, "elbo", elbo_samples, split=split, limit=limit, seed=seed, checkpoint=checkpoint, cache=cache,
-            examples=s.examples, run=s.run,
-        ).estimate  # fmt: skip
-        diff = base_log_p - s.estimate.per_example  # per example: -log p̂(run) - (-log p̂(base))
-        is_base = d == base
-        metrics = read_metrics(d)
-        rows.append(
-            ComparisonRow(
-                run=name[d],
-                posterior=s.run.config.model.posterior,
-                nll=s.estimate.nll,
-                stderr=s.estimate.stderr,
-                diff=None if is_base else diff.mean().item(),
-                diff_stderr=None if is_base else (diff.std().item() / math.sqrt(diff.numel())),
-                better=None if is_base else int((diff < 0).sum()),
-                worse=None if is_base else int((diff > 0).sum()),
-                elbo=-elbo.nll,
-                kl=elbo.diagnostics["kl"]["mean"],
-                active_units=active_units(s.run.model, s.examples.images),
-                latent_dim=s.run.model.latent_dim,
-                parameters=sum(p.numel() for p in s.run.model.parameters()),
-                epochs=int(metrics[-1]["epoch"]) if metrics else 0,
-                train_seconds=metrics[-1].get("seconds") if metrics else None,
-                bits_per_dim=s.estimate.bits_per_dim,
-                diagnostics=s.estimate.diagnostics,
-            )
-        )
-        warnings += [f"{name[d]}: {w}" for w in s.estimate.warnings]
-    return Comparison(
-        estimator,
-        first.estimate.samples,
-        split,
-        first.estimate.n,
-        first.examples.description,
-        name[base],
-        rows,
-        warnings,
-        {name[d]: s.estimate.per_example for d, s in zip(dirs, scored, strict=True)},
+
+
+def _row(
+    name: str, s: RunEvaluation, elbo: Estimate, base_log_p: Tensor | None, metrics: list[dict[str, float]]
+) -> ComparisonRow:
+    """One run's row; the paired difference to the baseline's per-example values (None: it is
+    the baseline)."""
+    diff = None if base_log_p is None else base_log_p - s.estimate.per_example  # -log p̂(run) - (-log p̂(base))
+    return ComparisonRow(
+        run=name,
+        posterior=s.run.config.model.posterior,
+        nll=s.estimate.nll,
+        stderr=s.estimate.stderr,
+        diff=None if diff is None else diff.mean().item(),
+        diff_stderr=None if diff is None else diff.std().item() / math.sqrt(diff.numel()),
+        better=None if diff is None else int((diff < 0).sum()),
+        worse=None if diff is None else int((diff > 0).sum()),
+        elbo=-elbo.nll,
+        kl=elbo.diagnostics["kl"]["mean"],
+        active_units=active_units(s.run.model, s.examples.images),
+        latent_dim=s.run.model.latent_dim,
+        parameters=sum(p.numel() for p in s.run.model.parameters()),
+        epochs=int(metrics[-1]["epoch"]) if metrics else 0,
+        train_seconds=metrics[-1].get("seconds") if metrics else None,
+        bits_per_dim=s.estimate.bits_per_dim,
+        diagnostics=s.estimate.diagnostics,
     )
 
 
@@ -491,6 +485,7 @@ def write_comparison(c: Comparison, run_dirs: list[str | Path], out_dir: str | P
 
 __all__ = [
     "Comparison",
+    "ComparisonHeader",
     "ComparisonRow",
     "RunEvaluation",
     "active_units",

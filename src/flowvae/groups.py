@@ -54,6 +54,7 @@ from . import compare
 from .checkpoint import GROUP_FILE, CheckpointError, load_checkpoint, load_run
 from .compare import (
     Comparison,
+    ComparisonHeader,
     RunEvaluation,
     compare_runs,
     evaluate_run,
@@ -481,13 +482,7 @@ class GroupRow:
 
 
 @dataclass
-class GroupComparison:
-    estimator: str
-    samples: int
-    split: str
-    n: int
-    subset: str
-    baseline: str
+class GroupComparison(ComparisonHeader):
     groups: list[GroupRow]
     runs: Comparison  # every member of every group, as compare_runs reports runs
     run_dirs: dict[str, str]  # row name in ``runs`` -> run folder
