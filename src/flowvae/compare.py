@@ -323,7 +323,7 @@ def _check_pairable(
                 "compare refuses to pair them"
             )
         if k != ks[0]:
-            raise ValueError(f"{d} would be evaluated with K={k}, {dirs[0]} with K={ks[0]}: pass --samples")
+            raise ValueError(f"{d} would be evaluated with K={k}, {dirs[0]} with K={ks[0]}: give samples")
 
 
 def _row(

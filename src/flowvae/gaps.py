@@ -316,13 +316,13 @@ def check_ordering(columns: dict[str, Tensor], q_star: str) -> tuple[list[str], 
         checks.append((
             "L[q*_flow] ≥ L[q*_FFG]", c["elbo_flow_star"], c["elbo_ffg_star"],
             torch.hypot(c["elbo_flow_star_se"], c["elbo_ffg_star_se"]),
-            "the local flow fell below the Gaussian it started from: lower --lr or raise --steps-cap",
+            "the local flow fell below the Gaussian it started from: lower the local lr, raise max_steps",
         ))  # fmt: skip
     star, star_se = c[f"elbo_{q_star}_star"], c[f"elbo_{q_star}_star_se"]
     checks.append((
         f"L[q*_{'FFG' if q_star == 'ffg' else 'flow'}] ≥ L[q]", star, c["elbo_q"],
         torch.hypot(star_se, c["elbo_q_se"]),
-        "local optimisation did not reach the amortized bound: raise --steps-cap or tune --lr",
+        "local optimisation did not reach the amortized bound: raise its max_steps or tune its lr",
     ))  # fmt: skip
     checks.append(("log p̂(x) ≥ L[q]", c["log_p"], c["elbo_q"], c["elbo_q_se"], loose))
     warnings, violations = [], {}
@@ -337,7 +337,7 @@ def check_ordering(columns: dict[str, Tensor], q_star: str) -> tuple[list[str], 
             if capped:
                 warnings.append(
                     f"{capped} of {c['log_p'].numel()} examples hit the step cap before their local "
-                    f"{name} optimisation converged (raise --steps-cap)"
+                    f"{name} optimisation converged (raise the local max_steps, --steps-cap)"
                 )
         if f"skipped_{family}" in c:
             skipped = int((c[f"skipped_{family}"] > 0).sum())

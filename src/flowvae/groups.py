@@ -125,14 +125,19 @@ def check_new_group(group_dir: Path, seeds: int, overwrite: bool) -> None:
     """A new group goes to a missing folder, or one without a group or a run in it (``overwrite``:
     a group's folder is reused and its members' run files replaced)."""
     if group_dir.exists() and not group_dir.is_dir():
-        raise TrainingError(f"{group_dir}: exists and is not a directory; choose another --run-dir")
+        problem = f"{group_dir}: exists and is not a directory; choose another"
+        raise TrainingError(f"{problem} run_dir", cli=f"{problem} --run-dir")
     if run_files(group_dir):
-        raise TrainingError(f"{group_dir} holds a single run; choose another --run-dir for a group of seeds")
+        problem = f"{group_dir} holds a single run; for a group of seeds choose another"
+        raise TrainingError(f"{problem} run_dir", cli=f"{problem} --run-dir")
     taken = is_group(group_dir) or any(run_files(group_dir / f"seed-{i}") for i in range(seeds))
     if taken and not overwrite:
+        held = f"{group_dir} already holds a group of runs"
         raise TrainingError(
-            f"{group_dir} already holds a group of runs; use --resume {group_dir} to continue it, "
-            "--overwrite to replace it, or another --run-dir"
+            f"{held}; continue it with fit(cfg, {str(group_dir)!r}, resume=True), replace it with "
+            "overwrite=True, or choose another run_dir",
+            cli=f"{held}; use --resume {group_dir} to continue it, --overwrite to replace it, or another "
+            "--run-dir",
         )
 
 
@@ -200,7 +205,7 @@ def train_group(
     created = not group_dir.exists()
     if resume:
         if seeds is not None:
-            raise ConfigError("--resume takes the seeds from the group; drop --seeds")
+            raise ConfigError("a resumed group keeps its own seeds: give no number of seeds (--seeds)")
         group = read_group(group_dir)
         jobs = []
         for name, seed in zip(group.members, group.seeds, strict=True):
@@ -318,9 +323,15 @@ def _run_jobs(
         name, kind, text = min(failures, key=lambda f: [job.name for job in jobs].index(f[0]))
         others = f" ({len(failures) - 1} other member(s) failed too)" if len(failures) > 1 else ""
         error = _ERRORS.get(kind, TrainingError)
-        raise error(f"{group_dir / name}: {text}{others}; fix it and continue with --resume {group_dir}")
+        where = f"{group_dir / name}: {text}{others}; fix it and continue"
+        cli = f"{where} with --resume {group_dir}"
+        if error is TrainingError:
+            raise error(f"{where} with fit(cfg, {str(group_dir)!r}, resume=True)", cli=cli)
+        raise error(cli)
     if stopping or interrupted:
-        raise Interrupted(f"stopped every member with a checkpoint; continue with --resume {group_dir}")
+        stopped = "stopped every member with a checkpoint; continue"
+        python = f"{stopped} with fit(cfg, {str(group_dir)!r}, resume=True)"
+        raise Interrupted(python, cli=f"{stopped} with --resume {group_dir}")
     return {job.name: TrainState(**load_checkpoint(job.run_dir / "checkpoint.pt")["state"]) for job in jobs}
 
 

@@ -35,7 +35,7 @@ def build_flat(cfg: ModelConfig, shape: Shape, binary: bool) -> VAE:
     the top layer z2 of :mod:`flowvae.hvae` (``latent_dim`` units in each layer)."""
     net = {"batch_norm": cfg.batch_norm, "input_to_all": cfg.input_to_all, "dropout": cfg.dropout,
            "channels": cfg.channels, "blocks": cfg.blocks}  # fmt: skip
-    # built in this order so that a seed gives the same initial weights as before the re-layering
+    # built in this order: a seed gives the same initial weights in every version
     likelihood = build_likelihood(cfg.likelihood, binary, shape, cfg.mixtures)
     encoder = build_encoder(cfg.encoder, shape, hidden=list(cfg.hidden), **net)
     posterior = build_posterior(cfg.posterior, encoder.out_features, cfg.latent_dim, **posterior_options(cfg))

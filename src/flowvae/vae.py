@@ -157,7 +157,7 @@ class VAE(nn.Module):
         about :attr:`fused_rows` (sample, image) rows so that each block's activations stay in
         the CPU's cache (on a GPU, :attr:`fused_rows_gpu`: enough to keep it busy): this is
         what importance sampling runs, thousands of z per image. Training (train mode) and
-        every other likelihood form the decoder's parameters as before.
+        every other likelihood form the decoder's parameters in full.
         """
         fuse = getattr(self.likelihood, "log_prob_linear", None)
         lead, batch = z.shape[:-1], x.shape[0]
