@@ -353,12 +353,17 @@ def _row(
     )
 
 
-def _pm(value: float, err: float, digits: int = 2) -> str:
-    return f"{value:.{digits}f} ± {err:.{digits}f}"
+def plus_minus(value: float, err: float | None, latex: bool = False, missing: str = "n/a") -> str:
+    """``value ± err`` for a markdown or (``latex``) a LaTeX table; ``missing`` when err is None."""
+    if err is None:
+        return f"${value:.2f}$ ({missing})" if latex else f"{value:.2f} ± {missing}"
+    return f"${value:.2f} \\pm {err:.2f}$" if latex else f"{value:.2f} ± {err:.2f}"
 
 
 def _cells(c: Comparison, row: ComparisonRow, latex: bool = False) -> list[str]:
-    pm = (lambda v, e: f"${v:.2f} \\pm {e:.2f}$") if latex else _pm
+    def pm(value: float, err: float | None) -> str:
+        return plus_minus(value, err, latex)
+
     diff = "—" if row.diff is None else pm(row.diff, row.diff_stderr)
     favour = "—" if row.better is None else f"{row.better} / {row.worse}"
     minutes = "—" if row.train_seconds is None else f"{row.train_seconds / 60:.1f}"
@@ -495,6 +500,7 @@ __all__ = [
     "latex_table",
     "markdown_table",
     "plot_curves",
+    "plus_minus",
     "shared_examples",
     "write_comparison",
 ]

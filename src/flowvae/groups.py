@@ -60,6 +60,7 @@ from .compare import (
     evaluate_run,
     latex_escape,
     plot_curves,
+    plus_minus,
     read_metrics,
     shared_examples,
 )
@@ -590,9 +591,7 @@ GROUP_HEADER = [
 
 def _group_cells(row: GroupRow, latex: bool = False) -> list[str]:
     def pm(value: float, err: float | None) -> str:
-        if err is None:
-            return f"{value:.2f} ± {NO_SEEDS}" if not latex else f"${value:.2f}$ ({NO_SEEDS})"
-        return f"${value:.2f} \\pm {err:.2f}$" if latex else f"{value:.2f} ± {err:.2f}"
+        return plus_minus(value, err, latex, NO_SEEDS)
 
     n = len(row.seeds)
     nll = f"{pm(row.nll_mean, row.nll_sd)}" + (f" ({n})" if n > 1 else "")
