@@ -101,3 +101,12 @@ def test_active_units_counts_dimensions_whose_posterior_mean_varies():
         model.posterior.gaussian.weight[0].zero_()  # E_q[z_0] no longer depends on x
     x = model.decode_sample(model.sample_prior((200,)))
     assert active_units(model, x, samples=50) == 2
+
+
+def test_active_units_is_the_same_at_every_call():
+    torch.manual_seed(0)
+    model = random_linear_gaussian_vae(shape=(1, 4, 4), latent_dim=3, encoder_error=3.0)
+    with torch.no_grad():
+        x = model.decode_sample(model.sample_prior((60,)))
+    counts = {active_units(model, x, samples=2, threshold=0.3) for _ in range(3)}
+    assert len(counts) == 1

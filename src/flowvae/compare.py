@@ -40,6 +40,7 @@ from .checkpoint import Run, load_run
 from .data import EvaluationSet, evaluation_images, load_data
 from .distributed import Dist
 from .estimators import Estimate, estimator_record, evaluate, summarise_estimate
+from .noise import ExampleStreams, example_streams
 
 CACHE_DIR = "eval-cache"
 CACHE_VERSION = 2
@@ -172,15 +173,18 @@ def evaluate_run(
 
 
 def active_units(
-    model: nn.Module, x: Tensor, samples: int = 100, batch_size: int = 100, threshold: float = 0.01
-) -> int:
+    model: nn.Module, x: Tensor, samples: int = 100, batch_size: int = 100, threshold: float = 0.01,
+    seed: int = 1234,
+) -> int:  # fmt: skip
     """Latent units whose posterior mean varies over the data: Cov_x(E_q[z_i]) > ``threshold``
-    (Burda, Grosse & Salakhutdinov 2016, arXiv 1509.00519); E_q[z] by ``samples`` draws."""
+    (Burda, Grosse & Salakhutdinov 2016, arXiv 1509.00519); E_q[z] by ``samples`` draws, each
+    example's from its own streams seeded by ``seed`` (the count is the same at every call)."""
     device = next(model.parameters()).device
     means = []
     with torch.no_grad():
-        for batch in x.split(batch_size):
-            z, _ = model.encode(batch.to(device)).rsample_and_log_prob((samples,))
+        for start, batch in zip(range(0, len(x), batch_size), x.split(batch_size), strict=True):
+            with example_streams(ExampleStreams.seeded(seed, range(start, start + len(batch)))):
+                z, _ = model.encode(batch.to(device)).rsample_and_log_prob((samples,))
             means.append(z.mean(0).double().cpu())
     return int((torch.cat(means).var(0) > threshold).sum().item())
 
