@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from flowvae.groups import cores as flowvae_cores
+
 
 def cpu_model() -> str:
     try:
@@ -47,7 +49,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1000, help="training steps per seed (default: 1000)")
     p.add_argument("--repeats", type=int, default=3, help="A/B pairs (default: 3)")
     args = p.parse_args()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = flowvae_cores()
     env = {**os.environ, "OMP_NUM_THREADS": str(cores)}
     common = [
         "--preset",

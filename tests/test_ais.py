@@ -16,7 +16,6 @@ from flowvae.ais import (
     AISResult,
     ais,
     ais_estimate,
-    ais_estimator,
     anneal,
     annealing_schedule,
     bdmc,
@@ -206,7 +205,7 @@ def test_evaluation_needs_no_parameter_gradients():
     model, x, _ = _problem()
     model.zero_grad(set_to_none=True)
     with torch.no_grad():
-        out = ais_estimator(model, x[:4], chains=2, steps=5, leapfrog=2, init="posterior")
+        out = ESTIMATORS["ais"](model, x[:4], 2, steps=5, leapfrog=2, init="posterior")
     assert not out.requires_grad
     assert all(p.grad is None for p in model.parameters())
 

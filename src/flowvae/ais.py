@@ -296,11 +296,7 @@ def ais(model: nn.Module, x: Tensor, chains: int = CHAINS, **options) -> AISResu
         path = posterior_path(model, x, posterior)
         start = posterior.sample_base((chains,))
     betas = annealing_schedule(o.schedule, o.steps)
-    return anneal(path, start, betas, **_transition_options(o))
-
-
-def _transition_options(o: AISOptions) -> dict:
-    return {"leapfrog": o.leapfrog, "target_accept": o.target_accept, "step_size": o.step_size}
+    return anneal(path, start, betas, **vars(o))
 
 
 @torch.no_grad()
@@ -315,7 +311,7 @@ def reverse_ais(model: nn.Module, x: Tensor, z: Tensor, chains: int = CHAINS, **
     o = AISOptions(**options)
     start = z.expand(chains, *z.shape[-2:]) if z.dim() == 2 else z
     betas = annealing_schedule(o.schedule, o.steps).flip(0)
-    result = anneal(prior_path(model, x), start.clone(), betas, **_transition_options(o))
+    result = anneal(prior_path(model, x), start.clone(), betas, **vars(o))
     result.reverse = True
     return result
 
@@ -332,10 +328,6 @@ def ais_estimate(
     result = ais(model, x, chains=chains or samples, **options)
     return result.log_marginal, {"acceptance": result.example_acceptance}
 
-
-def ais_estimator(model: nn.Module, x: Tensor, samples: int = CHAINS, **options) -> Tensor:
-    """:func:`ais_estimate` without the diagnostics: (B,)."""
-    return ais_estimate(model, x, samples, **options)[0]
 
 
 # ----------------------------------------------------------------------------- BDMC

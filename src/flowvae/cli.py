@@ -402,13 +402,13 @@ def _eval_parser(sub) -> None:
     for name, record in ESTIMATORS.items():
         if record.options is not None:
             group = e.add_argument_group(f"{name} (--estimator {name})")
-            if name == "ais":
+            if record.samples_flag:
                 group.add_argument(
-                    "--chains",
+                    record.samples_flag,
                     type=POSITIVE,
                     dest="samples",
                     metavar="N",
-                    help=f"chains per example, the same as --samples (default: {record.default_samples})",
+                    help=f"{record.samples_are}, the same as --samples (default: {record.default_samples})",
                 )
             run_key = "the run's eval.{name}" if record.run_samples else ""
             option_flags(group, record.options, default_text=run_key)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .ais import CHAINS, AISOptions, ais_estimate
+from .config import EvalConfig
 from .core import ElboTerms
 from .diagnostics import khat_note, khat_warning, weight_diagnostics
 from .distributed import Dist, all_gather
@@ -23,7 +24,7 @@ from .linear_gaussian import exact
 from .noise import ExampleStreams, example_streams
 from .numerics import bits_per_dim, log_mean_exp
 
-IWAE_SAMPLES = 5000  # K of the paper protocol (Burda et al.; IAF paper): importance samples per example
+IWAE_SAMPLES = EvalConfig.samples  # K of the paper protocol (Burda et al.; IAF paper), written once
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class IWAEOptions:
     model's memory at B x chunk rows; the values do not depend on it)."""
 
     chunk: int = field(
-        default=500, metadata={"help": "samples per chunk: bounds memory to batch size x chunk"}
+        default=EvalConfig.chunk, metadata={"help": "samples per chunk: bounds memory to batch size x chunk"}
     )
 
     def __post_init__(self) -> None:
@@ -99,6 +100,7 @@ class EstimatorRecord:
         options: the dataclass of its own settings (None: it has none).
         run_samples: whether a run's ``eval.samples`` sets its default ``samples`` (the K of
             the paper protocol) instead of ``default_samples``.
+        samples_flag: a second command-line name for ``samples`` (``--chains`` for ais), or "".
     """
 
     name: str
@@ -107,6 +109,7 @@ class EstimatorRecord:
     samples_are: str
     options: type | None = None
     run_samples: bool = False
+    samples_flag: str = ""
 
     def settings(self, **options) -> dict:
         """Its full settings with ``options`` applied; a one-line ``ValueError`` for a bad key."""
@@ -134,7 +137,9 @@ ESTIMATORS: dict[str, EstimatorRecord] = {
     for r in [
         EstimatorRecord("elbo", elbo_estimate, 1, "draws of z per example"),
         EstimatorRecord("iwae", iwae_estimate, IWAE_SAMPLES, "importance samples K", IWAEOptions, True),
-        EstimatorRecord("ais", ais_estimate, CHAINS, "AIS chains per example", AISOptions),
+        EstimatorRecord(
+            "ais", ais_estimate, CHAINS, "AIS chains per example", AISOptions, samples_flag="--chains"
+        ),
         EstimatorRecord("exact", _without_diagnostics(exact), 1, "unused (exact value)"),
     ]
 }

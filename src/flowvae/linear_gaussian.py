@@ -86,22 +86,22 @@ def _prior_moments(model: nn.Module) -> tuple[Tensor, Tensor] | None:
     return prior.moments(model) if hasattr(prior, "moments") else None
 
 
+def _linear(model: nn.Module) -> bool:
+    """A linear decoder and a Gaussian likelihood."""
+    return isinstance(getattr(model, "decoder", None), LinearDecoder) and isinstance(
+        getattr(model, "likelihood", None), Gaussian
+    )
+
+
 def is_linear_gaussian(model: nn.Module) -> bool:
     """Whether ``model`` is a flat VAE with a linear decoder, a Gaussian likelihood and a
     Gaussian prior."""
-    return (
-        isinstance(getattr(model, "decoder", None), LinearDecoder)
-        and isinstance(getattr(model, "likelihood", None), Gaussian)
-        and _prior_moments(model) is not None
-    )
+    return _linear(model) and _prior_moments(model) is not None
 
 
 def linear_gaussian_params(model: nn.Module, what: str = "exact inference") -> LinearGaussianParams:
     """W, b, log sigma of a linear-Gaussian VAE; a clear ``ValueError`` for any other model."""
-    linear = isinstance(getattr(model, "decoder", None), LinearDecoder) and isinstance(
-        getattr(model, "likelihood", None), Gaussian
-    )
-    if not linear:
+    if not _linear(model):
         decoder = type(getattr(model, "decoder", None)).__name__
         likelihood = type(getattr(model, "likelihood", None)).__name__
         raise ValueError(
