@@ -27,6 +27,10 @@ RUNS = {
     "digits-diag": ("digits", ["train.epochs=2"]),
     "digits-iaf": ("digits", ["train.epochs=2", "model.posterior=iaf", "model.flow_steps=2"]),
     "digits-realnvp-aux": ("digits", ["train.epochs=1", "model.posterior=realnvp-aux"]),
+    "digits-realnvp": ("digits", ["train.epochs=1", "model.posterior=realnvp"]),
+    "digits-iaf-mean-flowprior": (
+        "digits", ["train.epochs=1", "model.posterior=iaf-mean", "model.prior=flow"]
+    ),
     "digits-sylvester": ("digits", ["train.epochs=1", "model.posterior=sylvester-orthogonal"]),
     "hierarchical": (
         "iaf-cifar10-small",

@@ -124,3 +124,19 @@ def test_active_units_draws_do_not_depend_on_the_global_rng(monkeypatch):
         active_units(model, x, samples=4, batch_size=7)
     half = len(seen) // 2
     assert half == 5 and all(torch.equal(a, b) for a, b in zip(seen[:half], seen[half:], strict=True))
+
+
+def test_tables_escape_every_cell_and_separate_thousands_in_number_columns_only():
+    from flowvae.compare import model_cells, render_latex, render_markdown
+
+    cells = ["run_a", "iaf", "—", *model_cells(-84.5, 20.25, 12.5, 32, 1234567, 10, None)]
+    header = ["run", "posterior", "Δ", "test ELBO", "KL", "active units", "params", "epochs", "min"]
+    assert cells[3:] == ["-84.50", "20.25", "12.5/32", "1,234,567", "10", "—"]
+    tex = render_latex(header, [cells]).splitlines()
+    assert tex[0] == r"\begin{tabular}{llrrrrrrr}"
+    assert tex[4] == r"run\_a & iaf & --- & -84.50 & 20.25 & 12.5/32 & 1{,}234{,}567 & 10 & --- \\"
+    assert render_latex(["a", "b", "c"], [["x,y", "1,000", "p, q"]], text=(0, 2)).splitlines()[4] == (
+        r"x,y & 1{,}000 & p, q \\"
+    )
+    md = render_markdown("caption", header, [cells]).splitlines()
+    assert md[:2] == ["caption", ""] and md[3] == "|" + "---|" * 9 and md[4].count("|") == 10

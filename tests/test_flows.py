@@ -36,17 +36,19 @@ def perturb(module: nn.Module, scale: float = 0.5) -> nn.Module:
 
 
 STEPS: dict[str, Callable[[], nn.Module]] = {
-    "iaf": lambda: IAFStep(D, C, 7, 2),
-    "iaf-reversed-no-hidden": lambda: IAFStep(D, C, 7, 0, order=torch.arange(D).flip(0)),
-    "iaf-mean": lambda: IAFStep(D, C, 7, 1, order=torch.tensor([2, 0, 3, 1]), mean_only=True),
+    "iaf": lambda: IAFStep(D, C, hidden_features=7, num_layers=2),
+    "iaf-reversed-no-hidden": lambda: IAFStep(D, C, torch.arange(D).flip(0), hidden_features=7, num_layers=0),
+    "iaf-mean": lambda: IAFStep(
+        D, C, torch.tensor([2, 0, 3, 1]), mean_only=True, hidden_features=7, num_layers=1
+    ),
     "planar": lambda: PlanarStep(D, C),
     "sylvester-orthogonal": lambda: OrthogonalSylvesterStep(D, C, 2),
     "sylvester-orthogonal-square": lambda: OrthogonalSylvesterStep(D, C, D),
     "sylvester-householder": lambda: HouseholderSylvesterStep(D, C, 3),
     "sylvester-triangular": lambda: TriangularSylvesterStep(D, C),
     "sylvester-triangular-reversed": lambda: TriangularSylvesterStep(D, C, reverse=True),
-    "coupling-even": lambda: AffineCoupling(D, C, 7, 2, alternating_mask(D, 0)),
-    "coupling-odd": lambda: AffineCoupling(D, C, 7, 1, alternating_mask(D, 1)),
+    "coupling-even": lambda: AffineCoupling(D, C, alternating_mask(D, 0), hidden_features=7, num_layers=2),
+    "coupling-odd": lambda: AffineCoupling(D, C, alternating_mask(D, 1), hidden_features=7, num_layers=1),
 }
 
 
@@ -165,7 +167,7 @@ def test_made_narrower_than_d_spreads_its_degrees_over_the_whole_order() -> None
 
 def test_iaf_starts_near_identity_with_gates_open() -> None:
     torch.manual_seed(0)
-    step = IAFStep(D, C, 16, 1, gate_bias=2.0)
+    step = IAFStep(D, C, gate_bias=2.0, hidden_features=16, num_layers=1)
     z = torch.randn(100, D)
     z_new, ladj = step(z, torch.randn(100, C))
     gate = torch.sigmoid(torch.tensor(2.0))

@@ -364,53 +364,63 @@ def plus_minus(value: float, err: float | None, latex: bool = False, missing: st
     return f"${value:.2f} \\pm {err:.2f}$" if latex else f"{value:.2f} ± {err:.2f}"
 
 
-def _cells(c: Comparison, row: ComparisonRow, latex: bool = False) -> list[str]:
+def model_cells(
+    elbo: float, kl: float, active_units: float, latent_dim: int, parameters: int, epochs: float,
+    train_seconds: float | None,
+) -> list[str]:
+    """The columns of :data:`MODEL_HEADER`, for a run or (means over seeds) a group."""
+    minutes = "—" if train_seconds is None else f"{train_seconds / 60:.1f}"
+    active = f"{_short(active_units)}/{latent_dim}"
+    return [f"{elbo:.2f}", f"{kl:.2f}", active, f"{parameters:,}", _short(epochs), minutes]
+
+
+MODEL_HEADER = ["test ELBO", "KL", "active units", "parameters", "epochs", "train min (to last eval)"]
+
+
+def _short(x: float) -> str:
+    """A count, or a mean of counts to one decimal."""
+    return str(int(x)) if float(x).is_integer() else f"{x:.1f}"
+
+
+def _cells(row: ComparisonRow, latex: bool = False) -> list[str]:
     def pm(value: float, err: float | None) -> str:
         return plus_minus(value, err, latex)
 
     diff = "—" if row.diff is None else pm(row.diff, row.diff_stderr)
     favour = "—" if row.better is None else f"{row.better} / {row.worse}"
-    minutes = "—" if row.train_seconds is None else f"{row.train_seconds / 60:.1f}"
-    return [
-        row.run,
-        row.posterior,
-        pm(row.nll, row.stderr),
-        diff,
-        favour,
-        f"{row.elbo:.2f}",
-        f"{row.kl:.2f}",
-        f"{row.active_units}/{row.latent_dim}",
-        f"{row.parameters:,}",
-        str(row.epochs),
-        minutes,
-    ]
+    model = model_cells(
+        row.elbo, row.kl, row.active_units, row.latent_dim, row.parameters, row.epochs, row.train_seconds
+    )
+    return [row.run, row.posterior, pm(row.nll, row.stderr), diff, favour, *model]
 
 
-HEADER = [
-    "run",
-    "posterior",
-    "−log p̂ (nats)",
-    "Δ vs baseline",
-    "better / worse",
-    "test ELBO",
-    "KL",
-    "active units",
-    "parameters",
-    "epochs",
-    "train min (to last eval)",
-]
+HEADER = ["run", "posterior", "−log p̂ (nats)", "Δ vs baseline", "better / worse", *MODEL_HEADER]
+
+
+def render_markdown(caption: str, header: list[str], rows: list[list[str]]) -> str:
+    """A caption line and a markdown table."""
+    lines = [caption, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
+def render_latex(header: list[str], rows: list[list[str]], text: tuple[int, ...] = (0, 1)) -> str:
+    """A booktabs table (needs ``\\usepackage{booktabs}``): the columns in ``text`` left-aligned,
+    the others numbers, right-aligned, with ``{,}`` as thousands separator."""
+    align = "".join("l" if i in text else "r" for i in range(len(header)))
+    lines = [r"\begin{tabular}{" + align + "}", r"\toprule", " & ".join(map(latex_escape, header)) + r" \\"]
+    lines.append(r"\midrule")
+    for cells in rows:
+        cells = [x if i in text else x.replace(",", "{,}") for i, x in enumerate(cells)]
+        lines.append(" & ".join(map(latex_escape, cells)) + r" \\")
+    return "\n".join([*lines, r"\bottomrule", r"\end{tabular}"])
 
 
 def markdown_table(c: Comparison) -> str:
-    lines = [
+    caption = (
         f"{c.estimator} (K={c.samples}) on {c.subset}; Δ: paired difference to `{c.baseline}` "
-        "(negative: better) ± paired standard error; better / worse: examples each way",
-        "",
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "---|" * len(HEADER),
-    ]
-    lines += ["| " + " | ".join(_cells(c, r)) + " |" for r in c.rows]
-    return "\n".join(lines)
+        "(negative: better) ± paired standard error; better / worse: examples each way"
+    )
+    return render_markdown(caption, HEADER, [_cells(r) for r in c.rows])
 
 
 LATEX = {"—": "---", "_": r"\_", "&": r"\&", "−": "$-$", "Δ": r"$\Delta$", "p̂": r"$\hat p$", "±": r"$\pm$"}
@@ -425,21 +435,7 @@ def latex_escape(text: str) -> str:
 
 def latex_table(c: Comparison) -> str:
     """A booktabs table (needs ``\\usepackage{booktabs}``)."""
-    esc = latex_escape
-    head = [esc(h) for h in HEADER]
-    lines = [
-        r"\begin{tabular}{ll" + "r" * (len(HEADER) - 2) + "}",
-        r"\toprule",
-        " & ".join(head) + r" \\",
-        r"\midrule",
-    ]
-    lines += [
-        " & ".join(esc(x) if i < 2 else x.replace(",", "{,}") for i, x in enumerate(_cells(c, r, True)))
-        + r" \\"
-        for r in c.rows
-    ]
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines)
+    return render_latex(HEADER, [_cells(r, True) for r in c.rows])
 
 
 def write_csv(c: Comparison, path: str | Path) -> None:
@@ -500,11 +496,15 @@ __all__ = [
     "active_units",
     "compare_runs",
     "evaluate_run",
+    "MODEL_HEADER",
     "latex_escape",
     "latex_table",
+    "model_cells",
     "markdown_table",
     "plot_curves",
     "plus_minus",
+    "render_latex",
+    "render_markdown",
     "shared_examples",
     "write_comparison",
 ]

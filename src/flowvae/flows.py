@@ -33,8 +33,9 @@ def init_small(layer: nn.Linear, std: float = 1e-2) -> None:
     nn.init.zeros_(layer.bias)
 
 
-def _mlp(in_features: int, hidden_features: int, num_layers: int, out_features: int) -> nn.Sequential:
-    """ELU MLP with ``num_layers`` hidden layers and a small-initialised output layer."""
+def _mlp(in_features: int, out_features: int, *, hidden_features: int, num_layers: int) -> nn.Sequential:
+    """ELU MLP with ``num_layers`` hidden layers of ``hidden_features`` units and a
+    small-initialised output layer."""
     layers: list[nn.Module] = []
     width = in_features
     for _ in range(num_layers):
@@ -351,9 +352,9 @@ class AffineCoupling(nn.Module):
     Arguments:
         features: D.
         context_features: C.
-        hidden_features, num_layers: the MLP's width and number of hidden layers.
         update: a boolean mask (D,), the variables this layer changes.
         scale_bound: bound on |s| (soft clamp, for stability).
+        net: the MLP's size (``hidden_features``, ``num_layers``: width and hidden layers).
 
     Returns:
         (forward) ``(z_new, ladj)``, shapes (..., D) and (...).
@@ -363,13 +364,7 @@ class AffineCoupling(nn.Module):
     """
 
     def __init__(
-        self,
-        features: int,
-        context_features: int,
-        hidden_features: int,
-        num_layers: int,
-        update: Tensor,
-        scale_bound: float = 3.0,
+        self, features: int, context_features: int, update: Tensor, scale_bound: float = 3.0, **net: int
     ):
         super().__init__()
         update = torch.as_tensor(update, dtype=torch.bool)
@@ -377,8 +372,7 @@ class AffineCoupling(nn.Module):
         self.register_buffer("condition_index", torch.nonzero(~update).flatten())
         self.scale_bound = scale_bound
         n_update = len(self.update_index)
-        in_features = features - n_update + context_features
-        self.net = _mlp(in_features, hidden_features, num_layers, 2 * n_update)
+        self.net = _mlp(features - n_update + context_features, 2 * n_update, **net)
 
     def _shift_and_log_scale(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         inputs = concat_context(z.index_select(-1, self.condition_index), context)
@@ -508,14 +502,16 @@ class AuxiliaryHead(nn.Module):
         joint = latent_dim + aux_dim
         is_v = torch.arange(joint) >= latent_dim
 
+        net = dict(hidden_features=flow_hidden, num_layers=flow_layers)
+
         def coupling(update: Tensor) -> AffineCoupling:
-            return AffineCoupling(joint, context_dim, flow_hidden, flow_layers, update)
+            return AffineCoupling(joint, context_dim, update, **net)
 
         steps = [coupling(is_v)]  # v0 = mu(h, z0) + sigma(h, z0) * eps_v: q(v0|x, z0)
         for _ in range(flow_steps):
             steps += [coupling(~is_v), coupling(is_v)]
         self.steps = nn.ModuleList(steps)
-        self.reverse = _mlp(latent_dim + context_dim, flow_hidden, flow_layers, 2 * aux_dim)
+        self.reverse = _mlp(latent_dim + context_dim, 2 * aux_dim, **net)
 
     def base_gaussian(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """(mean, log_std) of z0, each (B, D): the diagonal Gaussian the flow over z starts from."""

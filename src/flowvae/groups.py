@@ -53,15 +53,18 @@ import yaml
 from . import compare
 from .checkpoint import GROUP_FILE, CheckpointError, load_checkpoint, load_run
 from .compare import (
+    MODEL_HEADER,
     Comparison,
     ComparisonHeader,
     RunEvaluation,
     compare_runs,
     evaluate_run,
-    latex_escape,
+    model_cells,
     plot_curves,
     plus_minus,
     read_metrics,
+    render_latex,
+    render_markdown,
     shared_examples,
 )
 from .config import Config, ConfigError, apply_overrides, from_dict, parse_override
@@ -580,12 +583,7 @@ GROUP_HEADER = [
     "per seed",
     "Δ vs baseline ± SE over seeds",
     "± paired SE",
-    "test ELBO",
-    "KL",
-    "active units",
-    "parameters",
-    "epochs",
-    "train min",
+    *MODEL_HEADER,
 ]
 
 
@@ -597,54 +595,27 @@ def _group_cells(row: GroupRow, latex: bool = False) -> list[str]:
     nll = f"{pm(row.nll_mean, row.nll_sd)}" + (f" ({n})" if n > 1 else "")
     diff = "—" if row.diff_mean is None else pm(row.diff_mean, row.diff_se_seeds)
     paired = "—" if row.diff_se_paired is None else f"{row.diff_se_paired:.2f}"
-    minutes = "—" if row.train_seconds_mean is None else f"{row.train_seconds_mean / 60:.1f}"
-    return [
-        row.group,
-        row.posterior,
-        nll,
-        ", ".join(f"{v:.2f}" for v in row.seeds),
-        diff,
-        paired,
-        f"{row.elbo_mean:.2f}",
-        f"{row.kl_mean:.2f}",
-        f"{row.active_units_mean:.1f}/{row.latent_dim}",
-        f"{row.parameters:,}",
-        f"{row.epochs_mean:g}",
-        minutes,
-    ]
+    model = model_cells(
+        row.elbo_mean, row.kl_mean, row.active_units_mean, row.latent_dim, row.parameters, row.epochs_mean,
+        row.train_seconds_mean,
+    )  # fmt: skip
+    return [row.group, row.posterior, nll, ", ".join(f"{v:.2f}" for v in row.seeds), diff, paired, *model]
 
 
 def markdown_table(c: GroupComparison, members: bool = True) -> str:
     """The group table (means over seeds) and, with ``members``, the per-run table below it."""
-    lines = [
+    caption = (
         f"{c.estimator} (K={c.samples}) on {c.subset}; per group: mean ± sd over training seeds; Δ: "
         f"difference of seed means to `{c.baseline}` (negative: better) ± standard error over seeds "
-        "(Welch), then ± paired standard error over examples (conditional on the trained models)",
-        "",
-        "| " + " | ".join(GROUP_HEADER) + " |",
-        "|" + "---|" * len(GROUP_HEADER),
-    ]
-    lines += ["| " + " | ".join(_group_cells(r)) + " |" for r in c.groups]
-    if members:
-        lines += ["", "Every run:", "", compare.markdown_table(c.runs)]
-    return "\n".join(lines)
+        "(Welch), then ± paired standard error over examples (conditional on the trained models)"
+    )
+    table = render_markdown(caption, GROUP_HEADER, [_group_cells(r) for r in c.groups])
+    return table + ("\n\nEvery run:\n\n" + compare.markdown_table(c.runs) if members else "")
 
 
 def latex_table(c: GroupComparison) -> str:
     """A booktabs table of the groups (needs ``\\usepackage{booktabs}``)."""
-    lines = [
-        r"\begin{tabular}{ll" + "r" * (len(GROUP_HEADER) - 2) + "}",
-        r"\toprule",
-        " & ".join(latex_escape(h) for h in GROUP_HEADER) + r" \\",
-        r"\midrule",
-    ]
-    lines += [
-        " & ".join(latex_escape(x if i in (0, 1, 3) else x.replace(",", "{,}"))
-                   for i, x in enumerate(_group_cells(r, True))) + r" \\"
-        for r in c.groups
-    ]  # fmt: skip
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines)
+    return render_latex(GROUP_HEADER, [_group_cells(r, True) for r in c.groups], text=(0, 1, 3))
 
 
 def write_comparison(c: GroupComparison, out_dir: str | Path) -> dict[str, Path]:

@@ -136,10 +136,10 @@ class IAFStep(nn.Module):
     Arguments:
         features: D.
         context_features: C, the size of h.
-        hidden_features, num_layers: the MADE's width and number of hidden layers.
         order: the autoregressive order (alternate it between steps to reverse the variables).
         gate_bias: initial bias of s (sigmoid(2) = 0.88).
         mean_only: the shift-only update.
+        net: the MADE's size, passed to :class:`MADE` (``hidden_features``, ``num_layers``).
 
     Returns:
         (forward) ``(z_new, ladj)``, shapes (..., D) and (...).
@@ -153,16 +153,15 @@ class IAFStep(nn.Module):
         self,
         features: int,
         context_features: int,
-        hidden_features: int,
-        num_layers: int,
         order: Tensor | None = None,
         gate_bias: float = 2.0,
         mean_only: bool = False,
+        **net: int,
     ):
         super().__init__()
         self.mean_only = mean_only
         outputs = 1 if mean_only else 2  # m, or m and s
-        self.made = MADE(features, context_features, hidden_features, num_layers, outputs, order)
+        self.made = MADE(features, context_features, num_outputs=outputs, order=order, **net)
         self.made.init_output_small()
         if not mean_only:
             with torch.no_grad():

@@ -164,7 +164,7 @@ class MADEDecoder(nn.Module):
             raise ValueError(f"the made decoder needs one or more hidden layers of equal width, got {hidden}")
         self.shape, self.params = shape, params
         self.pixels = shape[0] * shape[1] * shape[2]
-        self.made = MADE(self.pixels, latent, hidden[0], len(hidden), params)
+        self.made = MADE(self.pixels, latent, hidden[0], len(hidden), num_outputs=params)
         order = torch.arange(self.pixels)
         self.direct = MaskedLinear((order[:, None] > order[None, :]).repeat(params, 1))  # (P*D, D)
         nn.init.zeros_(self.direct.weight)

@@ -111,6 +111,11 @@ class StepsHead(FlowHead):
 _NETS = ("flow_steps", "flow_hidden", "flow_layers", "context_dim")  # steps with an MLP or MADE
 
 
+def net_size(size: FlowSize) -> dict[str, int]:
+    """The size of a step's MLP or MADE, as :class:`~flowvae.made.MADE`'s keywords."""
+    return {"hidden_features": size.flow_hidden, "num_layers": size.flow_layers}
+
+
 class IAF(StepsHead):
     """``iaf``: inverse autoregressive flow (Kingma et al. 2016, arXiv 1606.04934): MADE steps
     with the gated update, variable order reversed between steps, each MADE with ``flow_layers``
@@ -121,8 +126,7 @@ class IAF(StepsHead):
 
     def make_step(self, latent: int, size: FlowSize, k: int) -> nn.Module:
         order = alternating_order(latent, k)
-        hidden, layers = size.flow_hidden, size.flow_layers
-        return IAFStep(latent, size.context_dim, hidden, layers, order, mean_only=self.mean_only)
+        return IAFStep(latent, size.context_dim, order, mean_only=self.mean_only, **net_size(size))
 
 
 class IAFMean(IAF):
@@ -170,8 +174,7 @@ class RealNVP(StepsHead):
     options = _NETS
 
     def make_step(self, latent: int, size: FlowSize, k: int) -> nn.Module:
-        mask = alternating_mask(latent, k)
-        return AffineCoupling(latent, size.context_dim, size.flow_hidden, size.flow_layers, mask)
+        return AffineCoupling(latent, size.context_dim, alternating_mask(latent, k), **net_size(size))
 
 
 class RealNVPAux(AuxiliaryHead):

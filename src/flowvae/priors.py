@@ -147,7 +147,8 @@ class FlowPrior(StandardNormal):
     def __init__(self, latent: int, steps: int = 4, hidden: int = 256, layers: int = 1):
         super().__init__(latent)
         self.steps = nn.ModuleList(
-            AffineCoupling(latent, 0, hidden, layers, alternating_mask(latent, k)) for k in range(steps)
+            AffineCoupling(latent, 0, alternating_mask(latent, k), hidden_features=hidden, num_layers=layers)
+            for k in range(steps)
         )
 
     def to_base(self, z: Tensor) -> tuple[Tensor, Tensor]:
