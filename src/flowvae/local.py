@@ -341,7 +341,7 @@ def log_weights(model: nn.Module, x: Tensor, posterior: Posterior, samples: int)
 
 @torch.no_grad()
 def elbo_with_stderr(
-    model: nn.Module, x: Tensor, posterior: Posterior, samples: int = 1000, chunk: int = 100
+    model: nn.Module, x: Tensor, posterior: Posterior, samples: int, chunk: int = LocalOptions.eval_chunk
 ) -> tuple[Tensor, Tensor]:
     """Monte Carlo ELBO of ``posterior`` and its standard error, each (B,), drawn in chunks."""
     total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
