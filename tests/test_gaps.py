@@ -143,7 +143,7 @@ def test_examples_stopped_by_the_cap_are_reported():
     c["converged_flow"][:3] = 0
     warnings, _ = check_ordering(c, "flow")
     assert warnings == ["3 of 40 examples hit the step cap before their local flow optimisation converged "
-                        "(raise the local max_steps, --steps-cap)"]  # fmt: skip
+                        "(raise the local optimisation's step cap)"]  # fmt: skip
 
 
 def test_settings_are_checked():

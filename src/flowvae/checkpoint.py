@@ -135,7 +135,7 @@ def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
     if which == "best" and not (run_dir / names[which]).exists() and (run_dir / names["latest"]).exists():
         raise CheckpointError(
             f"{run_dir}: no best.pt yet (the run stopped before its first evaluation); "
-            "use --checkpoint latest"
+            "use the latest checkpoint"
         )
     return run_dir / names[which]
 

@@ -337,14 +337,14 @@ def check_ordering(columns: dict[str, Tensor], q_star: str) -> tuple[list[str], 
             if capped:
                 warnings.append(
                     f"{capped} of {c['log_p'].numel()} examples hit the step cap before their local "
-                    f"{name} optimisation converged (raise the local max_steps, --steps-cap)"
+                    f"{name} optimisation converged (raise the local optimisation's step cap)"
                 )
         if f"skipped_{family}" in c:
             skipped = int((c[f"skipped_{family}"] > 0).sum())
             if skipped:
                 warnings.append(
                     f"{skipped} of {c['log_p'].numel()} examples skipped local {name} updates for a "
-                    "non-finite objective or gradient (lower --lr)"
+                    "non-finite objective or gradient (lower the local optimisation's learning rate)"
                 )
     if "log_p_check" in c and c["log_p_check"].numel() > 1 and torch.isfinite(c["log_p_check"]).all():
         d = c["log_p_check"]

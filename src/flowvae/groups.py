@@ -209,7 +209,7 @@ def train_group(
     created = not group_dir.exists()
     if resume:
         if seeds is not None:
-            raise ConfigError("a resumed group keeps its own seeds: give no number of seeds (--seeds)")
+            raise ConfigError("a resumed group keeps its own seeds: give no number of seeds")
         group = read_group(group_dir)
         jobs = []
         for name, seed in zip(group.members, group.seeds, strict=True):

@@ -64,8 +64,8 @@ def starting_preset(overrides: list[str], config_file: str | None = None) -> tup
     name = name if isinstance(name, str) and name else "digits"
     if name in DATA_PRESETS:
         chosen = DATA_PRESETS[name]
-        return chosen, f"no --preset: starting from preset {chosen}, the default for data.name={name}"
-    return "digits", f"no --preset and no preset for data.name={name}: starting from preset digits' values"
+        return chosen, f"no preset given: starting from preset {chosen}, the default for data.name={name}"
+    return "digits", f"no preset given and none for data.name={name}: starting from preset digits' values"
 
 
 # ---------------------------------------------------------------------------------------------
