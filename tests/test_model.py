@@ -178,3 +178,27 @@ def test_every_model_type_satisfies_the_whole_latent_variable_model_protocol():
         z = model.sample_prior((2, 3), like=next(model.parameters()))
         assert z.shape == (2, 3, model.latent_dim)
         assert model.decode_sample(z[0]).shape == (3, 1, 8, 8)
+
+
+SYLVESTER_PRESETS = ["diag", "planar", "iaf", "orthogonal", "householder", "triangular"]
+
+
+@pytest.mark.parametrize("name", SYLVESTER_PRESETS)
+def test_sylvester_paper_presets_build_its_architecture_and_take_a_finite_step(name):
+    """The sylvester-mnist-* presets: the peer's gated-conv network at z 64 with its flow, and one
+    update with the preset's own optimizer (Adamax 5e-4) gives finite numbers."""
+    from flowvae.optim import optimizer_for, train_step
+    from flowvae.presets import preset
+
+    cfg = preset(f"sylvester-mnist-{name}")
+    model = build_model(cfg.model, (1, 28, 28), True)
+    posterior = "diag" if name == "diag" else name if name in ("planar", "iaf") else f"sylvester-{name}"
+    assert cfg.model.posterior == posterior and model.latent_dim == 64
+    nets = type(model.encoder).__name__, type(model.decoder).__name__
+    assert nets == ("GatedConvEncoder", "GatedConvDecoder")
+    optimizer = optimizer_for(cfg, model)
+    assert type(optimizer).__name__ == "Adamax" and optimizer.param_groups[0]["lr"] == 5e-4
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 28, 28).round()
+    stats = train_step(model, optimizer, x, cfg, beta=0.01, lr=cfg.train.lr)
+    assert stats["skipped"] == 0 and all(math.isfinite(v) for v in stats.values())

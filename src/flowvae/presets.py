@@ -361,6 +361,47 @@ register_preset(
 )
 
 # --------------------------------------------------------------------------------------------
+# the static-MNIST rows of the Sylvester-flows paper (van den Berg et al. 2018, arXiv 1803.05649),
+# with its code's defaults (riannevdberg/sylvester-flows, the peer of BENCHMARKS.md): gated-conv
+# encoder/decoder (32 and 64 maps), z 64, h of 256 units, 4 flow steps, MADEs of 2 x 320 units,
+# 8 orthonormal vectors or Householder reflections, Adamax 5e-4, batch 100, KL warm-up over 100
+# epochs, early stopping after 100 epochs without a better valid ELBO, no EMA. With
+# mnist-static-iaf's Adam 1e-3 instead, this network's KL blew up to 1e19 nats at step 4, in
+# float32 as in bf16 (BENCHMARKS.md, "Early stability of the gated-conv network").
+
+register_preset(
+    "sylvester-mnist-diag",
+    "the Sylvester-flows paper's static-MNIST setup (its code's defaults): gated-conv encoder and "
+    "decoder, z 64, Adamax 5e-4, batch 100, KL warm-up 100 epochs, diag posterior",
+    data__name="binarized_mnist",
+    model__encoder="gated-conv",
+    model__decoder="gated-conv",
+    model__channels=32,
+    model__latent_dim=64,
+    model__posterior="diag",
+    model__context_dim=256,
+    model__flow_steps=4,
+    model__flow_hidden=320,
+    model__flow_layers=2,
+    model__num_ortho_vecs=8,
+    model__num_householder=8,
+    train__optimizer="adamax",
+    train__lr=5e-4,
+    train__batch_size=100,
+    train__epochs=2000,
+    train__kl_warmup_epochs=100.0,
+    train__early_stopping=100,
+    eval__samples=5000,
+)
+for _posterior in ("planar", "iaf", "sylvester-orthogonal", "sylvester-householder", "sylvester-triangular"):
+    register_preset(
+        f"sylvester-mnist-{_posterior.removeprefix('sylvester-')}",
+        f"sylvester-mnist-diag with 4 {_posterior} steps",
+        parent="sylvester-mnist-diag",
+        model__posterior=_posterior,
+    )
+
+# --------------------------------------------------------------------------------------------
 # the dataset's default preset: where `flowvae train data.name=NAME` (no --preset) starts
 
 register_preset(
