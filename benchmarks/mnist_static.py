@@ -83,8 +83,8 @@ def train(args: argparse.Namespace, name: str, own: list[str], threads: int) -> 
     return {
         "run": name, "overrides": " ".join(own), "posterior": cfg.model.posterior, "preset": args.preset, "minutes": args.minutes,
         "train_threads": threads, "wall_seconds": round(time.perf_counter() - t0, 1),
-        "epochs": int(metrics[-1]["epoch"]), "steps": int(metrics[-1]["step"]),
-        "best_valid_elbo": round(float(best["valid_elbo"]), 3), "best_epoch": int(best["epoch"]),
+        "epochs": float(metrics[-1]["epoch"]), "steps": int(metrics[-1]["step"]),
+        "best_valid_elbo": round(float(best["valid_elbo"]), 3), "best_epoch": float(best["epoch"]),
         "final_train_elbo": round(float(metrics[-1]["train_elbo"]), 3),
     }  # fmt: skip
 

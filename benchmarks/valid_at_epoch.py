@@ -20,7 +20,7 @@ def main() -> None:
     print(f"| run | valid ELBO after {args.epoch} epochs | steps | seconds |\n|---|---|---|---|")
     for run in map(Path, args.run_dirs):
         with open(run / "metrics.csv") as f:
-            row = next((r for r in csv.DictReader(f) if int(r["epoch"]) == args.epoch), None)
+            row = next((r for r in csv.DictReader(f) if float(r["epoch"]) == args.epoch), None)
         if row is None:
             print(f"| `{run.name}` | (no evaluation at epoch {args.epoch}) | | |")
         else:
