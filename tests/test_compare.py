@@ -132,6 +132,7 @@ def test_tables_escape_every_cell_and_separate_thousands_in_number_columns_only(
     cells = ["run_a", "iaf", "—", *model_cells(-84.5, 20.25, 12.5, 32, 1234567, 10, None)]
     header = ["run", "posterior", "Δ", "test ELBO", "KL", "active units", "params", "epochs", "min"]
     assert cells[3:] == ["-84.50", "20.25", "12.5/32", "1,234,567", "10", "—"]
+    assert model_cells(0, 0, 3, 4, 5, 430.668, 600)[4:] == ["430.7", "10.0"]  # a budget stop mid-epoch
     tex = render_latex(header, [cells]).splitlines()
     assert tex[0] == r"\begin{tabular}{llrrrrrrr}"
     assert tex[4] == r"run\_a & iaf & --- & -84.50 & 20.25 & 12.5/32 & 1{,}234{,}567 & 10 & --- \\"

@@ -213,7 +213,7 @@ class ComparisonRow:
     active_units: int
     latent_dim: int
     parameters: int
-    epochs: int
+    epochs: float  # fractional after a budget stop inside an epoch
     train_seconds: float | None
     bits_per_dim: float | None = None
     diagnostics: dict = field(default_factory=dict)
@@ -350,7 +350,7 @@ def _row(
         active_units=active_units(s.run.model, s.examples.images),
         latent_dim=s.run.model.latent_dim,
         parameters=sum(p.numel() for p in s.run.model.parameters()),
-        epochs=int(metrics[-1]["epoch"]) if metrics else 0,
+        epochs=metrics[-1]["epoch"] if metrics else 0,
         train_seconds=metrics[-1].get("seconds") if metrics else None,
         bits_per_dim=s.estimate.bits_per_dim,
         diagnostics=s.estimate.diagnostics,
