@@ -23,7 +23,6 @@ import torch
 from flowvae.ais import ais
 from flowvae.config import ModelConfig
 from flowvae.estimators import ESTIMATORS, elbo_terms, importance_log_weights, iwae
-from flowvae.hvae import TwoLayerPosterior, TwoLayerPrior
 from flowvae.linear_gaussian import (
     exact_log_marginal,
     exact_posterior,
@@ -34,6 +33,7 @@ from flowvae.model import build_model
 from flowvae.numerics import log_gaussian_mixture, log_mean_exp, log_normal
 from flowvae.priors import FlowPrior, VampPrior
 from flowvae.testing import random_linear_gaussian_vae
+from flowvae.two_layer import TwoLayerPosterior, TwoLayerPrior
 
 B = 32
 

@@ -15,11 +15,11 @@ from torch import nn
 
 from .config import FLOW_SIZE_KEYS, ModelConfig
 from .hierarchical import HierarchicalSpec, HierarchicalVAE
-from .hvae import TwoLayerHead, TwoLayerPrior
 from .likelihoods import build_likelihood
 from .nets import build_decoder, build_encoder
 from .posteriors import build_posterior
 from .priors import build_prior
+from .two_layer import TwoLayerHead, TwoLayerPrior
 from .vae import VAE
 
 Shape = tuple[int, int, int]
@@ -32,7 +32,7 @@ def posterior_options(cfg: ModelConfig) -> dict:
 def build_flat(cfg: ModelConfig, shape: Shape, binary: bool) -> VAE:
     """The flat VAE: ``model.encoder`` -> ``model.posterior`` -> ``model.decoder``, prior
     ``model.prior``; with ``model.stochastic_layers=2`` the posterior and the prior are those of
-    the top layer z2 of :mod:`flowvae.hvae` (``latent_dim`` units in each layer)."""
+    the top layer z2 of :mod:`flowvae.two_layer` (``latent_dim`` units in each layer)."""
     net = {"batch_norm": cfg.batch_norm, "input_to_all": cfg.input_to_all, "dropout": cfg.dropout,
            "channels": cfg.channels, "blocks": cfg.blocks}  # fmt: skip
     # built in this order: a seed gives the same initial weights in every version

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .hvae import TwoLayerPrior
 from .linear_gaussian import is_linear_gaussian, linear_gaussian_params
 from .model import build_model
 from .posteriors import FlowHead
+from .two_layer import TwoLayerPrior
 
 
 def random_linear_gaussian_vae(
