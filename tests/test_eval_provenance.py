@@ -12,7 +12,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,6 +183,37 @@ def test_the_cache_key_holds_the_bytes_that_were_loaded(npz_run, tmp_path, monke
     assert not new_weights.cached  # the old weights' number was not filed under the new bytes
     assert not torch.allclose(new_weights.estimate.per_example, old_weights.estimate.per_example)
     assert new_weights.run.digest == hashlib.sha256((run / "best.pt").read_bytes()).hexdigest()
+
+
+EDIT_AFTER_IMPORT = """
+import sys
+from pathlib import Path
+import flowvae.evaluation as ev
+run, edit = Path(sys.argv[1]), sys.argv[2] == "edit"
+if edit:  # the code on disk changes after this process imported it (a checkout while runs load)
+    numerics = Path(ev.__file__).parent / "numerics.py"
+    numerics.write_text(numerics.read_text() + "\\n# edited\\n")
+print(ev.evaluate_run(run, "iwae", 5, limit=4).cached)
+"""
+
+
+def test_an_edit_after_import_misses_the_cache(npz_run, tmp_path):
+    """The code digest is of what a process imported: numbers computed by the old code, after the
+    files changed, are not served to a process that runs the new code."""
+    package = tmp_path / "src" / "flowvae"
+    shutil.copytree(Path(flowvae.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    run = tmp_path / "run"
+    shutil.copytree(npz_run[0], run)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "src"), "OMP_NUM_THREADS": "1"}
+
+    def cached(*args: str) -> str:
+        proc = subprocess.run([sys.executable, "-c", EDIT_AFTER_IMPORT, str(run), *args], env=env,
+                              capture_output=True, text=True, check=True, cwd=tmp_path)  # fmt: skip
+        return proc.stdout.strip()
+
+    assert cached("edit") == "False"  # the old code's numbers, filed under the old code's digest
+    assert cached("keep") == "False"  # the new code computes its own
+    assert cached("keep") == "True"
 
 
 def test_compare_refuses_other_images_before_evaluating_anything(npz_run, tmp_path, monkeypatch):

@@ -15,7 +15,6 @@ cache. Cache files are ``.npz`` read with ``allow_pickle=False``: data, never co
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import math
@@ -38,15 +37,20 @@ CACHE_DIR = "eval-cache"
 CACHE_VERSION = 2
 
 
-@functools.cache
-def code_digest() -> str:
-    """SHA-256 of the package's source files (what computes a cached number) and torch's version."""
+def source_digest() -> str:
+    """SHA-256 of the package's source files as they are now, and torch's version."""
     h = hashlib.sha256(torch.__version__.encode())
     root = Path(__file__).parent
     for path in sorted(root.rglob("*.py")):
         h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()
+
+
+# What computes a cached number: the code this process imported, hashed at import (the modules
+# an evaluation runs are imported above, before this line). Hashed later, a file edited in between
+# (a checkout while runs load) would file the old code's numbers under the new code's digest.
+CODE_DIGEST = source_digest()
 
 
 @dataclass
@@ -135,7 +139,7 @@ def evaluate_run(
     if examples is None:
         examples = evaluation_images(load_data(run.config.data), split, limit, seed)
     request = {
-        "checkpoint": run.digest, "images": examples.digest, "code": code_digest(),
+        "checkpoint": run.digest, "images": examples.digest, "code": CODE_DIGEST,
         "device": torch.device(device).type, "estimator": estimator, "samples": samples,
         "settings": settings, "split": split, "seed": seed,
     }  # fmt: skip
@@ -161,4 +165,4 @@ def evaluate_run(
     return RunEvaluation(run, estimate, examples, cached=False)
 
 
-__all__ = ["CACHE_DIR", "RunEvaluation", "code_digest", "evaluate_run"]
+__all__ = ["CACHE_DIR", "CODE_DIGEST", "RunEvaluation", "evaluate_run", "source_digest"]
