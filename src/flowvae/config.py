@@ -150,7 +150,7 @@ class TrainConfig:
     amp: Amp = "auto"  # bf16 autocast of the training forward pass; auto: where the hardware has native bf16
     compile: bool = False  # torch.compile the training forward pass (for GPUs; off by default)
     threads: int = 0  # torch intra-op threads (0 = torch default)
-    freeze: Freeze = ""  # parameters left out of the optimizer
+    freeze: Freeze = ""  # left out of the optimizer; decoder: all but the encoder and posterior
     init_from: str = ""  # a run whose best weights initialise the model (with freeze: that part only)
 
 
@@ -391,6 +391,17 @@ def validate(cfg: Config, given: list[str] | tuple[str, ...] = ()) -> Config:
         raise ConfigError("model.depths=[]: model.type=hierarchical needs at least one level, e.g. [2, 2]")
     if m.type == "flat" and m.posterior != "diag" and m.flow_steps <= 0:
         raise ConfigError(f"model.flow_steps={m.flow_steps}: model.posterior={m.posterior} needs >= 1 step")
+    if m.prior == "vampprior" and (m.batch_norm or m.dropout > 0):
+        raise ConfigError(
+            "model.prior=vampprior runs its pseudo-inputs through the encoder, whose batch norm or "
+            "dropout would make the prior evaluated another than the one trained; use "
+            "model.batch_norm=false and model.dropout=0, or another model.prior"
+        )
+    if cfg.train.freeze == "decoder" and m.prior == "vampprior":
+        raise ConfigError(
+            "train.freeze=decoder keeps the generative model fixed, but model.prior=vampprior is the "
+            "encoder at its pseudo-inputs: a new encoder changes the prior; use another model.prior"
+        )
     if cfg.train.objective == "iwae" and cfg.train.kl_min > 0:
         raise ConfigError(
             f"train.kl_min={cfg.train.kl_min:g} (free bits) clamps a KL term that train.objective=iwae does "
