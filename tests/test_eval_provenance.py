@@ -22,12 +22,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_cli
+from torch import Tensor
 
 import flowvae
 from flowvae import checkpoint as checkpoint_module
 from flowvae.estimators import ESTIMATORS, evaluate, importance_log_weights, iwae
 from flowvae.evaluation import evaluate_run
-from flowvae.noise import ExampleStreams, example_streams, randn
+from flowvae.noise import ExampleStreams, example_streams, randn, stream_key
 from flowvae.numerics import log_mean_exp
 from flowvae.testing import random_linear_gaussian_vae
 
@@ -113,6 +114,26 @@ def test_example_streams_draw_each_examples_numbers_from_its_own_generator():
     with pytest.raises(ValueError, match="examples"):
         with example_streams(streams):
             randn((4, 3, 5), batch_dim=1)
+
+
+def _first_normals(seed: int, index: int, n: int = 4) -> Tensor:
+    with example_streams(ExampleStreams.seeded(seed, [index])):
+        return randn((n, 1), batch_dim=1, dtype=torch.float64).flatten()
+
+
+def test_every_seed_example_and_kind_has_its_own_stream():
+    """Streams keyed by 32-bit seeds collide by the birthday bound (seed 186: examples 4541 and
+    5664 drew the same normals) and the old packing aliased (2^32, 0) with (0, 1)."""
+    keys = {stream_key(seed, index, kind) for seed in range(10) for index in range(50_000) for kind in (0, 1)}
+    assert len(keys) == 10**6  # 10^6 (seed, example, kind) triples, 10^6 keys: one-to-one
+    assert not torch.equal(_first_normals(186, 4541), _first_normals(186, 5664))
+    assert not torch.equal(_first_normals(2**32, 0), _first_normals(0, 1))
+    firsts = torch.stack([_first_normals(186, i, 2) for i in range(2000)])
+    assert len(set(map(tuple, firsts.tolist()))) == 2000
+    with pytest.raises(ValueError, match="outside"):
+        stream_key(0, 2**56)
+    with pytest.raises(ValueError, match="outside"):
+        stream_key(2**64, 0)
 
 
 def test_eval_cli_and_the_python_api_give_the_same_per_example_values(npz_run):
