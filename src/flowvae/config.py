@@ -80,6 +80,21 @@ class FlowSize:
 FLOW_SIZE_KEYS = tuple(f.name for f in dataclasses.fields(FlowSize))
 
 
+@dataclass(frozen=True)
+class PriorOptions:
+    """The options of the flat model's priors, under the names every layer uses (the ``model.*``
+    keys, the prior classes' keyword options), their defaults, and (metadata) the prior that
+    reads each (:data:`PRIOR_KEYS`)."""
+
+    prior_components: int = field(default=500, metadata={"prior": "vampprior"})  # pseudo-inputs K
+    prior_flow_steps: int = field(default=4, metadata={"prior": "flow"})  # affine couplings
+    prior_flow_hidden: int = field(default=256, metadata={"prior": "flow"})  # units of each coupling's MLP
+    prior_flow_layers: int = field(default=1, metadata={"prior": "flow"})  # hidden layers of each MLP
+
+
+PRIOR_OPTION_KEYS = tuple(f.name for f in dataclasses.fields(PriorOptions))
+
+
 @dataclass
 class ModelConfig:
     type: ModelType = "flat"
@@ -106,10 +121,10 @@ class ModelConfig:
     aux_dim: int = FlowSize.aux_dim
     # prior p(z): flat FlatPrior (auto: standard), hierarchical HierarchicalPrior (auto: diag)
     prior: PriorName = "auto"
-    prior_components: int = 500  # vampprior: pseudo-inputs K
-    prior_flow_steps: int = 4  # flow prior: affine couplings
-    prior_flow_hidden: int = 256  # flow prior: hidden units of each coupling's MLP
-    prior_flow_layers: int = 1  # flow prior: hidden layers of each coupling's MLP
+    prior_components: int = PriorOptions.prior_components  # the priors' options (PriorOptions)
+    prior_flow_steps: int = PriorOptions.prior_flow_steps
+    prior_flow_hidden: int = PriorOptions.prior_flow_hidden
+    prior_flow_layers: int = PriorOptions.prior_flow_layers
     stochastic_layers: int = 1  # flat: 2 = Tomczak & Welling's HVAE, latent_dim units per layer
     # hierarchical ResNet VAE (model.type=hierarchical; openai/iaf names in README)
     depths: list[int] = field(default_factory=lambda: [2, 2])  # blocks per level (resolution)
@@ -330,8 +345,7 @@ MODEL_TYPE_KEYS: dict[str, set[str]] = {
     "flat": {
         "encoder", "decoder", "latent_dim", "hidden", "decoder_hidden", "batch_norm", "input_to_all",
         "dropout", "channels", "blocks", "context_dim", "flow_steps", "flow_hidden", "flow_layers",
-        "num_householder", "num_ortho_vecs", "aux_dim", "prior_components", "prior_flow_steps",
-        "prior_flow_hidden", "prior_flow_layers", "stochastic_layers",
+        "num_householder", "num_ortho_vecs", "aux_dim", *PRIOR_OPTION_KEYS, "stochastic_layers",
     },
     "hierarchical": {"depths", "n_h", "n_z", "depth_ar", "up_feedback", "ar_mask", "row_budget_mb"},
 }  # fmt: skip
@@ -343,10 +357,7 @@ PRIORS_BY_TYPE = {
     "hierarchical": ("auto", *typing.get_args(HierarchicalPrior)),
 }  # fmt: skip
 # keys of one prior only: given for another, they would be ignored
-PRIOR_KEYS = {
-    "prior_components": "vampprior", "prior_flow_steps": "flow", "prior_flow_hidden": "flow",
-    "prior_flow_layers": "flow",
-}  # fmt: skip
+PRIOR_KEYS = {f.name: f.metadata["prior"] for f in dataclasses.fields(PriorOptions)}
 
 
 def check_ignored(cfg: Config, given: list[str] | tuple[str, ...]) -> None:

@@ -13,7 +13,7 @@ from dataclasses import fields
 
 from torch import nn
 
-from .config import FLOW_SIZE_KEYS, ModelConfig
+from .config import FLOW_SIZE_KEYS, PRIOR_OPTION_KEYS, ModelConfig
 from .hierarchical import HierarchicalSpec, HierarchicalVAE
 from .likelihoods import build_likelihood
 from .nets import build_decoder, build_encoder
@@ -44,10 +44,8 @@ def build_flat(cfg: ModelConfig, shape: Shape, binary: bool) -> VAE:
     decoder = build_decoder(
         cfg.decoder, shape, likelihood.params, layers * cfg.latent_dim, hidden=decoder_hidden, **net
     )
-    prior = build_prior(
-        "standard" if cfg.prior == "auto" else cfg.prior, cfg.latent_dim, shape, cfg.prior_components,
-        cfg.prior_flow_steps, cfg.prior_flow_hidden, cfg.prior_flow_layers,
-    )  # fmt: skip
+    prior = build_prior("standard" if cfg.prior == "auto" else cfg.prior, cfg.latent_dim, shape,
+                        **{key: getattr(cfg, key) for key in PRIOR_OPTION_KEYS})  # fmt: skip
     if layers == 2:  # Tomczak & Welling's HVAE: q(z2|x) q(z1|x, z2), p(z2) p(z1|z2)
         posterior = TwoLayerHead(posterior, encoder.out_features, cfg.latent_dim, cfg.hidden)
         prior = TwoLayerPrior(prior, cfg.latent_dim, list(reversed(cfg.hidden)))
