@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import scipy.stats
 import torch
 import yaml
 
@@ -143,6 +144,26 @@ def difference_across_seeds(base: Sequence[float], other: Sequence[float]) -> tu
     return m1 - m0, math.sqrt(s1**2 / len(other) + s0**2 / len(base))
 
 
+def welch_df(base: Sequence[float], other: Sequence[float]) -> float | None:
+    """The Welch–Satterthwaite degrees of freedom of :func:`difference_across_seeds`' standard
+    error, (a + b)² / (a²/(n₁ − 1) + b²/(n₀ − 1)) with a = sd₁²/n₁, b = sd₀²/n₀ (Welch 1947):
+    between 2 and 4 for two groups of 3 seeds, where ± 1 SE is far from a 95 % interval. ``None`` with one
+    seed in either group; n₁ + n₀ − 2 when both sds are 0."""
+    (_, s0), (_, s1) = seed_mean_sd(base), seed_mean_sd(other)
+    if s0 is None or s1 is None:
+        return None
+    a, b = s1**2 / len(other), s0**2 / len(base)
+    if a + b == 0:
+        return float(len(other) + len(base) - 2)
+    return (a + b) ** 2 / (a**2 / (len(other) - 1) + b**2 / (len(base) - 1))
+
+
+def t_interval(diff: float, se: float, df: float, level: float = 0.95) -> list[float]:
+    """The t-based ``level`` interval diff ± t_{df, (1 + level)/2} · se."""
+    half = float(scipy.stats.t.ppf((1 + level) / 2, df)) * se
+    return [diff - half, diff + half]
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -190,6 +211,8 @@ class GroupRow:
     nll_sd: float | None  # None: one seed
     diff_mean: float | None  # nll_mean minus the baseline's (negative: better); None for the baseline
     diff_se_seeds: float | None  # Welch SE over seeds; None for the baseline or with one seed in either
+    diff_df_seeds: float | None  # its Welch degrees of freedom (None as diff_se_seeds)
+    diff_ci95_seeds: list[float] | None  # the t-based 95 % interval [low, high] of diff_mean over seeds
     diff_se_paired: float | None  # SE over examples of the per-example difference of seed means
     elbo_mean: float
     kl_mean: float
@@ -208,6 +231,7 @@ class GroupComparison(ComparisonHeader):
     warnings: list[str]
     se_seeds: str = "Welch over seeds: sqrt(sd^2/n + sd_baseline^2/n_baseline), sample sds of per-seed means"
     se_paired: str = "over examples: sd of the per-example difference of seed means / sqrt(examples)"
+    ci95_seeds: str = "diff_mean ± t(0.975, Welch df) · diff_se_seeds: the 95 % interval over seeds"
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -248,16 +272,19 @@ def compare_groups(
         own = [rows[n] for n in names[m]]
         values = [r.nll for r in own]
         mean, sd = seed_mean_sd(values)
-        diff = se_seeds = se_paired = None
+        diff = se_seeds = se_paired = df = ci95 = None
         if m != base:
             diff, se_seeds = difference_across_seeds(base_values, values)
+            df = welch_df(base_values, values)
+            ci95 = None if se_seeds is None or df is None else t_interval(diff, se_seeds, df)
             d = nll_per_example(m) - base_per_example
             se_paired = d.std().item() / math.sqrt(d.numel())
         seconds = [r.train_seconds for r in own]
         out.append(GroupRow(
             group=m.name if is_group(m) else run_label(m), posterior=own[0].posterior, members=names[m],
             train_seeds=[_train_seed(r) for r in members[m]], seeds=values, nll_mean=mean, nll_sd=sd,
-            diff_mean=diff, diff_se_seeds=se_seeds, diff_se_paired=se_paired,
+            diff_mean=diff, diff_se_seeds=se_seeds, diff_df_seeds=df, diff_ci95_seeds=ci95,
+            diff_se_paired=se_paired,
             elbo_mean=statistics.fmean(r.elbo for r in own), kl_mean=statistics.fmean(r.kl for r in own),
             active_units_mean=statistics.fmean(r.active_units for r in own), latent_dim=own[0].latent_dim,
             parameters=own[0].parameters, epochs_mean=statistics.fmean(r.epochs for r in own),
@@ -314,6 +341,9 @@ def markdown_table(c: GroupComparison, members: bool = True) -> str:
         "(Welch), then ± paired standard error over examples (conditional on the trained models)"
     )
     table = render_markdown(caption, GROUP_HEADER, [_group_cells(r) for r in c.groups])
+    seeds = ", ".join(f"{r.group} {len(r.seeds)}" for r in c.groups)
+    table += (f"\n\nΔ ± : Welch standard error over training seeds (seeds: {seeds}), not a 95 % interval "
+              "with few seeds; comparison.json has the Welch df and the t-based 95 % interval")  # fmt: skip
     return table + ("\n\nEvery run:\n\n" + compare.markdown_table(c.runs) if members else "")
 
 
@@ -349,4 +379,4 @@ def write_comparison(c: GroupComparison, out_dir: str | Path) -> dict[str, Path]
 __all__ = [
     "Group", "GroupComparison", "GroupRow", "check_new_group", "compare_groups", "difference_across_seeds",
     "evaluate_group", "group_members", "is_group", "latex_table", "markdown_table", "read_group",
-    "seed_mean_sd", "write_comparison"]  # fmt: skip
+    "seed_mean_sd", "t_interval", "welch_df", "write_comparison"]  # fmt: skip
