@@ -146,6 +146,27 @@ def test_examples_stopped_by_the_cap_are_reported():
                         "(raise the local optimisation's step cap)"]  # fmt: skip
 
 
+def test_gap_runs_with_consecutive_seeds_draw_unrelated_noise():
+    """Batch i under seed s drew what batch i - 1 draws under seed s + 1 (torch.manual_seed(seed +
+    i)); now every example draws from its own streams, and the caller's generator is left alone."""
+    model = random_linear_gaussian_vae(seed=0).eval()
+    with torch.no_grad():
+        x = model.decode_sample(model.sample_prior((1,))).expand(4, -1, -1, -1)  # one image, 4 times
+    local = LocalOptions(samples=2, max_steps=20, check_every=10)
+
+    def ffg(seed: int) -> torch.Tensor:
+        settings = GapSettings(estimator="iwae", check=False, samples={"iwae": 5}, elbo_samples=5,
+                               local_flow="none", local=local, batch_size=2, seed=seed)  # fmt: skip
+        return compute_gaps(model, x, "diag", settings).columns["elbo_ffg_star"]
+
+    state = torch.get_rng_state()
+    s, s1 = ffg(7), ffg(8)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not torch.equal(s[2:], s1[:2])  # batch 1 of seed 7 against batch 0 of seed 8
+    assert len(set(s.tolist())) == 4  # the same image, its own draws at each index
+    assert torch.equal(ffg(7), s)  # a seed reproduces its numbers
+
+
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="unknown estimator"):
         GapSettings(estimator="elbo")
