@@ -159,8 +159,10 @@ BAD_INPUTS: list[tuple[str, list[str], int, str]] = [
     ("sample-incomplete-checkpoint", ["sample", "{incomplete}"], 1, "incomplete checkpoint"),
     # --- gaps flags (existing ones; the local-optimisation list may change with issue 11) ---
     ("gaps-n-zero", ["gaps", "{run}", "--n", "0"], 2, "argument --n: 0 must be >= 1"),
-    ("gaps-samples-zero", ["gaps", "{run}", "--samples", "0"], 2, "argument --samples: 0 must be >= 1"),
-    ("gaps-chains-zero", ["gaps", "{run}", "--chains", "0"], 2, "argument --chains: 0 must be >= 1"),
+    ("gaps-samples-zero", ["gaps", "{run}", "--samples", "0"], 2,
+     "argument --iwae-samples/--samples: 0 must be >= 1"),
+    ("gaps-chains-zero", ["gaps", "{run}", "--chains", "0"], 2,
+     "argument --ais-samples/--chains: 0 must be >= 1"),
     ("gaps-ais-steps-zero", ["gaps", "{run}", "--ais-steps", "0"], 2, "argument --ais-steps: 0 must be >= 1"),
     ("gaps-batch-size-zero", ["gaps", "{run}", "--batch-size", "0"], 2, "argument --batch-size: 0 must be"),
     ("gaps-lr-zero", ["gaps", "{run}", "--lr", "0"], 2, "argument --lr: 0 must be a finite number"),

@@ -237,6 +237,33 @@ def test_cli_writes_the_four_files(tiny_run, tmp_path):
     assert set(result["local"]) == {"ffg", "flow"} and set(result["local"]["ffg"]) == {"capped", "skipped"}
 
 
+@pytest.fixture(scope="module")
+def k1000_run(tmp_path_factory):
+    """A tiny run whose eval.samples (K of the paper protocol) is 1000."""
+    run_dir = tmp_path_factory.mktemp("k1000") / "run"
+    run_cli("train", "--run-dir", str(run_dir), "--no-progress", "model.hidden=[16]", "model.latent_dim=2",
+            "train.epochs=1", "train.threads=1", "eval.samples=1000")  # fmt: skip
+    return run_dir
+
+
+QUICK_LOCAL = ["--steps-cap", "20", "--check-every", "10", "--elbo-samples", "5", "--threads", "1", "--json"]
+
+
+def test_gaps_resolves_k_as_eval_does_and_its_flags_do_not_share_a_destination(k1000_run, tmp_path):
+    """gaps' IWAE K came from the estimator's default, not the run's eval.samples, and
+    --local-samples wrote the destination of --samples."""
+    from flowvae.evaluation import evaluate_run
+
+    quick = ["--estimator", "iwae", "--no-check", "--local-flow", "none", "--n", "3", *QUICK_LOCAL]
+    plain = json.loads(run_cli("gaps", str(k1000_run), *quick, "--out", str(tmp_path / "a")).stdout)
+    evaluated = evaluate_run(k1000_run, "iwae", limit=3, cache=False)
+    assert plain["log_p_estimator"]["samples"] == evaluated.estimate.samples == 1000
+    assert plain["summary"]["log_p"]["mean"] == pytest.approx(-evaluated.estimate.nll, rel=1e-5)
+    both = ["--samples", "9", "--local-samples", "7"]
+    given = json.loads(run_cli("gaps", str(k1000_run), *quick, *both, "--out", str(tmp_path / "b")).stdout)
+    assert given["log_p_estimator"]["samples"] == 9 and given["settings"]["local"]["samples"] == 7
+
+
 def test_cli_prints_the_table(tiny_run):
     args = ["--n", "5", "--estimator", "iwae", "--local-flow", "none", "--split", "train"]
     proc = run_cli("gaps", str(tiny_run), *FAST, *args)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .checkpoint import Run, load_run
 from .data import EvaluationSet, evaluation_images, load_data
-from .estimators import Estimate, estimator_record
+from .estimators import Estimate, resolve_estimator
 from .evaluation import RunEvaluation, evaluate_run
 from .noise import ExampleStreams, example_streams
 
@@ -174,8 +174,7 @@ def _check_pairable(
     split: str,
 ) -> None:  # fmt: skip
     """Refuse, before anything is evaluated, runs scored on other images or with another K."""
-    record = estimator_record(estimator)
-    ks = [samples or (r.config.eval.samples if record.run_samples else record.default_samples) for r in runs]
+    ks = [resolve_estimator(estimator, samples, None, r.config.eval)[0] for r in runs]
     for d, ex, k in zip(dirs, examples, ks, strict=True):
         if ex.digest != examples[0].digest:
             raise ValueError(

@@ -31,7 +31,7 @@ import torch
 from .checkpoint import Run, load_run
 from .data import EvaluationSet, evaluation_images, load_data
 from .distributed import Dist
-from .estimators import Estimate, estimator_record, evaluate, summarise_estimate
+from .estimators import Estimate, evaluate, resolve_estimator, summarise_estimate
 
 CACHE_DIR = "eval-cache"
 CACHE_VERSION = 2
@@ -120,22 +120,18 @@ def evaluate_run(
 ) -> RunEvaluation:
     """Score a trained run with ``estimator`` on ``split`` (a seeded subset of ``limit``).
 
-    Defaults come from the run: ``samples`` from ``eval.samples`` where the estimator takes
-    the paper protocol's K (iwae), else the estimator's own; options (e.g. ``chunk``) from the
-    run's ``eval.*`` key of the same name; the batch size from ``eval.batch_size`` (it changes
-    the speed, not the per-example values). ``examples``: the images to score, if already
-    loaded (else the run's data, ``split``, ``limit`` and ``seed`` pick them); ``run``: the run,
-    if already loaded (its digest is that of the bytes it was loaded from).
+    Defaults come from the run (:func:`~flowvae.estimators.resolve_estimator`): ``samples`` from
+    ``eval.samples`` where the estimator takes the paper protocol's K (iwae), else the
+    estimator's own; options (e.g. ``chunk``) from the run's ``eval.*`` key of the same name;
+    the batch size from ``eval.batch_size`` (it changes the speed, not the per-example values).
+    ``examples``: the images to score, if already loaded (else the run's data, ``split``,
+    ``limit`` and ``seed`` pick them); ``run``: the run, if already loaded (its digest is that of
+    the bytes it was loaded from).
     ``progress``, if given, is called with the number of examples this process scores and
     returns a context manager with ``update(n)`` (e.g. :func:`flowvae.progress.progress_bar`).
     """
     run = run or load_run(run_dir, checkpoint, device)
-    record = estimator_record(estimator)
-    for name in record.settings():
-        if options.get(name) is None and hasattr(run.config.eval, name):
-            options[name] = getattr(run.config.eval, name)
-    settings = record.settings(**{k: v for k, v in options.items() if v is not None})
-    samples = samples or (run.config.eval.samples if record.run_samples else record.default_samples)
+    samples, settings = resolve_estimator(estimator, samples, options, run.config.eval)
     if examples is None:
         examples = evaluation_images(load_data(run.config.data), split, limit, seed)
     request = {

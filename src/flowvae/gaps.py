@@ -34,6 +34,7 @@ References:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import time
@@ -44,8 +45,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import FLOW_SIZE_KEYS
-from .estimators import ESTIMATORS
+from .config import FLOW_SIZE_KEYS, EvalConfig
+from .estimators import ESTIMATORS, resolve_estimator
 from .local import LocalOptions, elbo_with_stderr, frozen_model, local_optimise
 from .noise import ExampleStreams, example_streams
 from .posteriors import POSTERIORS, posterior_record
@@ -85,9 +86,10 @@ class GapSettings:
         check: also run the other of ais/iwae (:data:`CHECK_AGAINST`) and report the paired
             difference.
         samples: per estimator name, its ``samples`` (K for iwae, chains for ais); a name not
-            given takes the estimator's default.
+            given takes the run's (``eval.samples`` for iwae, :func:`run_gaps`), else the
+            estimator's default (:func:`~flowvae.estimators.resolve_estimator`).
         options: per estimator name, its options (fields of its options dataclass, e.g.
-            ``{"ais": {"steps": 200}}``); unset fields take their defaults.
+            ``{"ais": {"steps": 200}}``); unset fields as ``samples``.
         elbo_samples: draws of every ELBO (L[q], L[q*]); not the training k.
         local_flow: the family of q*_flow: ``same`` (q's own family and size; none for a
             ``diag`` q), a name in POSTERIORS, or ``none`` to skip it.
@@ -134,9 +136,17 @@ class GapSettings:
         return [self.estimator, *([partner] if partner else [])]
 
     def request(self, name: str) -> tuple[int, dict[str, Any]]:
-        """``(samples, full settings)`` of estimator ``name``."""
-        record = ESTIMATORS[name]
-        return self.samples.get(name) or record.default_samples, record.settings(**self.options.get(name, {}))
+        """``(samples, full settings)`` of estimator ``name`` (:func:`resolve_estimator`)."""
+        return resolve_estimator(name, self.samples.get(name), self.options.get(name))
+
+    def resolved(self, eval_config: EvalConfig) -> GapSettings:
+        """These settings with each estimate's samples and options resolved against a run's
+        ``eval`` config, as ``flowvae eval`` resolves them: the same log p̂ for the same examples."""
+        requests = {name: resolve_estimator(name, self.samples.get(name), self.options.get(name), eval_config)
+                    for name in self.estimates()}  # fmt: skip
+        samples = {name: k for name, (k, _) in requests.items()}
+        options = {name: settings for name, (_, settings) in requests.items()}
+        return dataclasses.replace(self, samples=samples, options=options)
 
 
 @dataclass
@@ -479,6 +489,7 @@ def run_gaps(
     data = load_data(cfg.data)
     x, indices, subset = evaluation_images(data, split, n, subset_seed)
     size = {k: getattr(cfg.model, k) for k in FLOW_SIZE_KEYS}
+    settings = (settings or GapSettings()).resolved(cfg.eval)
     return compute_gaps(
         model, x, cfg.model.posterior, settings, name=Path(run_dir).name, indices=indices, subset=subset,
         model_flow_options=size,
