@@ -454,6 +454,14 @@ def _masked_step(
     return before
 
 
+def seeded_head(posterior: str, latent_dim: int, seed: int, **flow_options) -> nn.Module:
+    """:func:`local_head` with initial weights from ``seed`` (the same for every batch of a
+    seed), built on the CPU; the caller's generators are untouched (CPU: restored; CUDA: unused)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed % 2**64)
+        return local_head(posterior, latent_dim, **flow_options)
+
+
 def local_optimise(
     model: nn.Module,
     x: Tensor,
@@ -503,10 +511,7 @@ def local_optimise(
     seed = int(torch.randint(2**62, (), dtype=torch.long)) if seed is None else seed
     indices = range(x.shape[0]) if indices is None else indices
     with frozen_model(model), example_streams(ExampleStreams.seeded(seed, indices, purpose)):
-        with torch.random.fork_rng(devices=[]):  # the head's initial weights (built on the CPU):
-            torch.default_generator.manual_seed(seed % 2**64)  # the seed's, whatever the batch; the
-            # caller's generators untouched (CPU: restored; CUDA: not seeded)
-            head = local_head(posterior, model.latent_dim, **flow_options)
+        head = seeded_head(posterior, model.latent_dim, seed, **flow_options)
         local = LocalPosterior(head, x.shape[0], like)
         if local.has_gaussian:
             local.set_gaussian(*(init if init is not None else amortized_start(model, x, options.samples)))
@@ -540,5 +545,5 @@ def local_optimise(
 __all__ = [
     "LOCAL_FLOW_DEFAULTS", "LocalOptions", "LocalPosterior", "LocalResult", "amortized_gaussian",
     "amortized_start", "elbo_with_stderr", "frozen_model", "local_head", "local_optimise", "log_weights",
-    "starting_gaussian",
+    "seeded_head", "starting_gaussian",
 ]  # fmt: skip
