@@ -12,18 +12,23 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import run_cli
+from torch import Tensor
 
 import flowvae
 from flowvae import checkpoint as checkpoint_module
-from flowvae.compare import evaluate_run
 from flowvae.estimators import ESTIMATORS, evaluate, importance_log_weights, iwae
-from flowvae.noise import ExampleStreams, example_streams, randn
+from flowvae.evaluation import evaluate_run
+from flowvae.noise import ExampleStreams, example_streams, randn, stream_key
 from flowvae.numerics import log_mean_exp
 from flowvae.testing import random_linear_gaussian_vae
 
@@ -111,6 +116,26 @@ def test_example_streams_draw_each_examples_numbers_from_its_own_generator():
             randn((4, 3, 5), batch_dim=1)
 
 
+def _first_normals(seed: int, index: int, n: int = 4) -> Tensor:
+    with example_streams(ExampleStreams.seeded(seed, [index])):
+        return randn((n, 1), batch_dim=1, dtype=torch.float64).flatten()
+
+
+def test_every_seed_example_and_kind_has_its_own_stream():
+    """Streams keyed by 32-bit seeds collide by the birthday bound (seed 186: examples 4541 and
+    5664 drew the same normals) and the old packing aliased (2^32, 0) with (0, 1)."""
+    keys = {stream_key(seed, index, kind) for seed in range(10) for index in range(50_000) for kind in (0, 1)}
+    assert len(keys) == 10**6  # 10^6 (seed, example, kind) triples, 10^6 keys: one-to-one
+    assert not torch.equal(_first_normals(186, 4541), _first_normals(186, 5664))
+    assert not torch.equal(_first_normals(2**32, 0), _first_normals(0, 1))
+    firsts = torch.stack([_first_normals(186, i, 2) for i in range(2000)])
+    assert len(set(map(tuple, firsts.tolist()))) == 2000
+    with pytest.raises(ValueError, match="outside"):
+        stream_key(0, 2**56)
+    with pytest.raises(ValueError, match="outside"):
+        stream_key(2**64, 0)
+
+
 def test_eval_cli_and_the_python_api_give_the_same_per_example_values(npz_run):
     run_dir, _ = npz_run
     scored = evaluate_run(run_dir, "iwae", 15, cache=False, batch_size=7)
@@ -181,8 +206,39 @@ def test_the_cache_key_holds_the_bytes_that_were_loaded(npz_run, tmp_path, monke
     assert new_weights.run.digest == hashlib.sha256((run / "best.pt").read_bytes()).hexdigest()
 
 
+EDIT_AFTER_IMPORT = """
+import sys
+from pathlib import Path
+import flowvae.evaluation as ev
+run, edit = Path(sys.argv[1]), sys.argv[2] == "edit"
+if edit:  # the code on disk changes after this process imported it (a checkout while runs load)
+    numerics = Path(ev.__file__).parent / "numerics.py"
+    numerics.write_text(numerics.read_text() + "\\n# edited\\n")
+print(ev.evaluate_run(run, "iwae", 5, limit=4).cached)
+"""
+
+
+def test_an_edit_after_import_misses_the_cache(npz_run, tmp_path):
+    """The code digest is of what a process imported: numbers computed by the old code, after the
+    files changed, are not served to a process that runs the new code."""
+    package = tmp_path / "src" / "flowvae"
+    shutil.copytree(Path(flowvae.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    run = tmp_path / "run"
+    shutil.copytree(npz_run[0], run)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "src"), "OMP_NUM_THREADS": "1"}
+
+    def cached(*args: str) -> str:
+        proc = subprocess.run([sys.executable, "-c", EDIT_AFTER_IMPORT, str(run), *args], env=env,
+                              capture_output=True, text=True, check=True, cwd=tmp_path)  # fmt: skip
+        return proc.stdout.strip()
+
+    assert cached("edit") == "False"  # the old code's numbers, filed under the old code's digest
+    assert cached("keep") == "False"  # the new code computes its own
+    assert cached("keep") == "True"
+
+
 def test_compare_refuses_other_images_before_evaluating_anything(npz_run, tmp_path, monkeypatch):
-    from flowvae import compare
+    from flowvae import compare, evaluation
 
     run_dir, data = npz_run
     other_data = tmp_path / "data"
@@ -194,7 +250,7 @@ def test_compare_refuses_other_images_before_evaluating_anything(npz_run, tmp_pa
     cfg["config"]["data"]["root"] = str(other_data)
     torch.save(cfg, other / "best.pt")
     calls = []
-    monkeypatch.setattr(compare, "evaluate", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: calls.append(1))
     with pytest.raises(ValueError, match="scores other test images"):
         compare.compare_runs([run_dir, other], samples=5, cache=False)
     assert calls == []

@@ -146,6 +146,27 @@ def test_examples_stopped_by_the_cap_are_reported():
                         "(raise the local optimisation's step cap)"]  # fmt: skip
 
 
+def test_gap_runs_with_consecutive_seeds_draw_unrelated_noise():
+    """Batch i under seed s drew what batch i - 1 draws under seed s + 1 (torch.manual_seed(seed +
+    i)); now every example draws from its own streams, and the caller's generator is left alone."""
+    model = random_linear_gaussian_vae(seed=0).eval()
+    with torch.no_grad():
+        x = model.decode_sample(model.sample_prior((1,))).expand(4, -1, -1, -1)  # one image, 4 times
+    local = LocalOptions(samples=2, max_steps=20, check_every=10)
+
+    def ffg(seed: int) -> torch.Tensor:
+        settings = GapSettings(estimator="iwae", check=False, samples={"iwae": 5}, elbo_samples=5,
+                               local_flow="none", local=local, batch_size=2, seed=seed)  # fmt: skip
+        return compute_gaps(model, x, "diag", settings).columns["elbo_ffg_star"]
+
+    state = torch.get_rng_state()
+    s, s1 = ffg(7), ffg(8)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not torch.equal(s[2:], s1[:2])  # batch 1 of seed 7 against batch 0 of seed 8
+    assert len(set(s.tolist())) == 4  # the same image, its own draws at each index
+    assert torch.equal(ffg(7), s)  # a seed reproduces its numbers
+
+
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="unknown estimator"):
         GapSettings(estimator="elbo")
@@ -214,6 +235,33 @@ def test_cli_writes_the_four_files(tiny_run, tmp_path):
     assert result["q_star_family"] == "iaf"  # a richer local flow than q = diag, named
     assert result["q_star_options"] == {"flow_steps": 1, "flow_hidden": 8}
     assert set(result["local"]) == {"ffg", "flow"} and set(result["local"]["ffg"]) == {"capped", "skipped"}
+
+
+@pytest.fixture(scope="module")
+def k1000_run(tmp_path_factory):
+    """A tiny run whose eval.samples (K of the paper protocol) is 1000."""
+    run_dir = tmp_path_factory.mktemp("k1000") / "run"
+    run_cli("train", "--run-dir", str(run_dir), "--no-progress", "model.hidden=[16]", "model.latent_dim=2",
+            "train.epochs=1", "train.threads=1", "eval.samples=1000")  # fmt: skip
+    return run_dir
+
+
+QUICK_LOCAL = ["--steps-cap", "20", "--check-every", "10", "--elbo-samples", "5", "--threads", "1", "--json"]
+
+
+def test_gaps_resolves_k_as_eval_does_and_its_flags_do_not_share_a_destination(k1000_run, tmp_path):
+    """gaps' IWAE K came from the estimator's default, not the run's eval.samples, and
+    --local-samples wrote the destination of --samples."""
+    from flowvae.evaluation import evaluate_run
+
+    quick = ["--estimator", "iwae", "--no-check", "--local-flow", "none", "--n", "3", *QUICK_LOCAL]
+    plain = json.loads(run_cli("gaps", str(k1000_run), *quick, "--out", str(tmp_path / "a")).stdout)
+    evaluated = evaluate_run(k1000_run, "iwae", limit=3, cache=False)
+    assert plain["log_p_estimator"]["samples"] == evaluated.estimate.samples == 1000
+    assert plain["summary"]["log_p"]["mean"] == pytest.approx(-evaluated.estimate.nll, rel=1e-5)
+    both = ["--samples", "9", "--local-samples", "7"]
+    given = json.loads(run_cli("gaps", str(k1000_run), *quick, *both, "--out", str(tmp_path / "b")).stdout)
+    assert given["log_p_estimator"]["samples"] == 9 and given["settings"]["local"]["samples"] == 7
 
 
 def test_cli_prints_the_table(tiny_run):

@@ -24,6 +24,8 @@ from flowvae.groups import (
     markdown_table,
     read_group,
     seed_mean_sd,
+    t_interval,
+    welch_df,
 )
 
 TINY = ["--no-progress", "model.hidden=[16]", "model.latent_dim=2", "train.epochs=1", "eval.samples=4"]
@@ -115,12 +117,16 @@ def test_compare_groups_reports_per_seed_values_and_the_differences_standard_err
     assert diag["diff_mean"] is None and diag["diff_se_seeds"] is None and iaf["train_seeds"] == [10, 11]
     on_disk = json.loads((out / "comparison.json").read_text())
     assert on_disk["groups"][1]["diff_se_seeds"] == pytest.approx(welch, rel=1e-12)
-    assert "± 0." in (out / "comparison.md").read_text()
+    assert on_disk["groups"][1]["diff_df_seeds"] == pytest.approx(welch_df(diag["seeds"], iaf["seeds"]))
+    low, high = on_disk["groups"][1]["diff_ci95_seeds"]
+    assert low < iaf["diff_mean"] - 1.96 * welch and high > iaf["diff_mean"] + 1.96 * welch  # t, df <= 2
+    table = (out / "comparison.md").read_text()
+    assert "± 0." in table and "Welch standard error over training seeds (seeds: diag 2, iaf 2)" in table
     assert "\\toprule" in (out / "comparison.tex").read_text()
 
 
 def test_paired_se_of_a_group_is_over_examples_of_the_seed_mean_difference(groups):
-    from flowvae.compare import evaluate_run
+    from flowvae.evaluation import evaluate_run
 
     root, _, _ = groups
     c = compare_groups([root / "diag", root / "iaf"], samples=5, limit=20, cache=False)
@@ -157,6 +163,18 @@ def test_statistics_against_a_direct_computation_on_hand_made_values():
     assert seed_mean_sd([81.0]) == (81.0, None)
     assert difference_across_seeds([81.0], other) == (pytest.approx(-1.0), None)
     assert difference_across_seeds(base, [80.0])[1] is None
+
+
+def test_welch_degrees_of_freedom_and_the_t_interval_against_hand_computations():
+    base, other = [80.0, 81.0, 82.5], [79.0, 79.5, 80.5, 81.0]
+    a, b = (2.5 / 3) / 4, (3.1666666666666665 / 2) / 3  # sd²/n of each group
+    assert welch_df(base, other) == pytest.approx((a + b) ** 2 / (a**2 / 3 + b**2 / 2), rel=1e-12)
+    assert welch_df([1.0, 2.0, 3.0], [2.0, 3.0, 4.0]) == pytest.approx(4.0)  # equal sds and sizes: 2n - 2
+    assert welch_df([81.0], other) is None
+    low, high = t_interval(1.0, math.sqrt(2 / 3), 4.0)
+    t_975_4 = 2.7764451051977987  # Student t quantile 0.975 at 4 df
+    half = t_975_4 * math.sqrt(2 / 3)
+    assert (low, high) == (pytest.approx(1 - half), pytest.approx(1 + half))
 
 
 def test_a_failing_member_fails_the_command_in_one_line_naming_it(tmp_path):

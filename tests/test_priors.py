@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from flowvae.ais import ais
-from flowvae.config import ModelConfig
+from flowvae.config import PRIOR_KEYS, PRIOR_OPTION_KEYS, ModelConfig, PriorOptions
+from flowvae.core import Prior
 from flowvae.estimators import ESTIMATORS, elbo_terms, importance_log_weights, iwae
 from flowvae.linear_gaussian import (
     exact_log_marginal,
@@ -30,8 +31,9 @@ from flowvae.linear_gaussian import (
     linear_gaussian_params,
 )
 from flowvae.model import build_model
+from flowvae.noise import ExampleStreams, example_streams
 from flowvae.numerics import log_gaussian_mixture, log_mean_exp, log_normal
-from flowvae.priors import FlowPrior, VampPrior
+from flowvae.priors import PRIORS, FlowPrior, VampPrior, build_prior
 from flowvae.testing import random_linear_gaussian_vae
 from flowvae.two_layer import TwoLayerPosterior, TwoLayerPrior
 
@@ -108,7 +110,7 @@ def test_vampprior_samples_come_from_its_components():
 
 def _nontrivial_flow_prior(latent=5, steps=3):
     torch.manual_seed(2)
-    prior = FlowPrior(latent, steps, hidden=16, layers=1).double()
+    prior = FlowPrior(latent, prior_flow_steps=steps, prior_flow_hidden=16, prior_flow_layers=1).double()
     with torch.no_grad():
         for p in prior.parameters():
             p.normal_(0, 0.5)  # away from the identity the couplings start at
@@ -136,6 +138,82 @@ def test_flow_prior_samples_invert_its_density_map():
     u = torch.randn(50, 5, dtype=torch.float64)
     assert (z - u).abs().max() > 0.1  # the flow is not the identity
     torch.testing.assert_close(prior.to_base(z)[0], u, rtol=0, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- the registry's contract
+
+
+def _standard_log_p(prior, model, z):
+    return (-0.5 * (z**2 + math.log(2 * math.pi))).sum(-1)  # N(0, I) by hand
+
+
+def _vampprior_log_p(prior, model, z):
+    mean, log_std = _raw(model.posterior.gaussian, model.encoder(prior.inputs()))  # q(z|u_k), diag
+    return _brute_mixture(z, mean, log_std)
+
+
+def _flow_log_p(prior, model, z):
+    """Change of variables with the Jacobian of z -> u from autograd."""
+    out = []
+    for v in z.reshape(-1, z.shape[-1]):
+        u = prior.to_base(v)[0]
+        jacobian = torch.autograd.functional.jacobian(lambda w: prior.to_base(w)[0], v)
+        logabsdet = torch.linalg.slogdet(jacobian)[1]
+        out.append(_standard_log_p(None, None, u) + logabsdet)
+    return torch.stack(out).view(z.shape[:-1])
+
+
+# per registered prior: its options in a small model and its log p(z) by an independent computation
+# (a name in PRIORS without an entry fails)
+CONTRACT = {
+    "standard": ({}, _standard_log_p),
+    "vampprior": ({"prior_components": 4}, _vampprior_log_p),
+    "flow": ({"prior_flow_steps": 2, "prior_flow_hidden": 8}, _flow_log_p),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRIORS))
+def test_every_registered_prior_meets_the_contract(name, tmp_path):
+    """Log-density against an independent computation (and its moments, if Gaussian), sampling
+    through the examples' streams, gradients to every parameter, save and load."""
+    assert name in CONTRACT, f"add {name} to CONTRACT"
+    options, reference = CONTRACT[name]
+    model = _model(prior=name, **options)
+    prior = model.prior
+    assert isinstance(prior, Prior) and prior.latent_dim == 3
+    with torch.no_grad():
+        for p in prior.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # away from the initial (often identity) map
+    z = torch.randn(2, 5, 3, dtype=torch.float64)
+    log_p = prior.log_prob(z, model)
+    assert log_p.shape == (2, 5) and log_p.dtype == torch.float64
+    torch.testing.assert_close(log_p, reference(prior, model, z), rtol=0, atol=1e-10)
+    moments = prior.moments(model)
+    if moments is not None:
+        gaussian = torch.distributions.MultivariateNormal(*moments)
+        torch.testing.assert_close(log_p, gaussian.log_prob(z), rtol=0, atol=1e-10)
+    with example_streams(ExampleStreams.seeded(0, range(5))):
+        first = model.sample_prior((2, 5))
+    with example_streams(ExampleStreams.seeded(0, range(5))):
+        again = model.sample_prior((2, 5))
+    assert first.shape == (2, 5, 3) and torch.isfinite(first).all() and torch.equal(first, again)
+    if any(True for _ in prior.parameters()):
+        prior.log_prob(z, model).sum().backward()
+    for key, p in prior.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and (p.grad != 0).any(), key
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    loaded = _model(prior=name, **options)
+    loaded.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    assert torch.equal(loaded.prior.log_prob(z, loaded), log_p.detach())
+
+
+def test_a_prior_takes_its_options_under_the_model_keys_names():
+    """The config's prior keys (PriorOptions) are the registry's options, each read by its prior."""
+    assert {k for r in PRIORS.values() for k in r.options} == set(PRIOR_OPTION_KEYS)
+    assert all(PRIOR_KEYS[k] == name for name, r in PRIORS.items() for k in r.options)
+    prior = build_prior("flow", 3, (1, 4, 4), prior_flow_steps=2, prior_components=9)  # not its option
+    assert len(prior.steps) == 2
+    assert build_prior("vampprior", 3, (1, 4, 4)).pseudo_inputs.shape[0] == PriorOptions.prior_components
 
 
 # ----------------------------------------------------------------------------- two layers

@@ -205,16 +205,23 @@ def test_nonfinite_updates_are_skipped_and_divergence_stops_cleanly(tmp_path, mo
         train(cfg, tmp_path / "nan", progress=False)
 
 
-def test_new_encoder_on_a_frozen_trained_decoder(tmp_path):
-    base = small_cfg("train.epochs=1")
+@pytest.mark.parametrize(
+    "model", [[], ["model.prior=flow", "model.prior_flow_hidden=8"], ["model.stochastic_layers=2"]],
+    ids=["standard", "flow-prior", "two-layer"],
+)
+def test_new_encoder_on_a_frozen_trained_decoder(tmp_path, model):
+    """The generative model (everything but the encoder and posterior: a learned prior, p(z1|z2)
+    too) is copied from the trained run and never updated (Cremer et al.'s protocol)."""
+    base = small_cfg("train.epochs=1", *model)
     train(base, tmp_path / "base", progress=False)
     trained = load_run(tmp_path / "base", "best").model
-    cfg = small_cfg("train.epochs=1", "train.freeze=decoder", f"train.init_from={tmp_path / 'base'}")
+    cfg = small_cfg("train.epochs=1", "train.freeze=decoder", f"train.init_from={tmp_path / 'base'}", *model)
     train(cfg, tmp_path / "new", progress=False)
     new = load_checkpoint(tmp_path / "new" / "checkpoint.pt")["model"]
     old = trained.state_dict()
+    assert any(key.startswith("prior.") for key in new) == bool(model)
     for key in new:
-        if key.startswith(("decoder.", "likelihood.")):
+        if not key.startswith(("encoder.", "posterior.")):
             assert torch.equal(new[key], old[key]), key  # loaded and never updated
         else:
             assert not torch.equal(new[key], old[key]), key  # a fresh encoder, trained

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -37,7 +38,8 @@ from .progress import progress_bar
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .groups import fit, is_group
+    from .group_training import fit
+    from .groups import is_group
     from .rundir import new_run_dir, prepare_run, summary_line
 
     group = bool(args.seeds) or bool(args.resume and is_group(args.resume))
@@ -95,7 +97,7 @@ def _dims(run_dir: Path) -> tuple[bool, int]:
 
 def _eval(args: argparse.Namespace) -> int:
     from . import distributed
-    from .compare import evaluate_run
+    from .evaluation import evaluate_run
     from .groups import evaluate_group, is_group, seed_mean_sd
 
     d = distributed.setup(torch.device(args.device))
@@ -287,18 +289,20 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _gaps(args: argparse.Namespace) -> int:
-    from .ais import AISOptions
-    from .gaps import GapSettings, markdown_table, run_gaps, write_report
+    from .gaps import LOG_P_ESTIMATORS, GapSettings, markdown_table, run_gaps, write_report
     from .local import LOCAL_FLOW_DEFAULTS, LocalOptions
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    samples = {k: v for k, v in {"iwae": args.samples, "ais": args.chains}.items() if v is not None}
+    records = {name: ESTIMATORS[name] for name in LOG_P_ESTIMATORS}
+    samples = {name: getattr(args, f"{name}_samples") for name in records}
+    options = {name: chosen(args, r.options, f"{name}_") for name, r in records.items() if r.options}
     flow_options = {k: getattr(args, k) for k in LOCAL_FLOW_DEFAULTS if getattr(args, k) is not None}
     settings = GapSettings(
-        estimator=args.estimator, samples=samples, options={"ais": chosen(args, AISOptions, "ais_")},
-        check=not args.no_check, elbo_samples=args.elbo_samples, local_flow=args.local_flow,
-        local=LocalOptions(**chosen(args, LocalOptions)), flow_options=flow_options,
+        estimator=args.estimator, samples={k: v for k, v in samples.items() if v is not None},
+        options={k: v for k, v in options.items() if v}, check=not args.no_check,
+        elbo_samples=args.elbo_samples, local_flow=args.local_flow,
+        local=LocalOptions(**chosen(args, LocalOptions, "local_")), flow_options=flow_options,
         batch_size=args.batch_size, seed=args.seed, drop_flagged=args.drop_flagged,
     )  # fmt: skip
     report = run_gaps(args.run_dir, args.split, args.n, settings, args.seed, args.checkpoint, args.device)
@@ -449,9 +453,12 @@ def _sample_parser(sub) -> None:
     s.set_defaults(fn=_sample)
 
 
+# gaps' names for estimator flags (the registry's loop makes --NAME-samples and --NAME-OPTION)
+GAPS_SAMPLES_ALIASES = {"iwae": ("--samples",)}
+GAPS_OPTION_NAMES = {"ais": {"leapfrog": "--leapfrog"}}
+
+
 def _gaps_parser(sub) -> None:
-    from .ais import AISOptions
-    from .estimators import IWAE_SAMPLES
     from .gaps import LOG_P_ESTIMATORS
     from .local import LOCAL_FLOW_DEFAULTS, LocalOptions
 
@@ -474,20 +481,25 @@ def _gaps_parser(sub) -> None:
     g.add_argument(
         "--no-check", action="store_true", help="skip the other estimator's paired check (default: run it)"
     )
-    g.add_argument("--samples", type=POSITIVE, help=f"K of the IWAE estimate (default: {IWAE_SAMPLES})")
-    g.add_argument(
-        "--chains",
-        type=POSITIVE,
-        help=f"AIS chains per example (default: {ESTIMATORS['ais'].default_samples})",
-    )
     g.add_argument(
         "--elbo-samples", type=POSITIVE, default=LocalOptions.eval_samples,
         help=f"draws of every ELBO estimate (default: {LocalOptions.eval_samples})",
     )  # fmt: skip
-    option_flags(g.add_argument_group("AIS"), AISOptions, prefix="ais-", names={"leapfrog": "--leapfrog"})
+    for name in LOG_P_ESTIMATORS:  # each estimate's samples and options, from the registry
+        record = ESTIMATORS[name]
+        group = g.add_argument_group(f"{name} (--estimator {name}, or its check)")
+        own = [record.samples_flag] if record.samples_flag else []
+        flags = [f"--{name}-samples", *GAPS_SAMPLES_ALIASES.get(name, ()), *own]
+        default = "the run's eval.samples" if record.run_samples else record.default_samples
+        group.add_argument(*flags, type=POSITIVE, dest=f"{name}_samples", metavar="N",
+                           help=f"{record.samples_are} (default: {default})")  # fmt: skip
+        if record.options is not None:
+            option_flags(group, record.options, prefix=f"{name}-", names=GAPS_OPTION_NAMES.get(name),
+                         default_text="the run's eval.{name}" if record.run_samples else "")  # fmt: skip
     local = g.add_argument_group("local optimisation")
-    option_flags(local, LocalOptions, defaults=True, skip=("eval_samples", "eval_chunk"),
-                 names={"samples": "--local-samples", "max_steps": "--steps-cap"})  # fmt: skip
+    names = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(LocalOptions)}
+    option_flags(local, LocalOptions, prefix="local-", defaults=True, skip=("eval_samples", "eval_chunk"),
+                 names=names | {"samples": "--local-samples", "max_steps": "--steps-cap"})  # fmt: skip
     for key, default in LOCAL_FLOW_DEFAULTS.items():
         flag = "--" + key.replace("_", "-")
         local.add_argument(

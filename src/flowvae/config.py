@@ -84,6 +84,21 @@ class FlowSize:
 FLOW_SIZE_KEYS = tuple(f.name for f in dataclasses.fields(FlowSize))
 
 
+@dataclass(frozen=True)
+class PriorOptions:
+    """The options of the flat model's priors, under the names every layer uses (the ``model.*``
+    keys, the prior classes' keyword options), their defaults, and (metadata) the prior that
+    reads each (:data:`PRIOR_KEYS`)."""
+
+    prior_components: int = field(default=500, metadata={"prior": "vampprior"})  # pseudo-inputs K
+    prior_flow_steps: int = field(default=4, metadata={"prior": "flow"})  # affine couplings
+    prior_flow_hidden: int = field(default=256, metadata={"prior": "flow"})  # units of each coupling's MLP
+    prior_flow_layers: int = field(default=1, metadata={"prior": "flow"})  # hidden layers of each MLP
+
+
+PRIOR_OPTION_KEYS = tuple(f.name for f in dataclasses.fields(PriorOptions))
+
+
 @dataclass
 class ModelConfig:
     type: ModelType = "flat"
@@ -113,10 +128,10 @@ class ModelConfig:
     aux_dim: int = FlowSize.aux_dim
     # prior p(z): flat FlatPrior (auto: standard), hierarchical HierarchicalPrior (auto: diag)
     prior: PriorName = "auto"
-    prior_components: int = 500  # vampprior: pseudo-inputs K
-    prior_flow_steps: int = 4  # flow prior: affine couplings
-    prior_flow_hidden: int = 256  # flow prior: hidden units of each coupling's MLP
-    prior_flow_layers: int = 1  # flow prior: hidden layers of each coupling's MLP
+    prior_components: int = PriorOptions.prior_components  # the priors' options (PriorOptions)
+    prior_flow_steps: int = PriorOptions.prior_flow_steps
+    prior_flow_hidden: int = PriorOptions.prior_flow_hidden
+    prior_flow_layers: int = PriorOptions.prior_flow_layers
     stochastic_layers: int = 1  # flat: 2 = Tomczak & Welling's HVAE, latent_dim units per layer
     # two layers: nets on concatenations (q(z1|x,z2) reads the encoder's h), or separate: a first
     # layer per input and a network of q(z1|x,z2) on x (their code's HVAE_2level); mlp nets only
@@ -165,7 +180,7 @@ class TrainConfig:
     amp: Amp = "auto"  # bf16 autocast of the training forward pass; auto: where the hardware has native bf16
     compile: bool = False  # torch.compile the training forward pass (for GPUs; off by default)
     threads: int = 0  # torch intra-op threads (0 = torch default)
-    freeze: Freeze = ""  # parameters left out of the optimizer
+    freeze: Freeze = ""  # left out of the optimizer; decoder: all but the encoder and posterior
     init_from: str = ""  # a run whose best weights initialise the model (with freeze: that part only)
 
 
@@ -345,9 +360,8 @@ MODEL_TYPE_KEYS: dict[str, set[str]] = {
     "flat": {
         "encoder", "decoder", "latent_dim", "hidden", "decoder_hidden", "batch_norm", "input_to_all",
         "dropout", "mlp_layer", "init", "log_var_bounds", "two_layer_inputs", "channels", "blocks",
-        "context_dim", "flow_steps", "flow_hidden", "flow_layers",
-        "num_householder", "num_ortho_vecs", "aux_dim", "prior_components", "prior_flow_steps",
-        "prior_flow_hidden", "prior_flow_layers", "stochastic_layers",
+        "context_dim", "flow_steps", "flow_hidden", "flow_layers", "num_householder", "num_ortho_vecs",
+        "aux_dim", *PRIOR_OPTION_KEYS, "stochastic_layers",
     },
     "hierarchical": {"depths", "n_h", "n_z", "depth_ar", "up_feedback", "ar_mask", "row_budget_mb"},
 }  # fmt: skip
@@ -359,10 +373,7 @@ PRIORS_BY_TYPE = {
     "hierarchical": ("auto", *typing.get_args(HierarchicalPrior)),
 }  # fmt: skip
 # keys of one prior only: given for another, they would be ignored
-PRIOR_KEYS = {
-    "prior_components": "vampprior", "prior_flow_steps": "flow", "prior_flow_hidden": "flow",
-    "prior_flow_layers": "flow",
-}  # fmt: skip
+PRIOR_KEYS = {f.name: f.metadata["prior"] for f in dataclasses.fields(PriorOptions)}
 
 
 def check_ignored(cfg: Config, given: list[str] | tuple[str, ...]) -> None:
@@ -416,6 +427,17 @@ def validate(cfg: Config, given: list[str] | tuple[str, ...] = ()) -> Config:
         )
     if m.type == "flat" and m.posterior != "diag" and m.flow_steps <= 0:
         raise ConfigError(f"model.flow_steps={m.flow_steps}: model.posterior={m.posterior} needs >= 1 step")
+    if m.prior == "vampprior" and (m.batch_norm or m.dropout > 0):
+        raise ConfigError(
+            "model.prior=vampprior runs its pseudo-inputs through the encoder, whose batch norm or "
+            "dropout would make the prior evaluated another than the one trained; use "
+            "model.batch_norm=false and model.dropout=0, or another model.prior"
+        )
+    if cfg.train.freeze == "decoder" and m.prior == "vampprior":
+        raise ConfigError(
+            "train.freeze=decoder keeps the generative model fixed, but model.prior=vampprior is the "
+            "encoder at its pseudo-inputs: a new encoder changes the prior; use another model.prior"
+        )
     if cfg.train.objective == "iwae" and cfg.train.kl_min > 0:
         raise ConfigError(
             f"train.kl_min={cfg.train.kl_min:g} (free bits) clamps a KL term that train.objective=iwae does "

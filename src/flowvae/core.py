@@ -4,8 +4,10 @@ Three things meet here, and everything above is written against them:
 
 - :class:`Posterior`: q(z|x) for a batch, as a reparametrised map of a standard-normal base,
   ``z, ladj = q.transform(eps)`` with ``log q(z|x) = log N(eps; 0, I) - ladj``.
-  :class:`FlowPosterior` is the one composition loop of every flow: a diagonal Gaussian
-  followed by conditional bijections (:class:`ConditionalBijection`).
+  :class:`FlowPosterior` is a diagonal Gaussian followed by conditional bijections
+  (:class:`ConditionalBijection`), composed by :func:`compose`, the one composition loop of
+  every flow (the flow prior's too).
+- :class:`Prior`: p(z) of the flat model, exact ``log_prob``, ``sample`` and ``moments``.
 - :class:`ElboTerms`: the per-sample terms a model's forward pass returns; its
   :func:`log_weight` is the one importance log-weight formula of the package.
 - :class:`LatentVariableModel`: what ELBO, IWAE, AIS, BDMC, local optimisation and training
@@ -42,6 +44,17 @@ class ConditionalBijection(Protocol):
     """One flow step: ``(z, context) -> (z', log|det dz'/dz|)``; z is (..., D), context (..., C)."""
 
     def __call__(self, z: Tensor, context: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
+def compose(
+    steps: Sequence[ConditionalBijection], z: Tensor, context: Tensor, ladj: Tensor
+) -> tuple[Tensor, Tensor]:
+    """z through ``steps`` in order, each step's log|det| added to ``ladj``: the one composition
+    loop of every flow (the context broadcasts against z)."""
+    for step in steps:
+        z, step_ladj = step(z, context)
+        ladj = ladj + step_ladj
+    return z, ladj
 
 
 class Posterior:
@@ -99,10 +112,7 @@ class FlowPosterior(Posterior):
     def transform(self, eps: Tensor) -> tuple[Tensor, Tensor]:
         z = self.mean + torch.exp(self.log_std) * eps
         ladj = self.log_std.sum(-1).expand(z.shape[:-1])
-        for step in self.steps:  # the context (B, C) broadcasts against z (*S, B, D)
-            z, step_ladj = step(z, self.context)
-            ladj = ladj + step_ladj
-        return z, ladj
+        return compose(self.steps, z, self.context, ladj)  # the context (B, C) broadcasts against z
 
 
 @dataclass
@@ -122,6 +132,35 @@ class ElboTerms:
     def kl(self) -> Tensor:
         """Single-sample estimate of KL(q(z|x) || p(z))."""
         return self.log_q - self.log_prior
+
+
+@runtime_checkable
+class Prior(Protocol):
+    """p(z) of the flat model over flat latents z (*S, B, D): what the model's ``log_prior`` and
+    ``sample_prior`` use (a :class:`~flowvae.priors.PriorRecord` names one for ``model.prior``).
+
+    ``model`` is the model the prior belongs to (a VampPrior's components are its encoder at
+    learned pseudo-inputs); priors that do not need it ignore it.
+    """
+
+    latent_dim: int
+
+    def log_prob(self, z: Tensor, model: Any = None) -> Tensor:
+        """Exact, normalised log p(z): (*S, B)."""
+        ...
+
+    def sample(
+        self, sample_shape: Sequence[int], model: Any = None, like: Tensor | None = None,
+        temperature: float = 1.0,
+    ) -> Tensor:  # fmt: skip
+        """z (*sample_shape, D), its std scaled by ``temperature``; every draw through
+        :mod:`flowvae.noise` (the last sample dim indexes examples)."""
+        ...
+
+    def moments(self, model: Any = None) -> tuple[Tensor, Tensor] | None:
+        """Mean (D,) and covariance (D, D) in float64 when p(z) is exactly Gaussian, else None
+        (the closed forms of :mod:`flowvae.linear_gaussian` need them)."""
+        ...
 
 
 def map_rows(
@@ -175,6 +214,6 @@ class LatentVariableModel(Protocol):
 
 
 __all__ = [
-    "ConditionalBijection", "ElboTerms", "FlowPosterior", "LatentVariableModel", "Posterior",
-    "log_weight", "map_rows",
+    "ConditionalBijection", "ElboTerms", "FlowPosterior", "LatentVariableModel", "Posterior", "Prior",
+    "compose", "log_weight", "map_rows",
 ]  # fmt: skip

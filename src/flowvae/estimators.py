@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -125,7 +126,8 @@ class EstimatorRecord:
 
     def __call__(self, model: nn.Module, x: Tensor, samples: int | None = None, **options) -> Tensor:
         """Per-example log p̂(x) (B,)."""
-        return self.estimate(model, x, samples or self.default_samples, **options)[0]
+        samples, settings = resolve_estimator(self.name, samples, options)
+        return self.estimate(model, x, samples, **settings)[0]
 
 
 def _without_diagnostics(fn: Callable[..., Tensor]) -> Callable[..., tuple[Tensor, dict[str, Tensor]]]:
@@ -149,6 +151,27 @@ def estimator_record(name: str) -> EstimatorRecord:
     if name not in ESTIMATORS:
         raise ValueError(f"unknown estimator {name!r}; available: {', '.join(ESTIMATORS)}")
     return ESTIMATORS[name]
+
+
+def resolve_estimator(
+    name: str, samples: int | None = None, options: dict[str, Any] | None = None,
+    eval_config: EvalConfig | None = None,
+) -> tuple[int, dict[str, Any]]:  # fmt: skip
+    """Estimator ``name``'s samples and full settings: each from what is given (``None``: not
+    given), else a run's ``eval_config`` (``eval.samples`` where the record takes the paper
+    protocol's K, ``run_samples``; an option from the ``eval.*`` key of its name), else the
+    estimator's default. The one rule by which ``flowvae eval``, ``compare``, ``gaps`` and
+    :func:`evaluate` pick K and the options; a one-line ``ValueError`` for a bad option."""
+    record = estimator_record(name)
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    if eval_config is not None:
+        for key in record.settings():
+            if key not in given and hasattr(eval_config, key):
+                given[key] = getattr(eval_config, key)
+    if not samples:
+        from_run = eval_config is not None and record.run_samples
+        samples = eval_config.samples if from_run else record.default_samples
+    return samples, record.settings(**given)
 
 
 @dataclass
@@ -240,8 +263,7 @@ def evaluate(
         True
     """
     record = estimator_record(estimator)
-    settings = record.settings(**options)
-    samples = samples or record.default_samples
+    samples, settings = resolve_estimator(estimator, samples, options)
     batches = data.split(batch_size) if isinstance(data, Tensor) else data
     d = dist or Dist()
     device = next(model.parameters()).device

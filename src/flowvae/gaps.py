@@ -34,6 +34,7 @@ References:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import time
@@ -44,8 +45,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import FLOW_SIZE_KEYS
-from .estimators import ESTIMATORS
+from .config import FLOW_SIZE_KEYS, EvalConfig
+from .estimators import ESTIMATORS, resolve_estimator
 from .local import LocalOptions, elbo_with_stderr, frozen_model, local_optimise
 from .noise import ExampleStreams, example_streams
 from .posteriors import POSTERIORS, posterior_record
@@ -59,6 +60,9 @@ SIGMAS = 3.0  # an ordering fails when violated by more than this many standard 
 OUTLIER_MADS = 20.0
 OUTLIER_FLOOR = 0.5
 SAME = "same"  # local_flow: q's own family and size
+# the streams of each local optimisation (its steps; the next purpose: its final estimate), apart
+# from the estimates' (purpose 0) and from each other's
+LOCAL_PURPOSES = {"ffg": 1, "flow": 3}
 
 DEFINITIONS = {
     "log_p": "log p̂(x): the likelihood estimate (settings.estimator)",
@@ -82,9 +86,10 @@ class GapSettings:
         check: also run the other of ais/iwae (:data:`CHECK_AGAINST`) and report the paired
             difference.
         samples: per estimator name, its ``samples`` (K for iwae, chains for ais); a name not
-            given takes the estimator's default.
+            given takes the run's (``eval.samples`` for iwae, :func:`run_gaps`), else the
+            estimator's default (:func:`~flowvae.estimators.resolve_estimator`).
         options: per estimator name, its options (fields of its options dataclass, e.g.
-            ``{"ais": {"steps": 200}}``); unset fields take their defaults.
+            ``{"ais": {"steps": 200}}``); unset fields as ``samples``.
         elbo_samples: draws of every ELBO (L[q], L[q*]); not the training k.
         local_flow: the family of q*_flow: ``same`` (q's own family and size; none for a
             ``diag`` q), a name in POSTERIORS, or ``none`` to skip it.
@@ -92,9 +97,10 @@ class GapSettings:
             :func:`flowvae.local.local_head`), over q's own with ``same``.
         local: the optimisation settings (lr, k, step cap, convergence check).
         batch_size: examples optimised together.
-        seed: the log p̂(x) and L[q] estimates draw from per-example streams seeded by ``seed``
-            and the example's index (the numbers ``flowvae eval`` gives those examples); the
-            local optimisation of batch i runs after ``torch.manual_seed(seed + i)``.
+        seed: every draw is the example's own, from its streams keyed by ``seed`` and its
+            index: the log p̂(x) and L[q] estimates the numbers ``flowvae eval`` gives those
+            examples (purpose 0), the local optimisations from streams of their own
+            (:data:`LOCAL_PURPOSES`), so no two seeds or batches share noise.
         drop_flagged: leave out flagged examples (non-finite or far outliers) instead of
             failing.
     """
@@ -130,9 +136,17 @@ class GapSettings:
         return [self.estimator, *([partner] if partner else [])]
 
     def request(self, name: str) -> tuple[int, dict[str, Any]]:
-        """``(samples, full settings)`` of estimator ``name``."""
-        record = ESTIMATORS[name]
-        return self.samples.get(name) or record.default_samples, record.settings(**self.options.get(name, {}))
+        """``(samples, full settings)`` of estimator ``name`` (:func:`resolve_estimator`)."""
+        return resolve_estimator(name, self.samples.get(name), self.options.get(name))
+
+    def resolved(self, eval_config: EvalConfig) -> GapSettings:
+        """These settings with each estimate's samples and options resolved against a run's
+        ``eval`` config, as ``flowvae eval`` resolves them: the same log p̂ for the same examples."""
+        requests = {name: resolve_estimator(name, self.samples.get(name), self.options.get(name), eval_config)
+                    for name in self.estimates()}  # fmt: skip
+        samples = {name: k for name, (k, _) in requests.items()}
+        options = {name: settings for name, (_, settings) in requests.items()}
+        return dataclasses.replace(self, samples=samples, options=options)
 
 
 @dataclass
@@ -224,11 +238,15 @@ def _batch_columns(
         cols = _log_p(model, x, s)
         cols["elbo_q"], cols["elbo_q_se"] = elbo_with_stderr(model, x, model.encode(x), s.elbo_samples)
     options = LocalOptions(**{**asdict(s.local), "eval_samples": s.elbo_samples})
-    ffg = local_optimise(model, x, "diag", options=options)
+    draws = {"seed": s.seed, "indices": index.tolist()}
+    ffg = local_optimise(model, x, "diag", options=options, purpose=LOCAL_PURPOSES["ffg"], **draws)
     cols.update(elbo_ffg_star=ffg.elbo, elbo_ffg_star_se=ffg.stderr, steps_ffg=ffg.steps.double())
     cols["converged_ffg"], cols["skipped_ffg"] = ffg.converged.double(), ffg.skipped.double()
     if flow != "none":
-        q_flow = local_optimise(model, x, flow, init=(ffg.mean, ffg.log_std), options=options, **flow_options)
+        q_flow = local_optimise(
+            model, x, flow, init=(ffg.mean, ffg.log_std), options=options, purpose=LOCAL_PURPOSES["flow"],
+            **draws, **flow_options,
+        )  # fmt: skip
         cols.update(elbo_flow_star=q_flow.elbo, elbo_flow_star_se=q_flow.stderr)
         cols["steps_flow"], cols["converged_flow"] = q_flow.steps.double(), q_flow.converged.double()
         cols["skipped_flow"] = q_flow.skipped.double()
@@ -404,8 +422,7 @@ def compute_gaps(
     index = indices if indices is not None else torch.arange(x.shape[0])
     parts = []
     batches = zip(x.split(s.batch_size), index.split(s.batch_size), strict=True)
-    for i, (batch, batch_index) in enumerate(batches):
-        torch.manual_seed(s.seed + i)
+    for batch, batch_index in batches:
         parts.append(_batch_columns(model, batch.to(device), batch_index, s, flow, flow_options))
     columns = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     q_star = "ffg" if _factorised(posterior) or flow == "none" else "flow"  # q's family
@@ -472,6 +489,7 @@ def run_gaps(
     data = load_data(cfg.data)
     x, indices, subset = evaluation_images(data, split, n, subset_seed)
     size = {k: getattr(cfg.model, k) for k in FLOW_SIZE_KEYS}
+    settings = (settings or GapSettings()).resolved(cfg.eval)
     return compute_gaps(
         model, x, cfg.model.posterior, settings, name=Path(run_dir).name, indices=indices, subset=subset,
         model_flow_options=size,
@@ -601,7 +619,7 @@ def write_report(report: GapReport, out_dir: str | Path) -> dict[str, Path]:
 
 
 __all__ = [
-    "DEFINITIONS", "GapReport", "GapSettings", "LOG_P_ESTIMATORS", "add_gaps", "check_ordering",
-    "compute_gaps", "flag_examples", "local_flow_family", "markdown_table", "plot_gaps", "run_gaps",
-    "write_csv", "write_report",
+    "DEFINITIONS", "GapReport", "GapSettings", "LOCAL_PURPOSES", "LOG_P_ESTIMATORS", "add_gaps",
+    "check_ordering", "compute_gaps", "flag_examples", "local_flow_family", "markdown_table", "plot_gaps",
+    "run_gaps", "write_csv", "write_report",
 ]  # fmt: skip

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from . import noise
+from .core import Prior
 from .likelihoods import Gaussian
 from .nets import LinearDecoder
 from .numerics import LOG_2PI
@@ -83,7 +84,7 @@ class GaussianPosterior:
 
 def _prior_moments(model: nn.Module) -> tuple[Tensor, Tensor] | None:
     prior = getattr(model, "prior", None)
-    return prior.moments(model) if hasattr(prior, "moments") else None
+    return prior.moments(model) if isinstance(prior, Prior) else None
 
 
 def _linear(model: nn.Module) -> bool:

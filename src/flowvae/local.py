@@ -44,8 +44,10 @@ number of windows, noise does not) the step size is multiplied by ``lr_decay``, 
 ``decays`` such reductions the example is converged and frozen, so its result does not depend on
 when the others converge. The parameters returned are those of the example's best window, not
 the last. The final L[q*] is a fresh Monte Carlo estimate with ``eval_samples`` draws (not the
-training k), from a seed drawn before the optimisation starts, so picking the best window does
-not bias it.
+training k), independent of the optimisation's draws, so picking the best window does not bias
+it. Every draw is the example's own (:mod:`flowvae.noise`): its streams keyed by the seed and its
+index, the optimisation's of one ``purpose`` and the final estimate's of the next, so neither
+depends on the other examples of the batch, nor on how long they take to converge.
 
 References:
     Cremer, Li & Duvenaud, Inference suboptimality in variational autoencoders,
@@ -66,6 +68,7 @@ from torch import Tensor, nn
 from .config import FLOW_SIZE_KEYS
 from .core import FlowPosterior, Posterior, log_weight
 from .flows import fix_iterations
+from .noise import ExampleStreams, example_streams
 from .posteriors import build_posterior
 
 # the flow of q*_flow unless told otherwise: small next to an amortized flow, since B copies of
@@ -451,12 +454,24 @@ def _masked_step(
     return before
 
 
+def seeded_head(posterior: str, latent_dim: int, seed: int, **flow_options) -> nn.Module:
+    """:func:`local_head` with initial weights from ``seed`` (the same for every batch of a
+    seed), built on the CPU; the caller's generators are untouched (CPU: restored; CUDA: unused)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed % 2**64)
+        return local_head(posterior, latent_dim, **flow_options)
+
+
 def local_optimise(
     model: nn.Module,
     x: Tensor,
     posterior: str = "diag",
     init: tuple[Tensor, Tensor] | None = None,
     options: LocalOptions | None = None,
+    *,
+    seed: int | None = None,
+    indices: Sequence[int] | None = None,
+    purpose: int = 1,
     **flow_options,
 ) -> LocalResult:
     """Fit a fresh posterior to every example of ``x`` by maximising its ELBO; the model is fixed.
@@ -471,6 +486,11 @@ def local_optimise(
             (:func:`amortized_start`). A flow's steps start near the identity,
             so a flow initialised at q*_FFG starts near L[q*_FFG].
         options: optimisation settings (:class:`LocalOptions`).
+        seed, indices, purpose: example b draws from its streams keyed by ``seed`` and
+            ``indices[b]`` (:meth:`~flowvae.noise.ExampleStreams.seeded`), of ``purpose`` while
+            optimising and of ``purpose + 1`` for the final estimate (the estimates of
+            :func:`flowvae.estimators.evaluate` use purpose 0). Default: a seed drawn from torch's
+            global generator, indices 0 .. B-1.
         flow_options: the flow's size (see :func:`local_head`).
 
     Returns:
@@ -488,9 +508,11 @@ def local_optimise(
     start = time.perf_counter()
     like = next(model.parameters())
     x = x.to(like.device)
-    eval_seed = int(torch.randint(2**62, (), dtype=torch.long))
-    with frozen_model(model):
-        local = LocalPosterior(local_head(posterior, model.latent_dim, **flow_options), x.shape[0], like)
+    seed = int(torch.randint(2**62, (), dtype=torch.long)) if seed is None else seed
+    indices = range(x.shape[0]) if indices is None else indices
+    with frozen_model(model), example_streams(ExampleStreams.seeded(seed, indices, purpose)):
+        head = seeded_head(posterior, model.latent_dim, seed, **flow_options)
+        local = LocalPosterior(head, x.shape[0], like)
         if local.has_gaussian:
             local.set_gaussian(*(init if init is not None else amortized_start(model, x, options.samples)))
         trainable = local.trainable()
@@ -511,8 +533,7 @@ def local_optimise(
                 for p, kept in zip(trainable, progress.best_params, strict=True):
                     p.copy_(kept)
         # the final estimate's draws do not depend on how long any example took to converge
-        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-            torch.manual_seed(eval_seed)
+        with example_streams(ExampleStreams.seeded(seed, indices, purpose + 1)):
             elbo, stderr = elbo_with_stderr(model, x, local, options.eval_samples, options.eval_chunk)
     active, steps, skipped = progress.active, progress.steps, progress.skipped
     return LocalResult(
@@ -524,5 +545,5 @@ def local_optimise(
 __all__ = [
     "LOCAL_FLOW_DEFAULTS", "LocalOptions", "LocalPosterior", "LocalResult", "amortized_gaussian",
     "amortized_start", "elbo_with_stderr", "frozen_model", "local_head", "local_optimise", "log_weights",
-    "starting_gaussian",
+    "seeded_head", "starting_gaussian",
 ]  # fmt: skip

@@ -14,7 +14,7 @@ from dataclasses import fields
 
 from torch import nn
 
-from .config import FLOW_SIZE_KEYS, ModelConfig
+from .config import FLOW_SIZE_KEYS, PRIOR_OPTION_KEYS, ModelConfig
 from .hierarchical import HierarchicalSpec, HierarchicalVAE
 from .layers import he_init_
 from .likelihoods import build_likelihood
@@ -51,10 +51,8 @@ def build_flat(cfg: ModelConfig, shape: Shape, binary: bool) -> VAE:
     decoder = build_decoder(
         cfg.decoder, shape, likelihood.params, layers * d, hidden=decoder_hidden, **net, **split
     )
-    prior = build_prior(
-        "standard" if cfg.prior == "auto" else cfg.prior, d, shape, cfg.prior_components,
-        cfg.prior_flow_steps, cfg.prior_flow_hidden, cfg.prior_flow_layers,
-    )  # fmt: skip
+    prior = build_prior("standard" if cfg.prior == "auto" else cfg.prior, d, shape,
+                        **{key: getattr(cfg, key) for key in PRIOR_OPTION_KEYS})  # fmt: skip
     if layers == 2:  # Tomczak & Welling's HVAE: q(z2|x) q(z1|x, z2), p(z2) p(z1|z2)
         pixels = math.prod(shape) if separate else 0
         features = encoder.out_features

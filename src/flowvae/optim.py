@@ -169,7 +169,9 @@ def training_loss(
     return -terms.log_likelihood.mean() + beta * kl
 
 
-FREEZE = {"decoder": ("decoder.", "likelihood."), "encoder": ("encoder.", "posterior.")}
+# decoder: the generative model, everything but the encoder and posterior (the prior too: a
+# learned prior, the two-layer model's p(z1|z2)); encoder: the inference model
+FREEZE = {"decoder": ("decoder.", "likelihood.", "prior."), "encoder": ("encoder.", "posterior.")}
 
 
 def freeze(model: nn.Module, part: str) -> None:

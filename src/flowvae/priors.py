@@ -1,33 +1,38 @@
 """Priors p(z) of the flat VAE: the standard normal, the VampPrior and a normalizing-flow prior.
 
-A prior is a module with
+A prior satisfies :class:`flowvae.core.Prior`:
 
     prior.log_prob(z, model) -> (*S, B)       exact log p(z) for z (*S, B, D)
     prior.sample(sample_shape, model, like, temperature) -> (*sample_shape, D)
+    prior.moments(model) -> (mean (D,), covariance (D, D)) in float64, or None
 
 ``model`` is the VAE the prior belongs to: the VampPrior's components are that model's encoder
 at learned pseudo-inputs (``model.encoder`` and ``model.posterior.base_gaussian``); the other
 priors ignore it. Every estimator reaches a prior only through the model's ``log_prior`` and
 ``sample_prior``, so ELBO, IWAE, AIS, BDMC and local optimisation work with each of them; no
 code path uses a closed-form KL: the reported KL is the Monte Carlo log q(z|x) - log p(z)
-(:attr:`~flowvae.core.ElboTerms.kl`).
+(:attr:`~flowvae.core.ElboTerms.kl`). ``moments`` is not None when the prior is exactly
+Gaussian (standard normal, a one-component VampPrior): what the closed forms of
+:mod:`flowvae.linear_gaussian` need.
 
-``moments(model)`` returns the prior's mean (D,) and covariance (D, D) in float64 when the
-prior is exactly Gaussian (standard normal, a one-component VampPrior), else ``None``: what the
-closed forms of :mod:`flowvae.linear_gaussian` need. :data:`PRIORS` names the priors of
-``model.prior`` for the flat model.
+Every prior class is built as ``cls(latent, shape, **options)``, its options (``options``) the
+:class:`~flowvae.config.PriorOptions` of the same ``model.*`` names and defaults.
+:data:`PRIORS` names the priors of ``model.prior`` for the flat model.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import noise
+from .config import PriorOptions
+from .core import compose
 from .flows import AffineCoupling, alternating_mask
 from .numerics import log_gaussian_mixture, log_standard_normal
 
@@ -50,7 +55,9 @@ def _like(model: nn.Module | None, like: Tensor | None) -> Tensor:
 class StandardNormal(nn.Module):
     """``standard``: p(z) = N(0, I), the flat VAE's prior of Kingma & Welling (2014)."""
 
-    def __init__(self, latent: int):
+    options: tuple[str, ...] = ()
+
+    def __init__(self, latent: int, shape: Sequence[int] = ()):
         super().__init__()
         self.latent_dim = latent
 
@@ -83,16 +90,20 @@ class VampPrior(nn.Module):
     are those of the top layer.
 
     Arguments:
-        shape: the image shape (C, H, W) of the pseudo-inputs.
-        components: K.
         latent: D, the size of z (of the top layer).
+        shape: the image shape (C, H, W) of the pseudo-inputs.
+        prior_components: K.
     """
 
-    def __init__(self, shape: Sequence[int], components: int, latent: int):
+    options = ("prior_components",)
+
+    def __init__(
+        self, latent: int, shape: Sequence[int], prior_components: int = PriorOptions.prior_components
+    ):
         super().__init__()
         self.shape, self.latent_dim = tuple(shape), latent
         self.pseudo_inputs = nn.Parameter(
-            torch.empty(components, math.prod(self.shape)).normal_(PSEUDO_INPUT_MEAN, PSEUDO_INPUT_STD)
+            torch.empty(prior_components, math.prod(self.shape)).normal_(PSEUDO_INPUT_MEAN, PSEUDO_INPUT_STD)
         )
 
     def inputs(self) -> Tensor:
@@ -140,25 +151,29 @@ class FlowPrior(StandardNormal):
 
     Arguments:
         latent: D.
-        steps: couplings.
-        hidden, layers: width and hidden layers of each coupling's MLP.
+        shape: the images' (unused).
+        prior_flow_steps: couplings.
+        prior_flow_hidden, prior_flow_layers: width and hidden layers of each coupling's MLP.
     """
 
-    def __init__(self, latent: int, steps: int = 4, hidden: int = 256, layers: int = 1):
+    options = ("prior_flow_steps", "prior_flow_hidden", "prior_flow_layers")
+
+    def __init__(
+        self, latent: int, shape: Sequence[int] = (), prior_flow_steps: int = PriorOptions.prior_flow_steps,
+        prior_flow_hidden: int = PriorOptions.prior_flow_hidden,
+        prior_flow_layers: int = PriorOptions.prior_flow_layers,
+    ):  # fmt: skip
         super().__init__(latent)
         self.steps = nn.ModuleList(
-            AffineCoupling(latent, 0, alternating_mask(latent, k), hidden_features=hidden, num_layers=layers)
-            for k in range(steps)
+            AffineCoupling(latent, 0, alternating_mask(latent, k), hidden_features=prior_flow_hidden,
+                           num_layers=prior_flow_layers)  # fmt: skip
+            for k in range(prior_flow_steps)
         )
 
     def to_base(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """u = f(z) and log|det du/dz|: (..., D) and (...)."""
-        context = z.new_zeros(0)  # unconditional: an empty context broadcasts against z
-        ladj = z.new_zeros(z.shape[:-1])
-        for step in self.steps:
-            z, step_ladj = step(z, context)
-            ladj = ladj + step_ladj
-        return z, ladj
+        # unconditional: an empty context broadcasts against z
+        return compose(self.steps, z, z.new_zeros(0), z.new_zeros(z.shape[:-1]))
 
     def log_prob(self, z: Tensor, model: nn.Module | None = None) -> Tensor:
         u, ladj = self.to_base(z)
@@ -180,21 +195,44 @@ class FlowPrior(StandardNormal):
         return None
 
 
-PRIORS = ("standard", "vampprior", "flow")  # the flat model's model.prior values
+@dataclass(frozen=True)
+class PriorRecord:
+    """A named prior of the flat model.
+
+    Attributes:
+        name: its ``model.prior`` value.
+        prior: the class, built as ``prior(latent, shape, **options)``; its ``options`` are a
+            subset of :data:`~flowvae.config.PRIOR_OPTION_KEYS`, the ``model.*`` keys of the
+            same names.
+    """
+
+    name: str
+    prior: type[nn.Module]
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        return self.prior.options
+
+    def build(self, latent: int, shape: Sequence[int], **options) -> nn.Module:
+        return self.prior(latent, tuple(shape), **{k: v for k, v in options.items() if k in self.options})
 
 
-def build_prior(
-    name: str, latent: int, shape: Sequence[int], components: int = 500, steps: int = 4,
-    hidden: int = 256, layers: int = 1,
-) -> nn.Module:  # fmt: skip
-    """The prior ``name`` over D = ``latent`` dimensions (``shape``: the images, for pseudo-inputs)."""
-    if name == "standard":
-        return StandardNormal(latent)
-    if name == "vampprior":
-        return VampPrior(shape, components, latent)
-    if name == "flow":
-        return FlowPrior(latent, steps, hidden, layers)
-    raise ValueError(f"unknown prior {name!r}; available: {', '.join(PRIORS)}")
+PRIORS: dict[str, PriorRecord] = {
+    r.name: r
+    for r in [
+        PriorRecord("standard", StandardNormal),
+        PriorRecord("vampprior", VampPrior),
+        PriorRecord("flow", FlowPrior),
+    ]
+}
 
 
-__all__ = ["PRIORS", "FlowPrior", "StandardNormal", "VampPrior", "build_prior"]
+def build_prior(name: str, latent: int, shape: Sequence[int], **options) -> nn.Module:
+    """The prior ``name`` over D = ``latent`` dimensions (``shape``: the images, for
+    pseudo-inputs); options it does not take are ignored."""
+    if name not in PRIORS:
+        raise ValueError(f"unknown prior {name!r}; available: {', '.join(PRIORS)}")
+    return PRIORS[name].build(latent, shape, **options)
+
+
+__all__ = ["PRIORS", "FlowPrior", "PriorRecord", "StandardNormal", "VampPrior", "build_prior"]
