@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import FLOW_SIZE_KEYS
+from .config import EVAL_SEED, FLOW_SIZE_KEYS
 from .estimators import ESTIMATORS
 from .local import LocalOptions, elbo_with_stderr, frozen_model, local_optimise
 from .noise import ExampleStreams, example_streams
@@ -108,7 +108,7 @@ class GapSettings:
     flow_options: dict[str, Any] = field(default_factory=dict)
     local: LocalOptions = field(default_factory=LocalOptions)
     batch_size: int = 100
-    seed: int = 1234
+    seed: int = EVAL_SEED
     drop_flagged: bool = False
 
     def __post_init__(self) -> None:
@@ -458,7 +458,7 @@ def run_gaps(
     split: str = "test",
     n: int = 100,
     settings: GapSettings | None = None,
-    subset_seed: int = 1234,
+    subset_seed: int = EVAL_SEED,
     checkpoint: str = "best",
     device: str = "cpu",
 ) -> GapReport:
