@@ -38,7 +38,7 @@ from .progress import progress_bar
 
 def _train(args: argparse.Namespace) -> int:
     from .groups import fit, is_group
-    from .rundir import new_run_dir, prepare_run, summary_line
+    from .rundir import new_run_dir, prepare_run, schedule_warning, summary_line
 
     group = bool(args.seeds) or bool(args.resume and is_group(args.resume))
     if args.resume:
@@ -74,8 +74,12 @@ def _train(args: argparse.Namespace) -> int:
                 folder.rmdir()
     if int(os.environ.get("RANK", "0")) == 0:
         for name, member in state.items() if isinstance(state, dict) else [("", state)]:
-            folder = run_dir / name if name else run_dir
-            print(f"{name + ': ' if name else ''}{summary_line(member, folder, *_dims(folder))}")
+            folder, prefix = run_dir / name if name else run_dir, f"{name}: " if name else ""
+            binary, dims, member_cfg = _ended(folder)
+            print(f"{prefix}{summary_line(member, folder, binary, dims)}")
+            warning = schedule_warning(member, member_cfg.train)
+            if warning:
+                print(f"flowvae: warning: {prefix}{warning}", file=sys.stderr)
     return 0
 
 
@@ -86,11 +90,13 @@ def default_run_name(preset_name: str, cfg: Config) -> str:
     return "-".join(parts)
 
 
-def _dims(run_dir: Path) -> tuple[bool, int]:
+def _ended(run_dir: Path) -> tuple[bool, int, Config]:
+    """What the line after training needs of a run's last checkpoint: binary, pixels, config."""
     from .checkpoint import load_checkpoint
+    from .config import from_dict
 
     ckpt = load_checkpoint(run_dir / "checkpoint.pt")
-    return ckpt["binary"], math.prod(ckpt["image_shape"])
+    return ckpt["binary"], math.prod(ckpt["image_shape"]), from_dict(ckpt["config"])
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -352,8 +358,8 @@ def _train_parser(sub) -> None:
     t.add_argument(
         "--resume", metavar="RUN_DIR", type=run_dir,
         help="continue the run in RUN_DIR exactly where it stopped (a group of --seeds: every unfinished "
-        "member; default: start a new run); budgets (train.max_minutes, train.max_steps) count from this "
-        "invocation",
+        "member; default: start a new run); after Ctrl-C it keeps what was left of the budgets "
+        "(train.max_minutes, train.max_steps), after a budget stop it has none; a budget given replaces them",
     )  # fmt: skip
     t.add_argument(
         "--overwrite",
