@@ -615,3 +615,32 @@ def test_a_run_stopped_before_its_warmup_or_decay_ended_says_so(tmp_path):
     assert schedule_warning(train(small_cfg(), tmp_path / "whole", progress=False), cfg.train) == ""
     out = run_cli("train", "--run-dir", str(tmp_path / "cli"), "--no-progress", *SMALL, "train.max_steps=17")
     assert "warning: training stopped (max_steps=17) at step 17 before the end of its KL" in out.stderr
+
+
+def test_every_result_names_the_weights_it_scored_and_an_unfinished_run(tmp_path, monkeypatch):
+    """`flowvae eval` of a run still training scored its epoch-1 best.pt and said nothing: eval and
+    gaps name the checkpoint's epoch and step, and warn while the run has not ended."""
+    import json
+
+    from conftest import run_cli
+
+    run = tmp_path / "r"
+    train(small_cfg("train.max_steps=17"), run, progress=False)  # a budget stop: the run has ended
+    out = run_cli("eval", str(run), "--samples", "5", "--json", "--no-cache", "--no-progress")
+    trained = json.loads(out.stdout)["trained"]
+    assert trained["file"] == "best.pt" and trained["step"] in (13, 17) and trained["unfinished"] is None
+    assert "warning" not in out.stderr.replace("k̂", "")  # only the k̂ warning, if any
+    latest = run_cli("eval", str(run), "--samples", "5", "--checkpoint", "latest", "--no-progress")
+    assert "weights: checkpoint.pt of epoch 1.308 (step 17)" in latest.stdout
+
+    ckpt = load_checkpoint(run / "checkpoint.pt")  # as a run still training (or killed) leaves it
+    ckpt["state"]["stopped"] = ""
+    torch.save(ckpt, run / "checkpoint.pt")
+    out = run_cli("eval", str(run), "--samples", "5", "--no-progress")
+    assert "unfinished: no end recorded at step 17, epoch 1 of 3 (still training, or killed)" in out.stderr
+    assert "weights: best.pt of epoch" in out.stdout
+    gaps = run_cli("gaps", str(run), "--n", "4", "--estimator", "iwae", "--samples", "5", "--no-check",
+                   "--local-flow", "none", "--steps-cap", "20", "--elbo-samples", "10", "--json")  # fmt: skip
+    report = json.loads(gaps.stdout)
+    assert report["trained"]["unfinished"].startswith("no end recorded")
+    assert report["warnings"][0].startswith("scored best.pt of epoch")

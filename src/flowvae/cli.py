@@ -126,10 +126,11 @@ def _eval(args: argparse.Namespace) -> int:
     if not d.is_main:
         return 0
     if not isinstance(scored, dict):
-        out, lines = _eval_report(args, scored)
+        out, lines = _eval_report(args, scored, Path(args.run_dir))
         print(json.dumps(out) if args.json else "\n".join(lines))
         return 0
-    reports = {name: _eval_report(args, member, f"{name}: ") for name, member in scored.items()}
+    reports = {name: _eval_report(args, member, Path(args.run_dir) / name, f"{name}: ")
+               for name, member in scored.items()}  # fmt: skip
     values = [member.estimate.nll for member in scored.values()]
     mean, sd = seed_mean_sd(values)
     if args.json:
@@ -143,26 +144,31 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_report(args: argparse.Namespace, scored, prefix: str = "") -> tuple[dict, list[str]]:
-    """One run's evaluation: its JSON object and its sentence (and diagnostics) as lines;
-    warnings go to stderr, named by ``prefix``."""
+def _eval_report(args: argparse.Namespace, scored, folder: Path, prefix: str = "") -> tuple[dict, list[str]]:
+    """One run's evaluation: its JSON object and its sentence (and diagnostics) as lines, naming
+    the checkpoint's epoch and step; warnings (an unfinished run too) go to stderr, named by ``prefix``."""
+    from .checkpoint import trained_to
+
     result, subset = scored.estimate, scored.examples.description
+    trained = trained_to(folder, scored.run, args.checkpoint)
     if not math.isfinite(result.nll):
         raise ValueError(
             f"{prefix}{args.estimator} on {args.split}: -log p(x) is {result.nll} (not finite): the model in "
             f"{args.run_dir} gives non-finite likelihoods"
         )
-    for warning in result.warnings:
+    unfinished = [f"scored {trained.describe()}"] if trained.unfinished else []
+    for warning in [*unfinished, *result.warnings]:
         print(f"flowvae: warning: {prefix}{warning}", file=sys.stderr)
-    out = {**result.to_json(), "checkpoint": args.checkpoint, "data": scored.run.config.data.name,
-           "subset": subset, "cached": scored.cached}  # fmt: skip
+    out = {**result.to_json(), "checkpoint": args.checkpoint, "trained": trained.to_json(),
+           "data": scored.run.config.data.name, "subset": subset, "cached": scored.cached}  # fmt: skip
     binary = scored.run.checkpoint["binary"]  # binary images are reported in nats only
     out["likelihood"] = likelihood_name(scored.run.config.model.likelihood, binary)  # numbers differ by it
     unit = "" if result.bits_per_dim is None or binary else f" = {result.bits_per_dim:.4f} bits/dim"
     lines = [
         f"{prefix}{args.estimator} (K={result.samples}) on {subset}: -log p(x) = {result.nll:.3f} ± "
         f"{result.stderr:.3f} nats{unit} ({out['likelihood']} likelihood; {result.seconds:.1f} s"
-        f"{', cached' if scored.cached else ''})"
+        f"{', cached' if scored.cached else ''})",
+        f"  weights: {trained.describe()}",
     ]
     for name, v in result.diagnostics.items():
         values = f"median {v['median']:.3g}, min {v['min']:.3g}, max {v['max']:.3g}"
