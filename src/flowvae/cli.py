@@ -62,12 +62,13 @@ def _train(args: argparse.Namespace) -> int:
     created: list[Path] = []  # claimed atomically now, removed again if the run never starts
     if run_dir is None:
         created += [] if Path("runs").exists() else [Path("runs")]
-        run_dir = new_run_dir(Path("runs"), default_run_name(name, cfg))
+        run_dir = new_run_dir(Path("runs"), default_run_name(name, cfg, args.seeds))
         created.insert(0, run_dir)
     try:
         state = fit(
             cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
             overwrite=args.overwrite, overrides=args.overrides, seeds=args.seeds,
+            origin=None if args.resume else _origin(name, args.config),
         )  # fmt: skip
     finally:
         for folder in created:
@@ -84,11 +85,23 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def default_run_name(preset_name: str, cfg: Config) -> str:
-    """``PRESET-DATA-POSTERIOR`` without repeats: ``digits-iaf``, ``mnist-mlp-binarized_mnist-diag``."""
+def default_run_name(preset_name: str, cfg: Config, seeds: int | None = None) -> str:
+    """``PRESET-DATA-POSTERIOR`` without repeats: ``digits-iaf``, ``mnist-mlp-binarized_mnist-diag``;
+    a group of seeds says so: ``digits-iaf-3seeds``."""
     model = cfg.model.posterior if cfg.model.type == "flat" else cfg.model.type
     parts = [preset_name] + [p for p in (cfg.data.name, model) if p not in preset_name.split("-")]
-    return "-".join(parts)
+    return "-".join(parts + ([f"{seeds}seeds"] if seeds else []))
+
+
+def _origin(preset_name: str, config_file: str | None) -> dict[str, str]:
+    """Where a new run's config came from: the preset, the ``--config`` file and its SHA-256."""
+    import hashlib
+
+    origin = {"preset": preset_name}
+    if config_file:
+        digest = hashlib.sha256(Path(config_file).read_bytes()).hexdigest()
+        origin.update(config_file=str(config_file), config_sha256=digest)
+    return origin
 
 
 def _ended(run_dir: Path) -> tuple[bool, int, Config]:

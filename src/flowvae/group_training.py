@@ -24,7 +24,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class _Job:
     resume: bool
     overwrite: bool
     overrides: list[str]
+    origin: dict[str, str] = field(default_factory=dict)  # a new member's preset and config file
 
 
 def cores() -> int:
@@ -66,6 +67,7 @@ def fit(
     *,
     seeds: int | None = None,
     workers: int | None = None,
+    origin: dict[str, str] | None = None,
 ) -> TrainState | dict[str, TrainState]:
     """Train (or resume) a run, as ``flowvae train``; with ``seeds=N``, or resuming a group, a group.
 
@@ -73,13 +75,15 @@ def fit(
     ``resume=True`` on a folder holding ``group.json``, ``cfg`` then unused): N members in
     ``run_dir/seed-i`` trained ``workers`` at a time (default: all N at once); returns
     each member's final state by member name. A member that fails raises (after the others end)
-    the error of the first one, its message naming the member.
+    the error of the first one, its message naming the member. ``origin`` (``{"preset": NAME,
+    "config_file": PATH, "config_sha256": ...}``): where a new run's config came from, recorded
+    in its ``config.yaml``, ``invocations.jsonl`` and (a group) ``group.json``.
     """
     if seeds is None and not (resume and is_group(run_dir)):
         if cfg is None:
             raise ConfigError("fit needs a config (or resume=True)")
-        return train(cfg, run_dir, resume, progress, overwrite, overrides)
-    return train_group(cfg, run_dir, seeds, resume, progress, overwrite, overrides, workers)
+        return train(cfg, run_dir, resume, progress, overwrite, overrides, origin)
+    return train_group(cfg, run_dir, seeds, resume, progress, overwrite, overrides, workers, origin)
 
 
 def train_group(
@@ -91,6 +95,7 @@ def train_group(
     overwrite: bool = False,
     overrides: list[str] | None = None,
     workers: int | None = None,
+    origin: dict[str, str] | None = None,
 ) -> dict[str, TrainState]:
     """Train or resume the members of a group (see :func:`fit`)."""
     group_dir, overrides = Path(group_dir), list(overrides or [])
@@ -122,20 +127,22 @@ def train_group(
                         raise ConfigError(f"cannot change {parse_override(text)[0]} when resuming; allowed: "
                                           f"{', '.join(sorted(RESUMABLE_OVERRIDES))}")  # fmt: skip
                 apply_overrides(fresh, overrides)
-                jobs.append(_Job(name, member, fresh, False, True, [*group.overrides, *overrides]))
+                given = [*group.overrides, *overrides]
+                jobs.append(_Job(name, member, fresh, False, True, given, group.origin))
     else:
         if cfg is None or seeds is None or seeds < 1:
             raise ConfigError(f"a new group needs a config and seeds >= 1 (got {seeds})")
         check_new_group(group_dir, seeds, overwrite)
         base = cfg.train.seed
         group = Group([f"seed-{i}" for i in range(seeds)], [base + i for i in range(seeds)], cfg.to_dict(),
-                      overrides)  # fmt: skip
+                      overrides, dict(origin or {}))  # fmt: skip
         group_dir.mkdir(parents=True, exist_ok=True)
         tmp = group_dir / f".{GROUP_FILE}.tmp"
         tmp.write_text(json.dumps(asdict(group), indent=1) + "\n")
         tmp.replace(group_dir / GROUP_FILE)
         jobs = [
-            _Job(name, group_dir / name, member_config(group.config, seed), False, overwrite, overrides)
+            _Job(name, group_dir / name, member_config(group.config, seed), False, overwrite, overrides,
+                 group.origin)  # fmt: skip
             for name, seed in zip(group.members, group.seeds, strict=True)
         ]
     try:
@@ -237,7 +244,7 @@ def _start(ctx: Any, job: _Job, threads: int) -> tuple[Any, Any]:
     receive, send = ctx.Pipe(duplex=False)
     debug = bool(os.environ.get("FLOWVAE_DEBUG"))
     args = (send, job.cfg.to_dict(), str(job.run_dir), job.resume, job.overwrite, job.overrides, threads,
-            os.getpid(), debug)  # fmt: skip
+            os.getpid(), debug, job.origin)  # fmt: skip
     process = ctx.Process(target=_member_main, name=f"flowvae-{job.name}", args=args)
     process.start()
     send.close()
@@ -288,7 +295,7 @@ def _watch_parent(parent: int) -> None:
 
 def _member_main(
     send: Any, cfg: dict[str, Any], run_dir: str, resume: bool, overwrite: bool, overrides: list[str],
-    threads: int, parent: int, debug: bool,
+    threads: int, parent: int, debug: bool, origin: dict[str, str],
 ) -> None:  # fmt: skip
     """One member, in its own process: trains, then sends ("done",), ("interrupted", text) or
     ("error", type name, one-line message)."""
@@ -297,8 +304,9 @@ def _member_main(
     torch.set_num_threads(threads)
     try:
         train(
-            from_dict(cfg), run_dir, resume=resume, progress=False, overwrite=overwrite, overrides=overrides
-        )
+            from_dict(cfg), run_dir, resume=resume, progress=False, overwrite=overwrite, overrides=overrides,
+            origin=origin,
+        )  # fmt: skip
         message: tuple = ("done",)
     except Interrupted as e:
         message = ("interrupted", str(e))

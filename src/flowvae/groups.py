@@ -61,12 +61,14 @@ GROUP_VERSION = 1
 @dataclass
 class Group:
     """What ``group.json`` holds: member folders (relative to the group), their ``train.seed``,
-    the config every member starts from (with the first seed) and the overrides given."""
+    the config every member starts from (with the first seed), the overrides given, and the
+    preset and config file that config came from (``origin``)."""
 
     members: list[str]
     seeds: list[int]
     config: dict[str, Any]
     overrides: list[str] = field(default_factory=list)
+    origin: dict[str, str] = field(default_factory=dict)
     version: int = GROUP_VERSION
 
 
