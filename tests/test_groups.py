@@ -196,3 +196,46 @@ def test_ctrl_c_stops_every_member_with_a_checkpoint(tmp_path):
     for m in ("seed-0", "seed-1"):  # each wrote a checkpoint when stopped, and stopped early
         assert (group / m / "checkpoint.pt").stat().st_mtime >= signalled
         assert 1 <= _state(group / m)["epoch"] < 1000
+
+
+def test_welch_df_and_the_t_interval_against_hand_computations():
+    from flowvae.groups import t_quantile, welch_df, welch_interval
+
+    base, other = [80.0, 81.0, 82.5], [79.0, 79.5, 80.5, 81.0]
+    a, b = statistics.variance(other) / 4, statistics.variance(base) / 3
+    df = (a + b) ** 2 / (a**2 / 3 + b**2 / 2)  # Welch–Satterthwaite
+    assert welch_df(base, other) == pytest.approx(df, rel=1e-12) and 2 < df < 5
+    table = [(0.975, 1, 12.706205), (0.975, 2, 4.302653), (0.975, 10, 2.228139), (0.95, 30, 1.697261)]
+    for p, nu, t in table:
+        assert t_quantile(p, nu) == pytest.approx(t, abs=2e-5)  # Student's t tables
+    assert 3.4 < t_quantile(0.975, 2.6) < 3.6  # issue 31: ~3.5 at the df of 3 seeds a side
+    got_df, low, high = welch_interval(base, other)
+    diff, se = difference_across_seeds(base, other)
+    assert got_df == pytest.approx(df) and (low + high) / 2 == pytest.approx(diff)
+    assert (high - low) / 2 == pytest.approx(t_quantile(0.975, df) * se, rel=1e-9)
+    assert welch_interval([81.0], other) is None and welch_df(base, [80.0]) is None
+
+
+def test_the_group_table_files_carry_the_footnote_df_and_interval(groups, tmp_path):
+    root, _, _ = groups
+    out = tmp_path / "cmp"
+    run_cli("compare", str(root / "diag"), str(root / "iaf"), "--samples", "5", "--limit", "20",
+            "--no-progress", "--out", str(out))  # fmt: skip
+    result = json.loads((out / "comparison.json").read_text())
+    iaf = result["groups"][1]
+    assert iaf["diff_df"] == pytest.approx(welch_df_of(iaf, result["groups"][0]))
+    assert len(iaf["diff_ci95"]) == 2
+    flow = ["model.context_dim", "model.flow_steps", "model.flow_hidden", "model.flow_layers"]
+    assert result["differing"] == flow  # not train.seed: it varies within a group
+    md = (out / "comparison.md").read_text()
+    assert md.startswith("Groups of training seeds: −log p̂(x) by iwae (K=5)")
+    assert "| 95 % interval (Welch df) |" in md and "Welch–Satterthwaite" in md
+    assert "over the 20 examples" in md
+    assert "Every run has data.name=digits" in md and "seeded by 1234" in md
+    tex = (out / "comparison.tex").read_text()
+    assert "\\caption{Groups of training seeds" in tex and "\\parbox" in tex and "Welch–Satterthwaite" in tex
+
+
+def welch_df_of(row, base):
+    a, b = statistics.variance(row["seeds"]) / 2, statistics.variance(base["seeds"]) / 2
+    return (a + b) ** 2 / (a**2 + b**2)

@@ -140,11 +140,10 @@ def _eval(args: argparse.Namespace) -> int:
     if not d.is_main:
         return 0
     if not isinstance(scored, dict):
-        out, lines = _eval_report(args, scored, Path(args.run_dir))
+        out, lines = _eval_report(args, scored)
         print(json.dumps(out) if args.json else "\n".join(lines))
         return 0
-    reports = {name: _eval_report(args, member, Path(args.run_dir) / name, f"{name}: ")
-               for name, member in scored.items()}  # fmt: skip
+    reports = {name: _eval_report(args, member, f"{name}: ") for name, member in scored.items()}
     values = [member.estimate.nll for member in scored.values()]
     mean, sd = seed_mean_sd(values)
     if args.json:
@@ -158,13 +157,10 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_report(args: argparse.Namespace, scored, folder: Path, prefix: str = "") -> tuple[dict, list[str]]:
+def _eval_report(args: argparse.Namespace, scored, prefix: str = "") -> tuple[dict, list[str]]:
     """One run's evaluation: its JSON object and its sentence (and diagnostics) as lines, naming
     the checkpoint's epoch and step; warnings (an unfinished run too) go to stderr, named by ``prefix``."""
-    from .checkpoint import trained_to
-
-    result, subset = scored.estimate, scored.examples.description
-    trained = trained_to(folder, scored.run, args.checkpoint)
+    result, subset, trained = scored.estimate, scored.examples.description, scored.trained
     if not math.isfinite(result.nll):
         raise ValueError(
             f"{prefix}{args.estimator} on {args.split}: -log p(x) is {result.nll} (not finite): the model in "
@@ -209,8 +205,8 @@ def _compare(args: argparse.Namespace) -> int:
     paths = {}
     if args.out:
         dirs = [Path(r) for r in args.run_dirs]
-        paths = groups.write_comparison(comparison, args.out) if grouped else compare.write_comparison(
-            comparison, dirs, args.out)  # fmt: skip
+        paths = groups.write_comparison(comparison, args.out, args.compact) if grouped else (
+            compare.write_comparison(comparison, dirs, args.out, args.compact))  # fmt: skip
     if args.json:
         print(json.dumps({**comparison.to_json(), "files": {k: str(v) for k, v in paths.items()}}))
     else:
@@ -549,6 +545,10 @@ def _compare_parser(sub) -> None:
     c.add_argument(
         "--out", help="write comparison.{md,tex,csv,json} and curves.{png,pdf} here (default: print only)"
     )
+    c.add_argument(
+        "--compact", action="store_true",
+        help="comparison.tex in a smaller font with tighter columns (default: the document's size)",
+    )  # fmt: skip
     common_flags(c, "split", "seed", "checkpoint", "threads", "no-cache", "json", "no-progress",
                  what="the subset and the estimates")  # fmt: skip
     c.set_defaults(fn=_compare)

@@ -166,6 +166,27 @@ class EvalConfig:
     seed: int = EVAL_SEED
 
 
+UNDECAYED = 0.05  # a cosine decay is unfinished while the lr is more than this of the way above lr_min
+
+
+def unfinished_schedule(t: TrainConfig, kl_weight: float, lr: float) -> list[str]:
+    """The parts of its schedule that a run's last step had not finished, from that step's KL
+    weight and learning rate (``metrics.csv``'s last row, ``TrainState``; the schedules
+    themselves are :func:`flowvae.optim.kl_weight` and :func:`flowvae.optim.learning_rate`):
+    the KL warm-up (weight below 1) and a cosine decay of the lr (more than 5 % of the way from
+    ``train.lr_min`` up to ``train.lr`` left). Schedules are in epochs; a time budget does not
+    stretch or shrink them (``cosine-budget`` alone fits itself to one), so a budget that ends
+    first leaves them unfinished, and the run, ``flowvae compare`` and its table say so."""
+    parts = []
+    if t.kl_warmup_epochs > 0 and kl_weight < 1:
+        parts.append(f"KL warm-up (KL weight {kl_weight:.2f}; 1 after {t.kl_warmup_epochs:g} epochs)")
+    span = t.lr - t.lr_min
+    if t.lr_schedule in ("cosine", "cosine-budget") and span > 0 and lr > t.lr_min + UNDECAYED * span:
+        parts.append(f"{t.lr_schedule} lr decay (lr {lr:.3g}: {(t.lr - lr) / span:.0%} of the way from "
+                     f"{t.lr:g} to {t.lr_min:g})")  # fmt: skip
+    return parts
+
+
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -428,6 +449,12 @@ def suggest_keys(key: str, keys: list[str]) -> str:
     near = nearest(key, keys, score)
     listing = "`flowvae config` lists every key"
     return f"did you mean {' or '.join(near[:3])}? ({listing})" if near else listing
+
+
+def get_key(cfg: Config, key: str) -> Any:
+    """The value of a dotted key (``model.posterior``) of ``cfg``."""
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
 
 
 def set_key(cfg: Config, key: str, value: Any) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import Run, load_run
+from .checkpoint import Run, TrainedTo, load_run, trained_to
 from .data import EvaluationSet, evaluation_images, load_data
 from .distributed import Dist
 from .estimators import Estimate, estimator_record, evaluate, summarise_estimate
@@ -57,6 +57,7 @@ class RunEvaluation:
     estimate: Estimate
     examples: EvaluationSet
     cached: bool  # read from the cache rather than computed
+    trained: TrainedTo | None = None  # the weights scored (file, epoch, step) and whether the run ended
 
 
 def _cache_key(request: dict[str, Any]) -> str:
@@ -77,12 +78,15 @@ def _read_cache(path: Path, examples: EvaluationSet) -> dict[str, np.ndarray] | 
     return hit if same else None
 
 
-def _write_cache(path: Path, estimate: Estimate, examples: EvaluationSet) -> None:
-    """The per-example values, diagnostics and what they are for, written atomically (temp file +
-    rename); a cache that cannot be written is skipped, not fatal."""
+def _write_cache(path: Path, estimate: Estimate, examples: EvaluationSet, trained: TrainedTo) -> None:
+    """The per-example values, diagnostics and what they are for (the examples; the weights'
+    file, epoch and step), written atomically (temp file + rename); a cache that cannot be
+    written is skipped, not fatal."""
     arrays = {
         "log_p": estimate.per_example.numpy(), "indices": examples.indices.numpy(),
         "images": np.array(examples.digest), "seconds": np.array(estimate.seconds),
+        "trained_file": np.array(trained.file), "trained_epoch": np.array(trained.epoch),
+        "trained_step": np.array(trained.step),
     }  # fmt: skip
     arrays.update({f"diag_{k}": v.numpy() for k, v in estimate.per_example_diagnostics.items()})
     try:
@@ -124,8 +128,10 @@ def evaluate_run(
     if already loaded (its digest is that of the bytes it was loaded from).
     ``progress``, if given, is called with the number of examples this process scores and
     returns a context manager with ``update(n)`` (e.g. :func:`flowvae.progress.progress_bar`).
+    The result names the weights it scored (``trained``: file, epoch, step; an unfinished run).
     """
     run = run or load_run(run_dir, checkpoint, device)
+    trained = trained_to(run_dir, run, checkpoint)
     record = estimator_record(estimator)
     for name in record.settings():
         if options.get(name) is None and hasattr(run.config.eval, name):
@@ -147,7 +153,7 @@ def evaluate_run(
             estimator, split, samples, torch.from_numpy(hit["log_p"]), diagnostics, settings,
             math.prod(examples.images.shape[1:]), run.model.likelihood.discrete, float(hit["seconds"]),
         )  # fmt: skip
-        return RunEvaluation(run, estimate, examples, cached=True)
+        return RunEvaluation(run, estimate, examples, cached=True, trained=trained)
     d = dist or Dist()
     batches = examples.images.split(batch_size or run.config.eval.batch_size)
     mine = sum(len(b) for i, b in enumerate(batches) if i % d.world == d.rank)  # this rank's examples
@@ -157,8 +163,8 @@ def evaluate_run(
             dist=d, progress=bar.update if bar is not None else None, **settings,
         )  # fmt: skip
     if entry is not None and d.is_main and math.isfinite(estimate.nll):  # a NaN is never cached
-        _write_cache(entry, estimate, examples)
-    return RunEvaluation(run, estimate, examples, cached=False)
+        _write_cache(entry, estimate, examples, trained)
+    return RunEvaluation(run, estimate, examples, cached=False, trained=trained)
 
 
 __all__ = ["CACHE_DIR", "RunEvaluation", "code_digest", "evaluate_run"]

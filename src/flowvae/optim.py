@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import load_run
-from .config import Config, ConfigError, TrainConfig
+from .config import Config, ConfigError
 from .core import ElboTerms
 from .data import ImageData, iterate_batches
 from .estimators import elbo_terms
@@ -133,26 +133,6 @@ def kl_weight(cfg: Config, progress: float) -> float:
     """KL warm-up (Sønderby et al. 2016): the weight rises linearly to 1 over kl_warmup_epochs."""
     w = cfg.train.kl_warmup_epochs
     return 1.0 if w <= 0 else min(1.0, progress / w)
-
-
-UNDECAYED = 0.05  # a cosine decay is unfinished while the lr is more than this of the way above lr_min
-
-
-def unfinished_schedule(t: TrainConfig, kl_weight: float, lr: float) -> list[str]:
-    """The parts of its schedule that a run's last step had not finished, from that step's KL
-    weight and learning rate (``metrics.csv``'s last row, :class:`~flowvae.rundir.TrainState`):
-    the KL warm-up (weight below 1) and a cosine decay of the lr (more than 5 % of the way from
-    ``train.lr_min`` up to ``train.lr`` left). Schedules are in epochs; a time budget does not
-    stretch or shrink them (``cosine-budget`` alone fits itself to one), so a budget that ends
-    first leaves them unfinished, and the run, ``flowvae compare`` and its table say so."""
-    parts = []
-    if t.kl_warmup_epochs > 0 and kl_weight < 1:
-        parts.append(f"KL warm-up (KL weight {kl_weight:.2f}; 1 after {t.kl_warmup_epochs:g} epochs)")
-    span = t.lr - t.lr_min
-    if t.lr_schedule in ("cosine", "cosine-budget") and span > 0 and lr > t.lr_min + UNDECAYED * span:
-        parts.append(f"{t.lr_schedule} lr decay (lr {lr:.3g}: {(t.lr - lr) / span:.0%} of the way from "
-                     f"{t.lr:g} to {t.lr_min:g})")  # fmt: skip
-    return parts
 
 
 def training_loss(

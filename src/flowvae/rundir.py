@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint
-from .config import Config, ConfigError, TrainConfig, from_dict
+from .config import Config, ConfigError, TrainConfig, from_dict, unfinished_schedule
 from .data import ImageData
 from .files import writing
 from .images import make_grid, save_grid
@@ -308,9 +308,7 @@ def evaluation_line(row: dict[str, Any], state: TrainState, epochs: int, eta: fl
 
 def schedule_warning(state: TrainState, t: TrainConfig) -> str:
     """What a run that ended before its schedule did says at the end of training (``""`` if
-    nothing is unfinished): which parts (:func:`~flowvae.optim.unfinished_schedule`) and why."""
-    from .optim import unfinished_schedule
-
+    nothing is unfinished): which parts (:func:`~flowvae.config.unfinished_schedule`) and why."""
     parts = unfinished_schedule(t, state.kl_weight, state.lr)
     if not parts:
         return ""
