@@ -239,3 +239,35 @@ def test_the_group_table_files_carry_the_footnote_df_and_interval(groups, tmp_pa
 def welch_df_of(row, base):
     a, b = statistics.variance(row["seeds"]) / 2, statistics.variance(base["seeds"]) / 2
     return (a + b) ** 2 / (a**2 + b**2)
+
+
+def test_a_groups_log_has_one_named_line_per_member_and_evaluation_a_bar_and_a_summary(tmp_path, monkeypatch):
+    """Every evaluation line of a --seeds run appeared twice (unprefixed, then `seed-0: ... step
+    500.0 ... ETA ?` with the epoch truncated); no bar; no mean ± sd at the end."""
+    import io
+    import re
+
+    from flowvae.config import apply_overrides
+    from flowvae.group_training import fit
+    from flowvae.presets import preset
+
+    out = run_cli("train", "--seeds", "2", "--run-dir", str(tmp_path / "g"), *TINY, "train.epochs=2",
+                  "train.batch_size=100", "train.max_steps=17")  # fmt: skip
+    lines = [line for line in out.stderr.splitlines() if "valid ELBO" in line]
+    assert sorted(line.split(":")[0] for line in lines) == ["seed-0", "seed-0", "seed-1", "seed-1"]
+    for member in ("seed-0", "seed-1"):  # a budget stop inside epoch 2: its fractional epoch, whole steps
+        assert any(line.startswith(f"{member}: epoch 1.308/2  step 17  ") for line in lines), lines
+    assert "step 17.0" not in out.stderr and "ETA ?" not in out.stderr
+    summary = r"group .*g: best valid ELBO -\d+\.\d\d ± \d+\.\d\d \(sd\) nats over 2 seed\(s\)"
+    assert re.search(summary, out.stdout)
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    cfg = apply_overrides(preset("digits"), ["model.hidden=[16]", "model.latent_dim=2", "train.epochs=1",
+                                             "train.batch_size=100"])  # fmt: skip
+    fit(cfg, tmp_path / "h", seeds=2, progress=True)
+    assert re.search(r"group h: \d+/26 steps", err.getvalue())  # one bar over both members' steps

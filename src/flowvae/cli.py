@@ -39,6 +39,7 @@ from .progress import progress_bar
 def _train(args: argparse.Namespace) -> int:
     from .group_training import fit
     from .groups import is_group
+    from .groups import summary_line as group_summary
     from .rundir import new_run_dir, prepare_run, schedule_warning, summary_line
 
     group = bool(args.seeds) or bool(args.resume and is_group(args.resume))
@@ -82,6 +83,8 @@ def _train(args: argparse.Namespace) -> int:
             warning = schedule_warning(member, member_cfg.train)
             if warning:
                 print(f"flowvae: warning: {prefix}{warning}", file=sys.stderr)
+        if isinstance(state, dict):
+            print(group_summary(state, run_dir))
     return 0
 
 

@@ -54,7 +54,7 @@ from .compare import (
 )
 from .config import Config, from_dict
 from .evaluation import RunEvaluation, evaluate_run
-from .rundir import TrainingError, run_files
+from .rundir import TrainingError, TrainState, run_files
 
 GROUP_VERSION = 1
 
@@ -192,6 +192,20 @@ def welch_interval(base: Sequence[float], other: Sequence[float], level: float =
         return None
     half = t_quantile((1 + level) / 2, df) * se
     return df, diff - half, diff + half
+
+
+def summary_line(states: dict[str, TrainState], group_dir: str | Path) -> str:
+    """The line a group ends with: its members' best valid ELBO, mean ± sd over seeds, and steps."""
+    best = [s.best_valid for s in states.values() if s.best_epoch >= 0 and math.isfinite(s.best_valid)]
+    steps = statistics.fmean(s.step for s in states.values())
+    if not best:
+        elbo = "no valid ELBO"
+    else:
+        mean, sd = seed_mean_sd(best)
+        spread = f" ± {sd:.2f} (sd)" if sd is not None else ""
+        each = ", ".join(f"{v:.2f}" for v in best)
+        elbo = f"best valid ELBO {mean:.2f}{spread} nats over {len(best)} seed(s) ({each})"
+    return f"group {group_dir}: {elbo}; {steps:.0f} steps per member on average"
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -18,6 +18,7 @@ import math
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,16 +223,30 @@ def _quiet_writer_threads(args: Any, previous: Any) -> None:
         previous(args)
 
 
+Say = Callable[[str, "dict[str, float] | None"], None]  # a run's printed line, with where it is
+
+
+def say_on_stderr(text: str, where: dict[str, float] | None = None) -> None:
+    """How a run prints its lines (the start-up lines, one per evaluation): on stderr, above the
+    bar on a terminal. A group's member hands them to the group's process instead (``say``)."""
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stderr)
+
+
 class RunLog:
     """Rank 0's record of each evaluation row: ``metrics.csv`` (rewritten whole), TensorBoard
     (scalars, valid bits/dim for non-binary data, the sample and reconstruction grids), the PNGs,
-    and one evaluation line on stderr (:func:`evaluation_line`; above the bar on a terminal, and
-    what a log file gets instead of the bar)."""
+    and one evaluation line (:func:`evaluation_line`) through ``say``, with the step, the
+    projected end step and the ETA (default: on stderr, above the bar on a terminal, and what a
+    log file gets instead of the bar)."""
 
-    def __init__(self, run_dir: Path, cfg: Config, data: ImageData, purge_step: int | None):
+    def __init__(
+        self, run_dir: Path, cfg: Config, data: ImageData, purge_step: int | None, say: Say = say_on_stderr
+    ):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_dir, self.cfg, self.data = run_dir, cfg, data
+        self.run_dir, self.cfg, self.data, self.say = run_dir, cfg, data, say
         # TensorBoard writes in a thread of its own: its errors surface at a later call, unnamed
         self.events = run_dir / "events.out.tfevents.*"
         if getattr(threading.excepthook, "func", None) is not _quiet_writer_threads:
@@ -240,9 +255,10 @@ class RunLog:
             # purge_step: TensorBoard drops what a killed invocation logged after the checkpoint
             self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
 
-    def add(self, row: dict[str, Any], state: TrainState, model: nn.Module, eta: float) -> None:
+    def add(self, row: dict[str, Any], state: TrainState, model: nn.Module, eta: float, end: int = 0) -> None:
         """Log ``row``, the last of ``state.history``; ``model`` draws the images; ``eta``:
-        seconds this invocation is expected to go on (NaN: unknown)."""
+        seconds this invocation is expected to go on (NaN: unknown), ``end``: the step it is
+        expected to stop at."""
         write_metrics(self.run_dir, state.history)
         step = row["step"]
         with writing(self.events):
@@ -254,9 +270,8 @@ class RunLog:
         for name, grid in save_images(model, self.data, self.run_dir, self.cfg.eval.seed).items():
             with writing(self.events):
                 self.writer.add_image(name, grid, step, dataformats="HWC")
-        from tqdm import tqdm
-
-        tqdm.write(evaluation_line(row, state, self.cfg.train.epochs, eta), file=sys.stderr)
+        where = {"step": row["step"], "end": end, "eta": eta}
+        self.say(evaluation_line(row, state, self.cfg.train.epochs, eta), where)
 
     def close(self) -> None:
         with writing(self.events):

@@ -54,6 +54,7 @@ from .optim import (
 from .progress import progress_bar
 from .rundir import (
     RunLog,
+    Say,
     TrainingError,
     TrainState,
     budget_note,
@@ -64,6 +65,7 @@ from .rundir import (
     prepare_run,
     record_invocation,
     run_files,
+    say_on_stderr,
     summary_line,
     write_metrics,
 )
@@ -277,7 +279,7 @@ def _restore(
 
 def _open_run_dir(
     cfg: Config, run_dir: Path, resume: bool, overwrite: bool, overrides: list[str], state: TrainState,
-    data: ImageData, precision: str,
+    data: ImageData, precision: str, say: Say,
 ) -> RunLog:  # fmt: skip
     """Rank 0, once everything is built: the run really starts, from here on the folder holds it."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -289,16 +291,17 @@ def _open_run_dir(
         save_yaml(cfg, run_dir / "config.yaml", origin_comment(state.origin))
     write_metrics(run_dir, state.history)
     record_invocation(run_dir, resume, overrides, state, precision, cfg)
-    return RunLog(run_dir, cfg, data, state.step + 1 if resume else None)
+    return RunLog(run_dir, cfg, data, state.step + 1 if resume else None, say)
 
 
 def setup(
     cfg: Config, run_dir: Path, resume: bool, overwrite: bool, overrides: list[str], d: distributed.Dist,
-    origin: dict[str, str] | None = None,
+    origin: dict[str, str] | None = None, say: Say = say_on_stderr,
 ) -> _Run:  # fmt: skip
     """Build data, model, optimizer and EMA (restored on resume), then (rank 0) open the run
     directory: nothing is written before, so a bad value fails with an untouched (or no) folder.
-    ``origin``: a new run's preset and config file (kept in its state, config.yaml, invocations)."""
+    ``origin``: a new run's preset and config file (kept in its state, config.yaml, invocations);
+    ``say``: how the run prints its lines (:class:`RunLog`)."""
     from torch.nn.parallel import DistributedDataParallel
 
     t = cfg.train
@@ -330,8 +333,8 @@ def setup(
     log = None
     if d.is_main:
         precision = precision_note(t.amp, device.type)
-        log = _open_run_dir(cfg, run_dir, resume, overwrite, overrides, state, data, precision)
-        print(f"training precision: {precision}", file=sys.stderr, flush=True)
+        log = _open_run_dir(cfg, run_dir, resume, overwrite, overrides, state, data, precision, say)
+        say(f"training precision: {precision}", None)
         if d.enabled:
             print(
                 f"DDP: {d.world} processes x {batch_size} examples = effective batch {t.batch_size}",
@@ -497,7 +500,8 @@ def validate(run: _Run) -> None:
         if cfg.train.early_stopping and state.bad_evals >= cfg.train.early_stopping:
             state.stopped = f"early stopping after {state.bad_evals} evaluations"
     if run.log is not None:
-        run.log.add(state.history[-1], state, run.eval_model, _projected_end(run)[1])
+        end, eta = _projected_end(run)
+        run.log.add(state.history[-1], state, run.eval_model, eta, end)
     if improved:
         save_checkpoint(run, "best.pt")
 
@@ -556,6 +560,7 @@ def train(
     overwrite: bool = False,
     overrides: list[str] | None = None,
     origin: dict[str, str] | None = None,
+    say: Say = say_on_stderr,
 ) -> TrainState:
     """Train (or resume) the run in ``run_dir``; returns the final state.
 
@@ -563,9 +568,10 @@ def train(
     untouched (or no) folder. ``overwrite`` replaces a folder's run files; ``overrides`` are only
     recorded in ``invocations.jsonl``; so is ``origin`` (``{"preset": NAME, "config_file": PATH,
     ...}``: where a new run's config came from), in ``config.yaml`` too. Rank 0 prints the
-    start-up lines and one line per evaluation on stderr; ``progress`` adds a bar where stderr
-    is a terminal. Ctrl-C writes a checkpoint and raises :class:`Interrupted`. A checkpoint is
-    never written with non-finite weights, nor after a non-finite valid ELBO.
+    start-up lines and one line per evaluation through ``say`` (default: on stderr); ``progress``
+    adds a bar where stderr is a terminal. Ctrl-C writes a checkpoint and raises
+    :class:`Interrupted`. A checkpoint is never written with non-finite weights, nor after a
+    non-finite valid ELBO.
 
     Under torchrun every process runs this function: ``train.batch_size`` is the effective
     (global) batch, split evenly over the processes; rank 0 alone writes the run directory.
@@ -577,7 +583,7 @@ def train(
         check_new_run_dir(run_dir, overwrite)
     d = distributed.setup(resolve_device(cfg.train.device))
     try:
-        state = _train_in_group(cfg, run_dir, resume, progress, overwrite, overrides, d, origin)
+        state = _train_in_group(cfg, run_dir, resume, progress, overwrite, overrides, d, origin, say)
         # every rank done with the group's traffic before any tears it down: a rank that
         # destroyed the group while another still wrote its last checkpoint aborted in gloo
         distributed.barrier(d)
@@ -595,11 +601,12 @@ def _train_in_group(
     overrides: list[str] | None,
     d: distributed.Dist,
     origin: dict[str, str] | None = None,
+    say: Say = say_on_stderr,
 ) -> TrainState:
     """Set up, run epochs (each closed by :func:`end_of_epoch`) until done or stopped, then, for a
     budget stop inside an epoch, an evaluation (best.pt and the last metrics row describe the
     weights the run ends with) and a checkpoint; raises :class:`Interrupted` after Ctrl-C."""
-    run = setup(cfg, run_dir, resume, overwrite, overrides or [], d, origin)
+    run = setup(cfg, run_dir, resume, overwrite, overrides or [], d, origin, say)
     state = run.state
     run.bar = _progress_bar(run, progress)
     run.sigint, previous_handler = _install_sigint()
