@@ -247,10 +247,7 @@ def evaluate(
     settings = record.settings(**options)
     samples = samples or record.default_samples
     if limit > 0:
-        if not isinstance(data, Tensor):
-            raise ValueError("evaluate: limit needs the images as one tensor, not an iterable of batches")
-        chosen = subset_indices(len(data), limit, seed)
-        data, indices = data[chosen], chosen if indices is None else torch.as_tensor(indices)[chosen]
+        data, indices = _subset(data, limit, seed, indices)
     batches = data.split(batch_size) if isinstance(data, Tensor) else data
     d = dist or Dist()
     device = next(model.parameters()).device
@@ -275,6 +272,17 @@ def evaluate(
         estimator, split, samples, log_p, diagnostics, settings, dims or math.prod(model.shape),
         model.likelihood.discrete, time.perf_counter() - start,
     )  # fmt: skip
+
+
+def _subset(
+    data: Tensor | Iterable[Tensor], limit: int, seed: int, indices: Sequence[int] | Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """The seeded random subset of ``limit`` examples that ``flowvae eval --limit`` scores, and
+    their indices (in ``indices``, if given)."""
+    if not isinstance(data, Tensor):
+        raise ValueError("evaluate: limit needs the images as one tensor, not an iterable of batches")
+    chosen = subset_indices(len(data), limit, seed)
+    return data[chosen], chosen if indices is None else torch.as_tensor(indices)[chosen]
 
 
 def summarise_estimate(
