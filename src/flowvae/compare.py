@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import Run, load_run
+from .checkpoint import CHECKPOINT_FILES, Run, load_run
 from .config import (
     EVAL_SEED,
     FLOW_SIZE_KEYS,
@@ -105,10 +105,13 @@ class ComparisonHeader:
     subset: str
     baseline: str
     seed: int = EVAL_SEED
+    checkpoint: str = "best"  # which of each run's checkpoints was scored (best or latest)
     settings: dict[str, Any] = field(default_factory=dict)
     differing: list[str] = field(default_factory=list)
     shared: dict[str, Any] = field(default_factory=dict)
 
+
+WHICH = {"best": "its best valid ELBO", "latest": "its latest checkpoint"}
 
 # config keys that change neither the model nor its training: never a column of a table
 NOT_METHOD = frozenset({
@@ -232,8 +235,8 @@ def compare_runs(
     per_example = {name[d]: s.estimate.per_example for d, s in zip(dirs, scored, strict=True)}
     return Comparison(
         estimator, first.estimate.samples, split, first.estimate.n, first.examples.description, name[base],
-        seed, first.estimate.settings, differing, shared, rows, schedule_warnings(rows) + warnings,
-        per_example,
+        seed, checkpoint, first.estimate.settings, differing, shared, rows,
+        schedule_warnings(rows) + warnings, per_example,
     )  # fmt: skip
 
 
@@ -381,7 +384,8 @@ def notes(c: ComparisonHeader, spread: list[str], warnings: list[str]) -> list[s
         + f", on {c.subset}; the subset and every example's draws are seeded by {c.seed}, so every run is "
         "scored on the same examples with the same draws.",
         *spread,
-        "Weights: each run's best.pt (best valid ELBO; its epoch and step are in comparison.json). "
+        f"Weights: each run's {CHECKPOINT_FILES[c.checkpoint]} ({WHICH[c.checkpoint]}; its epoch and step "
+        "are in comparison.json). "
         "KL weight (end): the KL warm-up's weight at the last training step (1: warm-up over).",
     ]  # fmt: skip
     if c.shared:

@@ -344,8 +344,8 @@ def compare_groups(
         ))  # fmt: skip
     run_dirs = {lab: str(r) for lab, r in zip(labels, flat, strict=True)}
     return GroupComparison(
-        c.estimator, c.samples, c.split, c.n, c.subset, out[methods.index(base)].group, c.seed, c.settings,
-        differing, c.shared, groups=out, runs=c, run_dirs=run_dirs, warnings=c.warnings,
+        c.estimator, c.samples, c.split, c.n, c.subset, out[methods.index(base)].group, c.seed, c.checkpoint,
+        c.settings, differing, c.shared, groups=out, runs=c, run_dirs=run_dirs, warnings=c.warnings,
     )  # fmt: skip
 
 
