@@ -581,6 +581,9 @@ def test_resume_after_ctrl_c_keeps_what_is_left_of_the_budget(tmp_path, monkeypa
     assert state.step == 20 and state.stopped == "max_steps=15"
     after_budget = prepare_run(None, run, True, [])  # a budget stop leaves none: on to train.epochs
     assert after_budget.train.max_steps == 0 and after_budget.train.max_minutes == 0
+    done = tmp_path / "done"  # nor does a run that reached its train.epochs within its budget
+    train(small_cfg("train.epochs=1", "train.max_minutes=30"), done, progress=False)
+    assert prepare_run(None, done, True, ["train.epochs=2"]).train.max_minutes == 0
 
 
 def test_the_bars_eta_never_exceeds_the_time_budget(tmp_path, monkeypatch):

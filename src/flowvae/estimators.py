@@ -240,7 +240,8 @@ def evaluate(
         >>> x = model.decode_sample(model.sample_prior((64,)))
         >>> lower = flowvae.evaluate(model, x, "iwae", samples=100)
         >>> exact = flowvae.evaluate(model, x, "exact")
-        >>> bool(lower.nll >= exact.nll - 1e-9)  # IWAE is a lower bound on log p(x)
+        >>> gap = lower.per_example - exact.per_example  # IWAE <= log p(x) in expectation, not per draw
+        >>> bool(gap.mean() <= 3 * gap.std() / len(gap) ** 0.5)
         True
     """
     record = estimator_record(estimator)

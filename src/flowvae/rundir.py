@@ -156,7 +156,7 @@ def prepare_run(
     if resume:
         ckpt = load_checkpoint(run_dir / "checkpoint.pt")
         cfg = from_dict(ckpt["config"])
-        for name, left in budget_left(ckpt.get("state") or {}).items():
+        for name, left in budget_left(ckpt.get("state") or {}, cfg.train.epochs).items():
             setattr(cfg.train, name, left)
         for text in overrides:
             key, _ = parse_override(text)
@@ -170,13 +170,14 @@ def prepare_run(
     return cfg
 
 
-def budget_left(state: dict[str, Any]) -> dict[str, float]:
+def budget_left(state: dict[str, Any], epochs: int) -> dict[str, float]:
     """What a resume's budgets start from, by key (``max_minutes``, ``max_steps``; 0: none): the
     budget left by the invocation that wrote the checkpoint if it did not end by itself (Ctrl-C,
     a kill), so that ``--resume`` after Ctrl-C finishes the run it interrupted; none after a
-    budget stop or the end of training (a resume then runs on to ``train.epochs``)."""
+    budget stop, early stopping or its ``epochs`` (a resume then runs on to ``train.epochs``)."""
     default = TrainConfig()
-    if str(state.get("stopped", "")).startswith(BUDGETS):  # "max_minutes=3": it ran its budget out
+    stopped = str(state.get("stopped", ""))
+    if stopped.startswith((*BUDGETS, "early stopping")) or state.get("epoch", 0) >= epochs:  # it ended
         return {name: getattr(default, name) for name in BUDGETS}
     return {name: type(getattr(default, name))(state.get(left) or 0) for name, left in BUDGET_LEFT.items()}
 
