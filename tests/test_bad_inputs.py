@@ -106,6 +106,8 @@ BAD_INPUTS: list[tuple[str, list[str], int, str]] = [
      "hier.yaml: model.latent_dim is ignored by model.type=hierarchical"),
     ("bad-value-in-yaml", ["train", "--config", "{bad_yaml}"], 2, "train.lr=-1.0: must be > 0"),
     ("unknown-preset", ["train", "--preset", "nope"], 2, "unknown preset 'nope'"),
+    ("mistyped-preset", ["train", "--preset", "digts"], 2, "unknown preset 'digts'; did you mean digits?"),
+    ("scalar-for-a-list", ["train", "model.hidden=300"], 2, "model.hidden: expected a list, e.g. [300]"),
     ("valid-size-negative", ["train", "data.valid_size=-2"], 2,
      "data.valid_size=-2: must be >= 0, or -1 for the dataset default"),
     ("test-size-negative", ["train", "data.test_size=-3"], 2,

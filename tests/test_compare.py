@@ -130,15 +130,56 @@ def test_active_units_draws_do_not_depend_on_the_global_rng(monkeypatch):
 def test_tables_escape_every_cell_and_separate_thousands_in_number_columns_only():
     from flowvae.compare import model_cells, render_latex, render_markdown
 
-    cells = ["run_a", "iaf", "—", *model_cells(-84.5, 20.25, 12.5, 32, 1234567, 10, None)]
-    header = ["run", "posterior", "Δ", "test ELBO", "KL", "active units", "params", "epochs", "min"]
-    assert cells[3:] == ["-84.50", "20.25", "12.5/32", "1,234,567", "10", "—"]
-    assert model_cells(0, 0, 3, 4, 5, 430.668, 600)[4:] == ["430.7", "10.0"]  # a budget stop mid-epoch
+    cells = ["run_a", "iaf", "—", *model_cells(-84.5, 20.25, 12.5, 32, 1234567, 10, None, 0.7)]
+    header = ["run", "posterior", "Δ", "test ELBO", "KL", "active units", "params", "epochs", "KL weight",
+              "min"]  # fmt: skip
+    assert cells[3:] == ["-84.50", "20.25", "12.5/32", "1,234,567", "10", "0.70", "—"]
+    assert model_cells(0, 0, 3, 4, 5, 430.668, 600)[4:] == ["430.7", "—", "10.0"]  # a stop mid-epoch
     tex = render_latex(header, [cells]).splitlines()
-    assert tex[0] == r"\begin{tabular}{llrrrrrrr}"
-    assert tex[4] == r"run\_a & iaf & --- & -84.50 & 20.25 & 12.5/32 & 1{,}234{,}567 & 10 & --- \\"
-    assert render_latex(["a", "b", "c"], [["x,y", "1,000", "p, q"]], text=(0, 2)).splitlines()[4] == (
+    assert tex[:4] == [
+        r"% flowvae compare: needs \usepackage{booktabs}", r"\begin{table}[tbp]", r"\centering",
+        r"\begin{tabular}{llrrrrrrrr}",
+    ]  # fmt: skip
+    # a math-mode minus in number cells; names keep their hyphens and underscores (escaped)
+    row = r"run\_a & iaf & --- & $-$84.50 & 20.25 & 12.5/32 & 1{,}234{,}567 & 10 & 0.70 & --- \\"
+    assert tex[7] == row
+    assert render_latex(["a", "b", "c"], [["x,y", "1,000", "p, q"]], text=(0, 2)).splitlines()[7] == (
         r"x,y & 1{,}000 & p, q \\"
     )
     md = render_markdown("caption", header, [cells]).splitlines()
-    assert md[:2] == ["caption", ""] and md[3] == "|" + "---|" * 9 and md[4].count("|") == 10
+    assert md[:2] == ["caption", ""] and md[3] == "|" + "---|" * 10 and md[4].count("|") == 11
+
+
+def test_the_table_files_stand_on_their_own(runs, tmp_path):
+    """comparison.md/.tex carry the caption, what each ± is over, the estimator, K, subset and
+    seed, the config keys the runs differ on, the keys they share, and the tool's warnings (here:
+    the runs ended at different points of their KL warm-up); the JSON names the weights scored."""
+    import numpy as np
+
+    cut = tmp_path / "warm"  # 2 epochs of a 4-epoch KL warm-up: it ends at KL weight ~0.5
+    run_cli("train", "--run-dir", str(cut), "--no-progress", *SMALL, "train.kl_warmup_epochs=4")
+    out = tmp_path / "cmp"
+    proc = run_cli("compare", str(runs / "diag"), str(cut), "--samples", "10", "--limit", "30",
+                   "--out", str(out), "--no-progress", "--compact")  # fmt: skip
+    assert "ended at different points of their training schedules" in proc.stderr
+    md = (out / "comparison.md").read_text()
+    assert md.startswith("Runs: −log p̂(x) by iwae (K=10) on test: random subset of 30 of 250 (seed 1234)")
+    head = md.splitlines()[2]
+    assert "| train.kl_warmup_epochs |" in head and "| KL weight (end) |" in head and "train.seed" not in head
+    for words in ("Estimator: iwae with K=10 (chunk=", "seeded by 1234", "error over the 30 examples",
+                  "paired difference", "Every run has data.name=digits", "model.prior=auto",
+                  "Warning: the runs ended at different points", "unfinished KL warm-up"):  # fmt: skip
+        assert words in md, words
+    tex = (out / "comparison.tex").read_text()
+    assert tex.startswith("% flowvae compare: needs \\usepackage{booktabs}") and "\\small" in tex
+    assert "\\caption{Runs: $-$log $\\hat p$(x) by iwae (K=10)" in tex and "\\parbox{\\linewidth}" in tex
+    assert "& $-$" in tex and "Warning: the runs ended" in tex and "train.kl\\_warmup\\_epochs" in tex
+    result = json.loads((out / "comparison.json").read_text())
+    assert result["seed"] == 1234 and result["differing"] == ["train.kl_warmup_epochs"]
+    warm = result["rows"][1]
+    assert warm["kl_weight"] == pytest.approx(0.5, abs=0.05) and warm["schedule"][0].startswith("KL warm-up")
+    assert warm["trained"]["file"] == "best.pt" and warm["trained"]["step"] > 0
+    assert warm["config"] == {"train.kl_warmup_epochs": 4.0} and result["rows"][0]["kl_weight"] == 1.0
+    (entry, *_) = (cut / "eval-cache").glob("*.npz")  # the cache names the weights it holds values of
+    with np.load(entry) as f:
+        assert str(f["trained_file"]) == "best.pt" and int(f["trained_step"]) == warm["trained"]["step"]

@@ -159,3 +159,28 @@ def test_the_mnist_default_is_not_the_digits_sizes():
         digits.model.latent_dim, digits.model.hidden, digits.train.batch_size,
     )  # fmt: skip
     assert cfg.train.batch_size == 100 and cfg.model.hidden == [300, 300]
+
+
+@pytest.mark.parametrize("text", ["model:\n  hidden: 300\n", "model:\n  depths: 2\n  type: hierarchical\n"])
+def test_yaml_scalar_where_a_list_is_expected_is_refused(tmp_path, text):
+    """`hidden: 300` is not one layer of 300 (it was read as [300]): the file and the key are named."""
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"c\.yaml: model\.(hidden|depths): expected a list"):
+        load_yaml(tmp_path / "c.yaml")
+    with pytest.raises(ConfigError, match="expected a list"):
+        apply_overrides(Config(), ["model.hidden=300"])
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    (tmp_path / "broken.yaml").write_text("model:\n  latent_dim: 3\n  hidden: [300, 300\ntrain:\n  lr: 1\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml is not valid YAML at line \d+, column \d+") as e:
+        load_yaml(tmp_path / "broken.yaml")
+    assert "\n" not in str(e.value)
+
+
+def test_mistyped_preset_gets_did_you_mean():
+    with pytest.raises(ConfigError, match=r"unknown preset 'mnist-mpl'; did you mean mnist-mlp\b") as e:
+        preset("mnist-mpl")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="unknown preset 'zzz'; available: "):
+        preset("zzz")

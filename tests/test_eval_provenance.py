@@ -146,6 +146,19 @@ def test_eval_cli_and_the_python_api_give_the_same_per_example_values(npz_run):
     torch.testing.assert_close(direct.per_example, scored.estimate.per_example, rtol=1e-5, atol=1e-4)
 
 
+def test_evaluate_takes_limit_and_the_cli_default_seed(npz_run):
+    """A script and `flowvae eval --limit N` score the same subset with the same draws by default."""
+    run_dir, _ = npz_run
+    scored = evaluate_run(run_dir, "iwae", 15, limit=7, cache=False)
+    run = flowvae.load_run(run_dir)
+    test = flowvae.load_data(run.config.data).test
+    direct = flowvae.evaluate(run.model, test, "iwae", samples=15, limit=7, batch_size=3)
+    assert direct.n == 7
+    torch.testing.assert_close(direct.per_example, scored.estimate.per_example, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="limit needs the images as one tensor"):
+        flowvae.evaluate(run.model, test.split(5), "iwae", samples=15, limit=7)
+
+
 # ----------------------------------------------------------------------------- the cache
 
 

@@ -24,7 +24,7 @@ from flowvae.groups import (
     markdown_table,
     read_group,
     seed_mean_sd,
-    t_interval,
+    t_quantile,
     welch_df,
 )
 
@@ -117,11 +117,11 @@ def test_compare_groups_reports_per_seed_values_and_the_differences_standard_err
     assert diag["diff_mean"] is None and diag["diff_se_seeds"] is None and iaf["train_seeds"] == [10, 11]
     on_disk = json.loads((out / "comparison.json").read_text())
     assert on_disk["groups"][1]["diff_se_seeds"] == pytest.approx(welch, rel=1e-12)
-    assert on_disk["groups"][1]["diff_df_seeds"] == pytest.approx(welch_df(diag["seeds"], iaf["seeds"]))
-    low, high = on_disk["groups"][1]["diff_ci95_seeds"]
+    assert on_disk["groups"][1]["diff_df"] == pytest.approx(welch_df(diag["seeds"], iaf["seeds"]))
+    low, high = on_disk["groups"][1]["diff_ci95"]
     assert low < iaf["diff_mean"] - 1.96 * welch and high > iaf["diff_mean"] + 1.96 * welch  # t, df <= 2
     table = (out / "comparison.md").read_text()
-    assert "± 0." in table and "Welch standard error over training seeds (seeds: diag 2, iaf 2)" in table
+    assert "± 0." in table
     assert "\\toprule" in (out / "comparison.tex").read_text()
 
 
@@ -171,10 +171,7 @@ def test_welch_degrees_of_freedom_and_the_t_interval_against_hand_computations()
     assert welch_df(base, other) == pytest.approx((a + b) ** 2 / (a**2 / 3 + b**2 / 2), rel=1e-12)
     assert welch_df([1.0, 2.0, 3.0], [2.0, 3.0, 4.0]) == pytest.approx(4.0)  # equal sds and sizes: 2n - 2
     assert welch_df([81.0], other) is None
-    low, high = t_interval(1.0, math.sqrt(2 / 3), 4.0)
-    t_975_4 = 2.7764451051977987  # Student t quantile 0.975 at 4 df
-    half = t_975_4 * math.sqrt(2 / 3)
-    assert (low, high) == (pytest.approx(1 - half), pytest.approx(1 + half))
+    assert t_quantile(0.975, 4.0) == pytest.approx(2.7764451051977987, abs=2e-6)  # Student t, 4 df
 
 
 def test_a_failing_member_fails_the_command_in_one_line_naming_it(tmp_path):
@@ -214,3 +211,78 @@ def test_ctrl_c_stops_every_member_with_a_checkpoint(tmp_path):
     for m in ("seed-0", "seed-1"):  # each wrote a checkpoint when stopped, and stopped early
         assert (group / m / "checkpoint.pt").stat().st_mtime >= signalled
         assert 1 <= _state(group / m)["epoch"] < 1000
+
+
+def test_welch_df_and_the_t_interval_against_hand_computations():
+    from flowvae.groups import t_quantile, welch_df, welch_interval
+
+    base, other = [80.0, 81.0, 82.5], [79.0, 79.5, 80.5, 81.0]
+    a, b = statistics.variance(other) / 4, statistics.variance(base) / 3
+    df = (a + b) ** 2 / (a**2 / 3 + b**2 / 2)  # Welch–Satterthwaite
+    assert welch_df(base, other) == pytest.approx(df, rel=1e-12) and 2 < df < 5
+    table = [(0.975, 1, 12.706205), (0.975, 2, 4.302653), (0.975, 10, 2.228139), (0.95, 30, 1.697261)]
+    for p, nu, t in table:
+        assert t_quantile(p, nu) == pytest.approx(t, abs=2e-5)  # Student's t tables
+    assert 3.4 < t_quantile(0.975, 2.6) < 3.6  # issue 31: ~3.5 at the df of 3 seeds a side
+    got_df, low, high = welch_interval(base, other)
+    diff, se = difference_across_seeds(base, other)
+    assert got_df == pytest.approx(df) and (low + high) / 2 == pytest.approx(diff)
+    assert (high - low) / 2 == pytest.approx(t_quantile(0.975, df) * se, rel=1e-9)
+    assert welch_interval([81.0], other) is None and welch_df(base, [80.0]) is None
+
+
+def test_the_group_table_files_carry_the_footnote_df_and_interval(groups, tmp_path):
+    root, _, _ = groups
+    out = tmp_path / "cmp"
+    run_cli("compare", str(root / "diag"), str(root / "iaf"), "--samples", "5", "--limit", "20",
+            "--no-progress", "--out", str(out))  # fmt: skip
+    result = json.loads((out / "comparison.json").read_text())
+    iaf = result["groups"][1]
+    assert iaf["diff_df"] == pytest.approx(welch_df_of(iaf, result["groups"][0]))
+    assert len(iaf["diff_ci95"]) == 2
+    flow = ["model.context_dim", "model.flow_steps", "model.flow_hidden", "model.flow_layers"]
+    assert result["differing"] == flow  # not train.seed: it varies within a group
+    md = (out / "comparison.md").read_text()
+    assert md.startswith("Groups of training seeds: −log p̂(x) by iwae (K=5)")
+    assert "| 95 % interval (Welch df) |" in md and "Welch–Satterthwaite" in md
+    assert "over the 20 examples" in md
+    assert "Every run has data.name=digits" in md and "seeded by 1234" in md
+    tex = (out / "comparison.tex").read_text()
+    assert "\\caption{Groups of training seeds" in tex and "\\parbox" in tex and "Welch–Satterthwaite" in tex
+
+
+def welch_df_of(row, base):
+    a, b = statistics.variance(row["seeds"]) / 2, statistics.variance(base["seeds"]) / 2
+    return (a + b) ** 2 / (a**2 + b**2)
+
+
+def test_a_groups_log_has_one_named_line_per_member_and_evaluation_a_bar_and_a_summary(tmp_path, monkeypatch):
+    """Every evaluation line of a --seeds run appeared twice (unprefixed, then `seed-0: ... step
+    500.0 ... ETA ?` with the epoch truncated); no bar; no mean ± sd at the end."""
+    import io
+    import re
+
+    from flowvae.config import apply_overrides
+    from flowvae.group_training import fit
+    from flowvae.presets import preset
+
+    out = run_cli("train", "--seeds", "2", "--run-dir", str(tmp_path / "g"), *TINY, "train.epochs=2",
+                  "train.batch_size=100", "train.max_steps=17")  # fmt: skip
+    lines = [line for line in out.stderr.splitlines() if "valid ELBO" in line]
+    assert sorted(line.split(":")[0] for line in lines) == ["seed-0", "seed-0", "seed-1", "seed-1"]
+    for member in ("seed-0", "seed-1"):  # a budget stop inside epoch 2: its fractional epoch, whole steps
+        assert any(line.startswith(f"{member}: epoch 1.308/2  step 17  ") for line in lines), lines
+    assert "step 17.0" not in out.stderr and "ETA ?" not in out.stderr
+    summary = r"group .*g: best valid ELBO -\d+\.\d\d ± \d+\.\d\d \(sd\) nats over 2 seed\(s\)"
+    assert re.search(summary, out.stdout)
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    cfg = apply_overrides(preset("digits"), ["model.hidden=[16]", "model.latent_dim=2", "train.epochs=1",
+                                             "train.batch_size=100"])  # fmt: skip
+    fit(cfg, tmp_path / "h", seeds=2, progress=True)
+    assert re.search(r"group h: \d+/26 steps", err.getvalue())  # one bar over both members' steps

@@ -86,3 +86,29 @@ def test_sample_without_out_writes_a_new_file(trained, tmp_path):
     assert str(run / "samples-1.png") in first and str(run / "samples-2.png") in second
     assert (run / "samples.png").read_bytes() == before
     assert (run / "samples-1.png").read_bytes() != (run / "samples-2.png").read_bytes()
+
+
+def test_a_run_and_a_group_record_their_preset_and_config_file(tmp_path):
+    """The preset name and the --config file were recorded nowhere; a --seeds run without
+    --run-dir got a name that did not say it is a group."""
+    import hashlib
+    import json
+
+    import yaml
+
+    (tmp_path / "my.yaml").write_text("model:\n  hidden: [16]\n  latent_dim: 2\n")
+    digest = hashlib.sha256((tmp_path / "my.yaml").read_bytes()).hexdigest()
+    args = ["--preset", "digits", "--config", "my.yaml", "--no-progress", "train.epochs=1", "eval.samples=4"]
+    run_cli("train", "--run-dir", "one", *args)
+    head = (tmp_path / "one" / "config.yaml").read_text().splitlines()[0]
+    assert head.startswith("# started from preset digits and config file my.yaml") and digest[:16] in head
+    assert yaml.safe_load((tmp_path / "one" / "config.yaml").read_text())["model"]["hidden"] == [16]
+    (first,) = map(json.loads, (tmp_path / "one" / "invocations.jsonl").read_text().splitlines())
+    assert (first["preset"], first["config_file"], first["config_sha256"]) == ("digits", "my.yaml", digest)
+    run_cli("train", "--seeds", "2", *args)
+    (group,) = (tmp_path / "runs").iterdir()
+    assert group.name.startswith("digits-diag-2seeds-")
+    on_disk = json.loads((group / "group.json").read_text())
+    assert on_disk["origin"] == {"preset": "digits", "config_file": "my.yaml", "config_sha256": digest}
+    member = json.loads((group / "seed-1" / "invocations.jsonl").read_text().splitlines()[0])
+    assert member["preset"] == "digits" and member["config_sha256"] == digest

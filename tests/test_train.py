@@ -551,3 +551,106 @@ def test_training_without_a_validation_split_keeps_the_latest_weights(tmp_path):
     assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
     with pytest.raises(Exception, match="early_stopping needs a validation split"):
         train(small_cfg("data.valid_size=0", "data.test_size=100", "train.early_stopping=2"), tmp_path / "es")
+
+
+def _interrupt_at(monkeypatch, at):
+    """Ctrl-C (a real SIGINT, handled as a terminal's) during the ``at``-th update."""
+    from flowvae import train as train_module
+
+    real, calls = train_module.train_step, {"n": 0}
+
+    def ctrl_c_at(*a):
+        calls["n"] += 1
+        if calls["n"] == at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a)
+
+    monkeypatch.setattr(train_module, "train_step", ctrl_c_at)
+    return real
+
+
+def test_resume_after_ctrl_c_keeps_what_is_left_of_the_budget(tmp_path, monkeypatch):
+    """`--resume` after Ctrl-C finishes the interrupted invocation's budget instead of running on
+    to train.epochs (a 4-minute run went on toward 100,000 epochs); an override replaces it."""
+    from flowvae.train import Interrupted
+
+    real = _interrupt_at(monkeypatch, 5)
+    run = tmp_path / "r"
+    with pytest.raises(Interrupted) as e:
+        train(small_cfg("train.max_steps=20", "train.max_minutes=30"), run, progress=False)
+    assert "15 steps left of train.max_steps=20" in e.value.cli
+    assert "minutes left of train.max_minutes=30" in str(e.value)
+    monkeypatch.setattr("flowvae.train.train_step", real)
+    resumed = prepare_run(None, run, True, [])
+    assert resumed.train.max_steps == 15 and 29 < resumed.train.max_minutes < 30
+    assert prepare_run(None, run, True, ["train.max_steps=0"]).train.max_steps == 0
+    state = train(resumed, run, resume=True, progress=False)
+    assert state.step == 20 and state.stopped == "max_steps=15"
+    after_budget = prepare_run(None, run, True, [])  # a budget stop leaves none: on to train.epochs
+    assert after_budget.train.max_steps == 0 and after_budget.train.max_minutes == 0
+    done = tmp_path / "done"  # nor does a run that reached its train.epochs within its budget
+    train(small_cfg("train.epochs=1", "train.max_minutes=30"), done, progress=False)
+    assert prepare_run(None, done, True, ["train.epochs=2"]).train.max_minutes == 0
+
+
+def test_the_bars_eta_never_exceeds_the_time_budget(tmp_path, monkeypatch):
+    """The bar's ETA is the run's own projection, bounded by the time left (tqdm's rate knew
+    nothing of the budget: a 4-minute run showed ETA 8:38, then 29:51)."""
+    import io
+    import re
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    err = Terminal()
+    monkeypatch.setattr(sys, "stderr", err)
+    train(small_cfg("train.epochs=100000", "train.max_minutes=0.03"), tmp_path / "r", progress=True)
+    found = re.findall(r"ETA=(\d+):(\d\d):(\d\d)", err.getvalue())
+    etas = [int(h) * 3600 + int(m) * 60 + int(s) for h, m, s in found]
+    assert etas and max(etas) <= 0.03 * 60 + 1
+
+
+def test_a_run_stopped_before_its_warmup_or_decay_ended_says_so(tmp_path):
+    from conftest import run_cli
+
+    from flowvae.rundir import schedule_warning
+
+    cfg = small_cfg("train.max_steps=17")  # 1.3 epochs of a 2-epoch warm-up and a 3-epoch cosine
+    state = train(cfg, tmp_path / "cut", progress=False)
+    warning = schedule_warning(state, cfg.train)
+    assert "stopped (max_steps=17) at step 17" in warning
+    assert "KL warm-up (KL weight 0.62; 1 after 2 epochs)" in warning
+    assert "cosine lr decay" in warning
+    assert schedule_warning(train(small_cfg(), tmp_path / "whole", progress=False), cfg.train) == ""
+    out = run_cli("train", "--run-dir", str(tmp_path / "cli"), "--no-progress", *SMALL, "train.max_steps=17")
+    assert "warning: training stopped (max_steps=17) at step 17 before the end of its KL" in out.stderr
+
+
+def test_every_result_names_the_weights_it_scored_and_an_unfinished_run(tmp_path, monkeypatch):
+    """`flowvae eval` of a run still training scored its epoch-1 best.pt and said nothing: eval and
+    gaps name the checkpoint's epoch and step, and warn while the run has not ended."""
+    import json
+
+    from conftest import run_cli
+
+    run = tmp_path / "r"
+    train(small_cfg("train.max_steps=17"), run, progress=False)  # a budget stop: the run has ended
+    out = run_cli("eval", str(run), "--samples", "5", "--json", "--no-cache", "--no-progress")
+    trained = json.loads(out.stdout)["trained"]
+    assert trained["file"] == "best.pt" and trained["step"] in (13, 17) and trained["unfinished"] is None
+    assert "warning" not in out.stderr.replace("k̂", "")  # only the k̂ warning, if any
+    latest = run_cli("eval", str(run), "--samples", "5", "--checkpoint", "latest", "--no-progress")
+    assert "weights: checkpoint.pt of epoch 1.308 (step 17)" in latest.stdout
+
+    ckpt = load_checkpoint(run / "checkpoint.pt")  # as a run still training (or killed) leaves it
+    ckpt["state"]["stopped"] = ""
+    torch.save(ckpt, run / "checkpoint.pt")
+    out = run_cli("eval", str(run), "--samples", "5", "--no-progress")
+    assert "unfinished: no end recorded at step 17, epoch 1 of 3 (still training, or killed)" in out.stderr
+    assert "weights: best.pt of epoch" in out.stdout
+    gaps = run_cli("gaps", str(run), "--n", "4", "--estimator", "iwae", "--samples", "5", "--no-check",
+                   "--local-flow", "none", "--steps-cap", "20", "--elbo-samples", "10", "--json")  # fmt: skip
+    report = json.loads(gaps.stdout)
+    assert report["trained"]["unfinished"].startswith("no end recorded")
+    assert report["warnings"][0].startswith("scored best.pt of epoch")

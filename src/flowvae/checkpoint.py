@@ -120,8 +120,11 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 GROUP_FILE = "group.json"  # marks a folder of runs that differ only in train.seed (flowvae.groups)
 
 
+CHECKPOINT_FILES = {"best": "best.pt", "latest": "checkpoint.pt"}  # which checkpoint -> its file
+
+
 def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
-    names = {"best": "best.pt", "latest": "checkpoint.pt"}
+    names = CHECKPOINT_FILES
     if which not in names:
         raise CheckpointError(f"unknown checkpoint {which!r}; use best or latest")
     run_dir = Path(run_dir)
@@ -178,3 +181,55 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | torch.devic
         raise CheckpointError(f"{path}: {e}") from None
     model.eval()
     return Run(cfg, model, ckpt, digest)
+
+
+class TrainedTo(NamedTuple):
+    """Which weights a result scored and how far their run had got: the file, the epoch (fractional
+    after a stop inside one) and the step it was written at, and ``unfinished``: ``""`` when the
+    run has ended (its ``train.epochs``, early stopping or a budget), else why not (interrupted;
+    no end recorded: still training, or killed)."""
+
+    file: str
+    epoch: float
+    step: int
+    unfinished: str
+
+    def describe(self) -> str:
+        """``best.pt of epoch 12 (step 4680)``, and the run's state when it is unfinished."""
+        epoch = f"{self.epoch:g}" if self.epoch >= 0 else "?"
+        return f"{self.file} of epoch {epoch} (step {self.step})" + (
+            f"; the run is unfinished: {self.unfinished}" if self.unfinished else ""
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "epoch": self.epoch, "step": self.step,
+                "unfinished": self.unfinished or None}  # fmt: skip
+
+
+def _state_of(path: Path) -> dict[str, Any]:
+    """A checkpoint's ``state`` without reading its weights (memory-mapped); ``{}`` if unreadable."""
+    try:
+        with torch.serialization.safe_globals(_numpy_array_globals()):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # missing, torn or being replaced: nothing to say about the run's end
+        return {}
+    return ckpt.get("state") or {} if isinstance(ckpt, dict) else {}
+
+
+def trained_to(run_dir: str | Path, run: Run, which: str = "best") -> TrainedTo:
+    """How far the weights of ``run`` (loaded from ``run_dir``'s ``which`` checkpoint) were
+    trained, and whether the run has ended (read from its latest ``checkpoint.pt``, which a
+    running training keeps replacing)."""
+    state = run.checkpoint.get("state") or {}
+    rows = [r for r in state.get("history") or [] if r.get("step") == state.get("step")]
+    epoch = float(rows[-1]["epoch"]) if rows else float(state.get("epoch", -1))
+    latest = _state_of(Path(run_dir) / CHECKPOINT_FILES["latest"]) or state
+    stopped, done, epochs = str(latest.get("stopped", "")), latest.get("epoch", 0), run.config.train.epochs
+    at = f"at step {latest.get('step', '?')}, epoch {done} of {epochs}"
+    if done >= epochs or stopped.startswith(("early stopping", "max_minutes", "max_steps")):
+        unfinished = ""
+    elif stopped:
+        unfinished = f"{stopped} {at}; resume it to finish"
+    else:
+        unfinished = f"no end recorded {at} (still training, or killed)"
+    return TrainedTo(CHECKPOINT_FILES[which], epoch, int(state.get("step", -1)), unfinished)

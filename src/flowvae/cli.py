@@ -40,7 +40,8 @@ from .progress import progress_bar
 def _train(args: argparse.Namespace) -> int:
     from .group_training import fit
     from .groups import is_group
-    from .rundir import new_run_dir, prepare_run, summary_line
+    from .groups import summary_line as group_summary
+    from .rundir import new_run_dir, prepare_run, schedule_warning, summary_line
 
     group = bool(args.seeds) or bool(args.resume and is_group(args.resume))
     if args.resume:
@@ -63,12 +64,13 @@ def _train(args: argparse.Namespace) -> int:
     created: list[Path] = []  # claimed atomically now, removed again if the run never starts
     if run_dir is None:
         created += [] if Path("runs").exists() else [Path("runs")]
-        run_dir = new_run_dir(Path("runs"), default_run_name(name, cfg))
+        run_dir = new_run_dir(Path("runs"), default_run_name(name, cfg, args.seeds))
         created.insert(0, run_dir)
     try:
         state = fit(
             cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
             overwrite=args.overwrite, overrides=args.overrides, seeds=args.seeds,
+            origin=None if args.resume else _origin(name, args.config),
         )  # fmt: skip
     finally:
         for folder in created:
@@ -76,23 +78,43 @@ def _train(args: argparse.Namespace) -> int:
                 folder.rmdir()
     if int(os.environ.get("RANK", "0")) == 0:
         for name, member in state.items() if isinstance(state, dict) else [("", state)]:
-            folder = run_dir / name if name else run_dir
-            print(f"{name + ': ' if name else ''}{summary_line(member, folder, *_dims(folder))}")
+            folder, prefix = run_dir / name if name else run_dir, f"{name}: " if name else ""
+            binary, dims, member_cfg = _ended(folder)
+            print(f"{prefix}{summary_line(member, folder, binary, dims)}")
+            warning = schedule_warning(member, member_cfg.train)
+            if warning:
+                print(f"flowvae: warning: {prefix}{warning}", file=sys.stderr)
+        if isinstance(state, dict):
+            print(group_summary(state, run_dir))
     return 0
 
 
-def default_run_name(preset_name: str, cfg: Config) -> str:
-    """``PRESET-DATA-POSTERIOR`` without repeats: ``digits-iaf``, ``mnist-mlp-binarized_mnist-diag``."""
+def default_run_name(preset_name: str, cfg: Config, seeds: int | None = None) -> str:
+    """``PRESET-DATA-POSTERIOR`` without repeats: ``digits-iaf``, ``mnist-mlp-binarized_mnist-diag``;
+    a group of seeds says so: ``digits-iaf-3seeds``."""
     model = cfg.model.posterior if cfg.model.type == "flat" else cfg.model.type
     parts = [preset_name] + [p for p in (cfg.data.name, model) if p not in preset_name.split("-")]
-    return "-".join(parts)
+    return "-".join(parts + ([f"{seeds}seeds"] if seeds else []))
 
 
-def _dims(run_dir: Path) -> tuple[bool, int]:
+def _origin(preset_name: str, config_file: str | None) -> dict[str, str]:
+    """Where a new run's config came from: the preset, the ``--config`` file and its SHA-256."""
+    import hashlib
+
+    origin = {"preset": preset_name}
+    if config_file:
+        digest = hashlib.sha256(Path(config_file).read_bytes()).hexdigest()
+        origin.update(config_file=str(config_file), config_sha256=digest)
+    return origin
+
+
+def _ended(run_dir: Path) -> tuple[bool, int, Config]:
+    """What the line after training needs of a run's last checkpoint: binary, pixels, config."""
     from .checkpoint import load_checkpoint
+    from .config import from_dict
 
     ckpt = load_checkpoint(run_dir / "checkpoint.pt")
-    return ckpt["binary"], math.prod(ckpt["image_shape"])
+    return ckpt["binary"], math.prod(ckpt["image_shape"]), from_dict(ckpt["config"])
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -140,25 +162,27 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _eval_report(args: argparse.Namespace, scored, prefix: str = "") -> tuple[dict, list[str]]:
-    """One run's evaluation: its JSON object and its sentence (and diagnostics) as lines;
-    warnings go to stderr, named by ``prefix``."""
-    result, subset = scored.estimate, scored.examples.description
+    """One run's evaluation: its JSON object and its sentence (and diagnostics) as lines, naming
+    the checkpoint's epoch and step; warnings (an unfinished run too) go to stderr, named by ``prefix``."""
+    result, subset, trained = scored.estimate, scored.examples.description, scored.trained
     if not math.isfinite(result.nll):
         raise ValueError(
             f"{prefix}{args.estimator} on {args.split}: -log p(x) is {result.nll} (not finite): the model in "
             f"{args.run_dir} gives non-finite likelihoods"
         )
-    for warning in result.warnings:
+    unfinished = [f"scored {trained.describe()}"] if trained.unfinished else []
+    for warning in [*unfinished, *result.warnings]:
         print(f"flowvae: warning: {prefix}{warning}", file=sys.stderr)
-    out = {**result.to_json(), "checkpoint": args.checkpoint, "data": scored.run.config.data.name,
-           "subset": subset, "cached": scored.cached}  # fmt: skip
+    out = {**result.to_json(), "checkpoint": args.checkpoint, "trained": trained.to_json(),
+           "data": scored.run.config.data.name, "subset": subset, "cached": scored.cached}  # fmt: skip
     binary = scored.run.checkpoint["binary"]  # binary images are reported in nats only
     out["likelihood"] = likelihood_name(scored.run.config.model.likelihood, binary)  # numbers differ by it
     unit = "" if result.bits_per_dim is None or binary else f" = {result.bits_per_dim:.4f} bits/dim"
     lines = [
         f"{prefix}{args.estimator} (K={result.samples}) on {subset}: -log p(x) = {result.nll:.3f} ± "
         f"{result.stderr:.3f} nats{unit} ({out['likelihood']} likelihood; {result.seconds:.1f} s"
-        f"{', cached' if scored.cached else ''})"
+        f"{', cached' if scored.cached else ''})",
+        f"  weights: {trained.describe()}",
     ]
     for name, v in result.diagnostics.items():
         values = f"median {v['median']:.3g}, min {v['min']:.3g}, max {v['max']:.3g}"
@@ -185,8 +209,8 @@ def _compare(args: argparse.Namespace) -> int:
     paths = {}
     if args.out:
         dirs = [Path(r) for r in args.run_dirs]
-        paths = groups.write_comparison(comparison, args.out) if grouped else compare.write_comparison(
-            comparison, dirs, args.out)  # fmt: skip
+        paths = groups.write_comparison(comparison, args.out, args.compact) if grouped else (
+            compare.write_comparison(comparison, dirs, args.out, args.compact))  # fmt: skip
     if args.json:
         print(json.dumps({**comparison.to_json(), "files": {k: str(v) for k, v in paths.items()}}))
     else:
@@ -356,8 +380,8 @@ def _train_parser(sub) -> None:
     t.add_argument(
         "--resume", metavar="RUN_DIR", type=run_dir,
         help="continue the run in RUN_DIR exactly where it stopped (a group of --seeds: every unfinished "
-        "member; default: start a new run); budgets (train.max_minutes, train.max_steps) count from this "
-        "invocation",
+        "member; default: start a new run); after Ctrl-C it keeps what was left of the budgets "
+        "(train.max_minutes, train.max_steps), after a budget stop it has none; a budget given replaces them",
     )  # fmt: skip
     t.add_argument(
         "--overwrite",
@@ -535,6 +559,10 @@ def _compare_parser(sub) -> None:
     c.add_argument(
         "--out", help="write comparison.{md,tex,csv,json} and curves.{png,pdf} here (default: print only)"
     )
+    c.add_argument(
+        "--compact", action="store_true",
+        help="comparison.tex in a smaller font with tighter columns (default: the document's size)",
+    )  # fmt: skip
     common_flags(c, "split", "seed", "checkpoint", "threads", "no-cache", "json", "no-progress",
                  what="the subset and the estimates")  # fmt: skip
     c.set_defaults(fn=_compare)

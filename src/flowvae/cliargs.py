@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, check_value
+from .config import EVAL_SEED, ConfigError, check_value
 from .data import SPLITS
 
 
@@ -148,7 +148,7 @@ def option_flags(
         group.add_argument(flag, **kwargs)
 
 
-def common_flags(p: argparse.ArgumentParser, *names: str, seed: int = 1234, what: str = "") -> None:
+def common_flags(p: argparse.ArgumentParser, *names: str, seed: int = EVAL_SEED, what: str = "") -> None:
     """The flags several subcommands share, each written once: ``checkpoint``, ``seed``,
     ``split``, ``device``, ``threads``, ``json``, ``no-progress``, ``no-cache``."""
     specs: dict[str, tuple[str, dict[str, typing.Any]]] = {

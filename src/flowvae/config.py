@@ -184,13 +184,37 @@ class TrainConfig:
     init_from: str = ""  # a run whose best weights initialise the model (with freeze: that part only)
 
 
+EVAL_SEED = 1234  # the default seed of every evaluation: its subset (--limit) and every example's draws
+
+
 @dataclass
 class EvalConfig:
     samples: int = 5000  # K of the importance-sampled estimate (paper protocol)
     chunk: int = 500  # samples per chunk: memory is bounded by batch_size * chunk
     batch_size: int = 100
     valid_samples: int = 1  # samples of the valid ELBO computed during training
-    seed: int = 1234
+    seed: int = EVAL_SEED
+
+
+UNDECAYED = 0.05  # a cosine decay is unfinished while the lr is more than this of the way above lr_min
+
+
+def unfinished_schedule(t: TrainConfig, kl_weight: float, lr: float) -> list[str]:
+    """The parts of its schedule that a run's last step had not finished, from that step's KL
+    weight and learning rate (``metrics.csv``'s last row, ``TrainState``; the schedules
+    themselves are :func:`flowvae.optim.kl_weight` and :func:`flowvae.optim.learning_rate`):
+    the KL warm-up (weight below 1) and a cosine decay of the lr (more than 5 % of the way from
+    ``train.lr_min`` up to ``train.lr`` left). Schedules are in epochs; a time budget does not
+    stretch or shrink them (``cosine-budget`` alone fits itself to one), so a budget that ends
+    first leaves them unfinished, and the run, ``flowvae compare`` and its table say so."""
+    parts = []
+    if t.kl_warmup_epochs > 0 and kl_weight < 1:
+        parts.append(f"KL warm-up (KL weight {kl_weight:.2f}; 1 after {t.kl_warmup_epochs:g} epochs)")
+    span = t.lr - t.lr_min
+    if t.lr_schedule in ("cosine", "cosine-budget") and span > 0 and lr > t.lr_min + UNDECAYED * span:
+        parts.append(f"{t.lr_schedule} lr decay (lr {lr:.3g}: {(t.lr - lr) / span:.0%} of the way from "
+                     f"{t.lr:g} to {t.lr_min:g})")  # fmt: skip
+    return parts
 
 
 @dataclass
@@ -236,10 +260,8 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         raise ConfigError(f"{key}: {value!r} is not a valid value; valid values: {valid}")
     if origin in (list, tuple):
         (inner,) = typing.get_args(typ)[:1]
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if not isinstance(value, (list, tuple)):  # a scalar is not read as one element: `hidden: 300`
+            raise ConfigError(f"{key}: expected a list, e.g. [{value!r}], got {value!r}")
         return [_coerce(v, inner, key) for v in value]
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(typ):
@@ -449,6 +471,15 @@ def validate(cfg: Config, given: list[str] | tuple[str, ...] = ()) -> Config:
     return cfg
 
 
+def nearest(name: str, names: list[str], score: Callable[[str], float] | None = None) -> list[str]:
+    """The ``names`` nearest to ``name``, best first: those whose ``score`` (default: difflib's
+    ratio to ``name``) is above 0.7 and within 0.05 of the best (a key's or a preset's "did you mean")."""
+    score = score or (lambda n: difflib.SequenceMatcher(None, name, n).ratio())
+    scores = {n: score(n) for n in names}
+    best = max(scores.values(), default=0.0)
+    return sorted((n for n, v in scores.items() if v >= max(0.7, best - 0.05)), key=lambda n: -scores[n])
+
+
 def suggest_keys(key: str, keys: list[str]) -> str:
     """The valid keys nearest to ``key`` by difflib's ratio of the names after the dot (``posterior``
     -> ``model.posterior``; in another section than ``key``'s, the better of 0.95 times that and
@@ -462,11 +493,15 @@ def suggest_keys(key: str, keys: list[str]) -> str:
             return by_name
         return max(0.95 * by_name, difflib.SequenceMatcher(None, key, k).ratio())
 
-    scores = {k: score(k) for k in keys}
-    best = max(scores.values(), default=0.0)
-    near = sorted((k for k, v in scores.items() if v >= max(0.7, best - 0.05)), key=lambda k: -scores[k])
+    near = nearest(key, keys, score)
     listing = "`flowvae config` lists every key"
     return f"did you mean {' or '.join(near[:3])}? ({listing})" if near else listing
+
+
+def get_key(cfg: Config, key: str) -> Any:
+    """The value of a dotted key (``model.posterior``) of ``cfg``."""
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
 
 
 def set_key(cfg: Config, key: str, value: Any) -> None:
@@ -530,10 +565,14 @@ def load_yaml(path: str | Path, cfg: Config | None = None) -> Config:
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        problem = str(e).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{yaml_where(e)}: {problem}") from None
     cfg = cfg or Config()
     before = copy.deepcopy(cfg.model)
-    cfg = apply_dict(cfg, values or {}, origin=str(path))
+    try:
+        cfg = apply_dict(cfg, values or {}, origin=str(path))
+    except ConfigError as e:
+        raise ConfigError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
     # keys the file changed that the model type ignores (a full dump, e.g. a run's config.yaml,
     # repeats the other type's defaults: harmless); against the type in effect after this file
     changed = [f"model.{f.name}" for f in dataclasses.fields(before)
@@ -545,9 +584,17 @@ def load_yaml(path: str | Path, cfg: Config | None = None) -> Config:
     return cfg
 
 
+def yaml_where(error: yaml.YAMLError) -> str:
+    """`` at line L, column C`` where a YAML error marks its place (1-based), else ``""``."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
 def from_dict(values: dict[str, Any]) -> Config:
     return apply_dict(Config(), values)
 
 
-def save_yaml(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+def save_yaml(cfg: Config, path: str | Path, comment: str = "") -> None:
+    """Every key of ``cfg``; ``comment`` (e.g. where the values came from) as ``#`` lines above."""
+    head = "".join(f"# {line}\n" for line in comment.splitlines())
+    Path(path).write_text(head + yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -39,7 +39,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .config import DataConfig
+from .config import EVAL_SEED, DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -446,7 +446,7 @@ class EvaluationSet(NamedTuple):
         return h.hexdigest()
 
 
-def evaluation_images(data: ImageData, split: str, limit: int = 0, seed: int = 1234) -> EvaluationSet:
+def evaluation_images(data: ImageData, split: str, limit: int = 0, seed: int = EVAL_SEED) -> EvaluationSet:
     """The images an evaluation scores: a fixed seeded random subset of ``limit`` examples of
     ``split`` (all if ``limit <= 0``), the one way eval, gaps, compare and the benchmarks pick them.
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import Run, load_run
+from .checkpoint import Run, TrainedTo, load_run, trained_to
 from .data import EvaluationSet, evaluation_images, load_data
 from .distributed import Dist
 from .estimators import Estimate, evaluate, resolve_estimator, summarise_estimate
@@ -61,6 +61,7 @@ class RunEvaluation:
     estimate: Estimate
     examples: EvaluationSet
     cached: bool  # read from the cache rather than computed
+    trained: TrainedTo | None = None  # the weights scored (file, epoch, step) and whether the run ended
 
 
 def _cache_key(request: dict[str, Any]) -> str:
@@ -81,12 +82,15 @@ def _read_cache(path: Path, examples: EvaluationSet) -> dict[str, np.ndarray] | 
     return hit if same else None
 
 
-def _write_cache(path: Path, estimate: Estimate, examples: EvaluationSet) -> None:
-    """The per-example values, diagnostics and what they are for, written atomically (temp file +
-    rename); a cache that cannot be written is skipped, not fatal."""
+def _write_cache(path: Path, estimate: Estimate, examples: EvaluationSet, trained: TrainedTo) -> None:
+    """The per-example values, diagnostics and what they are for (the examples; the weights'
+    file, epoch and step), written atomically (temp file + rename); a cache that cannot be
+    written is skipped, not fatal."""
     arrays = {
         "log_p": estimate.per_example.numpy(), "indices": examples.indices.numpy(),
         "images": np.array(examples.digest), "seconds": np.array(estimate.seconds),
+        "trained_file": np.array(trained.file), "trained_epoch": np.array(trained.epoch),
+        "trained_step": np.array(trained.step),
     }  # fmt: skip
     arrays.update({f"diag_{k}": v.numpy() for k, v in estimate.per_example_diagnostics.items()})
     try:
@@ -129,8 +133,10 @@ def evaluate_run(
     the bytes it was loaded from).
     ``progress``, if given, is called with the number of examples this process scores and
     returns a context manager with ``update(n)`` (e.g. :func:`flowvae.progress.progress_bar`).
+    The result names the weights it scored (``trained``: file, epoch, step; an unfinished run).
     """
     run = run or load_run(run_dir, checkpoint, device)
+    trained = trained_to(run_dir, run, checkpoint)
     samples, settings = resolve_estimator(estimator, samples, options, run.config.eval)
     if examples is None:
         examples = evaluation_images(load_data(run.config.data), split, limit, seed)
@@ -147,7 +153,7 @@ def evaluate_run(
             estimator, split, samples, torch.from_numpy(hit["log_p"]), diagnostics, settings,
             math.prod(examples.images.shape[1:]), run.model.likelihood.discrete, float(hit["seconds"]),
         )  # fmt: skip
-        return RunEvaluation(run, estimate, examples, cached=True)
+        return RunEvaluation(run, estimate, examples, cached=True, trained=trained)
     d = dist or Dist()
     batches = examples.images.split(batch_size or run.config.eval.batch_size)
     mine = sum(len(b) for i, b in enumerate(batches) if i % d.world == d.rank)  # this rank's examples
@@ -157,8 +163,8 @@ def evaluate_run(
             dist=d, progress=bar.update if bar is not None else None, **settings,
         )  # fmt: skip
     if entry is not None and d.is_main and math.isfinite(estimate.nll):  # a NaN is never cached
-        _write_cache(entry, estimate, examples)
-    return RunEvaluation(run, estimate, examples, cached=False)
+        _write_cache(entry, estimate, examples, trained)
+    return RunEvaluation(run, estimate, examples, cached=False, trained=trained)
 
 
 __all__ = ["CACHE_DIR", "CODE_DIGEST", "RunEvaluation", "evaluate_run", "source_digest"]

@@ -24,21 +24,29 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .checkpoint import GROUP_FILE, CheckpointError, load_checkpoint
-from .compare import read_metrics
 from .config import Config, ConfigError, apply_overrides, from_dict, parse_override
 from .data import DataError
 from .groups import Group, check_new_group, is_group, member_config, read_group
-from .rundir import RESUMABLE_OVERRIDES, TrainingError, TrainState, evaluation_line, prepare_run, run_files
+from .progress import progress_bar
+from .rundir import (
+    RESUMABLE_OVERRIDES,
+    TrainingError,
+    TrainState,
+    clock,
+    prepare_run,
+    run_files,
+    say_on_stderr,
+)
 from .train import Interrupted, train
 
-POLL_SECONDS = 2.0  # how often the group's process looks at its members' metrics
+POLL_SECONDS = 2.0  # the longest the group's process waits for a member's message or end
 
 
 @dataclass
@@ -49,6 +57,7 @@ class _Job:
     resume: bool
     overwrite: bool
     overrides: list[str]
+    origin: dict[str, str] = field(default_factory=dict)  # a new member's preset and config file
 
 
 def cores() -> int:
@@ -66,6 +75,7 @@ def fit(
     *,
     seeds: int | None = None,
     workers: int | None = None,
+    origin: dict[str, str] | None = None,
 ) -> TrainState | dict[str, TrainState]:
     """Train (or resume) a run, as ``flowvae train``; with ``seeds=N``, or resuming a group, a group.
 
@@ -73,13 +83,15 @@ def fit(
     ``resume=True`` on a folder holding ``group.json``, ``cfg`` then unused): N members in
     ``run_dir/seed-i`` trained ``workers`` at a time (default: all N at once); returns
     each member's final state by member name. A member that fails raises (after the others end)
-    the error of the first one, its message naming the member.
+    the error of the first one, its message naming the member. ``origin`` (``{"preset": NAME,
+    "config_file": PATH, "config_sha256": ...}``): where a new run's config came from, recorded
+    in its ``config.yaml``, ``invocations.jsonl`` and (a group) ``group.json``.
     """
     if seeds is None and not (resume and is_group(run_dir)):
         if cfg is None:
             raise ConfigError("fit needs a config (or resume=True)")
-        return train(cfg, run_dir, resume, progress, overwrite, overrides)
-    return train_group(cfg, run_dir, seeds, resume, progress, overwrite, overrides, workers)
+        return train(cfg, run_dir, resume, progress, overwrite, overrides, origin)
+    return train_group(cfg, run_dir, seeds, resume, progress, overwrite, overrides, workers, origin)
 
 
 def train_group(
@@ -91,6 +103,7 @@ def train_group(
     overwrite: bool = False,
     overrides: list[str] | None = None,
     workers: int | None = None,
+    origin: dict[str, str] | None = None,
 ) -> dict[str, TrainState]:
     """Train or resume the members of a group (see :func:`fit`)."""
     group_dir, overrides = Path(group_dir), list(overrides or [])
@@ -122,20 +135,22 @@ def train_group(
                         raise ConfigError(f"cannot change {parse_override(text)[0]} when resuming; allowed: "
                                           f"{', '.join(sorted(RESUMABLE_OVERRIDES))}")  # fmt: skip
                 apply_overrides(fresh, overrides)
-                jobs.append(_Job(name, member, fresh, False, True, [*group.overrides, *overrides]))
+                given = [*group.overrides, *overrides]
+                jobs.append(_Job(name, member, fresh, False, True, given, group.origin))
     else:
         if cfg is None or seeds is None or seeds < 1:
             raise ConfigError(f"a new group needs a config and seeds >= 1 (got {seeds})")
         check_new_group(group_dir, seeds, overwrite)
         base = cfg.train.seed
         group = Group([f"seed-{i}" for i in range(seeds)], [base + i for i in range(seeds)], cfg.to_dict(),
-                      overrides)  # fmt: skip
+                      overrides, dict(origin or {}))  # fmt: skip
         group_dir.mkdir(parents=True, exist_ok=True)
         tmp = group_dir / f".{GROUP_FILE}.tmp"
         tmp.write_text(json.dumps(asdict(group), indent=1) + "\n")
         tmp.replace(group_dir / GROUP_FILE)
         jobs = [
-            _Job(name, group_dir / name, member_config(group.config, seed), False, overwrite, overrides)
+            _Job(name, group_dir / name, member_config(group.config, seed), False, overwrite, overrides,
+                 group.origin)  # fmt: skip
             for name, seed in zip(group.members, group.seeds, strict=True)
         ]
     try:
@@ -173,19 +188,17 @@ _ERRORS: dict[str, type[Exception]] = {
 def _run_jobs(
     jobs: list[_Job], group_dir: Path, workers: int | None, progress: bool
 ) -> dict[str, TrainState]:
-    """Run the members' processes, ``workers`` at a time; Ctrl-C is passed on to each once."""
+    """Run the members' processes, ``workers`` at a time, printing each member's lines named
+    (:class:`_Board`); Ctrl-C is passed on to each once."""
     if not jobs:
         return {}
     workers = min(workers or len(jobs), len(jobs))
     ctx = multiprocessing.get_context("spawn")
     pending, running = list(jobs), {}  # running: process sentinel -> (job, process, connection)
-    failures: list[tuple[str, str, str]] = []  # (member, error type, message)
-    interrupted: list[str] = []
-    shown: dict[str, int] = {}
+    outcomes: dict[str, tuple] = {}  # member -> ("done",) | ("interrupted", text) | ("error", type, text)
     stopping = False
-    if progress:
-        print(f"group {group_dir}: {len(jobs)} member(s) to train, {workers} at a time", file=sys.stderr)
-    with _sigint_raises():  # as in a single run, even where Ctrl-C was ignored at start-up
+    board = _Board(group_dir, jobs, workers, progress)
+    with _sigint_raises(), board:  # as in a single run, even where Ctrl-C was ignored at start-up
         while pending or running:
             try:
                 while pending and len(running) < workers and not stopping:
@@ -193,31 +206,33 @@ def _run_jobs(
                     threads = job.cfg.train.threads or max(1, cores() // workers)
                     process, receive = _start(ctx, job, threads)
                     running[process.sentinel] = (job, process, receive)
-                ready = multiprocessing.connection.wait(list(running), timeout=POLL_SECONDS)
-                if progress:
-                    _show_progress([job for job, _, _ in running.values()], shown)
-                for sentinel in ready:
+                pipes = {receive: job for job, _, receive in running.values()}
+                ready = multiprocessing.connection.wait([*running, *pipes], timeout=POLL_SECONDS)
+                for receive in set(ready) & set(pipes):
+                    _drain(pipes[receive], receive, outcomes, board)
+                for sentinel in set(ready) & set(running):
                     job, process, receive = running.pop(sentinel)
                     process.join()
-                    message = (
-                        receive.recv()
-                        if receive.poll()
-                        else ("error", "TrainingError", f"its process ended ({process.exitcode})")
-                    )
+                    _drain(job, receive, outcomes, board)
                     receive.close()
-                    if message[0] == "error":
-                        failures.append((job.name, message[1], message[2]))
-                    elif message[0] == "interrupted":
-                        interrupted.append(job.name)
-                        if not stopping:  # one member stopped by itself: the group stops with it
-                            stopping = _stop(pending, running)
-                    if progress and message[0] == "done":
-                        _show_progress([job], shown)
-                        print(f"{job.name}: done", file=sys.stderr)
+                    outcome = outcomes.setdefault(
+                        job.name, ("error", "TrainingError", f"its process ended ({process.exitcode})"))
+                    if outcome[0] == "interrupted" and not stopping:  # one member stopped: the group too
+                        stopping = _stop(pending, running)
+                    board.ended(job.name, outcome[0])
             except KeyboardInterrupt:  # the first stops every member at its next step, a second at once
                 stopping = _stop(pending, running)
-    if failures:  # the first member (in the group's order) that failed
-        name, kind, text = min(failures, key=lambda f: [job.name for job in jobs].index(f[0]))
+    _raise_failures(jobs, group_dir, outcomes, stopping)
+    return {job.name: TrainState(**load_checkpoint(job.run_dir / "checkpoint.pt")["state"]) for job in jobs}
+
+
+def _raise_failures(jobs: list[_Job], group_dir: Path, outcomes: dict[str, tuple], stopping: bool) -> None:
+    """The first member (in the group's order) that failed fails the group with its error, named;
+    an interrupted group raises :class:`Interrupted`."""
+    failed = [job.name for job in jobs if outcomes.get(job.name, ("",))[0] == "error"]
+    failures = [(name, *outcomes[name][1:]) for name in failed]
+    if failures:
+        name, kind, text = failures[0]
         others = f" ({len(failures) - 1} other member(s) failed too)" if len(failures) > 1 else ""
         error = _ERRORS.get(kind, TrainingError)
         where = f"{group_dir / name}: {text}{others}; fix it and continue"
@@ -225,11 +240,57 @@ def _run_jobs(
         if error is TrainingError:
             raise error(f"{where} with fit(cfg, {str(group_dir)!r}, resume=True)", cli=cli)
         raise error(cli)
-    if stopping or interrupted:
+    if stopping or any(outcome[0] == "interrupted" for outcome in outcomes.values()):
         stopped = "stopped every member with a checkpoint; continue"
         python = f"{stopped} with fit(cfg, {str(group_dir)!r}, resume=True)"
         raise Interrupted(python, cli=f"{stopped} with --resume {group_dir}")
-    return {job.name: TrainState(**load_checkpoint(job.run_dir / "checkpoint.pt")["state"]) for job in jobs}
+
+
+def _drain(job: _Job, receive: Any, outcomes: dict[str, tuple], board: _Board) -> None:
+    """Every message a member has sent so far: its lines (to the board) and its outcome (kept)."""
+    try:
+        while receive.poll():
+            message = receive.recv()
+            if message[0] == "line":
+                board.line(job.name, *message[1:])
+            else:
+                outcomes[job.name] = message
+    except (EOFError, OSError):  # the member is gone; its outcome, if any, was read
+        pass
+
+
+class _Board:
+    """What a group prints: one line per member's line (its start-up line, each evaluation),
+    named ``seed-i: ...``, with the member's own epoch, step and ETA; on a terminal with
+    ``progress``, one bar above them over every member's steps (total: the sum of the steps each
+    is expected to stop at; ETA: the latest member's)."""
+
+    def __init__(self, group_dir: Path, jobs: list[_Job], workers: int, progress: bool):
+        self.progress, self.at = progress, {}  # member -> {"step", "end", "eta"} of its last evaluation
+        if progress:
+            print(f"group {group_dir}: {len(jobs)} member(s) to train, {workers} at a time", file=sys.stderr)
+        enabled = progress and sys.stderr.isatty()
+        self.bar = progress_bar(0, f"group {group_dir.name}", enabled, unit="steps", eta=False)
+
+    def __enter__(self) -> _Board:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.close()
+
+    def line(self, name: str, text: str, where: dict[str, float] | None = None) -> None:
+        say_on_stderr(f"{name}: {text}")
+        if where is None or self.bar.disable:
+            return
+        self.at[name] = where
+        self.bar.total = sum(int(w["end"] or w["step"]) for w in self.at.values())
+        self.bar.n = sum(int(w["step"]) for w in self.at.values())
+        eta = max((w["eta"] for w in self.at.values() if math.isfinite(w["eta"])), default=math.nan)
+        self.bar.set_postfix(ETA=clock(eta))
+
+    def ended(self, name: str, outcome: str) -> None:
+        if self.progress and outcome == "done":
+            say_on_stderr(f"{name}: done")
 
 
 def _start(ctx: Any, job: _Job, threads: int) -> tuple[Any, Any]:
@@ -237,7 +298,7 @@ def _start(ctx: Any, job: _Job, threads: int) -> tuple[Any, Any]:
     receive, send = ctx.Pipe(duplex=False)
     debug = bool(os.environ.get("FLOWVAE_DEBUG"))
     args = (send, job.cfg.to_dict(), str(job.run_dir), job.resume, job.overwrite, job.overrides, threads,
-            os.getpid(), debug)  # fmt: skip
+            os.getpid(), debug, job.origin)  # fmt: skip
     process = ctx.Process(target=_member_main, name=f"flowvae-{job.name}", args=args)
     process.start()
     send.close()
@@ -267,18 +328,6 @@ def _stop(pending: list[_Job], running: dict[int, tuple[_Job, Any, Any]]) -> boo
     return True
 
 
-def _show_progress(jobs: list[_Job], shown: dict[str, int]) -> None:
-    """One line per new evaluation row of each member (read from its metrics.csv), named."""
-    for job in jobs:
-        rows = read_metrics(job.run_dir)
-        for i in range(shown.get(job.name, 0), len(rows)):
-            row = {**rows[i], "epoch": int(rows[i]["epoch"])}
-            best = max(rows[: i + 1], key=lambda r: r.get("valid_elbo", -math.inf))
-            state = TrainState(best_valid=best.get("valid_elbo", math.nan), best_epoch=int(best["epoch"]))
-            print(f"{job.name}: {evaluation_line(row, state, job.cfg.train.epochs)}", file=sys.stderr)
-        shown[job.name] = len(rows)
-
-
 def _watch_parent(parent: int) -> None:
     """A member whose group process died stops as after Ctrl-C: at its next step, with a checkpoint."""
     while os.getppid() == parent:
@@ -288,17 +337,22 @@ def _watch_parent(parent: int) -> None:
 
 def _member_main(
     send: Any, cfg: dict[str, Any], run_dir: str, resume: bool, overwrite: bool, overrides: list[str],
-    threads: int, parent: int, debug: bool,
+    threads: int, parent: int, debug: bool, origin: dict[str, str],
 ) -> None:  # fmt: skip
-    """One member, in its own process: trains, then sends ("done",), ("interrupted", text) or
-    ("error", type name, one-line message)."""
+    """One member, in its own process: trains, sending each line it prints as ("line", text,
+    where), then ("done",), ("interrupted", text) or ("error", type name, one-line message)."""
     os.setpgrp()  # a terminal's Ctrl-C reaches the group's process only, which passes it on once
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
+
+    def say(text: str, where: dict[str, float] | None = None) -> None:  # printed by the group, named
+        send.send(("line", text, where))
+
     try:
         train(
-            from_dict(cfg), run_dir, resume=resume, progress=False, overwrite=overwrite, overrides=overrides
-        )
+            from_dict(cfg), run_dir, resume=resume, progress=False, overwrite=overwrite, overrides=overrides,
+            origin=origin, say=say,
+        )  # fmt: skip
         message: tuple = ("done",)
     except Interrupted as e:
         message = ("interrupted", str(e))

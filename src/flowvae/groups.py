@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import scipy.stats
 import torch
 import yaml
 
@@ -41,8 +40,12 @@ from .compare import (
     MODEL_HEADER,
     Comparison,
     ComparisonHeader,
+    caption,
     compare_runs,
+    config_cell,
+    header,
     model_cells,
+    notes,
     plot_curves,
     plus_minus,
     render_latex,
@@ -51,7 +54,7 @@ from .compare import (
 )
 from .config import Config, from_dict
 from .evaluation import RunEvaluation, evaluate_run
-from .rundir import TrainingError, run_files
+from .rundir import TrainingError, TrainState, run_files
 
 GROUP_VERSION = 1
 
@@ -62,12 +65,14 @@ GROUP_VERSION = 1
 @dataclass
 class Group:
     """What ``group.json`` holds: member folders (relative to the group), their ``train.seed``,
-    the config every member starts from (with the first seed) and the overrides given."""
+    the config every member starts from (with the first seed), the overrides given, and the
+    preset and config file that config came from (``origin``)."""
 
     members: list[str]
     seeds: list[int]
     config: dict[str, Any]
     overrides: list[str] = field(default_factory=list)
+    origin: dict[str, str] = field(default_factory=dict)
     version: int = GROUP_VERSION
 
 
@@ -145,23 +150,62 @@ def difference_across_seeds(base: Sequence[float], other: Sequence[float]) -> tu
 
 
 def welch_df(base: Sequence[float], other: Sequence[float]) -> float | None:
-    """The Welch–Satterthwaite degrees of freedom of :func:`difference_across_seeds`' standard
-    error, (a + b)² / (a²/(n₁ − 1) + b²/(n₀ − 1)) with a = sd₁²/n₁, b = sd₀²/n₀ (Welch 1947):
-    between 2 and 4 for two groups of 3 seeds, where ± 1 SE is far from a 95 % interval. ``None`` with one
-    seed in either group; n₁ + n₀ − 2 when both sds are 0."""
+    """Welch–Satterthwaite degrees of freedom of :func:`difference_across_seeds`' SE:
+    (a + b)² / (a²/(n₁−1) + b²/(n₀−1)), a = sd₁²/n₁, b = sd₀²/n₀; ``None`` with one seed in
+    either group (and with no spread at all). Between min(n₁, n₀) − 1 and n₁ + n₀ − 2: about
+    2.6 with 3 seeds a side, where the 95 % t quantile is ~3.5, not 2."""
     (_, s0), (_, s1) = seed_mean_sd(base), seed_mean_sd(other)
     if s0 is None or s1 is None:
         return None
     a, b = s1**2 / len(other), s0**2 / len(base)
     if a + b == 0:
-        return float(len(other) + len(base) - 2)
+        return None
     return (a + b) ** 2 / (a**2 / (len(other) - 1) + b**2 / (len(base) - 1))
 
 
-def t_interval(diff: float, se: float, df: float, level: float = 0.95) -> list[float]:
-    """The t-based ``level`` interval diff ± t_{df, (1 + level)/2} · se."""
-    half = float(scipy.stats.t.ppf((1 + level) / 2, df)) * se
-    return [diff - half, diff + half]
+def t_quantile(p: float, df: float) -> float:
+    """The ``p`` quantile (0.5 < p < 1) of Student's t with ``df`` > 0 (not necessarily whole)
+    degrees of freedom: bisection on the CDF, 1/2 + the density integrated from 0 by Simpson's
+    rule (to ~1e-9: far below what an interval's width needs)."""
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(t: float, steps: int = 2000) -> float:
+        h = t / steps
+        f = [math.exp(log_c - (df + 1) / 2 * math.log1p((i * h) ** 2 / df)) for i in range(steps + 1)]
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+
+    low, high = 0.0, 1.0
+    while cdf(high) < p:
+        low, high = high, 2 * high
+    for _ in range(50):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cdf(mid) < p else (low, mid)
+    return (low + high) / 2
+
+
+def welch_interval(base: Sequence[float], other: Sequence[float], level: float = 0.95) -> tuple | None:
+    """``(df, low, high)``: the t interval of ``mean(other) − mean(base)`` over training seeds,
+    difference ± t((1 + level)/2, Welch df) × Welch SE; ``None`` with one seed in either group."""
+    diff, se = difference_across_seeds(base, other)
+    df = welch_df(base, other)
+    if se is None or df is None:
+        return None
+    half = t_quantile((1 + level) / 2, df) * se
+    return df, diff - half, diff + half
+
+
+def summary_line(states: dict[str, TrainState], group_dir: str | Path) -> str:
+    """The line a group ends with: its members' best valid ELBO, mean ± sd over seeds, and steps."""
+    best = [s.best_valid for s in states.values() if s.best_epoch >= 0 and math.isfinite(s.best_valid)]
+    steps = statistics.fmean(s.step for s in states.values())
+    if not best:
+        elbo = "no valid ELBO"
+    else:
+        mean, sd = seed_mean_sd(best)
+        spread = f" ± {sd:.2f} (sd)" if sd is not None else ""
+        each = ", ".join(f"{v:.2f}" for v in best)
+        elbo = f"best valid ELBO {mean:.2f}{spread} nats over {len(best)} seed(s) ({each})"
+    return f"group {group_dir}: {elbo}; {steps:.0f} steps per member on average"
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -211,8 +255,6 @@ class GroupRow:
     nll_sd: float | None  # None: one seed
     diff_mean: float | None  # nll_mean minus the baseline's (negative: better); None for the baseline
     diff_se_seeds: float | None  # Welch SE over seeds; None for the baseline or with one seed in either
-    diff_df_seeds: float | None  # its Welch degrees of freedom (None as diff_se_seeds)
-    diff_ci95_seeds: list[float] | None  # the t-based 95 % interval [low, high] of diff_mean over seeds
     diff_se_paired: float | None  # SE over examples of the per-example difference of seed means
     elbo_mean: float
     kl_mean: float
@@ -221,17 +263,21 @@ class GroupRow:
     parameters: int
     epochs_mean: float
     train_seconds_mean: float | None
+    diff_df: float | None = None  # Welch–Satterthwaite degrees of freedom of diff_se_seeds
+    diff_ci95: list[float] | None = None  # diff_mean ± t(0.975, diff_df) diff_se_seeds
+    kl_weight_mean: float | None = None  # the final KL weight, mean over seeds
+    config: dict[str, Any] = field(default_factory=dict)  # the group's values of the differing keys
 
 
 @dataclass
 class GroupComparison(ComparisonHeader):
-    groups: list[GroupRow]
-    runs: Comparison  # every member of every group, as compare_runs reports runs
-    run_dirs: dict[str, str]  # row name in ``runs`` -> run folder
-    warnings: list[str]
+    groups: list[GroupRow] = field(default_factory=list)
+    runs: Comparison | None = None  # every member of every group, as compare_runs reports runs
+    run_dirs: dict[str, str] = field(default_factory=dict)  # row name in ``runs`` -> run folder
+    warnings: list[str] = field(default_factory=list)
     se_seeds: str = "Welch over seeds: sqrt(sd^2/n + sd_baseline^2/n_baseline), sample sds of per-seed means"
     se_paired: str = "over examples: sd of the per-example difference of seed means / sqrt(examples)"
-    ci95_seeds: str = "diff_mean ± t(0.975, Welch df) · diff_se_seeds: the 95 % interval over seeds"
+    interval: str = "diff_ci95: diff_mean ± t(0.975, diff_df) diff_se_seeds, diff_df Welch–Satterthwaite's"
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -267,98 +313,114 @@ def compare_groups(
         return -torch.stack([c.per_example[n].double() for n in names[m]]).mean(0)
 
     base_values, base_per_example = [rows[n].nll for n in names[base]], nll_per_example(base)
+    # the keys on which the groups differ: of those on which runs differ, the ones each group shares
+    same = {k: all(len({json.dumps(rows[n].config[k]) for n in names[m]}) == 1 for m in methods)
+            for k in c.differing}  # fmt: skip
+    differing = [k for k in c.differing if k != "train.seed" and same[k]]
     out = []
     for m in methods:
         own = [rows[n] for n in names[m]]
         values = [r.nll for r in own]
         mean, sd = seed_mean_sd(values)
-        diff = se_seeds = se_paired = df = ci95 = None
+        diff = se_seeds = se_paired = interval = None
         if m != base:
             diff, se_seeds = difference_across_seeds(base_values, values)
-            df = welch_df(base_values, values)
-            ci95 = None if se_seeds is None or df is None else t_interval(diff, se_seeds, df)
+            interval = welch_interval(base_values, values)
             d = nll_per_example(m) - base_per_example
             se_paired = d.std().item() / math.sqrt(d.numel())
-        seconds = [r.train_seconds for r in own]
+        seconds, weights = [r.train_seconds for r in own], [r.kl_weight for r in own]
         out.append(GroupRow(
             group=m.name if is_group(m) else run_label(m), posterior=own[0].posterior, members=names[m],
             train_seeds=[_train_seed(r) for r in members[m]], seeds=values, nll_mean=mean, nll_sd=sd,
-            diff_mean=diff, diff_se_seeds=se_seeds, diff_df_seeds=df, diff_ci95_seeds=ci95,
+            diff_mean=diff, diff_se_seeds=se_seeds,
             diff_se_paired=se_paired,
             elbo_mean=statistics.fmean(r.elbo for r in own), kl_mean=statistics.fmean(r.kl for r in own),
             active_units_mean=statistics.fmean(r.active_units for r in own), latent_dim=own[0].latent_dim,
             parameters=own[0].parameters, epochs_mean=statistics.fmean(r.epochs for r in own),
             train_seconds_mean=None if None in seconds else statistics.fmean(seconds),
+            diff_df=None if interval is None else interval[0],
+            diff_ci95=None if interval is None else list(interval[1:]),
+            kl_weight_mean=None if None in weights else statistics.fmean(weights),
+            config={k: own[0].config[k] for k in differing},
         ))  # fmt: skip
     run_dirs = {lab: str(r) for lab, r in zip(labels, flat, strict=True)}
     return GroupComparison(
-        c.estimator,
-        c.samples,
-        c.split,
-        c.n,
-        c.subset,
-        out[methods.index(base)].group,
-        out,
-        c,
-        run_dirs,
-        c.warnings,
-    )
+        c.estimator, c.samples, c.split, c.n, c.subset, out[methods.index(base)].group, c.seed, c.checkpoint,
+        c.settings, differing, c.shared, groups=out, runs=c, run_dirs=run_dirs, warnings=c.warnings,
+    )  # fmt: skip
 
 
 NO_SEEDS = "n/a (1 seed)"
 
-GROUP_HEADER = [
-    "group",
-    "posterior",
-    "−log p̂ (nats), mean ± sd (n seeds)",
-    "per seed",
-    "Δ vs baseline ± SE over seeds",
-    "± paired SE",
-    *MODEL_HEADER,
-]
+GROUP_COLUMNS = (
+    ["group", "posterior"],
+    ["−log p̂ (nats), mean ± sd (n seeds)", "per seed", "Δ vs baseline ± SE over seeds",
+     "95 % interval (Welch df)", "± paired SE", *MODEL_HEADER],
+)  # fmt: skip
 
 
-def _group_cells(row: GroupRow, latex: bool = False) -> list[str]:
+def _group_cells(row: GroupRow, differing: list[str], latex: bool = False) -> list[str]:
     def pm(value: float, err: float | None) -> str:
         return plus_minus(value, err, latex, NO_SEEDS)
 
     n = len(row.seeds)
     nll = f"{pm(row.nll_mean, row.nll_sd)}" + (f" ({n})" if n > 1 else "")
     diff = "—" if row.diff_mean is None else pm(row.diff_mean, row.diff_se_seeds)
+    if row.diff_ci95 is not None:
+        interval = "[{:.2f}, {:.2f}] ({:.1f})".format(*row.diff_ci95, row.diff_df)
+    else:
+        interval = "—" if row.diff_mean is None else NO_SEEDS
     paired = "—" if row.diff_se_paired is None else f"{row.diff_se_paired:.2f}"
     model = model_cells(
         row.elbo_mean, row.kl_mean, row.active_units_mean, row.latent_dim, row.parameters, row.epochs_mean,
-        row.train_seconds_mean,
+        row.train_seconds_mean, row.kl_weight_mean,
     )  # fmt: skip
-    return [row.group, row.posterior, nll, ", ".join(f"{v:.2f}" for v in row.seeds), diff, paired, *model]
+    config = [config_cell(row.config.get(k)) for k in differing]
+    per_seed = ", ".join(f"{v:.2f}" for v in row.seeds)
+    return [row.group, row.posterior, *config, nll, per_seed, diff, interval, paired, *model]
+
+
+def _group_spread(c: GroupComparison) -> list[str]:
+    seeds = sorted({len(r.seeds) for r in c.groups})
+    return [
+        f"mean ± sd: over each group's training seeds ({', '.join(map(str, seeds))} per group), each seed's "
+        f"−log p̂ the mean over the {c.n} examples. Δ: the difference of seed means to `{c.baseline}` "
+        "(negative: better) ± its standard error over seeds, Welch's sqrt(sd²/n + sd_b²/n_b), which includes "
+        "the training-seed variance and is conditional on the examples.",
+        "95 % interval: Δ ± t(0.975, df) × that SE, df the Welch–Satterthwaite degrees of freedom (in "
+        "brackets); with few seeds t is far above 2. With one seed in a group there is neither "
+        f"({NO_SEEDS}). ± paired SE: over the {c.n} examples, of the per-example difference of seed means "
+        "(conditional on the trained models).",
+    ]
 
 
 def markdown_table(c: GroupComparison, members: bool = True) -> str:
-    """The group table (means over seeds) and, with ``members``, the per-run table below it."""
-    caption = (
-        f"{c.estimator} (K={c.samples}) on {c.subset}; per group: mean ± sd over training seeds; Δ: "
-        f"difference of seed means to `{c.baseline}` (negative: better) ± standard error over seeds "
-        "(Welch), then ± paired standard error over examples (conditional on the trained models)"
-    )
-    table = render_markdown(caption, GROUP_HEADER, [_group_cells(r) for r in c.groups])
-    seeds = ", ".join(f"{r.group} {len(r.seeds)}" for r in c.groups)
-    table += (f"\n\nΔ ± : Welch standard error over training seeds (seeds: {seeds}), not a 95 % interval "
-              "with few seeds; comparison.json has the Welch df and the t-based 95 % interval")  # fmt: skip
-    return table + ("\n\nEvery run:\n\n" + compare.markdown_table(c.runs) if members else "")
+    """The group table (means over seeds) with its notes and, with ``members``, the per-run
+    table below it."""
+    rows = [_group_cells(r, c.differing) for r in c.groups]
+    remarks = notes(c, _group_spread(c), c.warnings)
+    table = render_markdown(caption(c, "Groups of training seeds"), header(c, *GROUP_COLUMNS), rows, remarks)
+    runs = "\n\nEvery run:\n\n" + compare.markdown_table(c.runs, with_notes=False) if members else ""
+    return table + runs
 
 
-def latex_table(c: GroupComparison) -> str:
-    """A booktabs table of the groups (needs ``\\usepackage{booktabs}``)."""
-    return render_latex(GROUP_HEADER, [_group_cells(r, True) for r in c.groups], text=(0, 1, 3))
+def latex_table(c: GroupComparison, compact: bool = False) -> str:
+    """The group table as a LaTeX ``table`` with its caption and notes (booktabs)."""
+    rows = [_group_cells(r, c.differing, True) for r in c.groups]
+    k = len(c.differing)
+    text = (*range(2 + k), 3 + k, 5 + k)  # names, config values, per seed, the interval
+    remarks = notes(c, _group_spread(c), c.warnings)
+    caption_text = caption(c, "Groups of training seeds")
+    return render_latex(header(c, *GROUP_COLUMNS), rows, text, caption_text, remarks, compact)
 
 
-def write_comparison(c: GroupComparison, out_dir: str | Path) -> dict[str, Path]:
+def write_comparison(c: GroupComparison, out_dir: str | Path, compact: bool = False) -> dict[str, Path]:
     """comparison.{md,tex,csv,json} (groups; ``runs.csv``: every member) and curves.{png,pdf}."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / f"comparison.{k}" for k in ("md", "tex", "csv", "json")}
     paths["md"].write_text(markdown_table(c) + "\n")
-    paths["tex"].write_text(latex_table(c) + "\n")
+    paths["tex"].write_text(latex_table(c, compact) + "\n")
     keys = list(GroupRow.__dataclass_fields__)
     with open(paths["csv"], "w", newline="") as f:
         writer = csv.writer(f)
@@ -379,4 +441,5 @@ def write_comparison(c: GroupComparison, out_dir: str | Path) -> dict[str, Path]
 __all__ = [
     "Group", "GroupComparison", "GroupRow", "check_new_group", "compare_groups", "difference_across_seeds",
     "evaluate_group", "group_members", "is_group", "latex_table", "markdown_table", "read_group",
-    "seed_mean_sd", "t_interval", "welch_df", "write_comparison"]  # fmt: skip
+    "seed_mean_sd", "summary_line", "t_quantile", "welch_df", "welch_interval",
+    "write_comparison"]  # fmt: skip

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from .config import Config, ConfigError, parse_override, set_key
+from .config import Config, ConfigError, nearest, parse_override, set_key
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,10 @@ def register_preset(name: str, description: str, parent: str | None = None, **ov
 
 def preset(name: str) -> Config:
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+        near = nearest(name, list(PRESETS))
+        hint = f"did you mean {' or '.join(near[:3])}? (`flowvae presets` lists them)" if near else (
+            f"available: {', '.join(sorted(PRESETS))}")
+        raise ConfigError(f"unknown preset {name!r}; {hint}")
     p = PRESETS[name]
     cfg = preset(p.parent) if p.parent else Config()
     for key, value in p.overrides.items():

@@ -15,11 +15,12 @@ from typing import TextIO
 from tqdm import tqdm
 
 FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed} elapsed, ETA {remaining}{postfix}]"
+OWN_ETA = "{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed} elapsed{postfix}]"  # the ETA in the postfix
 
 
 def progress_bar(
     total: int, desc: str, enabled: bool = True, unit: str = "examples", file: TextIO | None = None,
-    interval: float | None = None, initial: int = 0,
+    interval: float | None = None, initial: int = 0, eta: bool = True,
 ) -> tqdm:  # fmt: skip
     """A bar on ``file`` (default stderr): ``desc: done/total unit [elapsed, ETA]``.
 
@@ -27,12 +28,14 @@ def progress_bar(
     first writes after 30 s, then a line at most every 30 s, and nothing for a shorter job (an
     error stays the only line). ``interval`` overrides both. Disabled, it prints nothing; stdout
     stays clean either way (``--json`` prints exactly one object there). ``initial``: items done
-    before (a resumed run), not counted in the rate.
+    before (a resumed run), not counted in the rate. ``eta=False``: no ETA of tqdm's (its rate
+    knows nothing of a time budget); the caller writes its own in the postfix.
     """
     file = file or sys.stderr
     tty = hasattr(file, "isatty") and file.isatty()
     every = interval if interval is not None else (0.5 if tty else 30.0)
     return tqdm(
         total=total, initial=initial, desc=desc, unit=unit, file=file, disable=not enabled, leave=not tty,
-        mininterval=every, delay=0 if tty else every, bar_format=FORMAT, dynamic_ncols=tty, ascii=not tty,
+        mininterval=every, delay=0 if tty else every, bar_format=FORMAT if eta else OWN_ETA,
+        dynamic_ncols=tty, ascii=not tty,
     )  # fmt: skip

@@ -18,6 +18,7 @@ import math
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint
-from .config import Config, ConfigError, TrainConfig, from_dict
+from .config import Config, ConfigError, TrainConfig, from_dict, unfinished_schedule
 from .data import ImageData
 from .files import writing
 from .images import make_grid, save_grid
@@ -65,6 +66,11 @@ class TrainState:
     horizon: float = 0.0  # cosine-budget: the epoch its cosine ends (0: train.epochs)
     kl_weight: float = 0.0
     stopped: str = ""
+    # of the invocation that wrote the checkpoint: its budget left (0: none given, or none left);
+    # a resume after Ctrl-C or a kill keeps it (prepare_run), unless told otherwise
+    minutes_left: float = 0.0
+    steps_left: int = 0
+    origin: dict[str, str] = field(default_factory=dict)  # the preset and --config file it started from
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -86,7 +92,8 @@ def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
 RESUMABLE_OVERRIDES = {"train.epochs", "train.max_minutes", "train.max_steps", "train.early_stopping"}
 
 
-BUDGETS = ("max_minutes", "max_steps")  # per invocation: a resume starts without them unless given
+BUDGETS = ("max_minutes", "max_steps")  # per invocation; a resume keeps what an interrupted one left
+BUDGET_LEFT = {"max_minutes": "minutes_left", "max_steps": "steps_left"}  # TrainState's fields
 
 
 RUN_FILES = (
@@ -140,15 +147,17 @@ def prepare_run(
     """Check the run directory before anything is written.
 
     A new run: ``cfg``, if ``run_dir`` holds no run files (or ``overwrite``). A resume: the saved
-    config with the budgets (``train.max_minutes``, ``train.max_steps``) switched off, since they
-    count per invocation, then ``overrides`` (only :data:`RESUMABLE_OVERRIDES`).
+    config with the budgets (``train.max_minutes``, ``train.max_steps``, which count per
+    invocation) set to what the last invocation left of them (:func:`budget_left`), then
+    ``overrides`` (only :data:`RESUMABLE_OVERRIDES`; ``train.max_minutes=0``: no budget).
     """
     from .config import apply_overrides, parse_override
 
     if resume:
-        cfg = from_dict(load_checkpoint(run_dir / "checkpoint.pt")["config"])
-        for name in BUDGETS:
-            setattr(cfg.train, name, getattr(TrainConfig(), name))
+        ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+        cfg = from_dict(ckpt["config"])
+        for name, left in budget_left(ckpt.get("state") or {}, cfg.train.epochs).items():
+            setattr(cfg.train, name, left)
         for text in overrides:
             key, _ = parse_override(text)
             if key not in RESUMABLE_OVERRIDES:
@@ -161,15 +170,47 @@ def prepare_run(
     return cfg
 
 
+def budget_left(state: dict[str, Any], epochs: int) -> dict[str, float]:
+    """What a resume's budgets start from, by key (``max_minutes``, ``max_steps``; 0: none): the
+    budget left by the invocation that wrote the checkpoint if it did not end by itself (Ctrl-C,
+    a kill), so that ``--resume`` after Ctrl-C finishes the run it interrupted; none after a
+    budget stop, early stopping or its ``epochs`` (a resume then runs on to ``train.epochs``)."""
+    default = TrainConfig()
+    stopped = str(state.get("stopped", ""))
+    if stopped.startswith((*BUDGETS, "early stopping")) or state.get("epoch", 0) >= epochs:  # it ended
+        return {name: getattr(default, name) for name in BUDGETS}
+    return {name: type(getattr(default, name))(state.get(left) or 0) for name, left in BUDGET_LEFT.items()}
+
+
+def budget_note(t: TrainConfig, state: TrainState) -> str:
+    """`` (a resume keeps the 2.4 minutes left of train.max_minutes=4 ...)``: what a resume of an interrupted
+    invocation carries over (:func:`budget_left`), or ``""`` when it had no budget."""
+    minutes = f"{state.minutes_left:.3g} minutes left of train.max_minutes={t.max_minutes:g}"
+    left = [minutes] * bool(t.max_minutes)
+    left += [f"{state.steps_left} steps left of train.max_steps={t.max_steps}"] * bool(t.max_steps)
+    return f" (a resume keeps the {' and the '.join(left)}; a budget override replaces it)" if left else ""
+
+
+def origin_comment(origin: dict[str, str]) -> str:
+    """The first lines of ``config.yaml``: where its values came from (the preset, the config file)."""
+    parts = [f"preset {origin['preset']}"] if origin.get("preset") else []
+    if origin.get("config_file"):
+        parts.append(f"config file {origin['config_file']} (sha256 {origin.get('config_sha256', '?')[:16]})")
+    source = f"started from {' and '.join(parts)}, then overrides (invocations.jsonl)" if parts else ""
+    return "\n".join(filter(None, [source, "every key, resolved: the run's whole configuration"]))
+
+
 def record_invocation(
-    run_dir: Path, resume: bool, overrides: list[str], state: TrainState, precision: str
+    run_dir: Path, resume: bool, overrides: list[str], state: TrainState, precision: str, cfg: Config
 ) -> None:
-    """Append this invocation (time, resume or not, its overrides, where it starts, the training
-    precision it used) to ``invocations.jsonl``: a resume's budget overrides hold for that
-    invocation only, and a resume on another machine may resolve ``train.amp=auto`` differently."""
+    """Append this invocation (time, resume or not, its overrides, where it starts, its budgets,
+    the training precision it used; a new run: the preset and config file it started from) to
+    ``invocations.jsonl``: a resume's budgets hold for that invocation only, and a resume on
+    another machine may resolve ``train.amp=auto`` differently."""
     entry = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "resume": resume,
         "overrides": list(overrides), "epoch": state.epoch, "step": state.step, "precision": precision,
+        **{name: getattr(cfg.train, name) for name in BUDGETS}, **({} if resume else state.origin),
     }  # fmt: skip
     with writing(run_dir / "invocations.jsonl"), open(run_dir / "invocations.jsonl", "a") as f:
         f.write(json.dumps(entry) + "\n")
@@ -183,16 +224,30 @@ def _quiet_writer_threads(args: Any, previous: Any) -> None:
         previous(args)
 
 
+Say = Callable[[str, "dict[str, float] | None"], None]  # a run's printed line, with where it is
+
+
+def say_on_stderr(text: str, where: dict[str, float] | None = None) -> None:
+    """How a run prints its lines (the start-up lines, one per evaluation): on stderr, above the
+    bar on a terminal. A group's member hands them to the group's process instead (``say``)."""
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stderr)
+
+
 class RunLog:
     """Rank 0's record of each evaluation row: ``metrics.csv`` (rewritten whole), TensorBoard
     (scalars, valid bits/dim for non-binary data, the sample and reconstruction grids), the PNGs,
-    and one evaluation line on stderr (:func:`evaluation_line`; above the bar on a terminal, and
-    what a log file gets instead of the bar)."""
+    and one evaluation line (:func:`evaluation_line`) through ``say``, with the step, the
+    projected end step and the ETA (default: on stderr, above the bar on a terminal, and what a
+    log file gets instead of the bar)."""
 
-    def __init__(self, run_dir: Path, cfg: Config, data: ImageData, purge_step: int | None):
+    def __init__(
+        self, run_dir: Path, cfg: Config, data: ImageData, purge_step: int | None, say: Say = say_on_stderr
+    ):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_dir, self.cfg, self.data = run_dir, cfg, data
+        self.run_dir, self.cfg, self.data, self.say = run_dir, cfg, data, say
         # TensorBoard writes in a thread of its own: its errors surface at a later call, unnamed
         self.events = run_dir / "events.out.tfevents.*"
         if getattr(threading.excepthook, "func", None) is not _quiet_writer_threads:
@@ -201,9 +256,10 @@ class RunLog:
             # purge_step: TensorBoard drops what a killed invocation logged after the checkpoint
             self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
 
-    def add(self, row: dict[str, Any], state: TrainState, model: nn.Module, eta: float) -> None:
+    def add(self, row: dict[str, Any], state: TrainState, model: nn.Module, eta: float, end: int = 0) -> None:
         """Log ``row``, the last of ``state.history``; ``model`` draws the images; ``eta``:
-        seconds this invocation is expected to go on (NaN: unknown)."""
+        seconds this invocation is expected to go on (NaN: unknown), ``end``: the step it is
+        expected to stop at."""
         write_metrics(self.run_dir, state.history)
         step = row["step"]
         with writing(self.events):
@@ -215,9 +271,8 @@ class RunLog:
         for name, grid in save_images(model, self.data, self.run_dir, self.cfg.eval.seed).items():
             with writing(self.events):
                 self.writer.add_image(name, grid, step, dataformats="HWC")
-        from tqdm import tqdm
-
-        tqdm.write(evaluation_line(row, state, self.cfg.train.epochs, eta), file=sys.stderr)
+        where = {"step": row["step"], "end": end, "eta": eta}
+        self.say(evaluation_line(row, state, self.cfg.train.epochs, eta), where)
 
     def close(self) -> None:
         with writing(self.events):
@@ -248,7 +303,8 @@ def save_images(
     return grids
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """``h:mm:ss``; ``?`` when unknown (NaN)."""
     if not math.isfinite(seconds):
         return "?"
     minutes, s = divmod(round(seconds), 60)
@@ -262,7 +318,20 @@ def evaluation_line(row: dict[str, Any], state: TrainState, epochs: int, eta: fl
     return (
         f"epoch {row['epoch']}/{epochs}  step {row['step']}  train ELBO {row['train_elbo']:.2f}  valid ELBO "
         f"{row['valid_elbo']:.2f}  KL {row['kl']:.2f}  best {state.best_valid:.2f} (epoch {state.best_epoch})"
-        f"  elapsed {_clock(row['seconds'])}  ETA {_clock(eta)}"
+        f"  elapsed {clock(row['seconds'])}  ETA {clock(eta)}"
+    )
+
+
+def schedule_warning(state: TrainState, t: TrainConfig) -> str:
+    """What a run that ended before its schedule did says at the end of training (``""`` if
+    nothing is unfinished): which parts (:func:`~flowvae.config.unfinished_schedule`) and why."""
+    parts = unfinished_schedule(t, state.kl_weight, state.lr)
+    if not parts:
+        return ""
+    why = f"stopped ({state.stopped})" if state.stopped else "ended"
+    return (
+        f"training {why} at step {state.step} before the end of its {' and its '.join(parts)}: its "
+        "numbers are of a model that far into its schedule, not comparable with runs that finished theirs"
     )
 
 

@@ -8,7 +8,9 @@
 
 Resuming restores model, optimizer, EMA, RNG states and the position inside the epoch, so an
 interrupted run ends where an uninterrupted one does. Budgets (``train.max_minutes``,
-``train.max_steps``) count per invocation and are not carried into the next resume.
+``train.max_steps``) count per invocation; a resume after Ctrl-C or a kill keeps what the
+interrupted invocation left of them (:func:`flowvae.rundir.budget_left`), one after a budget stop
+has none unless given.
 """
 from __future__ import annotations
 
@@ -52,13 +54,18 @@ from .optim import (
 from .progress import progress_bar
 from .rundir import (
     RunLog,
+    Say,
     TrainingError,
     TrainState,
+    budget_note,
     check_new_run_dir,
+    clock,
     new_run_dir,
+    origin_comment,
     prepare_run,
     record_invocation,
     run_files,
+    say_on_stderr,
     summary_line,
     write_metrics,
 )
@@ -192,7 +199,7 @@ def _build_model(
 # epoch. STATE_DEFAULTED: fields added after the first checkpoints were written (those resume
 # with the defaults) and ``stopped`` (reset by a resume).
 RESUME_ENTRIES = ("model", "optimizer", "state", "ranks")
-STATE_DEFAULTED = ("horizon", "epoch_skipped", "stopped")
+STATE_DEFAULTED = ("horizon", "epoch_skipped", "stopped", "minutes_left", "steps_left", "origin")
 RANK_ENTRIES = ("rng", "rng.torch", "rng.numpy", "rng.python", "epoch_sums")
 
 
@@ -272,7 +279,7 @@ def _restore(
 
 def _open_run_dir(
     cfg: Config, run_dir: Path, resume: bool, overwrite: bool, overrides: list[str], state: TrainState,
-    data: ImageData, precision: str,
+    data: ImageData, precision: str, say: Say,
 ) -> RunLog:  # fmt: skip
     """Rank 0, once everything is built: the run really starts, from here on the folder holds it."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -281,17 +288,20 @@ def _open_run_dir(
         for path in run_files(run_dir):
             path.unlink()
     with writing(run_dir / "config.yaml"):
-        save_yaml(cfg, run_dir / "config.yaml")
+        save_yaml(cfg, run_dir / "config.yaml", origin_comment(state.origin))
     write_metrics(run_dir, state.history)
-    record_invocation(run_dir, resume, overrides, state, precision)
-    return RunLog(run_dir, cfg, data, state.step + 1 if resume else None)
+    record_invocation(run_dir, resume, overrides, state, precision, cfg)
+    return RunLog(run_dir, cfg, data, state.step + 1 if resume else None, say)
 
 
 def setup(
     cfg: Config, run_dir: Path, resume: bool, overwrite: bool, overrides: list[str], d: distributed.Dist,
+    origin: dict[str, str] | None = None, say: Say = say_on_stderr,
 ) -> _Run:  # fmt: skip
     """Build data, model, optimizer and EMA (restored on resume), then (rank 0) open the run
-    directory: nothing is written before, so a bad value fails with an untouched (or no) folder."""
+    directory: nothing is written before, so a bad value fails with an untouched (or no) folder.
+    ``origin``: a new run's preset and config file (kept in its state, config.yaml, invocations);
+    ``say``: how the run prints its lines (:class:`RunLog`)."""
     from torch.nn.parallel import DistributedDataParallel
 
     t = cfg.train
@@ -307,7 +317,7 @@ def setup(
     model = _build_model(cfg, data, device, batch_size, resume)
     optimizer = optimizer_for(cfg, model)
     learning_rate(cfg, 0.0)  # an unknown schedule fails here, before anything is written
-    state, ckpt = (TrainState(), None)
+    state, ckpt = (TrainState(origin=dict(origin or {})), None)
     if resume:
         state, ckpt = _restore(run_dir, model, optimizer, t.ema > 0, d, device)
     # DDP broadcasts rank 0's weights at construction: all ranks start identical
@@ -323,8 +333,8 @@ def setup(
     log = None
     if d.is_main:
         precision = precision_note(t.amp, device.type)
-        log = _open_run_dir(cfg, run_dir, resume, overwrite, overrides, state, data, precision)
-        print(f"training precision: {precision}", file=sys.stderr, flush=True)
+        log = _open_run_dir(cfg, run_dir, resume, overwrite, overrides, state, data, precision, say)
+        say(f"training precision: {precision}", None)
         if d.enabled:
             print(
                 f"DDP: {d.world} processes x {batch_size} examples = effective batch {t.batch_size}",
@@ -354,6 +364,9 @@ def save_checkpoint(run: _Run, path: str = "checkpoint.pt", periodic: bool = Fal
     if not _finite_weights(run) or (periodic and state.consecutive_skips):
         return
     state.seconds = time.perf_counter() - run.started
+    t, used = run.cfg.train, (time.perf_counter() - run.invoked) / 60
+    state.minutes_left = max(t.max_minutes - used, 0.0) if t.max_minutes else 0.0
+    state.steps_left = max(t.max_steps - (state.step - run.first_step), 0) if t.max_steps else 0
     sums = (state.epoch_elbo_sum, state.epoch_kl_sum, state.epoch_count)
     ranks = distributed.all_gather({"rng": rng_state(), "epoch_sums": sums}, d)
     if path == "checkpoint.pt":
@@ -431,10 +444,9 @@ def run_epoch(run: _Run) -> bool:
     )  # fmt: skip
     for x in batches:
         out = _step(run, x)
-        if not run.bar.disable:
-            run.bar.set_postfix(elbo=f"{out['elbo']:.2f}", refresh=False)
-            if cfg.train.max_minutes:  # the steps that fit in the time left, at the pace so far
-                run.bar.total = _projected_end(run)[0]
+        if not run.bar.disable:  # total and ETA: the steps that fit in the budget, at the pace so far
+            run.bar.total, eta = _projected_end(run)
+            run.bar.set_postfix(elbo=f"{out['elbo']:.2f}", ETA=clock(eta), refresh=False)
             run.bar.update(1)
         every = cfg.train.checkpoint_every_steps
         if every and state.step % every == 0:
@@ -488,7 +500,8 @@ def validate(run: _Run) -> None:
         if cfg.train.early_stopping and state.bad_evals >= cfg.train.early_stopping:
             state.stopped = f"early stopping after {state.bad_evals} evaluations"
     if run.log is not None:
-        run.log.add(state.history[-1], state, run.eval_model, _projected_end(run)[1])
+        end, eta = _projected_end(run)
+        run.log.add(state.history[-1], state, run.eval_model, eta, end)
     if improved:
         save_checkpoint(run, "best.pt")
 
@@ -536,7 +549,7 @@ def _progress_bar(run: _Run, progress: bool) -> Any:
     state = run.state
     enabled = progress and run.d.is_main and sys.stderr.isatty()
     position = state.epoch * run.n_batches + state.batch
-    return progress_bar(_projected_end(run)[0], "", enabled, unit="steps", initial=position)
+    return progress_bar(_projected_end(run)[0], "", enabled, unit="steps", initial=position, eta=False)
 
 
 def train(
@@ -546,15 +559,19 @@ def train(
     progress: bool = True,
     overwrite: bool = False,
     overrides: list[str] | None = None,
+    origin: dict[str, str] | None = None,
+    say: Say = say_on_stderr,
 ) -> TrainState:
     """Train (or resume) the run in ``run_dir``; returns the final state.
 
     Nothing is written before the data and model are built, so a bad value fails with an
     untouched (or no) folder. ``overwrite`` replaces a folder's run files; ``overrides`` are only
-    recorded in ``invocations.jsonl``. Rank 0 prints the start-up lines and one line per
-    evaluation on stderr; ``progress`` adds a bar where stderr is a terminal. Ctrl-C writes a
-    checkpoint and raises :class:`Interrupted`. A checkpoint is never written with non-finite
-    weights, nor after a non-finite valid ELBO.
+    recorded in ``invocations.jsonl``; so is ``origin`` (``{"preset": NAME, "config_file": PATH,
+    ...}``: where a new run's config came from), in ``config.yaml`` too. Rank 0 prints the
+    start-up lines and one line per evaluation through ``say`` (default: on stderr); ``progress``
+    adds a bar where stderr is a terminal. Ctrl-C writes a checkpoint and raises
+    :class:`Interrupted`. A checkpoint is never written with non-finite weights, nor after a
+    non-finite valid ELBO.
 
     Under torchrun every process runs this function: ``train.batch_size`` is the effective
     (global) batch, split evenly over the processes; rank 0 alone writes the run directory.
@@ -566,7 +583,7 @@ def train(
         check_new_run_dir(run_dir, overwrite)
     d = distributed.setup(resolve_device(cfg.train.device))
     try:
-        state = _train_in_group(cfg, run_dir, resume, progress, overwrite, overrides, d)
+        state = _train_in_group(cfg, run_dir, resume, progress, overwrite, overrides, d, origin, say)
         # every rank done with the group's traffic before any tears it down: a rank that
         # destroyed the group while another still wrote its last checkpoint aborted in gloo
         distributed.barrier(d)
@@ -583,11 +600,13 @@ def _train_in_group(
     overwrite: bool,
     overrides: list[str] | None,
     d: distributed.Dist,
+    origin: dict[str, str] | None = None,
+    say: Say = say_on_stderr,
 ) -> TrainState:
     """Set up, run epochs (each closed by :func:`end_of_epoch`) until done or stopped, then, for a
     budget stop inside an epoch, an evaluation (best.pt and the last metrics row describe the
     weights the run ends with) and a checkpoint; raises :class:`Interrupted` after Ctrl-C."""
-    run = setup(cfg, run_dir, resume, overwrite, overrides or [], d)
+    run = setup(cfg, run_dir, resume, overwrite, overrides or [], d, origin, say)
     state = run.state
     run.bar = _progress_bar(run, progress)
     run.sigint, previous_handler = _install_sigint()
@@ -606,9 +625,11 @@ def _train_in_group(
             run.log.close()
     if state.stopped == INTERRUPTED:
         saved = f"wrote {run_dir / 'checkpoint.pt'}" if run.last_good == state.step else _kept(run)
+        kept = budget_note(cfg.train, state)
         raise Interrupted(
-            f"stopped at step {state.step}; {saved}; continue with fit(cfg, {str(run_dir)!r}, resume=True)",
-            cli=f"stopped at step {state.step}; {saved}; continue with --resume {run_dir}",
+            f"stopped at step {state.step}; {saved}; continue with fit(cfg, {str(run_dir)!r}, resume=True)"
+            + kept,
+            cli=f"stopped at step {state.step}; {saved}; continue with --resume {run_dir}{kept}",
         )
     return state
 
