@@ -574,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:  # train: Interrupted says where its checkpoint is
         text = getattr(e, "cli", None) or str(e)
         print(f"flowvae: interrupted{'; ' + text if text else ''}", file=sys.stderr)
-        return 130
+        return getattr(e, "code", 130)
 
 
 __all__ = ["Config", "main", "parser"]
