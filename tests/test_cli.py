@@ -146,6 +146,35 @@ def test_estimators_from_the_cli_agree_with_the_exact_value(linear_gaussian_run)
     bdmc = json.loads(run_cli(*bdmc).stdout)
     assert bdmc["n"] == 30 and bdmc["lower"] <= bdmc["upper"] + 0.05 and bdmc["gap"] >= -0.05
     assert bdmc["chains"] == 4 and bdmc["steps"] == 50
+    assert bdmc["crossed"] == (bdmc["gap"] < 0) and (bdmc["warning"] is None) == (bdmc["gap"] >= 0)
+
+
+@pytest.mark.parametrize("json_out", [False, True], ids=["text", "json"])
+def test_crossed_bdmc_bounds_are_not_printed_as_a_bracket(linear_gaussian_run, monkeypatch, json_out):
+    """Tiny settings can leave forward AIS above reverse AIS (-26.258 vs -26.464 in the sweep):
+    the run's real bounds, the upper moved below the lower by the sweep's 0.205 nats."""
+    import dataclasses
+
+    from flowvae import ais
+
+    real = ais.bdmc
+
+    def crossed(*args, **kwargs):
+        result = real(*args, **kwargs)
+        return dataclasses.replace(result, upper=result.lower - 0.205)
+
+    monkeypatch.setattr(ais, "bdmc", crossed)
+    argv = ["bdmc", str(linear_gaussian_run), "--n", "4", "--chains", "2", "--steps", "3"]
+    proc = run_cli(*argv, *(["--json"] if json_out else []))
+    (warning,) = proc.stderr.strip().splitlines()
+    assert warning.startswith("flowvae: warning: the BDMC bounds crossed")
+    assert "have not converged at steps=3" in warning
+    if json_out:
+        out = json.loads(proc.stdout)
+        assert out["crossed"] is True and out["gap"] == pytest.approx(-0.205)
+        assert "raise the AIS steps" in out["warning"]
+    else:
+        assert "<= log p(x) <=" not in proc.stdout and "bounds crossed, not converged" in proc.stdout
 
 
 def test_exact_refuses_models_without_an_exact_likelihood(run_dir):

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -307,3 +308,65 @@ def test_learned_priors_draw_from_the_examples_streams_too(options):
     one = evaluate(model, x, "ais", 3, seed=2, batch_size=1, **ais).per_example
     six = evaluate(model, x, "ais", 3, seed=2, batch_size=6, **ais).per_example
     torch.testing.assert_close(one, six, rtol=1e-12, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- a damaged cache
+
+
+def _rewrite(edit):
+    def damage(f):
+        with np.load(f, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        edit(arrays)
+        np.savez(f, **arrays)
+
+    return damage
+
+
+def _flip_bytes(f):
+    data = bytearray(f.read_bytes())
+    start = data.index(b"log_p.npy") + 200  # inside the stored log_p values
+    data[start : start + 8] = bytes(b ^ 0xFF for b in data[start : start + 8])
+    f.write_bytes(bytes(data))
+
+
+DAMAGE = {  # what the sweep did to an eval-cache entry, and the reason the warning gives
+    "truncated": (lambda f: f.write_bytes(f.read_bytes()[: f.stat().st_size // 2]), "unreadable"),
+    "flipped bytes": (_flip_bytes, "unreadable (BadZipFile)"),
+    "no log_p": (_rewrite(lambda a: a.pop("log_p")), "incomplete (no log_p)"),
+    "short log_p": (_rewrite(lambda a: a.update(log_p=a["log_p"][:-3])), "log_p holds (17,) float64 values"),
+    "other settings": (_rewrite(lambda a: a.update(request=np.array("{}"))), "for other settings"),
+    "nan log_p": (_rewrite(lambda a: a["log_p"].fill(np.nan)), "non-finite log_p values"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_cache_entry_is_recomputed_and_named(npz_run, tmp_path, damage):
+    run = tmp_path / "run"
+    shutil.copytree(npz_run[0], run)
+    argv = ["eval", str(run), "--samples", "10", "--json", "--no-progress"]
+    first = json.loads(run_cli(*argv).stdout)
+    (entry,) = (run / "eval-cache").glob("*.npz")
+    edit, reason = DAMAGE[damage]
+    edit(entry)
+    proc = run_cli(*argv)  # in-process: a traceback would fail the test
+    again = json.loads(proc.stdout)
+    assert not again["cached"] and again["nll"] == pytest.approx(first["nll"], abs=1e-9)
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"flowvae: warning: {entry}: damaged cache entry ({reason}")
+    assert line.endswith("; recomputed")
+    assert json.loads(run_cli(*argv).stdout)["cached"]  # rewritten whole
+
+
+def test_a_full_disk_while_caching_leaves_no_temp_file(npz_run, tmp_path, monkeypatch):
+    from test_bad_inputs_run import _fill_disk
+
+    run = tmp_path / "run"
+    shutil.copytree(npz_run[0], run)
+    opened = _fill_disk(monkeypatch, "eval-cache", room=300)
+    proc = run_cli("eval", str(run), "--samples", "10", "--no-progress")
+    monkeypatch.undo()
+    assert opened, "no write of the cache was met"
+    (line,) = proc.stderr.strip().splitlines()
+    assert "cannot write the cache entry (No space left on device); not cached" in line
+    assert list((run / "eval-cache").iterdir()) == []

@@ -654,3 +654,55 @@ def test_every_result_names_the_weights_it_scored_and_an_unfinished_run(tmp_path
     report = json.loads(gaps.stdout)
     assert report["trained"]["unfinished"].startswith("no end recorded")
     assert report["warnings"][0].startswith("scored best.pt of epoch")
+
+
+# a `flowvae` that sends itself SIGNAL just before its first checkpoint.pt is written: best.pt is
+# on disk, checkpoint.pt not yet (as `timeout` or a scheduler's kill can land)
+SIGNAL_AT_FIRST_CHECKPOINT = """
+import os, signal, sys
+import flowvae.train as t
+from flowvae.cli import main
+real = t.save_atomic
+def save(obj, path):
+    if path.name == "checkpoint.pt" and not path.exists():
+        os.kill(os.getpid(), signal.{})
+    real(obj, path)
+t.save_atomic = save
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _signalled_run(tmp_path, name: str, signum: str) -> tuple[subprocess.CompletedProcess, object]:
+    args = ["train", "--no-progress", *SMALL, "train.epochs=2"]
+    full = tmp_path / "full"
+    subprocess.run([sys.executable, "-m", "flowvae", *args, "--run-dir", str(full)], check=True,
+                   env=_cli_env(), timeout=300)  # fmt: skip
+    run = tmp_path / name
+    script = SIGNAL_AT_FIRST_CHECKPOINT.format(signum)
+    cmd = [sys.executable, "-c", script, *args, "--run-dir", str(run)]
+    return subprocess.run(cmd, env=_cli_env(), capture_output=True, text=True, timeout=300), run
+
+
+def test_sigterm_while_the_first_checkpoint_is_written_stops_with_it_then_resume_matches(tmp_path):
+    proc, run = _signalled_run(tmp_path, "term", "SIGTERM")
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("flowvae: interrupted; stopped by SIGTERM at step")
+    assert f"--resume {run}" in proc.stderr and "Traceback" not in proc.stderr
+    assert load_checkpoint(run / "checkpoint.pt")["state"]["step"] > 0  # the write was finished
+    subprocess.run([sys.executable, "-m", "flowvae", "train", "--resume", str(run), "--no-progress"],
+                   check=True, env=_cli_env(), timeout=300)  # fmt: skip
+    assert rows(run) == rows(tmp_path / "full")
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_best_pt(tmp_path):
+    proc, run = _signalled_run(tmp_path, "killed", "SIGKILL")
+    assert proc.returncode == -signal.SIGKILL
+    assert (run / "best.pt").exists() and not (run / "checkpoint.pt").exists()
+    resumed = subprocess.run(
+        [sys.executable, "-m", "flowvae", "train", "--resume", str(run), "--no-progress"],
+        env=_cli_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"flowvae: note: {run} has no checkpoint.pt" in resumed.stderr
+    assert "resuming from best.pt" in resumed.stderr
+    assert rows(run) == rows(tmp_path / "full")

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -352,10 +353,37 @@ class BDMCResult:
     def upper_mean(self) -> float:
         return self.upper.mean().item()
 
+    options: dict[str, Any] = field(default_factory=dict)  # the AIS settings both runs used
+
     @property
     def gap(self) -> float:
         """upper - lower, in nats per example: bounds the error of forward AIS on this data."""
         return self.upper_mean - self.lower_mean
+
+    @property
+    def gap_stderr(self) -> float:
+        """The standard error of :attr:`gap` over the examples (paired)."""
+        d = (self.upper - self.lower).double()
+        return d.std().item() / math.sqrt(d.numel()) if d.numel() > 1 else math.nan
+
+    @property
+    def crossed(self) -> bool:
+        """The lower bound above the upper one: no bracket; the chains have not converged (or the
+        examples are too few for the gap's noise)."""
+        return self.gap < 0
+
+    @property
+    def warning(self) -> str | None:
+        """What crossed bounds mean and what to raise; None when they bracket log p(x)."""
+        if not self.crossed:
+            return None
+        now = ", ".join(f"{k}={self.options[k]}" for k in ("steps", "leapfrog") if k in self.options)
+        return (
+            f"the BDMC bounds crossed: the lower bound (forward AIS, {self.lower_mean:.3f}) is above the "
+            f"upper bound (reverse AIS, {self.upper_mean:.3f}) by {-self.gap:.3f} ± {self.gap_stderr:.3f} "
+            f"nats: the chains have not converged{f' at {now}' if now else ''}; raise the AIS steps "
+            "(and chains, or n if the gap is within its noise) until lower <= upper"
+        )
 
     def to_json(self) -> dict:
         return {
@@ -363,6 +391,9 @@ class BDMCResult:
             "lower": self.lower_mean,
             "upper": self.upper_mean,
             "gap": self.gap,
+            "gap_stderr": self.gap_stderr,
+            "crossed": self.crossed,
+            "warning": self.warning,
             "forward_acceptance": self.forward_acceptance,
             "reverse_acceptance": self.reverse_acceptance,
         }
@@ -409,5 +440,6 @@ def bdmc(
         acc_forward += forward.acceptance * b / n
         acc_reverse += reverse.acceptance * b / n
     return BDMCResult(
-        torch.cat(lower), torch.cat(upper), acc_forward, acc_reverse, torch.cat(xs), torch.cat(zs)
-    )
+        torch.cat(lower), torch.cat(upper), acc_forward, acc_reverse, torch.cat(xs), torch.cat(zs),
+        {**asdict(AISOptions(**options)), "chains": chains},
+    )  # fmt: skip

@@ -246,12 +246,21 @@ def _bdmc(args: argparse.Namespace) -> int:
     result = bdmc(run.model, n=args.n, chains=args.chains, batch_size=batch, **options)
     out = {"estimator": "bdmc", **result.to_json(), "chains": args.chains, **options,
            "seconds": time.perf_counter() - start}  # fmt: skip
+    if result.warning:
+        print(f"flowvae: warning: {result.warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(out))
+    elif result.crossed:  # no bracket: the lower bound is above the upper one
+        print(
+            f"BDMC on {out['n']} simulated examples: bounds crossed, not converged: lower (forward AIS) "
+            f"{result.lower_mean:.3f} > upper (reverse AIS) {result.upper_mean:.3f} (gap {result.gap:.3f} ± "
+            f"{result.gap_stderr:.3f} nats; {out['seconds']:.1f} s)"
+        )
     else:
         print(
             f"BDMC on {out['n']} simulated examples: {result.lower_mean:.3f} <= log p(x) <= "
-            f"{result.upper_mean:.3f} (gap {result.gap:.3f} nats; {out['seconds']:.1f} s)"
+            f"{result.upper_mean:.3f} (gap {result.gap:.3f} ± {result.gap_stderr:.3f} nats; "
+            f"{out['seconds']:.1f} s)"
         )
     return 0
 
@@ -614,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:  # train: Interrupted says where its checkpoint is
         text = getattr(e, "cli", None) or str(e)
         print(f"flowvae: interrupted{'; ' + text if text else ''}", file=sys.stderr)
-        return 130
+        return getattr(e, "code", 130)
 
 
 __all__ = ["Config", "main", "parser"]

@@ -7,9 +7,12 @@ depend on batching), and the per-example log p̂(x) (with the estimator's diagno
 in ``RUN/eval-cache/`` under a key made of what was scored and how: the SHA-256 of the
 checkpoint bytes that were loaded, the SHA-256 of the images scored and their indices, a hash of
 the package's code, the device type, the estimator, K, its settings and the seed. A hit is
-checked against the stored image digest before it is used. A second evaluation with the same
-settings costs nothing; new weights, other data, other code or any changed setting miss the
-cache. Cache files are ``.npz`` read with ``allow_pickle=False``: data, never code.
+checked before it is used: the stored image digest, indices and request, one finite value per
+example; an entry that is torn, unreadable or does not check out is recomputed (and rewritten),
+with a warning naming it. A second evaluation with the same settings costs nothing; new
+weights, other data, other code or any changed setting miss the cache. Cache files are ``.npz``
+read with ``allow_pickle=False``: data, never code; a failed write (a full disk) leaves no temp
+file and is a warning, not an error.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from .distributed import Dist
 from .estimators import Estimate, evaluate, resolve_estimator, summarise_estimate
 
 CACHE_DIR = "eval-cache"
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: an entry holds its request, checked when read
 
 
 def source_digest() -> str:
@@ -69,38 +72,69 @@ def _cache_key(request: dict[str, Any]) -> str:
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
-def _read_cache(path: Path, examples: EvaluationSet) -> dict[str, np.ndarray] | None:
-    """The cached arrays of ``path`` if they are for exactly ``examples`` (their digest and
-    indices), else None (missing, torn, foreign or for other images: recomputed)."""
+CACHE_ARRAYS = ("log_p", "indices", "images", "request", "seconds")  # every entry holds these
+
+
+def _read_cache(
+    path: Path, examples: EvaluationSet, request: str
+) -> tuple[dict[str, np.ndarray] | None, str]:
+    """The cached arrays of ``path`` if they are an entry for exactly ``examples`` (their digest
+    and indices) and ``request`` (what was scored and how), whole and of the right shapes, with
+    finite values; else ``None`` and, for a file that is there but does not check out, why."""
+    if not path.is_file():
+        return None, ""
     try:
         with np.load(path, allow_pickle=False) as f:
             hit = {k: f[k] for k in f.files}
-    except (OSError, ValueError, KeyError, EOFError):
-        return None
-    indices = hit.get("indices")
-    same = str(hit.get("images")) == examples.digest and np.array_equal(indices, examples.indices.numpy())
-    return hit if same else None
+    except Exception as e:  # torn (EOFError, BadZipFile), flipped bytes (Bad CRC-32), not an npz
+        return None, f"unreadable ({type(e).__name__})"
+    n = len(examples.indices)
+    missing = [k for k in CACHE_ARRAYS if k not in hit]
+    if missing:
+        return None, f"incomplete (no {', '.join(missing)})"
+    if str(hit["images"]) != examples.digest or not np.array_equal(hit["indices"], examples.indices.numpy()):
+        return None, "for other images"
+    if str(hit["request"]) != request:
+        return None, "for other settings"
+    for name, values in hit.items():
+        per_example = name == "log_p" or name.startswith("diag_")
+        if per_example and (values.shape != (n,) or values.dtype.kind != "f"):
+            return None, f"{name} holds {values.shape} {values.dtype} values, not {n} numbers"
+    if hit["seconds"].shape != () or hit["seconds"].dtype.kind != "f":
+        return None, f"seconds holds {hit['seconds'].shape} {hit['seconds'].dtype} values, not a number"
+    if not np.isfinite(hit["log_p"]).all():
+        return None, "non-finite log_p values"  # a NaN is never written
+    return hit, ""
 
 
-def _write_cache(path: Path, estimate: Estimate, examples: EvaluationSet, trained: TrainedTo) -> None:
-    """The per-example values, diagnostics and what they are for (the examples; the weights'
-    file, epoch and step), written atomically (temp file + rename); a cache that cannot be
-    written is skipped, not fatal."""
+def _write_cache(
+    path: Path, estimate: Estimate, examples: EvaluationSet, request: str, trained: TrainedTo
+) -> str:
+    """The per-example values, diagnostics and what they are for (the examples, the request; the
+    weights' file, epoch and step), written atomically (temp file + rename; a failed write removes
+    its temp file). A cache that cannot be written is skipped, not fatal: returns why (``""`` when
+    written)."""
     arrays = {
         "log_p": estimate.per_example.numpy(), "indices": examples.indices.numpy(),
-        "images": np.array(examples.digest), "seconds": np.array(estimate.seconds),
+        "images": np.array(examples.digest), "request": np.array(request),
+        "seconds": np.array(estimate.seconds),
         "trained_file": np.array(trained.file), "trained_epoch": np.array(trained.epoch),
         "trained_step": np.array(trained.step),
     }  # fmt: skip
     arrays.update({f"diag_{k}": v.numpy() for k, v in estimate.per_example_diagnostics.items()})
+    tmp = None
     try:
         path.parent.mkdir(exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, path)
-    except OSError:
-        pass
+        return ""
+    except OSError as e:
+        return f"{path}: cannot write the cache entry ({e.strerror or e}); not cached"
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 @torch.no_grad()
@@ -146,7 +180,8 @@ def evaluate_run(
         "settings": settings, "split": split, "seed": seed,
     }  # fmt: skip
     entry = Path(run_dir) / CACHE_DIR / f"{_cache_key(request)}.npz" if cache else None
-    hit = _read_cache(entry, examples) if entry is not None else None
+    material = json.dumps(request, sort_keys=True, default=str)
+    hit, damage = _read_cache(entry, examples, material) if entry is not None else (None, "")
     if hit is not None:
         diagnostics = {k[5:]: torch.from_numpy(v) for k, v in hit.items() if k.startswith("diag_")}
         estimate = summarise_estimate(
@@ -162,8 +197,11 @@ def evaluate_run(
             run.model, batches, estimator, samples, split=split, seed=seed, indices=examples.indices,
             dist=d, progress=bar.update if bar is not None else None, **settings,
         )  # fmt: skip
+    if damage:
+        estimate.warnings.append(f"{entry}: damaged cache entry ({damage}); recomputed")
     if entry is not None and d.is_main and math.isfinite(estimate.nll):  # a NaN is never cached
-        _write_cache(entry, estimate, examples, trained)
+        failed = _write_cache(entry, estimate, examples, material, trained)
+        estimate.warnings += [failed] if failed else []
     return RunEvaluation(run, estimate, examples, cached=False, trained=trained)
 
 

@@ -141,6 +141,15 @@ def new_run_dir(parent: Path, stem: str) -> Path:
     raise AssertionError("unreachable")
 
 
+def resume_checkpoint(run_dir: Path) -> Path:
+    """What a resume continues from: ``checkpoint.pt``, or ``best.pt`` where there is none (the
+    run was killed while it wrote its first checkpoint.pt, just after its first best.pt): a
+    best.pt holds everything a resume needs, as of its evaluation. Neither: ``checkpoint.pt``
+    (whose absence the loader reports)."""
+    latest, best = run_dir / "checkpoint.pt", run_dir / "best.pt"
+    return best if best.is_file() and not latest.exists() else latest
+
+
 def prepare_run(
     cfg: Config | None, run_dir: Path, resume: bool, overrides: list[str], overwrite: bool = False
 ) -> Config:
@@ -154,7 +163,7 @@ def prepare_run(
     from .config import apply_overrides, parse_override
 
     if resume:
-        ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+        ckpt = load_checkpoint(resume_checkpoint(run_dir))
         cfg = from_dict(ckpt["config"])
         for name, left in budget_left(ckpt.get("state") or {}, cfg.train.epochs).items():
             setattr(cfg.train, name, left)

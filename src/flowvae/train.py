@@ -64,6 +64,7 @@ from .rundir import (
     origin_comment,
     prepare_run,
     record_invocation,
+    resume_checkpoint,
     run_files,
     say_on_stderr,
     summary_line,
@@ -103,32 +104,41 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 INTERRUPTED = "interrupted (Ctrl-C)"
+TERMINATED = "interrupted (SIGTERM)"
+STOP_SIGNALS = {signal.SIGINT: INTERRUPTED, signal.SIGTERM: TERMINATED}  # handled alike
 LR_HINT = " (a smaller train.lr than {:g} may help)"
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C stopped training at a safe point, after writing a checkpoint. One-line message, with
-    ``cli`` as :class:`TrainingError`'s."""
+    """Ctrl-C (or SIGTERM) stopped training at a safe point, after writing a checkpoint. One-line
+    message, with ``cli`` as :class:`TrainingError`'s; ``code`` is the exit status (128 + signal)."""
 
-    def __init__(self, message: str, cli: str = ""):
+    def __init__(self, message: str, cli: str = "", code: int = 128 + signal.SIGINT):
         super().__init__(message)
         self.cli = cli or message
+        self.code = code
 
 
-def _install_sigint() -> tuple[dict[str, bool], Any]:
-    """The first Ctrl-C only sets a flag (training stops at the next step with a checkpoint);
-    a second one interrupts at once. Returns the flag and the handler to restore."""
-    flag = {"set": False}
+def _install_stop_handlers() -> tuple[dict[str, int], dict[int, Any]]:
+    """The first Ctrl-C or SIGTERM (as ``timeout`` and job schedulers send) only records the
+    signal (training stops at the next step with a checkpoint: a checkpoint being written is
+    finished); a second one acts at once. Returns the record (``{"set": signum}``, 0 while none
+    came) and the handlers to restore."""
+    flag = {"set": 0}
     if threading.current_thread() is not threading.main_thread():
-        return flag, None
-    previous = signal.getsignal(signal.SIGINT)
-    previous = previous if previous is not None else signal.default_int_handler
+        return flag, {}
+    previous = {}
+    for signum in STOP_SIGNALS:
+        handler = signal.getsignal(signum)
+        default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+        previous[signum] = handler if handler is not None else default
 
     def handler(signum: int, frame: Any) -> None:
-        flag["set"] = True
-        signal.signal(signal.SIGINT, previous)
+        flag["set"] = flag["set"] or signum
+        signal.signal(signum, previous[signum])
 
-    signal.signal(signal.SIGINT, handler)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, handler)
     return flag, previous
 
 
@@ -162,7 +172,7 @@ class _Run:
     invoked: float
     first_step: int  # of this invocation (train.max_steps)
     last_good: int
-    sigint: dict[str, bool] = field(default_factory=lambda: {"set": False})  # set by the first Ctrl-C
+    sigint: dict[str, int] = field(default_factory=lambda: {"set": 0})  # the first Ctrl-C / SIGTERM
     bar: Any = None  # the tqdm progress bar (disabled off rank 0 or without progress)
 
     @property
@@ -248,13 +258,18 @@ def _restore(
     run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: bool, d: distributed.Dist,
     device: torch.device,
 ) -> tuple[TrainState, dict[str, Any]]:  # fmt: skip
-    """Resume from checkpoint.pt: weights, optimizer, state, and this rank's RNG states and the
-    running sums of its part of the epoch. Returns the state and the checkpoint (for the EMA).
+    """Resume from checkpoint.pt (or best.pt: :func:`~flowvae.rundir.resume_checkpoint`): weights,
+    optimizer, state, and this rank's RNG states and the running sums of its part of the epoch.
+    Returns the state and the checkpoint (for the EMA).
 
     A checkpoint that lacks an entry (:func:`missing_for_resume`) or holds one that does not fit
     fails in one line naming it, before anything is written."""
-    path = run_dir / "checkpoint.pt"
+    path = resume_checkpoint(run_dir)
     ckpt = load_checkpoint(path, map_location=device)
+    if path.name == "best.pt" and d.is_main:
+        step = ckpt["state"].get("step") if isinstance(ckpt.get("state"), dict) else None
+        print(f"flowvae: note: {run_dir} has no checkpoint.pt (it stopped while writing its first one); "
+              f"resuming from best.pt (step {step})", file=sys.stderr, flush=True)  # fmt: skip
     missing = missing_for_resume(ckpt, ema)
     if missing:
         raise CheckpointError(f"{path}: cannot resume: incomplete checkpoint (no {', '.join(missing)})")
@@ -274,6 +289,8 @@ def _restore(
         mine = ckpt["ranks"][d.rank]
         set_rng_state(mine["rng"])
         state.epoch_elbo_sum, state.epoch_kl_sum, state.epoch_count = mine["epoch_sums"]
+        if state.batch == 0:  # best.pt keeps the sums of the epoch it closed; checkpoint.pt has none
+            state.epoch_elbo_sum, state.epoch_kl_sum, state.epoch_count = 0.0, 0.0, 0
     return state, ckpt
 
 
@@ -396,10 +413,13 @@ def _stop_reason(run: _Run) -> str:
     if t.max_steps and state.step - run.first_step >= t.max_steps:
         return f"max_steps={t.max_steps}"
     late = bool(t.max_minutes) and time.perf_counter() - run.invoked >= 60 * t.max_minutes
+    signum = run.sigint["set"]
     # clocks and signals differ between processes: every rank must take the same decision
-    late, interrupted = distributed.all_reduce_sum([float(late), float(run.sigint["set"])], run.d, run.device)
-    if interrupted:
-        return INTERRUPTED
+    late, ctrl_c, term = distributed.all_reduce_sum(
+        [float(late), float(signum == signal.SIGINT), float(signum == signal.SIGTERM)], run.d, run.device
+    )
+    if ctrl_c or term:
+        return INTERRUPTED if ctrl_c else TERMINATED
     return f"max_minutes={t.max_minutes:g}" if late else ""
 
 
@@ -452,9 +472,9 @@ def run_epoch(run: _Run) -> bool:
         if every and state.step % every == 0:
             save_checkpoint(run, periodic=True)
         state.stopped = _stop_reason(run)
-        if state.stopped == INTERRUPTED or (state.stopped and state.batch < n):
+        if state.stopped in STOP_SIGNALS.values() or (state.stopped and state.batch < n):
             break
-    if state.batch < n or state.stopped == INTERRUPTED:
+    if state.batch < n or state.stopped in STOP_SIGNALS.values():
         return False
     if 2 * state.epoch_skipped > n:  # e.g. one huge step left |w| ~ 1e6: all NaN since
         raise TrainingError(
@@ -609,27 +629,30 @@ def _train_in_group(
     run = setup(cfg, run_dir, resume, overwrite, overrides or [], d, origin, say)
     state = run.state
     run.bar = _progress_bar(run, progress)
-    run.sigint, previous_handler = _install_sigint()
+    run.sigint, previous_handlers = _install_stop_handlers()
     try:
         while state.epoch < cfg.train.epochs and not state.stopped and run_epoch(run):
             end_of_epoch(run)
         if state.batch:  # a budget stop or Ctrl-C inside an epoch
-            if state.stopped != INTERRUPTED:  # a budget: evaluate the weights the run ends with
+            if state.stopped not in STOP_SIGNALS.values():  # a budget: evaluate the final weights
                 validate(run)
             save_checkpoint(run)
     finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
         run.bar.close()
         if run.log is not None:
             run.log.close()
-    if state.stopped == INTERRUPTED:
+    if state.stopped in STOP_SIGNALS.values():
         saved = f"wrote {run_dir / 'checkpoint.pt'}" if run.last_good == state.step else _kept(run)
         kept = budget_note(cfg.train, state)
+        signum = next(k for k, v in STOP_SIGNALS.items() if v == state.stopped)
+        by = "" if signum == signal.SIGINT else " by SIGTERM"
+        stopped = f"stopped{by} at step {state.step}; {saved}; continue with"
         raise Interrupted(
-            f"stopped at step {state.step}; {saved}; continue with fit(cfg, {str(run_dir)!r}, resume=True)"
-            + kept,
-            cli=f"stopped at step {state.step}; {saved}; continue with --resume {run_dir}{kept}",
+            f"{stopped} fit(cfg, {str(run_dir)!r}, resume=True){kept}",
+            cli=f"{stopped} --resume {run_dir}{kept}",
+            code=128 + signum,
         )
     return state
 
