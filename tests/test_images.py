@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from flowvae.images import make_grid, sample_images, save_grid, upscale_factor
+from flowvae.images import make_grid, save_grid, upscale_factor
 
 
 def test_grid_layout_and_values() -> None:
@@ -58,19 +58,3 @@ def test_digit_grid_png_is_readable_size(tmp_path: Path) -> None:
     save_grid(torch.rand(64, 1, 8, 8), tmp_path / "g.png", nrow=8)
     with Image.open(tmp_path / "g.png") as image:
         assert min(image.size) >= 8 * 64  # was 82 px for 8 x 8 digits
-
-
-class _Prior(torch.nn.Module):
-    def sample_prior(self, shape: tuple[int, ...], temperature: float = 1.0) -> torch.Tensor:
-        return temperature * torch.randn(*shape, 2)
-
-    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
-        return z.sum(-1).sigmoid().view(-1, 1, 1, 1).expand(-1, 1, 3, 3)
-
-
-def test_sample_images_in_batches_reports_progress() -> None:
-    done: list[int] = []
-    torch.manual_seed(0)
-    images = sample_images(_Prior(), 10, batch_size=4, progress=done.append)
-    assert images.shape == (10, 1, 3, 3) and done == [4, 4, 2]
-    assert len(set(images[:, 0, 0, 0].tolist())) == 10  # every batch draws its own z

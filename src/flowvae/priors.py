@@ -65,6 +65,14 @@ class StandardNormal(nn.Module):
         shape = (*sample_shape, self.latent_dim)  # the last sample dim indexes examples
         return temperature * noise.randn(shape, batch_dim=-2, dtype=p.dtype, device=p.device)
 
+    def base(self, z: Tensor, model: nn.Module | None = None) -> Tensor:
+        """The standard-normal base u of z (..., D) (here z itself; see :class:`FlowPrior`)."""
+        return z
+
+    def from_base(self, u: Tensor, model: nn.Module | None = None) -> Tensor:
+        """z of the base u (..., D): the inverse of :meth:`base`."""
+        return u
+
     def moments(self, model: nn.Module | None = None) -> tuple[Tensor, Tensor]:
         d = self.latent_dim
         return torch.zeros(d, dtype=torch.float64), torch.eye(d, dtype=torch.float64)
@@ -121,6 +129,13 @@ class VampPrior(nn.Module):
         eps = noise.randn(shape, batch_dim=-2, dtype=mean.dtype, device=mean.device)
         return (mean[k] + temperature * torch.exp(log_std[k]) * eps).to(p)
 
+    def base(self, z: Tensor, model: nn.Module | None = None) -> Tensor:
+        raise ValueError(
+            "the VampPrior is a mixture with no standard-normal base: interpolate in the latent space"
+        )
+
+    from_base = base
+
     def moments(self, model: nn.Module) -> tuple[Tensor, Tensor] | None:
         if self.pseudo_inputs.shape[0] != 1:
             return None
@@ -170,11 +185,16 @@ class FlowPrior(StandardNormal):
         temperature: float = 1.0,
     ) -> Tensor:  # fmt: skip
         """u ~ N(0, temperature^2 I) (the base's draw) through the inverse couplings, last first."""
-        z = super().sample(sample_shape, model, like, temperature)
-        context = z.new_zeros(0)
+        return self.from_base(super().sample(sample_shape, model, like, temperature))
+
+    def base(self, z: Tensor, model: nn.Module | None = None) -> Tensor:
+        return self.to_base(z)[0]
+
+    def from_base(self, u: Tensor, model: nn.Module | None = None) -> Tensor:
+        context = u.new_zeros(0)
         for step in reversed(self.steps):
-            z = step.inverse(z, context)
-        return z
+            u = step.inverse(u, context)
+        return u
 
     def moments(self, model: nn.Module | None = None) -> None:
         return None
