@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import noise
+from .config import ConfigError
 from .flows import AffineCoupling, alternating_mask
 from .numerics import log_gaussian_mixture, log_standard_normal
 
@@ -130,7 +131,7 @@ class VampPrior(nn.Module):
         return (mean[k] + temperature * torch.exp(log_std[k]) * eps).to(p)
 
     def base(self, z: Tensor, model: nn.Module | None = None) -> Tensor:
-        raise ValueError(
+        raise ConfigError(
             "the VampPrior is a mixture with no standard-normal base: interpolate in the latent space"
         )
 
