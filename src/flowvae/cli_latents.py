@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .checkpoint import Run, load_run
-from .cliargs import POSITIVE, common_flags, image_out, new_file, number, run_dir
+from .cliargs import NON_NEGATIVE, POSITIVE, common_flags, image_out, new_file, number, run_dir
 from .config import ConfigError
 from .data import EvaluationSet, evaluation_images, load_data
 from .files import writing
@@ -144,11 +144,20 @@ def _reconstruct(args: argparse.Namespace) -> int:
     return _write(args, pairs, 2 * min(4, len(x)), "reconstruct", f"reconstructions of {len(x)} images")
 
 
-def _out_flag(p: argparse.ArgumentParser, stem: str) -> None:
+def _command(sub, name: str, help: str, fn, seeded: str, split: bool = True) -> argparse.ArgumentParser:
+    """A subcommand that writes a grid: RUN_DIR, ``--split``, ``--seed``, ``--out``,
+    ``--checkpoint``, ``--json``; the caller adds its own flags."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("run_dir", type=run_dir, help=RUN_DIR_HELP)
+    if split:
+        common_flags(p, "split")
+    common_flags(p, "seed", seed=0, what=seeded)
     p.add_argument(
-        "--out", type=image_out, help=f"PNG path in an existing folder (default: a new RUN_DIR/{stem}-N.png)"
+        "--out", type=image_out, help=f"PNG path in an existing folder (default: a new RUN_DIR/{name}-N.png)"
     )
     common_flags(p, "checkpoint", "json")
+    p.set_defaults(fn=fn)
+    return p
 
 
 def _encode_parser(sub) -> None:
@@ -172,8 +181,13 @@ def _encode_parser(sub) -> None:
 
 
 def _interpolate_parser(sub) -> None:
-    p = sub.add_parser("interpolate", help="a grid of paths between pairs of images, through the latents")
-    p.add_argument("run_dir", type=run_dir, help=RUN_DIR_HELP)
+    p = _command(
+        sub,
+        "interpolate",
+        "a grid of paths between pairs of images, through the latents",
+        _interpolate,
+        "the pairs",
+    )
     p.add_argument("--pairs", type=POSITIVE, default=8, help="pairs of images, a row each (default: 8)")
     p.add_argument(
         "--steps", type=_at_least_two, default=10, help="images per path, ends included (default: 10)"
@@ -185,30 +199,32 @@ def _interpolate_parser(sub) -> None:
         help="latent: z; base: the prior's standard-normal base of z (default: latent)",
     )
     p.add_argument("--path", choices=PATHS, default="linear", help="linear or slerp (default: linear)")
-    common_flags(p, "split")
-    common_flags(p, "seed", seed=0, what="the pairs")
-    _out_flag(p, "interpolate")
-    p.set_defaults(fn=_interpolate)
 
 
 def _traverse_parser(sub) -> None:
-    p = sub.add_parser("traverse", help="a grid of one image with single latents set to a range of values")
-    p.add_argument("run_dir", type=run_dir, help=RUN_DIR_HELP)
+    p = _command(
+        sub,
+        "traverse",
+        "a grid of one image with single latents set to a range of values",
+        _traverse,
+        "a training split's binarization",
+    )
     p.add_argument(
         "--dims", type=dims, help="latent dimensions, a row each: 0-9, 3 or 0,4,7 (default: the first 10)"
     )
-    p.add_argument("--index", type=int, default=0, help="which image of --split (default: 0)")
+    p.add_argument("--index", type=NON_NEGATIVE, default=0, help="which image of --split (default: 0)")
     p.add_argument("--span", type=number(0.0), default=3.0, help="values from -span to span (default: 3)")
     p.add_argument("--steps", type=_at_least_two, default=9, help="values per row (default: 9)")
-    common_flags(p, "split")
-    common_flags(p, "seed", seed=0, what="a training split's binarization")
-    _out_flag(p, "traverse")
-    p.set_defaults(fn=_traverse)
 
 
 def _layers_parser(sub) -> None:
-    p = sub.add_parser("layers", help="what each stochastic layer holds: keep the top k, resample the rest")
-    p.add_argument("run_dir", type=run_dir, help=RUN_DIR_HELP)
+    p = _command(
+        sub,
+        "layers",
+        "what each stochastic layer holds: keep the top k, resample the rest",
+        _layers,
+        "the images and the prior draws",
+    )
     p.add_argument("--n", type=POSITIVE, default=8, help="images, a column each (default: 8)")
     p.add_argument(
         "--temperature",
@@ -216,24 +232,23 @@ def _layers_parser(sub) -> None:
         default=1.0,
         help="scale of the resampled layers' prior std (default: 1)",
     )
-    common_flags(p, "split")
-    common_flags(p, "seed", seed=0, what="the images and the prior draws")
-    _out_flag(p, "layers")
-    p.set_defaults(fn=_layers)
 
 
 def _reconstruct_parser(sub) -> None:
-    p = sub.add_parser("reconstruct", help="reconstruct your own images (a folder of PNGs or an .npz)")
-    p.add_argument("run_dir", type=run_dir, help=RUN_DIR_HELP)
+    p = _command(
+        sub,
+        "reconstruct",
+        "reconstruct your own images (a folder of PNGs or an .npz)",
+        _reconstruct,
+        "an autoregressive decoder's pixels",
+        split=False,
+    )
     p.add_argument(
         "--images",
         required=True,
         metavar="DIR_OR_NPZ",
         help="a folder of image files or an .npz of one uint8 array (N, H, W[, C]), as the run's data",
     )
-    common_flags(p, "seed", seed=0, what="an autoregressive decoder's pixels")
-    _out_flag(p, "reconstruct")
-    p.set_defaults(fn=_reconstruct)
 
 
 PARSERS = (_encode_parser, _interpolate_parser, _traverse_parser, _layers_parser, _reconstruct_parser)
