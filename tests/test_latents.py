@@ -141,7 +141,7 @@ def test_sample_in_batches_reports_progress_and_does_not_depend_on_the_batch_siz
 def test_interpolation_endpoints_are_the_endpoints_reconstructions(name, space, path):
     model, x0, x1 = model_of(name), images(3, seed=1), images(3, seed=2)
     if space == "base" and name == "vampprior":
-        with pytest.raises(ValueError, match="mixture"):
+        with pytest.raises(ConfigError, match="mixture"):
             flowvae.interpolate(model, x0, x1, 4, space=space, path=path)
         return
     out = flowvae.interpolate(model, x0, x1, 5, space=space, path=path)
@@ -232,3 +232,16 @@ def test_bad_arguments_raise_one_line(call, message):
     with pytest.raises(ConfigError, match=message) as info:
         call(model_of("diag"), images(2))
     assert "\n" not in str(info.value)
+
+
+def test_an_autoregressive_decoder_has_no_parameters_without_the_image_but_decodes_and_samples():
+    torch.manual_seed(0)
+    cfg = ModelConfig(latent_dim=3, hidden=[16], decoder="made", decoder_hidden=[16])
+    model, x = build_model(cfg, (1, 8, 8), binary=True).eval(), images(3)
+    decoded = flowvae.decode(model, flowvae.encode(model, x).z)
+    assert decoded.params is None and decoded.mean.shape == (3, 1, 8, 8)
+    assert flowvae.reconstruct(model, x, keep_layers=0).shape == (3, 1, 8, 8)
+    torch.manual_seed(1)  # its pixels are drawn one by one from torch's generator
+    first = flowvae.sample(model, 4, seed=2)
+    torch.manual_seed(1)
+    assert torch.equal(flowvae.sample(model, 4, seed=2), first)
