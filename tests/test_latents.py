@@ -22,15 +22,19 @@ from flowvae.model import build_model
 MODELS = {
     "diag": dict(latent_dim=3, hidden=[16]),
     "iaf": dict(latent_dim=3, hidden=[16], posterior="iaf", flow_steps=2, flow_hidden=8, context_dim=4),
+    "realnvp-aux": dict(latent_dim=3, hidden=[16], posterior="realnvp-aux", flow_steps=2, flow_hidden=8),
     "flow-prior": dict(latent_dim=3, hidden=[16], prior="flow", prior_flow_steps=2, prior_flow_hidden=8),
     "vampprior": dict(latent_dim=3, hidden=[16], prior="vampprior", prior_components=4),
     "two-layer": dict(latent_dim=3, hidden=[16], stochastic_layers=2),
     "hierarchical": dict(type="hierarchical", depths=[1, 1], n_h=6, n_z=2, depth_ar=1, posterior="down-iaf"),
+    "hierarchical-up-feedback": dict(
+        type="hierarchical", depths=[1, 1], n_h=6, n_z=2, depth_ar=1, posterior="up-iaf", up_feedback=True
+    ),
     "hierarchical-iaf-prior": dict(
         type="hierarchical", depths=[2], n_h=6, n_z=2, depth_ar=1, posterior="down-diag", prior="iaf"
     ),
 }
-LAYERS = {"two-layer": 2, "hierarchical": 2, "hierarchical-iaf-prior": 2}
+LAYERS = {"two-layer": 2, "hierarchical": 2, "hierarchical-up-feedback": 2, "hierarchical-iaf-prior": 2}
 
 
 def model_of(name: str, dtype=torch.float32):
