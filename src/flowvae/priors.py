@@ -4,6 +4,8 @@ A prior is a module with
 
     prior.log_prob(z, model) -> (*S, B)       exact log p(z) for z (*S, B, D)
     prior.sample(sample_shape, model, like, temperature) -> (*sample_shape, D)
+    prior.base(z, model), prior.from_base(u, model)   its standard-normal base u of z and back
+                                                       (after training; none for a VampPrior)
 
 ``model`` is the VAE the prior belongs to: the VampPrior's components are that model's encoder
 at learned pseudo-inputs (``model.encoder`` and ``model.posterior.base_gaussian``); the other
