@@ -44,7 +44,11 @@ FlatPrior = Literal["standard", "vampprior", "flow"]
 HierarchicalPrior = Literal["diag", "iaf"]
 PriorName = Literal["auto", FlatPrior, HierarchicalPrior]
 ArMask = Literal["channel", "pixel"]
-Optimizer = Literal["adam", "adamax"]
+Optimizer = Literal["adam", "adamax", "adam-normgrad"]
+MlpLayer = Literal["elu", "gated"]
+Init = Literal["default", "he"]
+TwoLayerInputs = Literal["concat", "separate"]
+WarmupBy = Literal["step", "epoch"]
 LrSchedule = Literal["constant", "exponential", "cosine", "cosine-budget"]
 Objective = Literal["elbo", "iwae"]
 Amp = Literal["auto", "none", "bf16"]
@@ -92,6 +96,9 @@ class ModelConfig:
     batch_norm: bool = False  # mlp: batch norm after each hidden layer
     input_to_all: bool = False  # mlp: feed the network's input to every hidden layer
     dropout: float = 0.0  # mlp: dropout after each hidden layer while training (0 = off)
+    mlp_layer: MlpLayer = "elu"  # mlp hidden layers: elu (linear + ELU) or gated (h(x) * sigmoid(g(x)))
+    init: Init = "default"  # linear weights: torch's default, or he: N(0, 2/fan_in) (flow steps keep theirs)
+    log_var_bounds: list[float] = field(default_factory=list)  # [lo, hi]: Gaussians' log-variance hardtanh'd
     channels: int = 32  # conv encoders/decoders: feature maps
     blocks: int = 2  # resnet: residual blocks per resolution
     mixtures: int = 5  # logistic-mixture: components
@@ -111,6 +118,9 @@ class ModelConfig:
     prior_flow_hidden: int = 256  # flow prior: hidden units of each coupling's MLP
     prior_flow_layers: int = 1  # flow prior: hidden layers of each coupling's MLP
     stochastic_layers: int = 1  # flat: 2 = Tomczak & Welling's HVAE, latent_dim units per layer
+    # two layers: nets on concatenations (q(z1|x,z2) reads the encoder's h), or separate: a first
+    # layer per input and a network of q(z1|x,z2) on x (their code's HVAE_2level); mlp nets only
+    two_layer_inputs: TwoLayerInputs = "concat"
     # hierarchical ResNet VAE (model.type=hierarchical; openai/iaf names in README)
     depths: list[int] = field(default_factory=lambda: [2, 2])  # blocks per level (resolution)
     n_h: int = 64  # deterministic feature maps per block
@@ -135,12 +145,17 @@ class TrainConfig:
     weight_decay: float = 0.0  # adam: decoupled (AdamW); adamax: L2 added to the gradient
     objective: Objective = "elbo"  # iwae: the importance-weighted bound over train.samples samples
     kl_warmup_epochs: float = 0.0  # KL weight rises linearly from 0 to 1 over this many epochs
+    # step: the weight rises every step; epoch: it is (epoch + 1) / kl_warmup_epochs through each
+    # epoch (0-based), as the VampPrior and Sylvester-flows code
+    kl_warmup_by: WarmupBy = "step"
     kl_min: float = 0.0  # free bits: nats per latent dimension (0 = off); never in reported numbers
     samples: int = 1  # z samples per example in the training ELBO
     ema: float = 0.0  # Polyak averaging of weights for evaluation (0 = off), e.g. 0.999
     grad_clip: float = 0.0  # clip the global gradient norm (0 = off)
     skip_threshold: float = 0.0  # skip an update whose gradient norm exceeds this (0 = off)
-    early_stopping: int = 0  # stop after this many evaluations without a better valid ELBO (0 = off)
+    # stop after this many evaluations without a better valid ELBO, counted once the KL weight is 1
+    # (0 = off)
+    early_stopping: int = 0
     eval_every: int = 1  # epochs between evaluations/checkpoints
     checkpoint_every_steps: int = 0  # also checkpoint every N steps inside an epoch (0 = off)
     max_minutes: float = 0.0  # wall-time budget; then a clean stop with a checkpoint (0 = off)
@@ -329,7 +344,8 @@ def check_value(key: str, value: Any) -> None:
 MODEL_TYPE_KEYS: dict[str, set[str]] = {
     "flat": {
         "encoder", "decoder", "latent_dim", "hidden", "decoder_hidden", "batch_norm", "input_to_all",
-        "dropout", "channels", "blocks", "context_dim", "flow_steps", "flow_hidden", "flow_layers",
+        "dropout", "mlp_layer", "init", "log_var_bounds", "two_layer_inputs", "channels", "blocks",
+        "context_dim", "flow_steps", "flow_hidden", "flow_layers",
         "num_householder", "num_ortho_vecs", "aux_dim", "prior_components", "prior_flow_steps",
         "prior_flow_hidden", "prior_flow_layers", "stochastic_layers",
     },
@@ -389,6 +405,15 @@ def validate(cfg: Config, given: list[str] | tuple[str, ...] = ()) -> Config:
             )
     if m.type == "hierarchical" and not m.depths:
         raise ConfigError("model.depths=[]: model.type=hierarchical needs at least one level, e.g. [2, 2]")
+    bounds = m.log_var_bounds
+    if len(bounds) not in (0, 2) or (bounds and bounds[0] >= bounds[1]):
+        raise ConfigError(f"model.log_var_bounds={bounds}: use [] (unbounded) or [low, high] with low < high")
+    mlps = m.encoder == m.decoder == "mlp"
+    if m.two_layer_inputs == "separate" and (m.stochastic_layers != 2 or not mlps):
+        raise ConfigError(
+            "model.two_layer_inputs=separate needs model.stochastic_layers=2 and mlp encoder and decoder "
+            f"(it is stochastic_layers={m.stochastic_layers}, encoder={m.encoder}, decoder={m.decoder})"
+        )
     if m.type == "flat" and m.posterior != "diag" and m.flow_steps <= 0:
         raise ConfigError(f"model.flow_steps={m.flow_steps}: model.posterior={m.posterior} needs >= 1 step")
     if cfg.train.objective == "iwae" and cfg.train.kl_min > 0:

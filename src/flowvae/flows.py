@@ -17,11 +17,14 @@ model, see :class:`AuxiliaryPosterior`.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .core import FlowPosterior, Posterior
+from .layers import GaussianLinear
 from .numerics import log_normal
 
 # ----------------------------------------------------------------------------- helpers
@@ -480,6 +483,7 @@ class AuxiliaryHead(nn.Module):
         context_dim: C, the size of h.
         flow_hidden, flow_layers: width and hidden layers of every net (q(v0|.), couplings, r).
         flow_steps: coupling steps T.
+        log_var_bounds: [] or [low, high]: z0's log-variance clamped.
 
     References:
         Cremer, Li & Duvenaud, arXiv 1801.03558 (Sec. 3.2, auxiliary flow).
@@ -494,10 +498,11 @@ class AuxiliaryHead(nn.Module):
         flow_hidden: int,
         flow_layers: int,
         flow_steps: int,
+        log_var_bounds: Sequence[float] = (),
     ):
         super().__init__()
         self.latent_dim, self.aux_dim = latent_dim, aux_dim
-        self.gaussian = nn.Linear(feature_dim, 2 * latent_dim)
+        self.gaussian = GaussianLinear(feature_dim, latent_dim, log_var_bounds)
         self.context = nn.Linear(feature_dim, context_dim)
         joint = latent_dim + aux_dim
         is_v = torch.arange(joint) >= latent_dim
@@ -515,8 +520,7 @@ class AuxiliaryHead(nn.Module):
 
     def base_gaussian(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """(mean, log_std) of z0, each (B, D): the diagonal Gaussian the flow over z starts from."""
-        mean, log_std = self.gaussian(features).chunk(2, dim=-1)
-        return mean, log_std
+        return self.gaussian(features)
 
     def forward(self, features: Tensor) -> AuxiliaryPosterior:
         mean, log_std = self.base_gaussian(features)  # (B, D) each

@@ -8,6 +8,7 @@ keys of the same names (:data:`~flowvae.config.FLOW_SIZE_KEYS`).
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import fields
 
@@ -15,11 +16,12 @@ from torch import nn
 
 from .config import FLOW_SIZE_KEYS, ModelConfig
 from .hierarchical import HierarchicalSpec, HierarchicalVAE
+from .layers import he_init_
 from .likelihoods import build_likelihood
 from .nets import build_decoder, build_encoder
 from .posteriors import build_posterior
 from .priors import build_prior
-from .two_layer import TwoLayerHead, TwoLayerPrior
+from .two_layer import TwoLayerHead, TwoLayerPrior, WithInput
 from .vae import VAE
 
 Shape = tuple[int, int, int]
@@ -34,24 +36,37 @@ def build_flat(cfg: ModelConfig, shape: Shape, binary: bool) -> VAE:
     ``model.prior``; with ``model.stochastic_layers=2`` the posterior and the prior are those of
     the top layer z2 of :mod:`flowvae.two_layer` (``latent_dim`` units in each layer)."""
     net = {"batch_norm": cfg.batch_norm, "input_to_all": cfg.input_to_all, "dropout": cfg.dropout,
-           "channels": cfg.channels, "blocks": cfg.blocks}  # fmt: skip
+           "channels": cfg.channels, "blocks": cfg.blocks, "layer": cfg.mlp_layer}  # fmt: skip
+    gaussians = {"log_var_bounds": list(cfg.log_var_bounds)}
+    layers, d = cfg.stochastic_layers, cfg.latent_dim
+    separate = layers == 2 and cfg.two_layer_inputs == "separate"
     # built in this order: a seed gives the same initial weights in every version
     likelihood = build_likelihood(cfg.likelihood, binary, shape, cfg.mixtures)
     encoder = build_encoder(cfg.encoder, shape, hidden=list(cfg.hidden), **net)
-    posterior = build_posterior(cfg.posterior, encoder.out_features, cfg.latent_dim, **posterior_options(cfg))
+    posterior = build_posterior(
+        cfg.posterior, encoder.out_features, d, **posterior_options(cfg), **gaussians
+    )  # fmt: skip
     decoder_hidden = list(reversed(cfg.hidden)) if cfg.decoder_hidden is None else list(cfg.decoder_hidden)
-    layers = cfg.stochastic_layers
+    split = {"split": [d, d]} if separate else {}  # z = (z2, z1): a first layer for each
     decoder = build_decoder(
-        cfg.decoder, shape, likelihood.params, layers * cfg.latent_dim, hidden=decoder_hidden, **net
+        cfg.decoder, shape, likelihood.params, layers * d, hidden=decoder_hidden, **net, **split
     )
     prior = build_prior(
-        "standard" if cfg.prior == "auto" else cfg.prior, cfg.latent_dim, shape, cfg.prior_components,
+        "standard" if cfg.prior == "auto" else cfg.prior, d, shape, cfg.prior_components,
         cfg.prior_flow_steps, cfg.prior_flow_hidden, cfg.prior_flow_layers,
     )  # fmt: skip
     if layers == 2:  # Tomczak & Welling's HVAE: q(z2|x) q(z1|x, z2), p(z2) p(z1|z2)
-        posterior = TwoLayerHead(posterior, encoder.out_features, cfg.latent_dim, cfg.hidden)
-        prior = TwoLayerPrior(prior, cfg.latent_dim, list(reversed(cfg.hidden)))
-    return VAE(encoder, posterior, decoder, likelihood, shape, prior)
+        pixels = math.prod(shape) if separate else 0
+        features = encoder.out_features
+        if separate:
+            encoder = WithInput(encoder, pixels)
+        nets = {"layer": cfg.mlp_layer, **gaussians}
+        posterior = TwoLayerHead(posterior, features, d, cfg.hidden, pixels, **nets)
+        prior = TwoLayerPrior(prior, d, list(reversed(cfg.hidden)), **nets)
+    model = VAE(encoder, posterior, decoder, likelihood, shape, prior)
+    if cfg.init == "he":
+        he_init_(model)
+    return model
 
 
 def hierarchical_spec(cfg: ModelConfig) -> HierarchicalSpec:

@@ -10,12 +10,14 @@ log-density with that layer (:meth:`flowvae.likelihoods.Bernoulli.log_prob_linea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import GatedLinear
 from .made import MADE, MaskedLinear
 
 Shape = tuple[int, int, int]
@@ -25,8 +27,14 @@ Shape = tuple[int, int, int]
 
 
 class MLP(nn.Module):
-    """ELU MLP; optional batch norm; optionally the input is fed to every hidden layer;
-    optional dropout after each hidden layer (training only: ``eval()`` switches it off)."""
+    """An MLP of ``hidden`` widths whose hidden layers are ``layer``: ``elu`` (linear, ELU) or
+    ``gated`` (:class:`~flowvae.layers.GatedLinear`, no activation); optional batch norm; optionally
+    the input fed to every hidden layer; optional dropout after each hidden layer (training only).
+
+    ``split``: sizes of the input's parts (summing to ``in_features``); the first hidden layer is
+    then one layer per part, each ``hidden[0]`` wide, concatenated (Tomczak & Welling's separate
+    gated layers for x and z2 before a joint layer).
+    """
 
     def __init__(
         self,
@@ -35,43 +43,64 @@ class MLP(nn.Module):
         batch_norm: bool = False,
         input_to_all: bool = False,
         dropout: float = 0.0,
+        layer: str = "elu",
+        split: Sequence[int] = (),
     ):
         super().__init__()
-        self.input_to_all = input_to_all
+        if layer not in MLP_LAYERS:
+            raise ValueError(f"unknown mlp layer {layer!r}; available: {', '.join(MLP_LAYERS)}")
+        if split and (sum(split) != in_features or not hidden or input_to_all):
+            raise ValueError(f"split {list(split)} needs hidden layers, parts summing to {in_features}, "
+                             "and no input_to_all")
+        self.input_to_all, self.split = input_to_all, tuple(split)
+
+        def hidden_layer(width: int, h: int) -> nn.Sequential:
+            layer_ = [nn.Linear(width, h)] if layer == "elu" else [GatedLinear(width, h)]
+            if batch_norm:
+                layer_.append(nn.BatchNorm1d(h))
+            if layer == "elu":
+                layer_.append(nn.ELU())
+            if dropout > 0:
+                layer_.append(nn.Dropout(dropout))
+            return nn.Sequential(*layer_)
+
         self.layers = nn.ModuleList()
         width = in_features
-        for h in hidden:
-            layer = [nn.Linear(width, h)]
-            if batch_norm:
-                layer.append(nn.BatchNorm1d(h))
-            layer.append(nn.ELU())
-            if dropout > 0:
-                layer.append(nn.Dropout(dropout))
-            self.layers.append(nn.Sequential(*layer))
+        for i, h in enumerate(hidden):
+            if i == 0 and split:
+                self.layers.append(_Parts(hidden_layer(part, h) for part in split))
+                h = h * len(split)
+            else:
+                self.layers.append(hidden_layer(width, h))
             width = h + (in_features if input_to_all else 0)
         self.out_features = width
 
     def forward(self, x: Tensor) -> Tensor:
         h = x
-        for layer in self.layers:
-            h = layer(h)
+        for i, layer in enumerate(self.layers):
+            h = layer(h.split(self.split, dim=-1)) if i == 0 and self.split else layer(h)
             if self.input_to_all:
                 h = torch.cat([h, x], dim=-1)
         return h
 
 
+MLP_LAYERS = ("elu", "gated")  # model.mlp_layer
+
+
+class _Parts(nn.ModuleList):
+    """One layer per part of the input, outputs concatenated."""
+
+    def forward(self, parts: Sequence[Tensor]) -> Tensor:
+        return torch.cat([layer(p) for layer, p in zip(self, parts, strict=True)], dim=-1)
+
+
 class MLPEncoder(nn.Module):
-    def __init__(
-        self,
-        shape: Shape,
-        hidden: list[int],
-        batch_norm: bool = False,
-        input_to_all: bool = False,
-        dropout: float = 0.0,
-    ):
+    """images (B, C, H, W) -> features (B, F): an :class:`MLP` (``mlp`` its keyword options)."""
+
+    def __init__(self, shape: Shape, hidden: list[int], **mlp):
         super().__init__()
         c, h, w = shape
-        self.net = MLP(c * h * w, hidden, batch_norm, input_to_all, dropout)
+        self.net = MLP(c * h * w, hidden, **mlp)
         self.out_features = self.net.out_features
 
     def forward(self, x: Tensor) -> Tensor:
@@ -79,19 +108,13 @@ class MLPEncoder(nn.Module):
 
 
 class MLPDecoder(nn.Module):
-    def __init__(
-        self,
-        shape: Shape,
-        params: int,
-        latent: int,
-        hidden: list[int],
-        batch_norm: bool = False,
-        input_to_all: bool = False,
-        dropout: float = 0.0,
-    ):
+    """latents (N, D) -> (N, P, C, H, W): an :class:`MLP` (``mlp`` its keyword options, ``split``
+    the parts of z with a first layer each), then a linear layer."""
+
+    def __init__(self, shape: Shape, params: int, latent: int, hidden: list[int], **mlp):
         super().__init__()
         self.shape, self.params = shape, params
-        self.net = MLP(latent, hidden, batch_norm, input_to_all, dropout)
+        self.net = MLP(latent, hidden, **mlp)
         self.out = nn.Linear(self.net.out_features, params * shape[0] * shape[1] * shape[2])
 
     def features(self, z: Tensor, x: Tensor | None = None) -> Tensor:
@@ -363,7 +386,7 @@ def _registry(*records: NetRecord) -> dict[str, NetRecord]:
     return {r.name: r for r in records}
 
 
-_MLP = ("hidden", "batch_norm", "input_to_all", "dropout")
+_MLP = ("hidden", "batch_norm", "input_to_all", "dropout", "layer")
 ENCODERS = _registry(
     NetRecord("mlp", MLPEncoder, _MLP),
     NetRecord("gated-conv", GatedConvEncoder, ("channels",)),
@@ -371,7 +394,7 @@ ENCODERS = _registry(
     NetRecord("linear", LinearEncoder),
 )
 DECODERS = _registry(
-    NetRecord("mlp", MLPDecoder, _MLP),
+    NetRecord("mlp", MLPDecoder, (*_MLP, "split")),
     NetRecord("gated-conv", GatedConvDecoder, ("channels",)),
     NetRecord("resnet", ResNetDecoder, ("channels", "blocks")),
     NetRecord("linear", LinearDecoder),

@@ -130,9 +130,17 @@ def budget_horizon(cfg: Config, epoch: int, epochs_timed: float, seconds: float)
 
 
 def kl_weight(cfg: Config, progress: float) -> float:
-    """KL warm-up (Sønderby et al. 2016): the weight rises linearly to 1 over kl_warmup_epochs."""
-    w = cfg.train.kl_warmup_epochs
-    return 1.0 if w <= 0 else min(1.0, progress / w)
+    """KL warm-up (Sønderby et al. 2016): the weight rises linearly to 1 over kl_warmup_epochs,
+    every step (``train.kl_warmup_by=step``) or once an epoch (``epoch``: (e + 1) / w through
+    epoch e, counted from 0: the VampPrior and Sylvester-flows code's beta = epoch / warmup with
+    epochs counted from 1, so the first epoch trains at 1 / w, not 0)."""
+    t = cfg.train
+    w = t.kl_warmup_epochs
+    if w <= 0:
+        return 1.0
+    if t.kl_warmup_by == "epoch":
+        return min(1.0, (math.floor(progress) + 1) / w)
+    return min(1.0, progress / w)
 
 
 def training_loss(
@@ -197,19 +205,54 @@ def init_from(model: nn.Module, run_dir: str, part: str, device: torch.device) -
     model.load_state_dict(source, strict=not part)
 
 
+class AdamNormGrad(torch.optim.Adam):
+    """The optimizer of Tomczak & Welling's VampPrior code (``utils/optimizer.py``), exactly: Adam
+    on each parameter tensor's gradient divided by its L2 norm (+ 1e-7), L2 weight decay added
+    after the normalisation, and Adam's "efficient" form (Kingma & Ba 2015, Sec. 2), whose eps is
+    added to sqrt(v) before the bias corrections. torch's Adam adds it after them, so its eps at
+    step t is ``eps / sqrt(1 - beta2^t)`` here; the update then runs in torch's fused kernel (one
+    pass over the parameters: the plain foreach form took 40 % of a VampPrior step on a CPU)."""
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0):  # fmt: skip
+        params = list(params)
+        fused = all(p.dtype in (torch.float32, torch.float64) for p in params) or None
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
+        for group in self.param_groups:
+            group["reference_eps"] = eps
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            norms = torch._foreach_norm(grads)
+            torch._foreach_add_(norms, 1e-7)
+            torch._foreach_div_(grads, norms)
+            state = self.state.get(params[0], {})
+            t = int(state["step"]) + 1 if "step" in state else 1
+            group["eps"] = group["reference_eps"] / math.sqrt(1 - group["betas"][1] ** t)
+        return super().step(closure)
+
+
 def optimizer_for(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """Adam or Adamax over the trainable parameters, in one fused kernel (Adam) or one call per
-    operation over all tensors (Adamax) instead of a Python loop over parameters: at batch 100 on
-    a CPU the loop cost ~2 ms of a ~10 ms step. Same update rule either way."""
+    """Adam, Adamax or AdamNormGrad over the trainable parameters, in one fused kernel (Adam) or
+    one call per operation over all tensors (Adamax, AdamNormGrad) instead of a Python loop over
+    parameters: at batch 100 on a CPU the loop cost ~2 ms of a ~10 ms step. Same update rule
+    either way."""
     params = [p for p in model.parameters() if p.requires_grad]
     t = cfg.train
     if t.optimizer == "adam":
         fused = all(p.dtype in (torch.float32, torch.float64) for p in params)
         adam = torch.optim.AdamW if t.weight_decay > 0 else torch.optim.Adam
         return adam(params, lr=t.lr, weight_decay=t.weight_decay, fused=fused or None)
+    if t.optimizer == "adam-normgrad":
+        return AdamNormGrad(params, lr=t.lr, weight_decay=t.weight_decay)
     if t.optimizer == "adamax":
         return torch.optim.Adamax(params, lr=t.lr, weight_decay=t.weight_decay, foreach=True)
-    raise ConfigError(f"unknown train.optimizer {cfg.train.optimizer!r}; use adam or adamax")
+    raise ConfigError(f"unknown train.optimizer {cfg.train.optimizer!r}; use adam, adamax or adam-normgrad")
 
 
 @functools.cache

@@ -37,6 +37,7 @@ from .flows import (
     TriangularSylvesterStep,
     alternating_mask,
 )
+from .layers import GaussianLinear
 from .made import IAFStep, alternating_order
 
 
@@ -49,19 +50,23 @@ class FlowHead(nn.Module):
         latent: D, the size of z.
         context: C, the size of the context vector h given to the flow steps.
         steps: the flow steps (empty for ``diag``).
+        log_var_bounds: [] or [low, high] (``model.log_var_bounds``): the base Gaussian's
+            log-variance clamped (:class:`~flowvae.layers.GaussianLinear`).
     """
 
-    def __init__(self, features: int, latent: int, context: int = 0, steps: Sequence[nn.Module] = ()):
+    def __init__(
+        self, features: int, latent: int, context: int = 0, steps: Sequence[nn.Module] = (),
+        log_var_bounds: Sequence[float] = (),
+    ):  # fmt: skip
         super().__init__()
         self.latent_dim = latent
-        self.gaussian = nn.Linear(features, 2 * latent)
+        self.gaussian = GaussianLinear(features, latent, log_var_bounds)
         self.context = nn.Linear(features, context) if steps else None
         self.steps = nn.ModuleList(steps)
 
     def base_gaussian(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """(mean, log_std), each (B, D): the diagonal Gaussian the flow starts from."""
-        mean, log_std = self.gaussian(features).chunk(2, dim=-1)
-        return mean, log_std
+        return self.gaussian(features)
 
     def forward(self, features: Tensor) -> FlowPosterior:
         mean, log_std = self.base_gaussian(features)
@@ -74,8 +79,8 @@ class Diagonal(FlowHead):
 
     options: tuple[str, ...] = ()
 
-    def __init__(self, features: int, latent: int):
-        super().__init__(features, latent)
+    def __init__(self, features: int, latent: int, log_var_bounds: Sequence[float] = ()):
+        super().__init__(features, latent, log_var_bounds=log_var_bounds)
 
 
 def flow_size(head: type, size: dict[str, int]) -> FlowSize:
@@ -98,10 +103,10 @@ class StepsHead(FlowHead):
 
     options: tuple[str, ...] = ("flow_steps", "context_dim")
 
-    def __init__(self, features: int, latent: int, **size: int):
+    def __init__(self, features: int, latent: int, log_var_bounds: Sequence[float] = (), **size: int):
         s = flow_size(type(self), size)
         steps = [self.make_step(latent, s, k) for k in range(s.flow_steps)]
-        super().__init__(features, latent, s.context_dim, steps)
+        super().__init__(features, latent, s.context_dim, steps, log_var_bounds)
 
     def make_step(self, latent: int, size: FlowSize, k: int) -> nn.Module:
         """Step ``k`` (0-based) of the flow over ``latent`` variables."""
@@ -183,10 +188,12 @@ class RealNVPAux(AuxiliaryHead):
 
     options = (*_NETS, "aux_dim")
 
-    def __init__(self, features: int, latent: int, **size: int):
+    def __init__(self, features: int, latent: int, log_var_bounds: Sequence[float] = (), **size: int):
         s = flow_size(type(self), size)
         aux = s.aux_dim or latent
-        super().__init__(features, latent, aux, s.context_dim, s.flow_hidden, s.flow_layers, s.flow_steps)
+        super().__init__(
+            features, latent, aux, s.context_dim, s.flow_hidden, s.flow_layers, s.flow_steps, log_var_bounds
+        )
 
 
 @dataclass(frozen=True)
@@ -199,7 +206,8 @@ class PosteriorRecord:
         family: ``gaussian`` (factorised Gaussian), ``flow`` or ``auxiliary``: q*'s family in
             the inference-gap analysis is the record's own.
     The head's keyword options are its class's ``options``: a subset of
-    :data:`~flowvae.config.FLOW_SIZE_KEYS`, the ``model.*`` keys of the same names.
+    :data:`~flowvae.config.FLOW_SIZE_KEYS`, the ``model.*`` keys of the same names; every head
+    also takes ``log_var_bounds``.
     """
 
     name: str
@@ -211,7 +219,8 @@ class PosteriorRecord:
         return self.head.options
 
     def build(self, features: int, latent: int, **options) -> nn.Module:
-        return self.head(features, latent, **{k: v for k, v in options.items() if k in self.options})
+        taken = {k: v for k, v in options.items() if k in self.options or k == "log_var_bounds"}
+        return self.head(features, latent, **taken)
 
 
 POSTERIORS: dict[str, PosteriorRecord] = {

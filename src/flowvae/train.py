@@ -483,7 +483,7 @@ def validate(run: _Run) -> None:
     improved = valid > state.best_valid or run.no_valid
     if improved:
         state.best_valid, state.best_epoch, state.bad_evals = valid, state.epoch, 0
-    else:
+    elif state.kl_weight >= 1.0:  # not while the KL warms up (as the VampPrior/Sylvester code)
         state.bad_evals += 1
         if cfg.train.early_stopping and state.bad_evals >= cfg.train.early_stopping:
             state.stopped = f"early stopping after {state.bad_evals} evaluations"

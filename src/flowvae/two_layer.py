@@ -16,10 +16,17 @@ the usual flat latents z = (z2, z1), (*S, B, D2 + D1), top layer first:
 - :class:`TwoLayerPrior`: p(z2) any prior of :mod:`flowvae.priors` (a VampPrior's components are
   the top head's Gaussians at the pseudo-inputs), p(z1|z2) a diagonal Gaussian from an MLP of z2.
 
-The decoder takes the concatenation (z2, z1). Where the paper uses separate gated layers for x
-and z2 (and z1 and z2) before a joint layer, these are ELU MLPs on the concatenations (a first
-linear layer on a concatenation is the sum of one per input); q(z1|x, z2) reads the shared
-encoder's features h rather than a network of its own on x.
+The decoder takes the concatenation (z2, z1). How the networks of q(z1|x, z2) and p(x|z1, z2)
+take their two inputs is ``model.two_layer_inputs``:
+
+- ``concat`` (default): one MLP on each concatenation, and q(z1|x, z2) reads the encoder's
+  features h (the encoder of q(z2|x)) instead of x;
+- ``separate`` (the paper's code, ``HVAE_2level``): a first layer per input, concatenated, then
+  the joint layers, and q(z1|x, z2) has a network of its own on x (:class:`WithInput` hands it
+  the flattened image beside h).
+
+Every network's hidden layers are ``model.mlp_layer`` (ELU or gated) and its Gaussians
+:class:`~flowvae.layers.GaussianLinear` (``model.log_var_bounds``).
 """
 
 from __future__ import annotations
@@ -32,22 +39,39 @@ from torch import Tensor, nn
 from . import noise
 from .core import Posterior
 from .flows import concat_context
+from .layers import GaussianLinear
 from .nets import MLP
 from .numerics import log_normal
 
 
 class GaussianNet(nn.Module):
-    """inputs (..., I) -> (mean, log_std), each (..., D): an ELU MLP of ``hidden`` widths (none:
-    a linear map), then a linear layer."""
+    """inputs (..., I) -> (mean, log_std), each (..., D): an :class:`~flowvae.nets.MLP` of
+    ``hidden`` widths (none: a linear map; ``mlp``: its keyword options, e.g. ``layer``,
+    ``split``), then a :class:`~flowvae.layers.GaussianLinear` with ``log_var_bounds``."""
 
-    def __init__(self, in_features: int, hidden: Sequence[int], out_features: int):
+    def __init__(
+        self, in_features: int, hidden: Sequence[int], out_features: int,
+        log_var_bounds: Sequence[float] = (), **mlp,
+    ):  # fmt: skip
         super().__init__()
-        self.net = MLP(in_features, list(hidden))
-        self.out = nn.Linear(self.net.out_features, 2 * out_features)
+        self.net = MLP(in_features, list(hidden), **mlp)
+        self.out = GaussianLinear(self.net.out_features, out_features, log_var_bounds)
 
     def forward(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
-        mean, log_std = self.out(self.net(inputs)).chunk(2, dim=-1)
-        return mean, log_std
+        return self.out(self.net(inputs))
+
+
+class WithInput(nn.Module):
+    """An encoder whose features are followed by the flattened image: (B, F + C*H*W), for a
+    q(z1|x, z2) with a network of its own on x (``model.two_layer_inputs=separate``)."""
+
+    def __init__(self, encoder: nn.Module, pixels: int):
+        super().__init__()
+        self.inner, self.pixels = encoder, pixels
+        self.out_features = encoder.out_features + pixels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([self.inner(x), x.flatten(1)], dim=-1)
 
 
 class TwoLayerPosterior(Posterior):
@@ -80,20 +104,35 @@ class TwoLayerHead(nn.Module):
         features: F.
         bottom_dim: D1.
         hidden: widths of the MLP of q(z1|x, z2).
+        pixels: 0, or with a :class:`WithInput` encoder the image's size X: the top head reads
+            the first F - X features, and q(z1|x, z2) reads (z2, x) with a first layer for each.
+        net: the MLP's and the Gaussian's options (``layer``, ``log_var_bounds``).
     """
 
-    def __init__(self, top: nn.Module, features: int, bottom_dim: int, hidden: Sequence[int]):
+    def __init__(
+        self, top: nn.Module, features: int, bottom_dim: int, hidden: Sequence[int], pixels: int = 0, **net,
+    ):  # fmt: skip
         super().__init__()
-        self.top, self.bottom_dim = top, bottom_dim
+        self.top, self.bottom_dim, self.pixels = top, bottom_dim, pixels
         self.latent_dim = top.latent_dim + bottom_dim
-        self.conditional = GaussianNet(top.latent_dim + features, hidden, bottom_dim)
+        d2 = top.latent_dim
+        split = (d2, pixels) if pixels else ()
+        inputs = d2 + (pixels or features)
+        self.conditional = GaussianNet(inputs, hidden, bottom_dim, split=split, **net)
+
+    def _parts(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """(what the top head reads, what q(z1|x, z2) reads besides z2)."""
+        if not self.pixels:
+            return features, features
+        return features[..., : -self.pixels], features[..., -self.pixels :]
 
     def base_gaussian(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """The top head's base Gaussian (what a VampPrior on z2 mixes)."""
-        return self.top.base_gaussian(features)
+        return self.top.base_gaussian(self._parts(features)[0])
 
     def forward(self, features: Tensor) -> TwoLayerPosterior:
-        return TwoLayerPosterior(self.top(features), features, self.conditional, self.bottom_dim)
+        h, own = self._parts(features)
+        return TwoLayerPosterior(self.top(h), own, self.conditional, self.bottom_dim)
 
 
 class TwoLayerPrior(nn.Module):
@@ -103,14 +142,15 @@ class TwoLayerPrior(nn.Module):
         top: p(z2), a prior of :mod:`flowvae.priors` with ``latent_dim`` D2.
         bottom_dim: D1.
         hidden: widths of the MLP of p(z1|z2).
+        net: the MLP's and the Gaussian's options (``layer``, ``log_var_bounds``).
     """
 
-    def __init__(self, top: nn.Module, bottom_dim: int, hidden: Sequence[int]):
+    def __init__(self, top: nn.Module, bottom_dim: int, hidden: Sequence[int], **net):
         super().__init__()
         self.top, self.bottom_dim = top, bottom_dim
         self.latent_dim = top.latent_dim + bottom_dim
         self.layer_sizes = [top.latent_dim, bottom_dim]  # z = (z2, z1), top first
-        self.conditional = GaussianNet(top.latent_dim, hidden, bottom_dim)
+        self.conditional = GaussianNet(top.latent_dim, hidden, bottom_dim, **net)
 
     def log_prob(self, z: Tensor, model: nn.Module) -> Tensor:
         z2, z1 = z.split([self.top.latent_dim, self.bottom_dim], dim=-1)
@@ -147,11 +187,13 @@ class TwoLayerPrior(nn.Module):
 
     def moments(self, model: nn.Module) -> tuple[Tensor, Tensor] | None:
         """The joint Gaussian of (z2, z1) when p(z2) is Gaussian and p(z1|z2) = N(A z2 + a, S)
-        with a constant S (no hidden layers, log_std weights all zero); else ``None``."""
+        with a constant S (no hidden layers, log_std weights all zero, no bounds); else ``None``."""
         top = self.top.moments(model)
         out = self.conditional.out
         d1 = self.bottom_dim
         if top is None or len(self.conditional.net.layers) or bool((out.weight[d1:] != 0).any()):
+            return None
+        if out.log_var_bounds:
             return None
         m2, cov2 = top
         a_mat, a_vec = out.weight[:d1].detach().double(), out.bias[:d1].detach().double()
@@ -164,4 +206,4 @@ class TwoLayerPrior(nn.Module):
         return mean, cov
 
 
-__all__ = ["GaussianNet", "TwoLayerHead", "TwoLayerPosterior", "TwoLayerPrior"]
+__all__ = ["GaussianNet", "TwoLayerHead", "TwoLayerPosterior", "TwoLayerPrior", "WithInput"]
