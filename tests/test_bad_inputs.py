@@ -176,6 +176,31 @@ BAD_INPUTS: list[tuple[str, list[str], int, str]] = [
     ("gaps-lr-zero", ["gaps", "{run}", "--lr", "0"], 2, "argument --lr: 0 must be a finite number"),
     ("gaps-cuda-without-cuda", ["gaps", "{run}", "--device", "cuda"], 2, "CUDA is not available"),
     ("gaps-out-is-a-file", ["gaps", "{run}", "--out", "{file}"], 2, "exists and is a file, not a folder"),
+    # --- after training: encode, interpolate, traverse, layers, reconstruct (issue 36) ---
+    ("encode-out-missing", ["encode", "{run}"], 2, "the following arguments are required: --out"),
+    ("encode-out-not-npz", ["encode", "{run}", "--out", "{tmp}/z.txt"], 2, "give a name ending in .npz"),
+    ("encode-samples-zero", ["encode", "{run}", "--out", "{tmp}/z.npz", "--samples", "0"], 2,
+     "argument --samples: 0 must be >= 1"),
+    ("interpolate-steps-one", ["interpolate", "{run}", "--steps", "1"], 2,
+     "argument --steps: 1 must be >= 2"),
+    ("interpolate-space-typo", ["interpolate", "{run}", "--space", "pixel"], 2, "invalid choice: 'pixel'"),
+    ("interpolate-too-many-pairs", ["interpolate", "{run}", "--pairs", "200"], 2,
+     "--pairs 200 needs 400 images; --split test has 250"),
+    ("traverse-dim-out-of-range", ["traverse", "{run}", "--dims", "0-5"], 2,
+     "--dims: latent dimension 5 is out of range: this model has 2 (0 to 1)"),
+    ("traverse-dims-not-a-range", ["traverse", "{run}", "--dims", "a-b"], 2, "use a range 0-9, a number"),
+    ("traverse-index-out-of-range", ["traverse", "{run}", "--index", "250"], 2,
+     "--index 250 is out of range: --split test has 250 images"),
+    ("traverse-span-zero", ["traverse", "{run}", "--span", "0"], 2, "argument --span: 0 must be a finite"),
+    ("layers-temperature-negative", ["layers", "{run}", "--temperature", "-1"], 2,
+     "argument --temperature: -1 must be a finite number in [0.0, inf)"),
+    ("layers-out-unknown-format", ["layers", "{run}", "--out", "{tmp}/l.layers"], 2, "unknown image format"),
+    ("reconstruct-images-missing", ["reconstruct", "{run}", "--images", "{tmp}/nope"], 2,
+     "nope: not a folder of images or an .npz file"),
+    ("reconstruct-wrong-size", ["reconstruct", "{run}", "--images", "{big_npz}"], 2,
+     "image 0 is 10x10 with 1 channel(s); this run's images are 8x8 with 1"),
+    ("reconstruct-gray-for-binary", ["reconstruct", "{run}", "--images", "{gray_npz}"], 2,
+     "2 gray levels, but this run models binary images (0 or 255): threshold them first"),
     # --- OS errors: one line naming the path ---
     ("disk-full", ["sample", "{run}", "--out", "{full}"], 1, "full.png: No space left on device"),
     ("read-only-folder", ["train", "--run-dir", "{readonly}/run", "model.hidden=[8]", "train.epochs=1"], 1,
@@ -208,12 +233,15 @@ def places(trained: Path, tmp_path: Path) -> dict[str, str]:
     hierarchical = "model:\n  type: hierarchical\n  posterior: up-iaf\n  latent_dim: 5\n"
     (tmp_path / "hier.yaml").write_text(hierarchical)
     np.savez(tmp_path / "images.npz", x=np.zeros((40, 8, 8), np.uint8))
+    np.savez(tmp_path / "big.npz", np.zeros((2, 10, 10), np.uint8))
+    np.savez(tmp_path / "gray.npz", np.full((2, 8, 8), 128, np.uint8) * np.eye(8, dtype=np.uint8))
     return {
         "run": str(trained), "tmp": str(tmp_path / "empty"), "file": str(tmp_path / "file.txt"),
         "incomplete": str(incomplete), "truncated": str(truncated), "bad_yaml": str(tmp_path / "bad.yaml"),
         "hier_yaml": str(tmp_path / "hier.yaml"),
         "full": str(tmp_path / "full.png"), "readonly": str(tmp_path / "readonly"),
-        "npz": str(tmp_path / "images.npz"),
+        "npz": str(tmp_path / "images.npz"), "big_npz": str(tmp_path / "big.npz"),
+        "gray_npz": str(tmp_path / "gray.npz"),
     }  # fmt: skip
 
 
@@ -256,7 +284,9 @@ def test_bad_input_is_refused_in_one_line_before_writing(
 def test_the_table_covers_every_subcommand_and_names_each_case_once() -> None:
     names = [case[0] for case in BAD_INPUTS]
     assert len(names) == len(set(names))
-    assert {case[1][0] for case in BAD_INPUTS} == {"train", "eval", "sample", "gaps"}
+    assert {case[1][0] for case in BAD_INPUTS} == {
+        "train", "eval", "sample", "gaps", "encode", "interpolate", "traverse", "layers", "reconstruct"
+    }  # fmt: skip
 
 
 def test_the_two_tables_name_each_case_once() -> None:

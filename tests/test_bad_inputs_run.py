@@ -65,8 +65,8 @@ RESUME_NEEDS = [
 ]  # fmt: skip
 # what resuming does without: written after the first checkpoints were, unused, or per machine
 RESUME_OPTIONAL = [
-    "world", "state.horizon", "state.epoch_skipped", "state.stopped", "state.minutes_left", "state.steps_left",
-    "state.origin", "ranks[0].rng.cuda",
+    "world", "state.horizon", "state.epoch_skipped", "state.stopped", "state.minutes_left",
+    "state.steps_left", "state.origin", "ranks[0].rng.cuda",
 ]  # fmt: skip
 CASES += [
     (f"resume without {entry}", ["train", "--resume", "{run}"], 1, f"incomplete checkpoint (no {entry})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from flowvae.images import make_grid, sample_images, save_grid, upscale_factor
+from flowvae.images import make_grid, save_grid, upscale_factor
 
 
 def test_grid_layout_and_values() -> None:
@@ -60,17 +61,70 @@ def test_digit_grid_png_is_readable_size(tmp_path: Path) -> None:
         assert min(image.size) >= 8 * 64  # was 82 px for 8 x 8 digits
 
 
-class _Prior(torch.nn.Module):
-    def sample_prior(self, shape: tuple[int, ...], temperature: float = 1.0) -> torch.Tensor:
-        return temperature * torch.randn(*shape, 2)
-
-    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
-        return z.sum(-1).sigmoid().view(-1, 1, 1, 1).expand(-1, 1, 3, 3)
+# ----------------------------------------------------------------------------- a user's images
 
 
-def test_sample_images_in_batches_reports_progress() -> None:
-    done: list[int] = []
-    torch.manual_seed(0)
-    images = sample_images(_Prior(), 10, batch_size=4, progress=done.append)
-    assert images.shape == (10, 1, 3, 3) and done == [4, 4, 2]
-    assert len(set(images[:, 0, 0, 0].tolist())) == 10  # every batch draws its own z
+def _pngs(folder: Path, arrays: list[np.ndarray]) -> Path:
+    folder.mkdir()
+    for i, a in enumerate(arrays):
+        Image.fromarray(a).save(folder / f"{i:02d}.png")
+    return folder
+
+
+def test_load_images_reads_a_folder_of_pngs_and_an_npz(tmp_path: Path) -> None:
+    from flowvae.images import load_images
+
+    g = np.random.default_rng(0)
+    binary = (g.random((3, 8, 8)) < 0.5).astype(np.uint8) * 255
+    x = load_images(_pngs(tmp_path / "pngs", list(binary)), (1, 8, 8), binary=True)
+    assert x.shape == (3, 1, 8, 8) and x.dtype == torch.float32
+    assert torch.equal(x[:, 0], torch.from_numpy(binary / 255).float())
+    np.savez(tmp_path / "x.npz", images=binary)
+    assert torch.equal(load_images(tmp_path / "x.npz", (1, 8, 8), binary=True), x)
+    rgb = g.integers(0, 256, (2, 4, 5, 3), dtype=np.uint8)  # 8-bit colour (N, H, W, C)
+    np.savez(tmp_path / "rgb.npz", rgb)
+    y = load_images(tmp_path / "rgb.npz", (3, 4, 5), binary=False)
+    assert torch.equal(y, torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("wrong-size", "00.png is 10x10 with 1 channel(s); this run's images are 8x8 with 1"),
+        ("wrong-channels", "00.png is 8x8 with 3 channel(s); this run's images are 8x8 with 1"),
+        ("gray", "gray levels, but this run models binary images (0 or 255): threshold them first"),
+        ("floats-out-of-range", "float pixels must lie in [0, 1]; these span [-1, 2]"),
+        ("two-arrays", "holds 2 arrays (a, b); save the images as its only array"),
+        ("pickled", "not a readable .npz of images"),
+        ("empty-folder", "no image files"),
+        ("text-file", "not a folder of images or an .npz file"),
+    ],
+)
+def test_load_images_says_what_is_wrong_in_one_line(tmp_path: Path, case: str, message: str) -> None:
+    from flowvae.config import ConfigError
+    from flowvae.images import load_images
+
+    zeros = np.zeros((8, 8), np.uint8)
+    paths = {
+        "wrong-size": lambda: _pngs(tmp_path / "p", [np.zeros((10, 10), np.uint8)]),
+        "wrong-channels": lambda: _pngs(tmp_path / "p", [np.zeros((8, 8, 3), np.uint8)]),
+        "gray": lambda: _pngs(tmp_path / "p", [zeros + 7]),
+        "empty-folder": lambda: _pngs(tmp_path / "p", []),
+    }
+    if case == "floats-out-of-range":
+        np.savez(tmp_path / "f.npz", np.linspace(-1, 2, 64).reshape(1, 8, 8))
+        path = tmp_path / "f.npz"
+    elif case == "two-arrays":
+        np.savez(tmp_path / "t.npz", a=zeros[None], b=zeros[None])
+        path = tmp_path / "t.npz"
+    elif case == "pickled":  # an object array: code, never loaded
+        np.savez(tmp_path / "o.npz", np.array([{"x": 1}], dtype=object))
+        path = tmp_path / "o.npz"
+    elif case == "text-file":
+        path = tmp_path / "x.txt"
+        path.write_text("hello")
+    else:
+        path = paths[case]()
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        load_images(path, (1, 8, 8), binary=True)
+    assert "\n" not in str(info.value)

@@ -10,6 +10,9 @@ The public API (everything the CLI does goes through these):
 - runs and data: :func:`fit` (trains a run, as ``flowvae train``; ``seeds=N``: a group of N runs,
   :mod:`flowvae.groups`; :mod:`flowvae.group_training`), :func:`load_run`, :func:`load_data`,
   :func:`preset`, :class:`Config`;
+- after training (:mod:`flowvae.latents`): :func:`encode`, :func:`decode`, :func:`sample`,
+  :func:`interpolate`, :func:`traverse`, :func:`reconstruct` (``keep_layers``: what each
+  stochastic layer holds);
 - the contract every model and posterior satisfies: :class:`Posterior`, :class:`ElboTerms`,
   :class:`LatentVariableModel` (:mod:`flowvae.core`).
 """
@@ -21,6 +24,7 @@ from .core import ElboTerms, LatentVariableModel, Posterior
 from .data import ImageData, load_data
 from .estimators import ESTIMATORS, Estimate, elbo, evaluate, iwae
 from .group_training import fit
+from .latents import Decoded, Latents, decode, encode, interpolate, reconstruct, sample, traverse
 from .model import build_model
 from .presets import preset
 from .vae import VAE
@@ -31,4 +35,5 @@ __all__ = [
     "ESTIMATORS", "VAE", "Config", "DataConfig", "ElboTerms", "Estimate", "EvalConfig", "ImageData",
     "LatentVariableModel", "ModelConfig", "Posterior", "Run", "TrainConfig", "__version__", "build_model",
     "elbo", "evaluate", "iwae", "load_data", "load_run", "posteriors", "preset", "fit",
+    "Decoded", "Latents", "decode", "encode", "interpolate", "reconstruct", "sample", "traverse",
 ]  # fmt: skip

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import math
 import os
@@ -17,6 +16,7 @@ import torch
 import yaml
 
 from .checkpoint import CheckpointError, load_run
+from .cli_latents import PARSERS as LATENT_PARSERS
 from .cliargs import (
     POSITIVE,
     Parser,
@@ -25,6 +25,7 @@ from .cliargs import (
     existing_file,
     image_out,
     new_dir,
+    new_file,
     number,
     option_flags,
     run_dir,
@@ -266,29 +267,17 @@ def _bdmc(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from .images import sample_images, save_grid
+    from .images import save_grid
+    from .latents import sample
 
     model = load_run(args.run_dir, args.checkpoint).model
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # an autoregressive decoder draws its pixels from torch's generator
     with progress_bar(args.n, "sample", enabled=not args.no_progress, unit="images") as bar:
-        images = sample_images(model, args.n, args.temperature, progress=bar.update)
-    out = Path(args.out) if args.out else _new_file(Path(args.run_dir), "samples", ".png")
+        images = sample(model, args.n, temperature=args.temperature, seed=args.seed, progress=bar.update)
+    out = Path(args.out) if args.out else new_file(Path(args.run_dir), "samples", ".png")
     save_grid(images, out, nrow=int(math.ceil(math.sqrt(args.n))))
     print(f"wrote {args.n} samples to {out}")
     return 0
-
-
-def _new_file(folder: Path, stem: str, suffix: str) -> Path:
-    """Claim ``folder/STEM-N.SUFFIX`` with the first free N (created exclusively): never overwrites
-    the run's own ``samples.png`` nor an earlier draw."""
-    for i in itertools.count(1):
-        path = folder / f"{stem}-{i}{suffix}"
-        try:
-            path.open("xb").close()
-            return path
-        except FileExistsError:
-            continue
-    raise AssertionError("unreachable")
 
 
 def _presets(args: argparse.Namespace) -> int:
@@ -583,6 +572,8 @@ def parser() -> argparse.ArgumentParser:
     p = Parser(prog="flowvae", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_train_parser, _eval_parser, _bdmc_parser, _sample_parser, _gaps_parser, _compare_parser):
+        add(sub)
+    for add in LATENT_PARSERS:  # after training: encode, interpolate, traverse, layers, reconstruct
         add(sub)
     sub.add_parser("presets", help="list the named presets").set_defaults(fn=_presets)
     c = sub.add_parser("config", help="list every config key with its value and valid values")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import math
 import typing
 from pathlib import Path
@@ -110,6 +111,19 @@ def image_out(text: str) -> str:
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: is a folder; give a file name such as samples.png")
     return text
+
+
+def new_file(folder: Path, stem: str, suffix: str) -> Path:
+    """Claim ``folder/STEM-N.SUFFIX`` with the first free N (created exclusively): a default
+    output never overwrites the run's own ``samples.png`` nor an earlier one."""
+    for i in itertools.count(1):
+        path = folder / f"{stem}-{i}{suffix}"
+        try:
+            path.open("xb").close()
+            return path
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
 
 
 def existing_file(text: str) -> str:

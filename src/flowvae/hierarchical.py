@@ -45,7 +45,7 @@ from . import noise
 from .arconv import AR_MASKS, AR_SCALE, HEAD_INIT_SCALE, ARConvNet, WNConv2d
 from .core import ElboTerms, Posterior, map_rows
 from .likelihoods import build_likelihood
-from .numerics import log_normal, log_standard_normal
+from .numerics import log_standard_normal
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,7 @@ class BlockOutput:
     z: Tensor
     log_p: Tensor  # elementwise log p(z | z_above)
     ladj: Tensor | None  # elementwise log|dz/deps| (posterior sampling only)
+    base: Tensor  # the prior's standard-normal base of z: (z - mean) / std of p(z | z_above)
 
 
 class HierarchicalBlock(nn.Module):
@@ -197,11 +198,13 @@ class HierarchicalBlock(nn.Module):
             z, ladj = self._posterior_sample(eps, q_mean, q_log_std, q_ctx)
         elif z is None:
             z = self._prior_sample(temperature * eps, p_mean, p_log_std, p_ctx)
-        log_p = self._prior_log_prob(z, p_mean, p_log_std, p_ctx)
+        mean, log_std = self._prior_params(z, p_mean, p_log_std, p_ctx)
+        base = (z - mean) * torch.exp(-log_std)
+        log_p = log_standard_normal(base) - log_std  # = log_normal(z, mean, log_std)
         if self.downsample:
             h = F.interpolate(h, scale_factor=2.0, mode="nearest")
         h = h + RESIDUAL_SCALE * self.down_conv2(F.elu(torch.cat([z, features], dim=1)))
-        return BlockOutput(h, z, log_p, ladj)
+        return BlockOutput(h, z, log_p, ladj, base)
 
     @staticmethod
     def _context(ctx: Tensor) -> Tensor | None:
@@ -228,9 +231,6 @@ class HierarchicalBlock(nn.Module):
             return mean, log_std
         m, s = self.prior_flow(z, self._context(ctx))
         return mean + AR_SCALE * m, log_std + AR_SCALE * s
-
-    def _prior_log_prob(self, z: Tensor, mean: Tensor, log_std: Tensor, ctx: Tensor) -> Tensor:
-        return log_normal(z, *self._prior_params(z, mean, log_std, ctx))
 
     def _prior_sample(self, eps: Tensor, mean: Tensor, log_std: Tensor, ctx: Tensor) -> Tensor:
         z = mean + torch.exp(log_std) * eps
@@ -288,6 +288,7 @@ class TopDown:
     log_p: list[Tensor]
     ladj: list[Tensor] | None
     out: Tensor | None  # (N, P * C, H_padded, W_padded)
+    base: list[Tensor]  # the prior's standard-normal base of each z
 
 
 class HierarchicalVAE(nn.Module):
@@ -416,11 +417,12 @@ class HierarchicalVAE(nn.Module):
         up_index: Tensor | None = None,
     ) -> TopDown:
         """The top-down pass over n rows: given z, a posterior sample (``up`` in bottom-up
-        order, ``eps``) or a prior sample (``eps`` alone). Lists of z/eps are in top-down order.
+        order, ``eps``) or a prior sample (``eps`` alone). Lists of z/eps are in top-down order;
+        a block whose entry of ``z`` is None draws its z (the prior below given top blocks).
         ``up_index`` (n,) picks row i's bottom-up parameters as ``up[.][up_index[i]]``, one block
         at a time, so that S samples of B images never hold S copies of every block's ``up``."""
         h = self.h_top.view(1, -1, 1, 1).expand(n, -1, *self.top_size)
-        zs, log_ps, ladjs = [], [], []
+        zs, log_ps, ladjs, bases = [], [], [], []
         for k, block in enumerate(reversed(self.blocks)):
             u = None if up is None else up[len(self.blocks) - 1 - k]
             if u is not None and up_index is not None:
@@ -436,8 +438,9 @@ class HierarchicalVAE(nn.Module):
             zs.append(out.z)
             log_ps.append(out.log_p)
             ladjs.append(out.ladj)
+            bases.append(out.base)
         out = self.x_dec(F.elu(h)) if decode else None
-        return TopDown(zs, log_ps, ladjs if up is not None else None, out)
+        return TopDown(zs, log_ps, ladjs if up is not None else None, out, bases)
 
     def _params(self, out: Tensor) -> Tensor:
         """Decoder output (N, P*C, Hp, Wp) -> likelihood parameters (N, P, C, H, W), padding cropped."""
@@ -568,11 +571,15 @@ class HierarchicalVAE(nn.Module):
         return log_p + log_lik
 
     def sample_prior(
-        self, sample_shape: Sequence[int], like: Tensor | None = None, temperature: float = 1.0
-    ) -> Tensor:
+        self, sample_shape: Sequence[int], like: Tensor | None = None, temperature: float = 1.0,
+        given: Sequence[Tensor] = (),
+    ) -> Tensor:  # fmt: skip
         """Flat z (*sample_shape, D) drawn ancestrally from the prior; ``temperature`` scales the
-        prior's standard deviations (temperature < 1 gives smoother samples). The samples have
-        the model's dtype and device (``like`` is accepted for the protocol; it must agree)."""
+        prior's standard deviations (temperature < 1 gives smoother samples; NVAE's per-layer
+        temperature). ``given``: the top blocks' z, each (examples, n_z, h, w), kept as they are
+        while the blocks below are drawn given them (every row draws the noise of all blocks,
+        so the lower blocks' draws do not depend on how many are given). The samples have the
+        model's dtype and device (``like`` is accepted for the protocol; it must agree)."""
         n = math.prod(sample_shape)
         if like is not None and (like.dtype, like.device) != (self.h_top.dtype, self.h_top.device):
             raise ValueError("HierarchicalVAE samples in its own dtype and device; move the model instead")
@@ -580,13 +587,34 @@ class HierarchicalVAE(nn.Module):
         examples = sample_shape[-1] if len(sample_shape) else 1  # the last sample dim indexes examples
 
         def rows(index: Tensor) -> tuple[Tensor]:
-            eps = noise.randn_rows(index % examples, self.latent_dim, dtype=like.dtype, device=like.device)
-            out = self.top_down(len(index), eps=self.split_latent(eps), temperature=temperature)
+            images = index % examples
+            eps = noise.randn_rows(images, self.latent_dim, dtype=like.dtype, device=like.device)
+            z = [g.index_select(0, images) for g in given] + [None] * (len(self.blocks) - len(given))
+            out = self.top_down(len(index), eps=self.split_latent(eps), z=z, temperature=temperature)
             return (self.join_latent(out.z),)
 
         return self._passes(n, rows)[0].view(*sample_shape, self.latent_dim)
 
-    def _decode(self, z: Tensor) -> Tensor:
+    def prior_base(self, z: Tensor) -> Tensor:
+        """The prior's standard-normal base u of flat z (*S, B, D): u_i = (z_i - mean_i) / std_i
+        of p(z_i | z_>i), the noise an ancestral sample of z would have drawn."""
+        flat = z.reshape(-1, z.shape[-1])
+
+        def rows(index: Tensor) -> tuple[Tensor]:
+            return (self.join_latent(self.top_down(len(index), z=self.split_latent(flat[index])).base),)
+
+        return self._passes(flat.shape[0], rows)[0].view(z.shape)
+
+    def prior_from_base(self, u: Tensor) -> Tensor:
+        """Flat z (*S, B, D) of the prior's base u: the ancestral sample that draws the noise u."""
+        flat = u.reshape(-1, u.shape[-1])
+
+        def rows(index: Tensor) -> tuple[Tensor]:
+            return (self.join_latent(self.top_down(len(index), eps=self.split_latent(flat[index])).z),)
+
+        return self._passes(flat.shape[0], rows)[0].view(u.shape)
+
+    def decode_params(self, z: Tensor) -> Tensor:
         """Likelihood parameters (*S, B, P, C, H, W) for flat z (*S, B, D)."""
         flat = z.reshape(-1, z.shape[-1])
 
@@ -598,10 +626,10 @@ class HierarchicalVAE(nn.Module):
         return out.view(*z.shape[:-1], *out.shape[1:])
 
     def decode_mean(self, z: Tensor) -> Tensor:
-        return self.likelihood.mean(self._decode(z))
+        return self.likelihood.mean(self.decode_params(z))
 
     def decode_sample(self, z: Tensor) -> Tensor:
-        return self.likelihood.sample(self._decode(z))
+        return self.likelihood.sample(self.decode_params(z))
 
 
 def _total(parts: Sequence[Tensor]) -> Tensor:

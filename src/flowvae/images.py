@@ -1,15 +1,16 @@
-"""Image grids of samples and reconstructions (numpy + pillow)."""
+"""Image grids of samples and reconstructions, and a user's own images, read as data (numpy + pillow)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .config import ConfigError
 from .files import writing
 
 MIN_IMAGE_SIZE = 64  # pixels: 8x8 digits are drawn 8x larger, 28x28 MNIST 3x, 32x32 CIFAR 2x
@@ -62,17 +63,73 @@ def save_grid(
         Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid).save(path)
 
 
-@torch.no_grad()
-def sample_images(
-    model: torch.nn.Module, n: int, temperature: float = 1.0, batch_size: int = 256,
-    progress: Callable[[int], None] | None = None,
-) -> torch.Tensor:  # fmt: skip
-    """``n`` images ``(n, C, H, W)``: the decoder's mean at z from the prior (std scaled by
-    ``temperature``), drawn ``batch_size`` at a time; ``progress`` gets each batch's size."""
-    parts = []
-    for start in range(0, n, batch_size):
-        k = min(batch_size, n - start)
-        parts.append(model.decode_mean(model.sample_prior((k,), temperature=temperature)))
-        if progress is not None:
-            progress(k)
-    return torch.cat(parts)
+def _folder_arrays(folder: Path) -> tuple[list[np.ndarray], list[str]]:
+    """Every image file of ``folder`` (by suffix, sorted by name) as a uint8 (H, W) or (H, W, C) array."""
+    known = Image.registered_extensions()
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in known)
+    if not files:
+        raise ConfigError(f"{folder}: no image files (.png, .jpg, ...) in this folder")
+    arrays = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                image = image.convert("L" if image.mode in ("1", "L", "LA", "I", "I;16") else "RGB")
+                arrays.append(np.asarray(image))
+        except OSError as e:
+            raise ConfigError(f"{path}: not a readable image ({e})") from None
+    return arrays, [p.name for p in files]
+
+
+def _npz_array(path: Path) -> np.ndarray:
+    """The one array of an .npz file, read as data (``allow_pickle=False``)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if len(archive.files) != 1:
+                raise ConfigError(f"{path}: holds {len(archive.files)} arrays ({', '.join(archive.files)}); "
+                                  "save the images as its only array")  # fmt: skip
+            return archive[archive.files[0]]
+    except (OSError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{path}: not a readable .npz of images ({str(e).splitlines()[0]})") from None
+
+
+def load_images(path: str | Path, shape: Sequence[int], binary: bool) -> torch.Tensor:
+    """A user's images as float32 (N, C, H, W) in [0, 1], checked against a run's data.
+
+    ``path`` is a folder of image files (read with pillow; grayscale or RGB) or an ``.npz``
+    holding one array (N, H, W) or (N, H, W, C), uint8 (0..255) or floats in [0, 1]. Their size,
+    channels and range must be those of ``shape`` (C, H, W) and ``binary`` data (every pixel 0
+    or the maximum); anything else is one :class:`~flowvae.config.ConfigError` saying what.
+    """
+    path = Path(path)
+    c, h, w = shape
+    if path.is_dir():
+        arrays, names = _folder_arrays(path)
+    elif path.suffix == ".npz" and path.is_file():
+        array = _npz_array(path)
+        arrays, names = list(array), [f"image {i}" for i in range(len(array))]
+        if array.ndim not in (3, 4) or len(array) == 0:
+            raise ConfigError(f"{path}: expected an array (N, H, W) or (N, H, W, C), got {array.shape}")
+    else:
+        raise ConfigError(f"{path}: not a folder of images or an .npz file")
+    for name, a in zip(names, arrays, strict=True):
+        channels = 1 if a.ndim == 2 else a.shape[2]
+        if a.shape[:2] != (h, w) or channels != c:
+            raise ConfigError(f"{path}: {name} is {a.shape[0]}x{a.shape[1]} with {channels} channel(s); "
+                              f"this run's images are {h}x{w} with {c}")  # fmt: skip
+    stack = np.stack(arrays)
+    if stack.dtype == np.uint8:
+        x = torch.from_numpy(stack.astype(np.float32) / 255)
+    elif stack.dtype.kind in "fb":
+        x = torch.from_numpy(stack.astype(np.float32))
+        if not (np.isfinite(stack).all() and 0 <= x.min() and x.max() <= 1):
+            span = f"[{x.min():.3g}, {x.max():.3g}]"
+            raise ConfigError(f"{path}: float pixels must lie in [0, 1]; these span {span}")
+    else:
+        raise ConfigError(f"{path}: pixels of type {stack.dtype}; use uint8 (0..255) or floats in [0, 1]")
+    if binary and not bool(((x == 0) | (x == 1)).all()):
+        levels = len(torch.unique(x))
+        raise ConfigError(f"{path}: {levels} gray levels, but this run models binary images (0 or 255): "
+                          "threshold them first")  # fmt: skip
+    return x.reshape(len(x), h, w, c).permute(0, 3, 1, 2).contiguous()

@@ -207,20 +207,24 @@ def init_from(model: nn.Module, run_dir: str, part: str, device: torch.device) -
     model.load_state_dict(source, strict=not part)
 
 
-class AdamNormGrad(torch.optim.Optimizer):
+class AdamNormGrad(torch.optim.Adam):
     """The optimizer of Tomczak & Welling's VampPrior code (``utils/optimizer.py``), exactly: Adam
     on each parameter tensor's gradient divided by its L2 norm (+ 1e-7), L2 weight decay added
-    after the normalisation, and Adam's "efficient" form (Kingma & Ba 2015, Sec. 2: eps added to
-    sqrt(v) before the bias corrections, which torch's Adam applies first). One foreach call per
-    operation over all tensors."""
+    after the normalisation, and Adam's "efficient" form (Kingma & Ba 2015, Sec. 2), whose eps is
+    added to sqrt(v) before the bias corrections. torch's Adam adds it after them, so its eps at
+    step t is ``eps / sqrt(1 - beta2^t)`` here; the update then runs in torch's fused kernel (one
+    pass over the parameters: the plain foreach form took 40 % of a VampPrior step on a CPU)."""
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0):  # fmt: skip
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+        params = list(params)
+        fused = all(p.dtype in (torch.float32, torch.float64) for p in params) or None
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
+        for group in self.param_groups:
+            group["reference_eps"] = eps
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = closure() if closure is not None else None
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -228,25 +232,11 @@ class AdamNormGrad(torch.optim.Optimizer):
             grads = [p.grad for p in params]
             norms = torch._foreach_norm(grads)
             torch._foreach_add_(norms, 1e-7)
-            grads = torch._foreach_div(grads, norms)
-            if group["weight_decay"]:
-                torch._foreach_add_(grads, params, alpha=group["weight_decay"])
-            for p in params:
-                if not self.state[p]:
-                    self.state[p].update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-            states = [self.state[p] for p in params]
-            m, v = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
-            (beta1, beta2), t = group["betas"], states[0]["step"] + 1
-            for s in states:
-                s["step"] = t
-            torch._foreach_lerp_(m, grads, 1 - beta1)
-            torch._foreach_mul_(v, beta2)
-            torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
-            denom = torch._foreach_sqrt(v)
-            torch._foreach_add_(denom, group["eps"])
-            size = group["lr"] * math.sqrt(1 - beta2**t) / (1 - beta1**t)
-            torch._foreach_addcdiv_(params, m, denom, value=-size)
-        return loss
+            torch._foreach_div_(grads, norms)
+            state = self.state.get(params[0], {})
+            t = int(state["step"]) + 1 if "step" in state else 1
+            group["eps"] = group["reference_eps"] / math.sqrt(1 - group["betas"][1] ** t)
+        return super().step(closure)
 
 
 def optimizer_for(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:

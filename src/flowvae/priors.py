@@ -5,6 +5,8 @@ A prior satisfies :class:`flowvae.core.Prior`:
     prior.log_prob(z, model) -> (*S, B)       exact log p(z) for z (*S, B, D)
     prior.sample(sample_shape, model, like, temperature) -> (*sample_shape, D)
     prior.moments(model) -> (mean (D,), covariance (D, D)) in float64, or None
+    prior.base(z, model), prior.from_base(u, model)   its standard-normal base u of z and back
+                                                       (after training; none for a VampPrior)
 
 ``model`` is the VAE the prior belongs to: the VampPrior's components are that model's encoder
 at learned pseudo-inputs (``model.encoder`` and ``model.posterior.base_gaussian``); the other
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import noise
-from .config import PriorOptions
+from .config import ConfigError, PriorOptions
 from .core import compose
 from .flows import AffineCoupling, alternating_mask
 from .numerics import log_gaussian_mixture, log_standard_normal
@@ -71,6 +73,14 @@ class StandardNormal(nn.Module):
         p = _like(model, like)
         shape = (*sample_shape, self.latent_dim)  # the last sample dim indexes examples
         return temperature * noise.randn(shape, batch_dim=-2, dtype=p.dtype, device=p.device)
+
+    def base(self, z: Tensor, model: nn.Module | None = None) -> Tensor:
+        """The standard-normal base u of z (..., D) (here z itself; see :class:`FlowPrior`)."""
+        return z
+
+    def from_base(self, u: Tensor, model: nn.Module | None = None) -> Tensor:
+        """z of the base u (..., D): the inverse of :meth:`base`."""
+        return u
 
     def moments(self, model: nn.Module | None = None) -> tuple[Tensor, Tensor]:
         d = self.latent_dim
@@ -132,6 +142,13 @@ class VampPrior(nn.Module):
         eps = noise.randn(shape, batch_dim=-2, dtype=mean.dtype, device=mean.device)
         return (mean[k] + temperature * torch.exp(log_std[k]) * eps).to(p)
 
+    def base(self, z: Tensor, model: nn.Module | None = None) -> Tensor:
+        raise ConfigError(
+            "the VampPrior is a mixture with no standard-normal base: interpolate in the latent space"
+        )
+
+    from_base = base
+
     def moments(self, model: nn.Module) -> tuple[Tensor, Tensor] | None:
         if self.pseudo_inputs.shape[0] != 1:
             return None
@@ -185,11 +202,16 @@ class FlowPrior(StandardNormal):
         temperature: float = 1.0,
     ) -> Tensor:  # fmt: skip
         """u ~ N(0, temperature^2 I) (the base's draw) through the inverse couplings, last first."""
-        z = super().sample(sample_shape, model, like, temperature)
-        context = z.new_zeros(0)
+        return self.from_base(super().sample(sample_shape, model, like, temperature))
+
+    def base(self, z: Tensor, model: nn.Module | None = None) -> Tensor:
+        return self.to_base(z)[0]
+
+    def from_base(self, u: Tensor, model: nn.Module | None = None) -> Tensor:
+        context = u.new_zeros(0)
         for step in reversed(self.steps):
-            z = step.inverse(z, context)
-        return z
+            u = step.inverse(u, context)
+        return u
 
     def moments(self, model: nn.Module | None = None) -> None:
         return None

@@ -32,6 +32,7 @@ from .config import Config, ConfigError, TrainConfig, from_dict, unfinished_sche
 from .data import ImageData
 from .files import writing
 from .images import make_grid, save_grid
+from .latents import reconstruct, sample
 from .numerics import bits_per_dim
 
 METRICS = ["epoch", "step", "seconds", "train_elbo", "valid_elbo", "kl", "lr", "kl_weight", "skipped"]
@@ -292,18 +293,19 @@ class RunLog:
 def save_images(
     model: nn.Module, data: ImageData, run_dir: Path, seed: int, n: int = 64
 ) -> dict[str, np.ndarray]:
-    """samples.png (means of p(x|z), z from the prior) and reconstructions.png (pairs of rows).
+    """samples.png (means of p(x|z), z from the prior: :func:`~flowvae.latents.sample`) and
+    reconstructions.png (pairs x, x̂ of the first valid images at q(z|x)'s mean:
+    :func:`~flowvae.latents.reconstruct`, what ``flowvae.encode`` then ``flowvae.decode`` give).
 
     Returns both grids as uint8 ``(H, W, C)`` arrays (for TensorBoard), keyed by name.
     """
     model.eval()
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        samples = model.decode_mean(model.sample_prior((n,))).cpu()
+        torch.manual_seed(seed)  # an autoregressive decoder draws its pixels from torch's generator
+        samples = sample(model, n, seed=seed).cpu()
         x = (data.valid if len(data.valid) else data.train)[: n // 2].to(device)
-        z, _ = model.encode(x).rsample_and_log_prob()
-        rec = model.decode_mean(z)
+        rec = reconstruct(model, x)
         pairs = torch.stack([x.view_as(rec), rec], 1).view(-1, *rec.shape[1:]).cpu()  # x, x̂ side by side
     grids = {}
     for name, images in {"samples": samples, "reconstructions": pairs}.items():

@@ -149,6 +149,7 @@ class TwoLayerPrior(nn.Module):
         super().__init__()
         self.top, self.bottom_dim = top, bottom_dim
         self.latent_dim = top.latent_dim + bottom_dim
+        self.layer_sizes = [top.latent_dim, bottom_dim]  # z = (z2, z1), top first
         self.conditional = GaussianNet(top.latent_dim, hidden, bottom_dim, **net)
 
     def log_prob(self, z: Tensor, model: nn.Module) -> Tensor:
@@ -159,14 +160,30 @@ class TwoLayerPrior(nn.Module):
     @torch.no_grad()
     def sample(
         self, sample_shape: Sequence[int], model: nn.Module, like: Tensor | None = None,
-        temperature: float = 1.0,
+        temperature: float = 1.0, top: Tensor | None = None,
     ) -> Tensor:  # fmt: skip
-        """Ancestral: z2 ~ p(z2), then z1 ~ p(z1|z2), each std scaled by ``temperature``."""
+        """Ancestral: z2 ~ p(z2) (or ``top``, (examples, D2), when given), then z1 ~ p(z1|z2),
+        each std scaled by ``temperature``."""
         z2 = self.top.sample(sample_shape, model, like, temperature)
+        if top is not None:  # drawn all the same: z1's draws do not depend on whether z2 is given
+            z2 = top.expand_as(z2)
         mean, log_std = self.conditional(z2)
         eps = noise.randn(mean.shape, batch_dim=-2, dtype=mean.dtype, device=mean.device)
         z1 = mean + temperature * torch.exp(log_std) * eps
         return torch.cat([z2, z1], dim=-1)
+
+    def base(self, z: Tensor, model: nn.Module) -> Tensor:
+        """The standard-normal base (u2, u1) of z = (z2, z1): z2's under p(z2), and
+        (z1 - mean(z2)) / std(z2)."""
+        z2, z1 = z.split(self.layer_sizes, dim=-1)
+        mean, log_std = self.conditional(z2)
+        return torch.cat([self.top.base(z2, model), (z1 - mean) * torch.exp(-log_std)], dim=-1)
+
+    def from_base(self, u: Tensor, model: nn.Module) -> Tensor:
+        u2, u1 = u.split(self.layer_sizes, dim=-1)
+        z2 = self.top.from_base(u2, model)
+        mean, log_std = self.conditional(z2)
+        return torch.cat([z2, mean + torch.exp(log_std) * u1], dim=-1)
 
     def moments(self, model: nn.Module) -> tuple[Tensor, Tensor] | None:
         """The joint Gaussian of (z2, z1) when p(z2) is Gaussian and p(z1|z2) = N(A z2 + a, S)

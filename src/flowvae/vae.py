@@ -172,12 +172,34 @@ class VAE(nn.Module):
     def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
         return self.log_prior(z) + self.log_likelihood(x, z)
 
+    @property
+    def latent_shapes(self) -> list[tuple[int, ...]]:
+        """The stochastic layers' shapes, top first, in the order of the flat z: ``[(D,)]``, or
+        ``[(D2,), (D1,)]`` with two stochastic layers."""
+        return [(size,) for size in getattr(self.prior, "layer_sizes", [self.latent_dim])]
+
     def sample_prior(
-        self, sample_shape: Sequence[int], like: Tensor | None = None, temperature: float = 1.0
-    ) -> Tensor:
+        self, sample_shape: Sequence[int], like: Tensor | None = None, temperature: float = 1.0,
+        given: Sequence[Tensor] = (),
+    ) -> Tensor:  # fmt: skip
         """z ~ p(z), (*sample_shape, D); ``temperature`` scales the prior's standard deviations.
-        The last sample dim indexes examples (their own random streams when evaluating)."""
+        The last sample dim indexes examples (their own random streams when evaluating).
+        ``given``: the top layers' z, each (examples, D_i), kept while the layers below are
+        drawn given them (two stochastic layers: z1 ~ p(z1 | z2))."""
+        if len(given) == len(self.latent_shapes):
+            return torch.cat(list(given), dim=-1).expand(*sample_shape, self.latent_dim)
+        if given:
+            return self.prior.sample(sample_shape, self, like, temperature, top=given[0])
         return self.prior.sample(sample_shape, self, like, temperature)
+
+    def prior_base(self, z: Tensor) -> Tensor:
+        """The prior's standard-normal base u of z (*S, B, D) (N(0, I): z itself; a flow prior:
+        its base; two layers: each layer's); a VampPrior, a mixture, has none (``ValueError``)."""
+        return self.prior.base(z, self)
+
+    def prior_from_base(self, u: Tensor) -> Tensor:
+        """z of the prior's base u (*S, B, D): the inverse of :meth:`prior_base`."""
+        return self.prior.from_base(u, self)
 
     def decode_mean(self, z: Tensor) -> Tensor:
         """The mean of p(x|z) at z (N, D); autoregressive: each pixel's mean given the pixels
@@ -185,6 +207,11 @@ class VAE(nn.Module):
         if getattr(self.decoder, "autoregressive", False):
             return self.decoder.generate(z, self.likelihood)[1]
         return self.likelihood.mean(self._decode(z))
+
+    def decode_params(self, z: Tensor) -> Tensor:
+        """The likelihood's parameters (*S, B, P, C, H, W) at z (*S, B, D); an autoregressive
+        decoder has none without the image (``ValueError``)."""
+        return self._decode(z)
 
     def decode_sample(self, z: Tensor) -> Tensor:
         """x ~ p(x|z) at z (N, D)."""
