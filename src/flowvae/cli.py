@@ -97,7 +97,7 @@ def _dims(run_dir: Path) -> tuple[bool, int]:
 def _eval(args: argparse.Namespace) -> int:
     from . import distributed
     from .evaluation import evaluate_run
-    from .groups import evaluate_group, is_group, seed_mean_sd
+    from .groups import GroupEvaluation, evaluate_group, is_group, left_out_warning, seed_mean_sd
 
     d = distributed.setup(torch.device(args.device))
     device = distributed.local_device(torch.device(args.device), d)
@@ -120,21 +120,24 @@ def _eval(args: argparse.Namespace) -> int:
     distributed.cleanup(d)
     if not d.is_main:
         return 0
-    if not isinstance(scored, dict):
+    if not isinstance(scored, GroupEvaluation):
         out, lines = _eval_report(args, scored)
         print(json.dumps(out) if args.json else "\n".join(lines))
         return 0
-    reports = {name: _eval_report(args, member, f"{name}: ") for name, member in scored.items()}
-    values = [member.estimate.nll for member in scored.values()]
+    if scored.left_out:
+        print(f"flowvae: warning: {left_out_warning(args.run_dir, scored.left_out)}", file=sys.stderr)
+    reports = {name: _eval_report(args, member, f"{name}: ") for name, member in scored.members.items()}
+    values = [member.estimate.nll for member in scored.members.values()]
     mean, sd = seed_mean_sd(values)
     if args.json:
         members = {name: out for name, (out, _) in reports.items()}
         print(json.dumps({"group": str(args.run_dir), "members": members, "seeds": values, "nll_mean": mean,
-                          "nll_sd": sd}))  # fmt: skip
+                          "nll_sd": sd, "left_out": scored.left_out}))  # fmt: skip
         return 0
     print("\n".join(line for _, lines in reports.values() for line in lines))
     spread = f"± {sd:.3f} (sd over {len(values)} training seeds)" if sd is not None else "(1 seed: no sd)"
-    print(f"across seeds: -log p(x) = {mean:.3f} {spread} nats")
+    left = f"; {len(scored.left_out)} unfinished left out" if scored.left_out else ""
+    print(f"across seeds: -log p(x) = {mean:.3f} {spread} nats{left}")
     return 0
 
 
@@ -373,7 +376,8 @@ def _train_parser(sub) -> None:
     t.add_argument(
         "--seeds", type=POSITIVE,
         help="train N runs with train.seed+0..N-1 into RUN_DIR/seed-0..seed-(N-1), side by side on the "
-        "cores; `eval`/`compare` RUN_DIR report mean and sd over seeds (default: one run)",
+        "cores (one per core at a time, the rest queued); `eval`/`compare` RUN_DIR report mean and sd over "
+        "seeds of the finished members (default: one run)",
     )  # fmt: skip
     t.add_argument(
         "--no-progress", action="store_true",
