@@ -301,7 +301,7 @@ def _download(args: argparse.Namespace) -> int:
 
 def _gaps(args: argparse.Namespace) -> int:
     from .ais import AISOptions
-    from .gaps import GapSettings, markdown_table, run_gaps, write_report
+    from .gaps import GapSettings, earlier_report, markdown_table, report_folder, run_gaps, write_report
     from .local import LOCAL_FLOW_DEFAULTS, LocalOptions
 
     if args.threads:
@@ -314,8 +314,12 @@ def _gaps(args: argparse.Namespace) -> int:
         local=LocalOptions(**chosen(args, LocalOptions)), flow_options=flow_options,
         batch_size=args.batch_size, seed=args.seed, drop_flagged=args.drop_flagged,
     )  # fmt: skip
+    held = earlier_report(args.out) if args.out else []
+    if held:  # before the work: a new report never replaces an earlier one
+        held_text = f"{args.out}: holds an earlier gap report ({', '.join(held)})"
+        raise ConfigError(f"{held_text}; choose another --out or move it away")
     report = run_gaps(args.run_dir, args.split, args.n, settings, args.seed, args.checkpoint, args.device)
-    paths = write_report(report, args.out or Path(args.run_dir) / "gaps")
+    paths = write_report(report, args.out or report_folder(args.run_dir))
     if args.json:
         print(json.dumps({**report.to_json(), "files": {k: str(v) for k, v in paths.items()}}))
     else:
@@ -512,7 +516,10 @@ def _gaps_parser(sub) -> None:
         help="leave out non-finite or far-outlying examples instead of failing (default: fail)",
     )  # fmt: skip
     g.add_argument("--batch-size", type=POSITIVE, default=100, help="examples per batch (default: 100)")
-    g.add_argument("--out", type=new_dir, help="output folder (default: RUN_DIR/gaps)")
+    g.add_argument(
+        "--out", type=new_dir,
+        help="output folder, without an earlier report (default: RUN_DIR/gaps, else gaps-2, gaps-3, ...)",
+    )  # fmt: skip
     common_flags(
         g, "split", "checkpoint", "seed", "device", "threads", "json", what="the subset and of the estimates"
     )
