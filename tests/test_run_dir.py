@@ -86,3 +86,34 @@ def test_sample_without_out_writes_a_new_file(trained, tmp_path):
     assert str(run / "samples-1.png") in first and str(run / "samples-2.png") in second
     assert (run / "samples.png").read_bytes() == before
     assert (run / "samples-1.png").read_bytes() != (run / "samples-2.png").read_bytes()
+
+
+def test_sample_refuses_an_n_whose_grid_is_too_big_for_one_image(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = sorted(p.name for p in run.iterdir())
+    proc = run_cli("sample", str(run), "--n", "10000000", "--no-progress", check=False)  # killed for memory
+    (line,) = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and line.startswith("flowvae: error: --n 10000000: 10000000 images of 1x8x8")
+    assert "at most" in line and sorted(p.name for p in run.iterdir()) == before
+    from flowvae.images import max_grid_images
+
+    most = max_grid_images((1, 8, 8))
+    assert 1000 < most < 10000000
+    assert run_cli("sample", str(run), "--n", str(most + 1), check=False).returncode == 2
+
+
+def test_a_sample_that_fails_to_encode_leaves_no_empty_file(trained, tmp_path, monkeypatch):
+    from PIL import Image
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = sorted(p.name for p in run.iterdir())
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(Image.Image, "save", out_of_memory)
+    with pytest.raises(MemoryError):
+        run_cli("sample", str(run), "--n", "4", check=False)
+    assert sorted(p.name for p in run.iterdir()) == before  # no empty samples-1.png

@@ -244,25 +244,35 @@ def _bdmc(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from .images import sample_images, save_grid
+    from .images import sample_grid, save_array
 
-    model = load_run(args.run_dir, args.checkpoint).model
+    run = load_run(args.run_dir, args.checkpoint)
     torch.manual_seed(args.seed)
+    shape = tuple(run.checkpoint["image_shape"])
     with progress_bar(args.n, "sample", enabled=not args.no_progress, unit="images") as bar:
-        images = sample_images(model, args.n, args.temperature, progress=bar.update)
-    out = Path(args.out) if args.out else _new_file(Path(args.run_dir), "samples", ".png")
-    save_grid(images, out, nrow=int(math.ceil(math.sqrt(args.n))))
+        try:
+            grid = sample_grid(run.model, args.n, shape, args.temperature, progress=bar.update)
+        except ValueError as e:  # too many for one image: a bad --n
+            raise ConfigError(f"--n {args.n}: {e}; use a smaller --n") from None
+    if args.out:
+        out = Path(args.out)
+        save_array(grid, out)
+    else:
+        out = _save_new(grid, Path(args.run_dir), "samples", ".png")
     print(f"wrote {args.n} samples to {out}")
     return 0
 
 
-def _new_file(folder: Path, stem: str, suffix: str) -> Path:
-    """Claim ``folder/STEM-N.SUFFIX`` with the first free N (created exclusively): never overwrites
-    the run's own ``samples.png`` nor an earlier draw."""
+def _save_new(grid, folder: Path, stem: str, suffix: str) -> Path:
+    """Save ``grid`` as ``folder/STEM-N.SUFFIX`` with the first free N (created exclusively, once
+    the image is ready): never overwrites the run's own ``samples.png`` nor an earlier draw, and
+    a draw that fails leaves no empty file."""
+    from .images import save_array
+
     for i in itertools.count(1):
         path = folder / f"{stem}-{i}{suffix}"
         try:
-            path.open("xb").close()
+            save_array(grid, path, new=True)
             return path
         except FileExistsError:
             continue
