@@ -123,6 +123,9 @@ BAD_INPUTS: list[tuple[str, list[str], int, str]] = [
      "examples of images.npz can be held out in all"),
     ("digits-splits-exceed-data", ["train", "data.valid_size=1000", "data.test_size=797"], 1,
      "digits: data.valid_size=1000 + data.test_size=797 leave no training examples: at most 1796"),
+    ("vampprior-components-beyond-data", ["train", "model.prior=vampprior", "model.prior_components=10000"],
+     2,
+     "model.prior_components=10000: more pseudo-inputs than the 1297 training examples cannot help"),
     # --- train flags ---
     ("config-file-missing", ["train", "--config", "{tmp}/missing.yaml"], 2, "missing.yaml: file not found"),
     ("run-dir-is-a-file", ["train", "--run-dir", "{file}"], 2, "exists and is a file, not a folder"),
@@ -165,6 +168,8 @@ BAD_INPUTS: list[tuple[str, list[str], int, str]] = [
      "argument --temperature: -1 must be a finite number in [0.0, inf)"),
     ("sample-temperature-nan", ["sample", "{run}", "--temperature", "nan"], 2, "must be a finite number"),
     ("sample-incomplete-checkpoint", ["sample", "{incomplete}"], 1, "incomplete checkpoint"),
+    ("sample-n-beyond-one-image", ["sample", "{run}", "--n", "30000"], 2,
+     "--n 30000: 30000 images of 1x8x8 make a 11420x11486 grid, more than the 89478485 pixels"),
     # --- gaps flags (existing ones; the local-optimisation list may change with issue 11) ---
     ("gaps-n-zero", ["gaps", "{run}", "--n", "0"], 2, "argument --n: 0 must be >= 1"),
     ("gaps-samples-zero", ["gaps", "{run}", "--samples", "0"], 2,

@@ -278,7 +278,61 @@ def test_cli_prints_the_table(tiny_run):
 
 def test_cli_rejects_an_unknown_local_flow(tiny_run):
     proc = run_cli("gaps", str(tiny_run), "--local-flow", "nope", check=False)
-    assert proc.returncode == 1 and "unknown local flow 'nope'" in proc.stderr
+    assert proc.returncode == 2 and "unknown local flow 'nope'" in proc.stderr  # a bad flag, as every other
+
+
+@pytest.mark.parametrize("estimator", ["iwae", "ais"])  # ais: iwae is its paired check
+def test_iwae_at_k_1_is_refused_it_is_the_elbo(tiny_run, estimator):
+    before = sorted(p.name for p in tiny_run.iterdir())
+    proc = run_cli("gaps", str(tiny_run), "--estimator", estimator, "--samples", "1", check=False)
+    (line,) = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "iwae with K=1 is the ELBO (one importance sample)" in line
+    assert sorted(p.name for p in tiny_run.iterdir()) == before
+
+
+def test_negative_gaps_are_marked_not_meaningful(linear_report):
+    report = copy.deepcopy(linear_report[0])
+    assert report.meaningful and "not meaningful" not in markdown_table([report])
+    report.columns["log_p"] = report.columns["elbo_q"] - 0.24  # as IWAE at small K can give
+    add_gaps(report.columns, report.q_star)
+    assert not report.meaningful and report.to_json()["meaningful"] is False
+    gap_rows = [line for line in markdown_table([report]).splitlines() if "gap |" in line]
+    assert len(gap_rows) == 3 and all("(not meaningful)" in line for line in gap_rows)
+
+
+def test_a_gap_report_never_replaces_an_earlier_one(tiny_run, tmp_path):
+    argv = ["gaps", str(tiny_run), *FAST, "--n", "3", "--local-flow", "none", "--estimator", "iwae"]
+    out = tmp_path / "report"
+    first = run_cli(*argv, "--out", str(out))
+    assert "zero-element" not in first.stderr and "Warning" not in first.stderr  # torch's warning
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    proc = run_cli(*argv, "--out", str(out), check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"flowvae: error: {out}: holds an earlier gap report (gaps.csv, gaps.json, gaps.md, gaps.png); "
+        "choose another --out or move it away"
+    ]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    earlier = set(tiny_run.glob("gaps*"))
+    for _ in range(2):  # the default folder: RUN/gaps, else the first free gaps-N
+        run_cli(*argv)
+    new = set(tiny_run.glob("gaps*")) - earlier
+    assert len(new) == 2 and all((folder / "gaps.json").is_file() for folder in new)
+
+
+def test_a_failed_report_write_leaves_no_half_written_file(linear_report, tmp_path, monkeypatch):
+    import errno
+
+    from flowvae import gaps
+
+    def full_disk(reports, path):
+        path.write_bytes(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gaps, "plot_gaps", full_disk)
+    with pytest.raises(OSError, match="No space left on device") as e:
+        gaps.write_report(linear_report[0], tmp_path)
+    assert e.value.filename == str(tmp_path / "gaps.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gaps.csv", "gaps.json", "gaps.md"]
 
 
 # ----------------------------------------------------------------------------- honesty

@@ -286,3 +286,127 @@ def test_a_groups_log_has_one_named_line_per_member_and_evaluation_a_bar_and_a_s
                                              "train.batch_size=100"])  # fmt: skip
     fit(cfg, tmp_path / "h", seeds=2, progress=True)
     assert re.search(r"group h: \d+/26 steps", err.getvalue())  # one bar over both members' steps
+
+
+# --- faults and bad input (issue 37) ----------------------------------------------------------
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+
+
+def _flowvae(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flowvae", *args], env=ENV, capture_output=True, text=True,
+                          timeout=600, **kwargs)  # fmt: skip
+
+
+def _copy(groups, tmp_path, name: str = "diag"):
+    import shutil
+
+    shutil.copytree(groups[0] / name, tmp_path / "g")
+    return tmp_path / "g"
+
+
+@pytest.mark.parametrize("edit, problem", [
+    ({"members": 2}, "members must be a non-empty list of folder names (it is 2)"),
+    ({"members": None}, "members must be a non-empty list of folder names (it is null)"),
+    ({"seeds": None}, "seeds must be a list of integers (it is null)"),
+    ({"seeds": [0]}, "2 members but 1 seeds"),
+    ({"members": ["seed-0", "../elsewhere"]}, "members must be distinct folder names inside the group"),
+    ({"config": 3}, "config must be an object (it is 3)"),
+    ({"extra": 1}, "unknown entries ['extra']"),
+], ids=["members-int", "members-null", "seeds-null", "seeds-short", "member-outside", "config-int",
+        "unknown"])  # fmt: skip
+def test_an_edited_group_json_is_refused_in_one_line(groups, tmp_path, edit, problem):
+    group = _copy(groups, tmp_path)
+    values = json.loads((group / "group.json").read_text())
+    (group / "group.json").write_text(json.dumps({**values, **edit}))
+    for argv in (["eval", str(group), "--samples", "2", "--no-progress"], ["train", "--resume", str(group)]):
+        proc = run_cli(*argv, check=False)
+        (line,) = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1, proc.stderr
+        assert line.startswith(f"flowvae: error: {group / 'group.json'}: not a valid group file: {problem}")
+
+
+def test_a_group_whose_members_differ_in_config_is_refused_naming_the_key(groups, tmp_path):
+    import shutil
+
+    group = _copy(groups, tmp_path)
+    shutil.rmtree(group / "seed-1")
+    shutil.copytree(groups[0] / "iaf" / "seed-1", group / "seed-1")  # another posterior
+    proc = run_cli("eval", str(group), "--samples", "2", "--no-progress", check=False)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    assert f"{group}: its members differ in model.context_dim" in proc.stderr
+    proc = run_cli("compare", str(group), str(groups[0] / "iaf"), "--samples", "2", check=False)
+    assert proc.returncode == 1 and "its members differ in model." in proc.stderr
+
+
+def test_a_folder_of_runs_without_group_json_gives_advice_that_works(groups, tmp_path):
+    group = _copy(groups, tmp_path)
+    (group / "group.json").unlink()
+    proc = run_cli("train", "--seeds", "2", "--run-dir", str(group), *TINY, check=False)
+    assert proc.returncode == 1 and f"resume each with --resume {group / 'seed-0'}" in proc.stderr
+    proc = run_cli("train", "--resume", str(group), check=False)
+    assert proc.returncode == 1 and f"resume each of them, e.g. {group / 'seed-0'}" in proc.stderr
+    run_cli("train", "--resume", str(group / "seed-0"), "--no-progress", "train.epochs=2")  # the advice works
+    assert _state(group / "seed-0")["epoch"] == 2
+
+
+def test_members_run_at_most_one_per_core_the_rest_wait(tmp_path, monkeypatch):
+    from flowvae import group_training
+
+    monkeypatch.setattr(group_training, "cores", lambda: 1)
+    group = tmp_path / "g"
+    proc = run_cli("train", "--seeds", "3", "--run-dir", str(group), *TINY[1:], "train.max_steps=2")
+    assert f"group {group}: 3 member(s) to train, 1 at a time" in proc.stderr
+    assert all(_state(group / f"seed-{i}")["step"] == 2 for i in range(3))
+
+
+def test_ctrl_c_while_the_members_start_is_one_line(tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group: the members too, while they start up."""
+    group = tmp_path / "g"
+    args = ["train", "--seeds", "2", "--run-dir", str(group), *TINY, "train.epochs=1000"]
+    cmd = [sys.executable, "-m", "flowvae", *args]
+    proc = subprocess.Popen(cmd, env=ENV, text=True, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (group / "group.json").exists():  # the members are being started
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err and "Error" not in err, err
+    assert err.strip().splitlines()[-1].startswith("flowvae: interrupted; stopped")
+    assert [line for line in err.splitlines() if line.startswith("flowvae:")] == err.strip().splitlines()[-1:]
+
+
+def test_a_member_killed_is_named_left_out_of_the_mean_and_resumed(tmp_path):
+    group = tmp_path / "g"
+    args = ["train", "--seeds", "2", "--run-dir", str(group), *TINY, "train.epochs=6"]
+    proc = subprocess.Popen([sys.executable, "-m", "flowvae", *args], env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (group / "seed-1" / "checkpoint.pt").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    # the member's pid, from its TensorBoard file's name (events.out.tfevents.TIME.HOST.PID.N)
+    member = int(next((group / "seed-1").glob("events.out.tfevents.*")).name.split(".")[-2])
+    os.kill(member, signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        f"flowvae: error: {group / 'seed-1'}: its process was killed by SIGKILL; its last checkpoint is "
+        f"kept; continue with --resume {group}"
+    )
+    assert _state(group / "seed-0")["epoch"] == 6 and 1 <= _state(group / "seed-1")["epoch"] < 6
+    out = run_cli("eval", str(group), "--samples", "2", "--limit", "10", "--json", "--no-progress")
+    scored = json.loads(out.stdout)
+    assert list(scored["members"]) == ["seed-0"] and "seed-1" in scored["left_out"]
+    (warning,) = out.stderr.strip().splitlines()
+    left = f"flowvae: warning: {group}: unfinished members left out of the mean ± sd: seed-1 ("
+    assert warning.startswith(left)
+    resumed = _flowvae("train", "--resume", str(group), "--no-progress")
+    assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stderr
+    assert _state(group / "seed-1")["epoch"] == 6
+    out = json.loads(run_cli("eval", str(group), "--samples", "2", "--limit", "10", "--json").stdout)
+    assert list(out["members"]) == ["seed-0", "seed-1"] and out["left_out"] == {}
+

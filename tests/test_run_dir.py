@@ -112,3 +112,34 @@ def test_a_run_and_a_group_record_their_preset_and_config_file(tmp_path):
     assert on_disk["origin"] == {"preset": "digits", "config_file": "my.yaml", "config_sha256": digest}
     member = json.loads((group / "seed-1" / "invocations.jsonl").read_text().splitlines()[0])
     assert member["preset"] == "digits" and member["config_sha256"] == digest
+
+
+def test_sample_refuses_an_n_whose_grid_is_too_big_for_one_image(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = sorted(p.name for p in run.iterdir())
+    proc = run_cli("sample", str(run), "--n", "10000000", "--no-progress", check=False)  # killed for memory
+    (line,) = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and line.startswith("flowvae: error: --n 10000000: 10000000 images of 1x8x8")
+    assert "at most" in line and sorted(p.name for p in run.iterdir()) == before
+    from flowvae.images import max_grid_images
+
+    most = max_grid_images((1, 8, 8))
+    assert 1000 < most < 10000000
+    assert run_cli("sample", str(run), "--n", str(most + 1), check=False).returncode == 2
+
+
+def test_a_sample_that_fails_to_encode_leaves_no_empty_file(trained, tmp_path, monkeypatch):
+    from PIL import Image
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = sorted(p.name for p in run.iterdir())
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(Image.Image, "save", out_of_memory)
+    with pytest.raises(MemoryError):
+        run_cli("sample", str(run), "--n", "4", check=False)
+    assert sorted(p.name for p in run.iterdir()) == before  # no empty samples-1.png

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -25,7 +26,6 @@ from .cliargs import (
     existing_file,
     image_out,
     new_dir,
-    new_file,
     number,
     option_flags,
     run_dir,
@@ -121,7 +121,7 @@ def _ended(run_dir: Path) -> tuple[bool, int, Config]:
 def _eval(args: argparse.Namespace) -> int:
     from . import distributed
     from .evaluation import evaluate_run
-    from .groups import evaluate_group, is_group, seed_mean_sd
+    from .groups import GroupEvaluation, evaluate_group, is_group, left_out_warning, seed_mean_sd
 
     d = distributed.setup(torch.device(args.device))
     device = distributed.local_device(torch.device(args.device), d)
@@ -144,21 +144,24 @@ def _eval(args: argparse.Namespace) -> int:
     distributed.cleanup(d)
     if not d.is_main:
         return 0
-    if not isinstance(scored, dict):
+    if not isinstance(scored, GroupEvaluation):
         out, lines = _eval_report(args, scored)
         print(json.dumps(out) if args.json else "\n".join(lines))
         return 0
-    reports = {name: _eval_report(args, member, f"{name}: ") for name, member in scored.items()}
-    values = [member.estimate.nll for member in scored.values()]
+    if scored.left_out:
+        print(f"flowvae: warning: {left_out_warning(args.run_dir, scored.left_out)}", file=sys.stderr)
+    reports = {name: _eval_report(args, member, f"{name}: ") for name, member in scored.members.items()}
+    values = [member.estimate.nll for member in scored.members.values()]
     mean, sd = seed_mean_sd(values)
     if args.json:
         members = {name: out for name, (out, _) in reports.items()}
         print(json.dumps({"group": str(args.run_dir), "members": members, "seeds": values, "nll_mean": mean,
-                          "nll_sd": sd}))  # fmt: skip
+                          "nll_sd": sd, "left_out": scored.left_out}))  # fmt: skip
         return 0
     print("\n".join(line for _, lines in reports.values() for line in lines))
     spread = f"± {sd:.3f} (sd over {len(values)} training seeds)" if sd is not None else "(1 seed: no sd)"
-    print(f"across seeds: -log p(x) = {mean:.3f} {spread} nats")
+    left = f"; {len(scored.left_out)} unfinished left out" if scored.left_out else ""
+    print(f"across seeds: -log p(x) = {mean:.3f} {spread} nats{left}")
     return 0
 
 
@@ -267,17 +270,41 @@ def _bdmc(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from .images import save_grid
-    from .latents import sample
+    from .images import save_array
+    from .latents import sample_grid
 
-    model = load_run(args.run_dir, args.checkpoint).model
+    run = load_run(args.run_dir, args.checkpoint)
     torch.manual_seed(args.seed)  # an autoregressive decoder draws its pixels from torch's generator
+    shape = tuple(run.checkpoint["image_shape"])
     with progress_bar(args.n, "sample", enabled=not args.no_progress, unit="images") as bar:
-        images = sample(model, args.n, temperature=args.temperature, seed=args.seed, progress=bar.update)
-    out = Path(args.out) if args.out else new_file(Path(args.run_dir), "samples", ".png")
-    save_grid(images, out, nrow=int(math.ceil(math.sqrt(args.n))))
+        try:
+            grid = sample_grid(run.model, args.n, shape, temperature=args.temperature, seed=args.seed,
+                               progress=bar.update)  # fmt: skip
+        except ValueError as e:  # too many for one image: a bad --n
+            raise ConfigError(f"--n {args.n}: {e}; use a smaller --n") from None
+    if args.out:
+        out = Path(args.out)
+        save_array(grid, out)
+    else:
+        out = _save_new(grid, Path(args.run_dir), "samples", ".png")
     print(f"wrote {args.n} samples to {out}")
     return 0
+
+
+def _save_new(grid, folder: Path, stem: str, suffix: str) -> Path:
+    """Save ``grid`` as ``folder/STEM-N.SUFFIX`` with the first free N (created exclusively, once
+    the image is ready): never overwrites the run's own ``samples.png`` nor an earlier draw, and
+    a draw that fails leaves no empty file."""
+    from .images import save_array
+
+    for i in itertools.count(1):
+        path = folder / f"{stem}-{i}{suffix}"
+        try:
+            save_array(grid, path, new=True)
+            return path
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
 
 
 def _presets(args: argparse.Namespace) -> int:
@@ -311,7 +338,15 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _gaps(args: argparse.Namespace) -> int:
-    from .gaps import LOG_P_ESTIMATORS, GapSettings, markdown_table, run_gaps, write_report
+    from .gaps import (
+        LOG_P_ESTIMATORS,
+        GapSettings,
+        earlier_report,
+        markdown_table,
+        report_folder,
+        run_gaps,
+        write_report,
+    )
     from .local import LOCAL_FLOW_DEFAULTS, LocalOptions
 
     if args.threads:
@@ -327,8 +362,12 @@ def _gaps(args: argparse.Namespace) -> int:
         local=LocalOptions(**chosen(args, LocalOptions, "local_")), flow_options=flow_options,
         batch_size=args.batch_size, seed=args.seed, drop_flagged=args.drop_flagged,
     )  # fmt: skip
+    held = earlier_report(args.out) if args.out else []
+    if held:  # before the work: a new report never replaces an earlier one
+        held_text = f"{args.out}: holds an earlier gap report ({', '.join(held)})"
+        raise ConfigError(f"{held_text}; choose another --out or move it away")
     report = run_gaps(args.run_dir, args.split, args.n, settings, args.seed, args.checkpoint, args.device)
-    paths = write_report(report, args.out or Path(args.run_dir) / "gaps")
+    paths = write_report(report, args.out or report_folder(args.run_dir))
     if args.json:
         print(json.dumps({**report.to_json(), "files": {k: str(v) for k, v in paths.items()}}))
     else:
@@ -389,7 +428,8 @@ def _train_parser(sub) -> None:
     t.add_argument(
         "--seeds", type=POSITIVE,
         help="train N runs with train.seed+0..N-1 into RUN_DIR/seed-0..seed-(N-1), side by side on the "
-        "cores; `eval`/`compare` RUN_DIR report mean and sd over seeds (default: one run)",
+        "cores (one per core at a time, the rest queued); `eval`/`compare` RUN_DIR report mean and sd over "
+        "seeds of the finished members (default: one run)",
     )  # fmt: skip
     t.add_argument(
         "--no-progress", action="store_true",
@@ -532,7 +572,10 @@ def _gaps_parser(sub) -> None:
         help="leave out non-finite or far-outlying examples instead of failing (default: fail)",
     )  # fmt: skip
     g.add_argument("--batch-size", type=POSITIVE, default=100, help="examples per batch (default: 100)")
-    g.add_argument("--out", type=new_dir, help="output folder (default: RUN_DIR/gaps)")
+    g.add_argument(
+        "--out", type=new_dir,
+        help="output folder, without an earlier report (default: RUN_DIR/gaps, else gaps-2, gaps-3, ...)",
+    )  # fmt: skip
     common_flags(
         g, "split", "checkpoint", "seed", "device", "threads", "json", what="the subset and of the estimates"
     )

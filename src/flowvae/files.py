@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,3 +33,18 @@ def writing(path: str | Path, torch_save: bool = False) -> Iterator[None]:
             raise OSError(e.__context__.errno, e.__context__.strerror, str(path)) from None
         reason = f"cannot write it (the disk may be full; torch.save: {(str(e).splitlines() or ['?'])[0]})"
         raise OSError(errno.EIO, reason, str(path)) from None
+
+
+@contextlib.contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """A temp path next to ``path`` (same suffix: writers that infer the format from it work) for
+    the block to write; it then replaces ``path`` by a rename, so ``path`` is whole or as before.
+    A failed block removes the temp file; its ``OSError`` names ``path`` (:func:`writing`)."""
+    path = Path(path)
+    tmp = path.with_name(f".{secrets.token_hex(4)}.{path.name}")
+    with writing(path):
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import json
 import math
 import time
@@ -46,8 +47,9 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import TrainedTo
-from .config import EVAL_SEED, FLOW_SIZE_KEYS, EvalConfig
-from .estimators import ESTIMATORS, resolve_estimator
+from .config import EVAL_SEED, FLOW_SIZE_KEYS, ConfigError, EvalConfig
+from .estimators import ESTIMATORS, IWAE_SAMPLES, resolve_estimator
+from .files import replacing
 from .local import LocalOptions, elbo_with_stderr, frozen_model, local_optimise
 from .noise import ExampleStreams, example_streams
 from .posteriors import POSTERIORS, posterior_record
@@ -129,7 +131,12 @@ class GapSettings:
             ESTIMATORS[name].settings(**options)  # a bad option fails here, in one line
         if self.local_flow not in ("none", SAME) and self.local_flow not in POSTERIORS:
             available = ", ".join([*sorted(POSTERIORS), SAME, "none"])
-            raise ValueError(f"unknown local flow {self.local_flow!r}; available: {available}")
+            raise ConfigError(f"unknown local flow {self.local_flow!r}; available: {available}")
+        if "iwae" in self.estimates() and self.samples.get("iwae") == 1:
+            raise ConfigError(
+                "iwae with K=1 is the ELBO (one importance sample), not a log p(x) estimate above it: "
+                f"its gaps are noise around 0; use K >= 2 (--samples; default {IWAE_SAMPLES})"
+            )
 
     def estimates(self) -> list[str]:
         """The estimators a report runs: the declared one, and its check partner."""
@@ -175,6 +182,13 @@ class GapReport:
         return int(self.columns["log_p"].numel())
 
     @property
+    def meaningful(self) -> bool:
+        """Whether log p̂(x) is above the ELBOs it is compared to, on average (the inference and
+        approximation gaps are not negative): else the gaps say only that log p̂ is too loose."""
+        summary = self.summary()
+        return all(summary[k]["mean"] >= 0 for k in ("inference_gap", "approximation_gap") if k in summary)
+
+    @property
     def ok(self) -> bool:
         """False while flagged examples remain in the report."""
         return not self.flagged or self.dropped > 0
@@ -207,7 +221,8 @@ class GapReport:
         settings = asdict(self.settings)
         return {
             "name": self.name, "posterior": self.posterior, "q_star": self.q_star,
-            "q_star_family": self.q_star_family, "q_star_options": self.q_star_options, "n": self.n,
+            "meaningful": self.meaningful, "q_star_family": self.q_star_family,
+            "q_star_options": self.q_star_options, "n": self.n,
             "subset": self.subset or None, "ok": self.ok, "log_p_estimator": self.estimator_settings(),
             "log_p_check": self.log_p_check(), "summary": self.summary(), "warnings": self.warnings,
             "flagged": self.flagged, "dropped": self.dropped, "local": self.local_counts,
@@ -447,6 +462,12 @@ def compute_gaps(
         warnings.insert(0, f"{len(flagged)} flagged example(s): {listing}{more}; {action}")
     if not _factorised(posterior) and flow == "none":
         warnings.insert(0, f"q is {posterior} but no local flow was fitted: the gaps use q* = q*_FFG")
+    gaps = ("inference_gap", "approximation_gap")
+    negative = [k for k in gaps if columns[k].numel() and columns[k].mean() < 0]
+    if negative:
+        means = ", ".join(f"{k.replace('_', ' ')} {columns[k].mean().item():.3f}" for k in negative)
+        warnings.insert(0, f"the gaps are not meaningful: log p̂(x) is not above the ELBOs it is compared to "
+                           f"({means} nats): raise its samples (K, chains) or AIS steps")  # fmt: skip
     columns = {"index": index.double(), **columns}
     return GapReport(
         name=name, posterior=posterior, q_star=q_star, settings=s, columns=columns,
@@ -531,7 +552,8 @@ def markdown_table(reports: list[GapReport]) -> str:
         cells = []
         for r in reports:
             summary = r.summary()
-            cells.append(f"{summary[key]['mean']:.2f}" if key in summary else "–")
+            mark = " (not meaningful)" if key.endswith("_gap") and not r.meaningful else ""
+            cells.append(f"{summary[key]['mean']:.2f}{mark}" if key in summary else "–")
         if key == "log_p":
             label += f" ({reports[0].settings.estimator})"
         elif key == "elbo_flow_star":
@@ -608,26 +630,47 @@ def write_csv(report: GapReport, path: str | Path) -> None:
             writer.writerow([int(v) if k in integral and math.isfinite(v) else f"{v:.6f}" for k, v in cells])
 
 
+REPORT_FILES = tuple(f"gaps.{k}" for k in ("csv", "json", "md", "png"))
+
+
+def earlier_report(folder: str | Path) -> list[str]:
+    """The files of a gap report already in ``folder`` (a new report never replaces them)."""
+    return [name for name in REPORT_FILES if (Path(folder) / name).exists()]
+
+
+def report_folder(run_dir: str | Path) -> Path:
+    """Where a run's next gap report goes: ``RUN/gaps``, or ``gaps-2``, ``gaps-3``... past the
+    folders that hold one."""
+    for i in itertools.count(1):
+        folder = Path(run_dir) / ("gaps" if i == 1 else f"gaps-{i}")
+        if not earlier_report(folder):
+            return folder
+    raise AssertionError("unreachable")
+
+
 def write_report(report: GapReport, out_dir: str | Path) -> dict[str, Path]:
     """``gaps.csv`` (per example), ``gaps.json``, ``gaps.md`` and ``gaps.png`` (unless a mean is
-    not finite) in ``out_dir``."""
+    not finite) in ``out_dir``, each written whole (temp file + rename) or not at all."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / f"gaps.{k}" for k in ("csv", "json", "md", "png")}
-    write_csv(report, paths["csv"])
-    paths["json"].write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
-    paths["md"].write_text(markdown_table([report]) + "\n")
+    with replacing(paths["csv"]) as tmp:
+        write_csv(report, tmp)
+    with replacing(paths["json"]) as tmp:
+        tmp.write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
+    with replacing(paths["md"]) as tmp:
+        tmp.write_text(markdown_table([report]) + "\n")
     keys = ("elbo_q", "amortization_gap", "approximation_gap")
     if all(math.isfinite(report.summary()[k]["mean"]) for k in keys):
-        plot_gaps([report], paths["png"])
+        with replacing(paths["png"]) as tmp:
+            plot_gaps([report], tmp)
     else:  # a non-finite mean (flagged examples kept) has no bar to draw
-        paths["png"].unlink(missing_ok=True)
         del paths["png"]
     return paths
 
 
 __all__ = [
     "DEFINITIONS", "GapReport", "GapSettings", "LOCAL_PURPOSES", "LOG_P_ESTIMATORS", "add_gaps",
-    "check_ordering", "compute_gaps", "flag_examples", "local_flow_family", "markdown_table", "plot_gaps",
-    "run_gaps", "write_csv", "write_report",
+    "check_ordering", "compute_gaps", "earlier_report", "flag_examples", "local_flow_family",
+    "markdown_table", "plot_gaps", "report_folder", "run_gaps", "write_csv", "write_report",
 ]  # fmt: skip

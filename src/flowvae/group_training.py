@@ -1,13 +1,15 @@
 """Training: :func:`fit`, one run or a group of seeds (:mod:`flowvae.groups`) run as processes.
 
-The members run as concurrent processes (``spawn``), all at once (or ``workers`` at a time),
-each with ``max(1, cores // workers)`` intra-op threads unless ``train.threads`` says otherwise:
+The members run as concurrent processes (``spawn``), as many at once as the machine has cores
+(or ``workers`` at a time; the others wait their turn: ``--seeds 1000`` never starts 1000
+processes), each with ``max(1, cores // workers)`` intra-op threads unless ``train.threads`` says otherwise:
 small models do not use many cores well, several of them side by side do; and members that run
 at the same time get the same share of the machine, so a time budget (``train.max_minutes``)
 buys each about the same number of steps. Ctrl-C reaches the group's process, which passes one
 Ctrl-C to every member (each stops at its next step with a checkpoint) and starts no other; a
 member that is interrupted by itself stops the group the same way; a member whose group process
-dies stops as after Ctrl-C.
+dies stops as after Ctrl-C. A member killed outright (SIGKILL, out of memory) keeps its last
+checkpoint; the others go on, and the group then fails naming it and how it ended.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from .checkpoint import GROUP_FILE, CheckpointError, load_checkpoint
 from .config import Config, ConfigError, apply_overrides, from_dict, parse_override
@@ -41,6 +45,7 @@ from .rundir import (
     TrainState,
     clock,
     prepare_run,
+    resume_checkpoint,
     run_files,
     say_on_stderr,
 )
@@ -81,7 +86,7 @@ def fit(
 
     A run: :func:`flowvae.train.train` (returns its :class:`TrainState`). A group (``seeds=N``;
     ``resume=True`` on a folder holding ``group.json``, ``cfg`` then unused): N members in
-    ``run_dir/seed-i`` trained ``workers`` at a time (default: all N at once); returns
+    ``run_dir/seed-i`` trained ``workers`` at a time (default: one per core); returns
     each member's final state by member name. A member that fails raises (after the others end)
     the error of the first one, its message naming the member. ``origin`` (``{"preset": NAME,
     "config_file": PATH, "config_sha256": ...}``): where a new run's config came from, recorded
@@ -120,7 +125,7 @@ def train_group(
         jobs = []
         for name, seed in zip(group.members, group.seeds, strict=True):
             member = group_dir / name
-            if (member / "checkpoint.pt").is_file():
+            if resume_checkpoint(member).is_file():  # best.pt alone: killed during its first checkpoint
                 member_cfg = prepare_run(None, member, True, overrides)
                 state = _finished(member, member_cfg)
                 if state is not None:
@@ -144,27 +149,31 @@ def train_group(
         base = cfg.train.seed
         group = Group([f"seed-{i}" for i in range(seeds)], [base + i for i in range(seeds)], cfg.to_dict(),
                       overrides, dict(origin or {}))  # fmt: skip
-        group_dir.mkdir(parents=True, exist_ok=True)
-        tmp = group_dir / f".{GROUP_FILE}.tmp"
-        tmp.write_text(json.dumps(asdict(group), indent=1) + "\n")
-        tmp.replace(group_dir / GROUP_FILE)
         jobs = [
             _Job(name, group_dir / name, member_config(group.config, seed), False, overwrite, overrides,
                  group.origin)  # fmt: skip
             for name, seed in zip(group.members, group.seeds, strict=True)
         ]
-    try:
+    try:  # from the group file on: a Ctrl-C (or failure) before any member started leaves nothing
+        if not resume:
+            group_dir.mkdir(parents=True, exist_ok=True)
+            tmp = group_dir / f".{GROUP_FILE}.tmp"
+            tmp.write_text(json.dumps(asdict(group), indent=1) + "\n")
+            tmp.replace(group_dir / GROUP_FILE)
         done.update(_run_jobs(jobs, group_dir, workers, progress))
-    except BaseException:
+    except BaseException as e:
         if not resume and not any(run_files(group_dir / m) for m in group.members):
+            (group_dir / f".{GROUP_FILE}.tmp").unlink(missing_ok=True)
             _remove_unstarted(group_dir, group.members, created)  # nothing started: no folder left
+            if isinstance(e, KeyboardInterrupt):
+                raise Interrupted("stopped before any member started; nothing was written") from None
         raise
     return {name: done[name] for name in group.members}
 
 
 def _finished(member: Path, cfg: Config) -> TrainState | None:
     """The member's final state if it has nothing left to do: all epochs, or early stopped."""
-    state = load_checkpoint(member / "checkpoint.pt")["state"]
+    state = load_checkpoint(resume_checkpoint(member))["state"]
     if state["epoch"] >= cfg.train.epochs or state.get("stopped", "").startswith("early stopping"):
         return TrainState(**state)
     return None
@@ -192,7 +201,7 @@ def _run_jobs(
     (:class:`_Board`); Ctrl-C is passed on to each once."""
     if not jobs:
         return {}
-    workers = min(workers or len(jobs), len(jobs))
+    workers = min(workers or cores(), len(jobs))  # one member per core at most: the rest wait
     ctx = multiprocessing.get_context("spawn")
     pending, running = list(jobs), {}  # running: process sentinel -> (job, process, connection)
     outcomes: dict[str, tuple] = {}  # member -> ("done",) | ("interrupted", text) | ("error", type, text)
@@ -204,8 +213,9 @@ def _run_jobs(
                 while pending and len(running) < workers and not stopping:
                     job = pending.pop(0)
                     threads = job.cfg.train.threads or max(1, cores() // workers)
-                    process, receive = _start(ctx, job, threads)
-                    running[process.sentinel] = (job, process, receive)
+                    with _sigint_ignored_by_the_member():  # a Ctrl-C now is raised once it is listed
+                        process, receive = _start(ctx, job, threads)
+                        running[process.sentinel] = (job, process, receive)
                 pipes = {receive: job for job, _, receive in running.values()}
                 ready = multiprocessing.connection.wait([*running, *pipes], timeout=POLL_SECONDS)
                 for receive in set(ready) & set(pipes):
@@ -215,15 +225,14 @@ def _run_jobs(
                     process.join()
                     _drain(job, receive, outcomes, board)
                     receive.close()
-                    outcome = outcomes.setdefault(
-                        job.name, ("error", "TrainingError", f"its process ended ({process.exitcode})"))
+                    outcome = outcomes.setdefault(job.name, _killed(process.exitcode))
                     if outcome[0] == "interrupted" and not stopping:  # one member stopped: the group too
                         stopping = _stop(pending, running)
                     board.ended(job.name, outcome[0])
             except KeyboardInterrupt:  # the first stops every member at its next step, a second at once
                 stopping = _stop(pending, running)
     _raise_failures(jobs, group_dir, outcomes, stopping)
-    return {job.name: TrainState(**load_checkpoint(job.run_dir / "checkpoint.pt")["state"]) for job in jobs}
+    return {job.name: TrainState(**load_checkpoint(resume_checkpoint(job.run_dir))["state"]) for job in jobs}
 
 
 def _raise_failures(jobs: list[_Job], group_dir: Path, outcomes: dict[str, tuple], stopping: bool) -> None:
@@ -235,7 +244,7 @@ def _raise_failures(jobs: list[_Job], group_dir: Path, outcomes: dict[str, tuple
         name, kind, text = failures[0]
         others = f" ({len(failures) - 1} other member(s) failed too)" if len(failures) > 1 else ""
         error = _ERRORS.get(kind, TrainingError)
-        where = f"{group_dir / name}: {text}{others}; fix it and continue"
+        where = f"{group_dir / name}: {text}{others}; {'' if kind == 'Killed' else 'fix it and '}continue"
         cli = f"{where} with --resume {group_dir}"
         if error is TrainingError:
             raise error(f"{where} with fit(cfg, {str(group_dir)!r}, resume=True)", cli=cli)
@@ -295,7 +304,7 @@ class _Board:
 
 def _start(ctx: Any, job: _Job, threads: int) -> tuple[Any, Any]:
     """Start a member's process; returns it and the end of the pipe its outcome comes through."""
-    receive, send = ctx.Pipe(duplex=False)
+    receive, send = ctx.Pipe()  # its outcome comes back; a "stop" goes to it (see _stop)
     debug = bool(os.environ.get("FLOWVAE_DEBUG"))
     args = (send, job.cfg.to_dict(), str(job.run_dir), job.resume, job.overwrite, job.overrides, threads,
             os.getpid(), debug, job.origin)  # fmt: skip
@@ -303,6 +312,35 @@ def _start(ctx: Any, job: _Job, threads: int) -> tuple[Any, Any]:
     process.start()
     send.close()
     return process, receive
+
+
+def _killed(exitcode: int | None) -> tuple:
+    """The outcome of a member that sent none (killed by SIGKILL, out of memory): how it ended."""
+    if exitcode is not None and exitcode < 0:
+        how = f"was killed by {signal.Signals(-exitcode).name}"
+    else:
+        how = f"ended with exit status {exitcode} before reporting"
+    return ("error", "Killed", f"its process {how}; its last checkpoint is kept")
+
+
+@contextlib.contextmanager
+def _sigint_ignored_by_the_member() -> Iterator[None]:
+    """A member starts with Ctrl-C ignored (the disposition a new process inherits) until
+    :func:`_member_main` has left the terminal's process group and installed its handler: a Ctrl-C
+    can neither kill it while it starts up (a traceback, and the group's EOFError) nor cut the
+    start-up data sent to it. The group's process holds a Ctrl-C back meanwhile (blocked, so
+    pending: not lost) and gets it on leaving the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    resource_tracker.ensure_running()  # starting it unblocks SIGINT: done before the block below
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 @contextlib.contextmanager
@@ -320,9 +358,12 @@ def _sigint_raises() -> Iterator[None]:
 
 
 def _stop(pending: list[_Job], running: dict[int, tuple[_Job, Any, Any]]) -> bool:
-    """Start no other member; pass one Ctrl-C to each running one."""
+    """Start no other member; pass one Ctrl-C to each running one (after a "stop" on its pipe: a
+    member still starting up ignores the signal, and reads that instead)."""
     pending.clear()
-    for _, process, _ in running.values():
+    for _, process, connection in running.values():
+        with contextlib.suppress(OSError):  # it has ended already
+            connection.send("stop")
         if process.pid is not None and process.is_alive():
             os.kill(process.pid, signal.SIGINT)
     return True
@@ -344,11 +385,18 @@ def _member_main(
     os.setpgrp()  # a terminal's Ctrl-C reaches the group's process only, which passes it on once
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
+    # tqdm's default lock is a multiprocessing one: a named semaphore that a SIGKILL of this
+    # member would leak (the resource tracker's warning at the group's end); a member has no bar
+    tqdm.set_lock(threading.RLock())
 
     def say(text: str, where: dict[str, float] | None = None) -> None:  # printed by the group, named
         send.send(("line", text, where))
 
     try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # ignored while it started
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the group as it started
+        if send.poll():  # the group was stopped while this member started (a "stop" waits)
+            raise KeyboardInterrupt
         train(
             from_dict(cfg), run_dir, resume=resume, progress=False, overwrite=overwrite, overrides=overrides,
             origin=origin, say=say,
@@ -356,6 +404,8 @@ def _member_main(
         message: tuple = ("done",)
     except Interrupted as e:
         message = ("interrupted", str(e))
+    except KeyboardInterrupt:  # a Ctrl-C that came while it started: nothing to keep yet
+        message = ("interrupted", "stopped before training started")
     except BaseException as e:
         if debug:
             traceback.print_exc()

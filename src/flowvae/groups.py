@@ -35,7 +35,7 @@ import torch
 import yaml
 
 from . import compare
-from .checkpoint import GROUP_FILE, CheckpointError, load_run
+from .checkpoint import GROUP_FILE, CheckpointError, load_checkpoint, load_run
 from .compare import (
     MODEL_HEADER,
     Comparison,
@@ -54,7 +54,7 @@ from .compare import (
 )
 from .config import Config, from_dict
 from .evaluation import RunEvaluation, evaluate_run
-from .rundir import TrainingError, TrainState, run_files
+from .rundir import BUDGETS, TrainingError, TrainState, resume_checkpoint, run_files
 
 GROUP_VERSION = 1
 
@@ -80,23 +80,115 @@ def is_group(path: str | Path) -> bool:
     return (Path(path) / GROUP_FILE).is_file()
 
 
+def _group_problem(values: Any) -> str:
+    """What is wrong with the parsed content of a ``group.json`` (``""``: nothing)."""
+
+    def kind(v: Any) -> str:  # the value as the file spells it, cut short
+        text = json.dumps(v)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    if not isinstance(values, dict):
+        return f"it holds {kind(values)}, not an object"
+    unknown = sorted(set(values) - set(Group.__dataclass_fields__))
+    missing = [k for k in ("members", "seeds", "config") if k not in values]
+    if unknown or missing:
+        return f"unknown entries {unknown}" if unknown else f"no {', '.join(missing)}"
+    members, seeds = values["members"], values["seeds"]
+    if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+        return f"members must be a non-empty list of folder names (it is {kind(members)})"
+    bad = [m for m in members if m in ("", ".", "..") or "/" in m or "\\" in m]
+    if bad or len(set(members)) < len(members):
+        return f"members must be distinct folder names inside the group (got {members[:5]})"
+    if not isinstance(seeds, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds):
+        return f"seeds must be a list of integers (it is {kind(seeds)})"
+    if len(seeds) != len(members):
+        return f"{len(members)} members but {len(seeds)} seeds"
+    if not isinstance(values["config"], dict):
+        return f"config must be an object (it is {kind(values['config'])})"
+    overrides = values.get("overrides", [])
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        return f"overrides must be a list of key=value strings (it is {kind(overrides)})"
+    return ""
+
+
 def read_group(path: str | Path) -> Group:
+    """``path/group.json``, checked: a file that is not one (unreadable, other types, members
+    that are not folder names) is a one-line :class:`CheckpointError` saying what is wrong."""
     file = Path(path) / GROUP_FILE
     try:
         values = json.loads(file.read_text())
-        group = Group(**values)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: not a group of runs (no {GROUP_FILE})") from None
-    except (ValueError, TypeError) as e:
+    except (OSError, ValueError) as e:
         raise CheckpointError(f"{file}: not a readable group file ({type(e).__name__})") from None
-    if len(group.members) != len(group.seeds) or not group.members:
-        raise CheckpointError(f"{file}: members and seeds do not match")
-    return group
+    problem = _group_problem(values)
+    if problem:
+        raise CheckpointError(f"{file}: not a valid group file: {problem}")
+    return Group(**values)
 
 
 def group_members(path: str | Path) -> list[Path] | None:
     """The member run folders of a group, or ``None`` if ``path`` is not a group."""
     return [Path(path) / m for m in read_group(path).members] if is_group(path) else None
+
+
+# what a group's members may differ in: the seed, and what is per invocation or per machine
+MAY_DIFFER = {"train.seed", *(f"train.{b}" for b in BUDGETS), "train.threads", "train.device"}
+BUDGET_STOPS = ("early stopping", *(f"{b}=" for b in BUDGETS))  # a run that ended by its own rule
+
+
+def _member_state(member: Path) -> tuple[str, dict[str, Any] | None]:
+    """Why a member is unfinished (``""``: finished: all its epochs, or stopped by early stopping
+    or a budget) and its config (``None`` before its first checkpoint)."""
+    latest = resume_checkpoint(member)
+    if not latest.is_file():
+        return "no checkpoint: never started, or killed before its first", None
+    ckpt = load_checkpoint(latest)
+    state, config = ckpt.get("state"), ckpt["config"]
+    try:
+        epochs, epoch, stopped = config["train"]["epochs"], state["epoch"], state.get("stopped", "")
+    except (KeyError, TypeError):
+        return f"{latest.name} holds no training state", config
+    if epoch >= epochs or str(stopped).startswith(BUDGET_STOPS):
+        return "", config
+    return f"stopped at epoch {epoch} of {epochs} ({stopped or 'killed, or still training'})", config
+
+
+def scored_members(group_dir: str | Path) -> tuple[list[Path], dict[str, str]]:
+    """The members whose values make a group's mean ± sd, and the unfinished ones left out (name:
+    why). Refused (:class:`CheckpointError`): members whose configs differ beyond
+    :data:`MAY_DIFFER` (the first such key named), and a group with no finished member."""
+    group_dir = Path(group_dir)
+    members = [group_dir / m for m in read_group(group_dir).members]
+    flat: dict[Path, dict[str, Any]] = {}
+    left_out = {}
+    for member in members:
+        why, config = _member_state(member)
+        if why:
+            left_out[member.name] = why
+        if config is not None:
+            flat[member] = {f"{k}.{key}": v for k, section in config.items() for key, v in section.items()}
+    first, *others = list(flat) or [None]
+    for other in others:
+        for key in sorted(set(flat[first]) | set(flat[other])):
+            a, b = flat[first].get(key), flat[other].get(key)
+            if a != b and key not in MAY_DIFFER:
+                raise CheckpointError(
+                    f"{group_dir}: its members differ in {key} ({first.name}: {a}, {other.name}: {b}); a "
+                    "group's members share their config but for train.seed: compare them as runs"
+                )
+    finished = [m for m in members if m.name not in left_out]
+    if not finished:
+        why = "; ".join(f"{name}: {text}" for name, text in left_out.items())
+        raise CheckpointError(f"{group_dir}: no member is finished ({why}); continue it with --resume")
+    return finished, left_out
+
+
+def left_out_warning(group_dir: str | Path, left_out: dict[str, str]) -> str:
+    """The line that names the members left out of a group's mean ± sd."""
+    names = ", ".join(f"{name} ({why})" for name, why in left_out.items())
+    left = f"{group_dir}: unfinished members left out of the mean ± sd: {names}"
+    return f"{left}; --resume {group_dir} continues them"
 
 
 def run_label(path: Path) -> str:
@@ -119,8 +211,16 @@ def check_new_group(group_dir: Path, seeds: int, overwrite: bool) -> None:
     if run_files(group_dir):
         problem = f"{group_dir} holds a single run; for a group of seeds choose another"
         raise TrainingError(f"{problem} run_dir", cli=f"{problem} --run-dir")
-    taken = is_group(group_dir) or any(run_files(group_dir / f"seed-{i}") for i in range(seeds))
-    if taken and not overwrite:
+    held = [f"seed-{i}" for i in range(seeds) if run_files(group_dir / f"seed-{i}")]
+    if held and not is_group(group_dir) and not overwrite:  # not a group: --resume would not continue it
+        problem = f"{group_dir} has no {GROUP_FILE} but {', '.join(held[:3])} hold(s) runs"
+        raise TrainingError(
+            f"{problem}; resume each with fit(None, {str(group_dir / held[0])!r}, resume=True), replace "
+            "them with overwrite=True, or choose another run_dir",
+            cli=f"{problem}; resume each with --resume {group_dir / held[0]}, replace them with --overwrite, "
+            "or choose another --run-dir",
+        )  # fmt: skip
+    if (is_group(group_dir) or held) and not overwrite:
         held = f"{group_dir} already holds a group of runs"
         raise TrainingError(
             f"{held}; continue it with fit(cfg, {str(group_dir)!r}, resume=True), replace it with "
@@ -211,34 +311,35 @@ def summary_line(states: dict[str, TrainState], group_dir: str | Path) -> str:
 # ----------------------------------------------------------------------------- evaluation
 
 
+@dataclass
+class GroupEvaluation:
+    """A group scored: its finished members (by name), and the unfinished ones left out (why)."""
+
+    members: dict[str, RunEvaluation]
+    left_out: dict[str, str]
+
+
 def evaluate_group(
     group_dir: str | Path, estimator: str = "iwae", samples: int | None = None, *, split: str = "test",
     limit: int = 0, seed: int = 1234, checkpoint: str = "best", device: str | torch.device = "cpu",
     **kwargs: Any,
-) -> dict[str, RunEvaluation]:  # fmt: skip
-    """Every member scored as :func:`~flowvae.evaluation.evaluate_run` scores a run, on the same
-    examples with the same per-example seeds (members on the same data share one load)."""
-    members = group_members(group_dir)
-    if members is None:
+) -> GroupEvaluation:  # fmt: skip
+    """Every finished member (:func:`scored_members`) scored as
+    :func:`~flowvae.evaluation.evaluate_run` scores a run, on the same examples with the same
+    per-example seeds (members on the same data share one load)."""
+    if not is_group(group_dir):
         raise CheckpointError(f"{group_dir}: not a group of runs (no {GROUP_FILE})")
+    members, left_out = scored_members(group_dir)
     runs = [load_run(m, checkpoint, device) for m in members]
     examples = shared_examples(runs, split, limit, seed)
-    return {
+    scored = {
         m.name: evaluate_run(
-            m,
-            estimator,
-            samples,
-            split=split,
-            limit=limit,
-            seed=seed,
-            checkpoint=checkpoint,
-            device=device,
-            examples=ex,
-            run=run,
-            **kwargs,
+            m, estimator, samples, split=split, limit=limit, seed=seed, checkpoint=checkpoint, device=device,
+            examples=ex, run=run, **kwargs,
         )  # fmt: skip
         for m, run, ex in zip(members, runs, examples, strict=True)
     }
+    return GroupEvaluation(scored, left_out)
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -302,7 +403,10 @@ def compare_groups(
     base = Path(baseline) if baseline is not None else methods[0]
     if base not in methods:
         methods.insert(0, base)
-    members = {m: group_members(m) or [m] for m in methods}
+    members, warnings = {}, []
+    for m in methods:
+        members[m], left_out = scored_members(m) if is_group(m) else ([m], {})
+        warnings += [left_out_warning(m, left_out)] if left_out else []
     flat = [r for m in methods for r in members[m]]
     labels = [run_label(r) for m in methods for r in members[m]]
     c = compare_runs(flat, members[base][0], estimator, samples, labels=labels, **kwargs)
@@ -346,7 +450,8 @@ def compare_groups(
     run_dirs = {lab: str(r) for lab, r in zip(labels, flat, strict=True)}
     return GroupComparison(
         c.estimator, c.samples, c.split, c.n, c.subset, out[methods.index(base)].group, c.seed, c.checkpoint,
-        c.settings, differing, c.shared, groups=out, runs=c, run_dirs=run_dirs, warnings=c.warnings,
+        c.settings, differing, c.shared, groups=out, runs=c, run_dirs=run_dirs,
+        warnings=warnings + c.warnings,
     )  # fmt: skip
 
 
@@ -439,7 +544,7 @@ def write_comparison(c: GroupComparison, out_dir: str | Path, compact: bool = Fa
 
 
 __all__ = [
-    "Group", "GroupComparison", "GroupRow", "check_new_group", "compare_groups", "difference_across_seeds",
-    "evaluate_group", "group_members", "is_group", "latex_table", "markdown_table", "read_group",
-    "seed_mean_sd", "summary_line", "t_quantile", "welch_df", "welch_interval",
-    "write_comparison"]  # fmt: skip
+    "Group", "GroupComparison", "GroupEvaluation", "GroupRow", "check_new_group", "compare_groups",
+    "difference_across_seeds", "evaluate_group", "group_members", "is_group", "latex_table",
+    "markdown_table", "read_group", "scored_members", "seed_mean_sd", "summary_line", "t_quantile",
+    "welch_df", "welch_interval", "write_comparison"]  # fmt: skip

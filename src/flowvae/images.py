@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,42 @@ def upscale_factor(height: int, width: int, min_size: int = MIN_IMAGE_SIZE) -> i
     return max(1, math.ceil(min_size / max(height, width)))
 
 
+class Grid:
+    """The layout of ``n`` images of ``(C, H, W)`` in a uint8 ``(H', W', C)`` array: ``nrow`` per row
+    (default: a near-square grid), ``padding`` pixels of ``pad_value`` around each, small images
+    enlarged by an integer factor (nearest neighbour) until their longer side is ``min_size``."""
+
+    def __init__(
+        self, n: int, shape: tuple[int, int, int], nrow: int | None = None, padding: int = 2,
+        pad_value: float = 0.5, min_size: int = MIN_IMAGE_SIZE,
+    ):  # fmt: skip
+        if n < 1 or shape[0] not in (1, 3):
+            raise ValueError(f"expected images (N, C, H, W) with N >= 1, C 1 or 3; got {(n, *shape)}")
+        self.n, self.channels, self.padding, self.pad_value = n, shape[0], padding, pad_value
+        self.scale = upscale_factor(*shape[1:], min_size)
+        self.h, self.w = shape[1] * self.scale, shape[2] * self.scale
+        self.cols = nrow or math.ceil(math.sqrt(n))
+        self.rows = math.ceil(n / self.cols)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        p = self.padding
+        return self.rows * (self.h + p) + p, self.cols * (self.w + p) + p
+
+    def empty(self) -> np.ndarray:
+        return np.full((*self.size, self.channels), round(self.pad_value * 255), np.uint8)
+
+    def place(self, grid: np.ndarray, images: torch.Tensor, start: int = 0) -> None:
+        """Draw ``images`` (B, C, H, W) in [0, 1] into ``grid`` as images ``start … start + B − 1``."""
+        x = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        x = x.repeat(self.scale, axis=2).repeat(self.scale, axis=3)
+        p = self.padding
+        for i, image in enumerate(x, start):
+            top, left = p + (i // self.cols) * (self.h + p), p + (i % self.cols) * (self.w + p)
+            grid[top : top + self.h, left : left + self.w] = image.transpose(1, 2, 0)
+
+
 def make_grid(
     images: torch.Tensor, nrow: int | None = None, padding: int = 2, pad_value: float = 0.5,
     min_size: int = MIN_IMAGE_SIZE,
@@ -35,22 +72,31 @@ def make_grid(
     """
     if images.dim() != 4 or images.shape[1] not in (1, 3) or len(images) == 0:
         raise ValueError(f"expected images (N, C, H, W) with N >= 1, C 1 or 3; got {tuple(images.shape)}")
-    scale = upscale_factor(*images.shape[2:], min_size)
-    x = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-    x = x.repeat(scale, axis=2).repeat(scale, axis=3)
-    n, c, h, w = x.shape
-    cols = nrow or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    grid = np.full(
-        (rows * (h + padding) + padding, cols * (w + padding) + padding, c),
-        round(pad_value * 255),
-        np.uint8,
-    )
-    for i, image in enumerate(x):
-        top = padding + (i // cols) * (h + padding)
-        left = padding + (i % cols) * (w + padding)
-        grid[top : top + h, left : left + w] = image.transpose(1, 2, 0)
+    layout = Grid(len(images), tuple(images.shape[1:]), nrow, padding, pad_value, min_size)
+    grid = layout.empty()
+    layout.place(grid, images)
     return grid
+
+
+def save_array(grid: np.ndarray, path: str | Path, new: bool = False) -> None:
+    """Save a uint8 ``(H, W, C)`` array as an image file (format from the suffix, e.g. PNG), encoded
+    in memory first: a failed write (full disk) leaves no file that was not there before. ``new``:
+    create ``path`` (``FileExistsError`` if it exists) rather than replace it."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    image = Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid)
+    image.save(buffer, format=Image.registered_extensions()[path.suffix.lower()])
+    existed = path.exists() and not new
+    with writing(path):  # pillow's and the OS's write errors (disk full) do not name the file
+        try:
+            with open(path, "xb" if new else "wb") as f:
+                f.write(buffer.getvalue())
+        except FileExistsError:
+            raise
+        except BaseException:
+            if not existed:
+                path.unlink(missing_ok=True)
+            raise
 
 
 def save_grid(
@@ -58,9 +104,34 @@ def save_grid(
     min_size: int = MIN_IMAGE_SIZE,
 ) -> None:  # fmt: skip
     """Save :func:`make_grid` of ``images`` as an image file (format from the suffix, e.g. PNG)."""
-    grid = make_grid(images, nrow, padding, min_size=min_size)
-    with writing(path):  # pillow's write errors (disk full) do not name the file
-        Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid).save(path)
+    save_array(make_grid(images, nrow, padding, min_size=min_size), path)
+
+
+# the most pixels of one grid: what pillow opens without a decompression-bomb warning
+MAX_GRID_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+
+def max_grid_images(shape: tuple[int, int, int]) -> int:
+    """The most images of ``shape`` one near-square grid holds within :data:`MAX_GRID_PIXELS`."""
+    low, high = 1, MAX_GRID_PIXELS
+    while low < high:  # the size grows with n: the largest n that fits, by bisection
+        mid = (low + high + 1) // 2
+        height, width = Grid(mid, shape).size
+        low, high = (mid, high) if height * width <= MAX_GRID_PIXELS else (low, mid - 1)
+    return low
+
+
+def grid_for(n: int, shape: tuple[int, int, int]) -> Grid:
+    """The near-square layout of ``n`` images of ``shape``; ``ValueError`` when it would pass
+    :data:`MAX_GRID_PIXELS` (said before anything is drawn)."""
+    layout = Grid(n, shape)
+    height, width = layout.size
+    if height * width > MAX_GRID_PIXELS:
+        raise ValueError(
+            f"{n} images of {'x'.join(map(str, shape))} make a {height}x{width} grid, more than the "
+            f"{MAX_GRID_PIXELS} pixels an image viewer opens safely; at most {max_grid_images(shape)} fit"
+        )
+    return layout
 
 
 def _folder_arrays(folder: Path) -> tuple[list[np.ndarray], list[str]]:

@@ -30,11 +30,13 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from . import noise
 from .config import ConfigError
+from .images import grid_for
 
 SPACES = ("latent", "base")
 PATHS = ("linear", "slerp")
@@ -145,24 +147,42 @@ def _check_temperature(temperature: float) -> None:
 @torch.no_grad()
 def sample(
     model: nn.Module, n: int, *, temperature: float = 1.0, seed: int = 0, batch_size: int = 256,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, first: int = 0,
 ) -> Tensor:  # fmt: skip
     """``n`` images (n, C, H, W): the decoder's mean at z from the prior, each prior standard
     deviation scaled by ``temperature`` (0: the mode of each conditional in turn; a VampPrior: of
     the drawn component; the hierarchical model: every block's, as NVAE does). Image i draws from
-    the stream (seed, i): the same noise at every temperature and batch size. ``progress`` gets
-    each batch's size."""
+    the stream (seed, first + i): the same noise at every temperature and batch size. ``progress``
+    gets each batch's size."""
     _check_temperature(temperature)
     if n < 1:
         raise ConfigError(f"n must be >= 1, got {n}")
     parts = []
-    for start in range(0, n, batch_size):
-        k = min(batch_size, n - start)
+    for start in range(first, first + n, batch_size):
+        k = min(batch_size, first + n - start)
         with _streams(seed, range(start, start + k)):
             parts.append(model.decode_mean(model.sample_prior((k,), temperature=temperature)))
         if progress is not None:
             progress(k)
     return torch.cat(parts)
+
+
+def sample_grid(
+    model: nn.Module, n: int, shape: tuple[int, int, int], *, temperature: float = 1.0, seed: int = 0,
+    batch_size: int = 256, progress: Callable[[int], None] | None = None,
+) -> np.ndarray:  # fmt: skip
+    """:func:`sample`'s ``n`` images as one near-square grid (uint8), drawn and placed
+    ``batch_size`` at a time: memory is the grid's, bounded by
+    :data:`~flowvae.images.MAX_GRID_PIXELS` (``ValueError`` beyond it, before anything is drawn)."""
+    layout = grid_for(n, shape)
+    grid = layout.empty()
+    for start in range(0, n, batch_size):
+        k = min(batch_size, n - start)
+        images = sample(model, k, temperature=temperature, seed=seed, batch_size=batch_size, first=start)
+        layout.place(grid, images, start)
+        if progress is not None:
+            progress(k)
+    return grid
 
 
 def _path(a: Tensor, b: Tensor, t: Tensor, path: str) -> Tensor:

@@ -59,6 +59,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 
@@ -177,7 +178,9 @@ def local_head(posterior: str, latent_dim: int, **flow_options) -> nn.Module:
         valid = ", ".join(FLOW_SIZE_KEYS)
         raise ValueError(f"unknown local flow option {sorted(unknown)[0]!r}; valid: {valid}")
     options = {**LOCAL_FLOW_DEFAULTS, **flow_options, "context_dim": 0}
-    return build_posterior(posterior, 0, latent_dim, **options)
+    with warnings.catch_warnings():  # no features by design: torch warns that it inits (0, D) weights
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op", UserWarning)
+        return build_posterior(posterior, 0, latent_dim, **options)
 
 
 class LocalPosterior(Posterior):

@@ -14,7 +14,7 @@ from dataclasses import fields
 
 from torch import nn
 
-from .config import FLOW_SIZE_KEYS, PRIOR_OPTION_KEYS, ModelConfig
+from .config import FLOW_SIZE_KEYS, PRIOR_OPTION_KEYS, ConfigError, ModelConfig
 from .hierarchical import HierarchicalSpec, HierarchicalVAE
 from .layers import he_init_
 from .likelihoods import build_likelihood
@@ -93,7 +93,22 @@ def build_model(cfg: ModelConfig, shape: Shape, binary: bool) -> nn.Module:
     return MODEL_TYPES[cfg.type](cfg, tuple(shape), binary)
 
 
+def check_for_data(cfg: ModelConfig, shape: Shape, train_examples: int) -> None:
+    """What only the data can refuse, before anything is built: a VampPrior with more
+    pseudo-inputs than training examples. Its optimum is the aggregate posterior, a mixture over
+    the training examples (Tomczak & Welling 2018), so more components cannot help, while each
+    costs an encoder pass per step (and an image of parameters with its Adam moments)."""
+    k = cfg.prior_components
+    if cfg.type == "flat" and cfg.prior == "vampprior" and k > train_examples:
+        size = "x".join(map(str, shape))
+        raise ConfigError(
+            f"model.prior_components={k}: more pseudo-inputs than the {train_examples} training examples "
+            f"cannot help (the best VampPrior is the mixture over them) and costs {k} encoder passes of a "
+            f"{size} image per step; use at most {train_examples}"
+        )
+
+
 __all__ = [
-    "MODEL_TYPES", "build_flat", "build_hierarchical", "build_model",
+    "MODEL_TYPES", "build_flat", "build_hierarchical", "build_model", "check_for_data",
     "hierarchical_spec", "posterior_options",
 ]  # fmt: skip

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint
+from .checkpoint import GROUP_FILE, CheckpointError, load_checkpoint
 from .config import Config, ConfigError, TrainConfig, from_dict, unfinished_schedule
 from .data import ImageData
 from .files import writing
@@ -148,6 +148,12 @@ def resume_checkpoint(run_dir: Path) -> Path:
     best.pt holds everything a resume needs, as of its evaluation. Neither: ``checkpoint.pt``
     (whose absence the loader reports)."""
     latest, best = run_dir / "checkpoint.pt", run_dir / "best.pt"
+    held = sorted(p.parent.name for p in run_dir.glob("*/checkpoint.pt")) if run_dir.is_dir() else []
+    if not latest.exists() and not best.exists() and held and not (run_dir / GROUP_FILE).exists():
+        raise CheckpointError(
+            f"{run_dir} holds no run of its own but {', '.join(held[:3])}{', ...' if len(held) > 3 else ''} "
+            f"do, and no {GROUP_FILE} (so it is not a group): resume each of them, e.g. {run_dir / held[0]}"
+        )
     return best if best.is_file() and not latest.exists() else latest
 
 

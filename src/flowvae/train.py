@@ -36,7 +36,7 @@ from .checkpoint import CheckpointError, load_checkpoint, remove_temp_files, sav
 from .config import Amp, Config, ConfigError, save_yaml
 from .data import ImageData, iterate_batches, load_data, num_batches
 from .files import writing
-from .model import build_model
+from .model import build_model, check_for_data
 from .optim import (
     EMA,
     budget_horizon,
@@ -329,6 +329,7 @@ def setup(
     if t.threads > 0:
         torch.set_num_threads(t.threads)
     data = load_data(cfg.data)
+    check_for_data(cfg.model, data.shape, len(data.train))
     if len(data.valid) == 0 and t.early_stopping:
         raise ConfigError("train.early_stopping needs a validation split; data.valid_size=0 has none")
     model = _build_model(cfg, data, device, batch_size, resume)
