@@ -64,7 +64,10 @@ RESUME_NEEDS = [
     "ranks[0].rng", "ranks[0].rng.torch", "ranks[0].rng.numpy", "ranks[0].rng.python", "ranks[0].epoch_sums",
 ]  # fmt: skip
 # what resuming does without: written after the first checkpoints were, unused, or per machine
-RESUME_OPTIONAL = ["world", "state.horizon", "state.epoch_skipped", "state.stopped", "ranks[0].rng.cuda"]
+RESUME_OPTIONAL = [
+    "world", "state.horizon", "state.epoch_skipped", "state.stopped", "state.minutes_left",
+    "state.steps_left", "state.origin", "ranks[0].rng.cuda",
+]  # fmt: skip
 CASES += [
     (f"resume without {entry}", ["train", "--resume", "{run}"], 1, f"incomplete checkpoint (no {entry})")
     for entry in RESUME_NEEDS
