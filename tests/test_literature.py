@@ -45,7 +45,12 @@ def write_omniglot(root: Path, n_train: int = 20, n_test: int = 6) -> tuple[np.n
     data[RNG.random(data.shape) < 0.7] = 0.0
     scipy.io.savemat(
         root / "chardata.mat",
-        {"data": data, "testdata": test, "target": np.eye(50)[:, :n_train], "testtarget": np.eye(50)[:, :n_test]},
+        {
+            "data": data,
+            "testdata": test,
+            "target": np.eye(50)[:, :n_train],
+            "testtarget": np.eye(50)[:, :n_test],
+        },
     )
     return data, test
 
@@ -54,7 +59,10 @@ def write_caltech(root: Path, sizes=(12, 5, 6), dtype=np.float64) -> dict[str, n
     """caltech101_silhouettes_28_split1.mat: N x 784 binary rows (column-major 28x28), labels and
     class names as in Marlin's file."""
     root.mkdir(parents=True, exist_ok=True)
-    arrays = {k: (RNG.random((n, 784)) < 0.6).astype(dtype) for k, n in zip(("train", "val", "test"), sizes)}
+    arrays = {
+        k: (RNG.random((n, 784)) < 0.6).astype(dtype)
+        for k, n in zip(("train", "val", "test"), sizes, strict=True)
+    }
     contents = {f"{k}_data": a for k, a in arrays.items()}
     contents.update({f"{k}_labels": np.ones((len(a), 1)) for k, a in arrays.items()})
     contents["classnames"] = np.array(["a", "b"], dtype=object)
@@ -101,12 +109,16 @@ def test_omniglot_reads_columns_in_matlab_order_and_splits_like_the_papers(tmp_p
     scaled(monkeypatch, "omniglot", (17, 3, 6))
     cfg = DataConfig(name="omniglot", root=str(tmp_path), valid_size=3)
     train, valid, raw_test = read_arrays(cfg)
-    assert train.shape == (17, 1, 28, 28) and valid.shape == (3, 1, 28, 28) and raw_test.shape == (6, 1, 28, 28)
+    assert (
+        train.shape == (17, 1, 28, 28) and valid.shape == (3, 1, 28, 28) and raw_test.shape == (6, 1, 28, 28)
+    )
     assert train.dtype == np.float32 and 0 <= train.min() and train.max() <= 1
 
     # the papers' code: data.T.reshape((-1, 28, 28)).reshape((-1, 784), order='F'), read row-major
     def reference(a: np.ndarray) -> np.ndarray:
-        return a.T.astype(np.float32).reshape((-1, 28, 28)).reshape((-1, 784), order="F").reshape(-1, 1, 28, 28)
+        return (
+            a.T.astype(np.float32).reshape((-1, 28, 28)).reshape((-1, 784), order="F").reshape(-1, 1, 28, 28)
+        )
 
     np.testing.assert_array_equal(raw_test, reference(test))
     ours = {x.tobytes() for x in np.concatenate([train, valid])}
@@ -141,9 +153,11 @@ def test_omniglot_default_split_and_published_sizes(tmp_path, monkeypatch):
 def test_caltech_keeps_the_files_split_inverted_like_the_papers(tmp_path, monkeypatch, dtype):
     arrays = write_caltech(tmp_path, dtype=dtype)
     scaled(monkeypatch, "caltech101_silhouettes", (12, 5, 6))
-    d = load_data(DataConfig(name="caltech101_silhouettes", root=str(tmp_path), valid_size=1))  # the file's split
+    d = load_data(
+        DataConfig(name="caltech101_silhouettes", root=str(tmp_path), valid_size=1)
+    )  # the file's split
     assert d.binary and not d.dynamic and d.shape == (1, 28, 28)
-    for ours, (key, a) in zip((d.train, d.valid, d.test), arrays.items()):
+    for ours, (key, a) in zip((d.train, d.valid, d.test), arrays.items(), strict=True):
         # the papers' code: 1 - a.reshape((-1, 28, 28)).reshape((-1, 784), order='F')
         reference = 1.0 - a.astype(np.float32).reshape((-1, 28, 28)).reshape((-1, 784), order="F")
         np.testing.assert_array_equal(ours.numpy().reshape(len(a), 784), reference, err_msg=key)
@@ -153,9 +167,13 @@ def test_caltech_rejects_non_binary_and_transposed_arrays(tmp_path, monkeypatch)
     arrays = write_caltech(tmp_path)
     path = tmp_path / "caltech101_silhouettes_28_split1.mat"
     cfg = DataConfig(name="caltech101_silhouettes", root=str(tmp_path))
-    scipy.io.savemat(path, {"train_data": arrays["train"] * 0.5, "val_data": arrays["val"], "test_data": arrays["test"]})
+    scipy.io.savemat(
+        path, {"train_data": arrays["train"] * 0.5, "val_data": arrays["val"], "test_data": arrays["test"]}
+    )
     one_line_error(cfg, path.name, "train_data", "0 and 1")
-    scipy.io.savemat(path, {"train_data": arrays["train"].T, "val_data": arrays["val"], "test_data": arrays["test"]})
+    scipy.io.savemat(
+        path, {"train_data": arrays["train"].T, "val_data": arrays["val"], "test_data": arrays["test"]}
+    )
     one_line_error(cfg, path.name, "784 x 12", "N x 784")
     write_caltech(tmp_path)
     one_line_error(cfg, path.name, "23 images", "8671")  # the published 4100 + 2264 + 2307
@@ -179,7 +197,7 @@ def test_frey_mat_rows_and_the_sylvester_split(tmp_path, monkeypatch):
     d = load_data(DataConfig(name="frey_faces", root=str(tmp_path), valid_size=5, test_size=5, seed=123))
     assert not d.binary and d.shape == (1, 28, 20)
     faces = ff.T.reshape(-1, 1, 28, 20)  # the usual reading: ff.T.reshape((-1, 28, 20))
-    for ours, theirs in zip((d.train, d.valid, d.test), sylvester_split(faces, 123)):
+    for ours, theirs in zip((d.train, d.valid, d.test), sylvester_split(faces, 123), strict=True):
         np.testing.assert_array_equal(np.round(ours.numpy() * 255).astype(np.uint8), theirs)
 
 
@@ -194,7 +212,9 @@ def test_frey_pickle_as_the_papers_load_it(tmp_path, monkeypatch, layout):
     (tmp_path / "freyfaces.pkl").write_bytes(python2_pickle(obj))
     scaled(monkeypatch, "frey_faces", (15, 5, 5))
     d = load_data(DataConfig(name="frey_faces", root=str(tmp_path), valid_size=5, test_size=5, seed=7))
-    for ours, theirs in zip((d.train, d.valid, d.test), sylvester_split(faces.reshape(-1, 1, 28, 20), 7)):
+    for ours, theirs in zip(
+        (d.train, d.valid, d.test), sylvester_split(faces.reshape(-1, 1, 28, 20), 7), strict=True
+    ):
         np.testing.assert_array_equal(np.round(ours.numpy() * 255).astype(np.uint8), theirs)
 
 
@@ -222,7 +242,11 @@ def test_frey_default_split_is_1565_200_200(tmp_path):
 
 @pytest.mark.parametrize("name", ["omniglot", "caltech101_silhouettes", "frey_faces"])
 def test_bad_files_give_one_line(tmp_path, name):
-    writer = {"omniglot": write_omniglot, "caltech101_silhouettes": write_caltech, "frey_faces": write_frey_mat}
+    writer = {
+        "omniglot": write_omniglot,
+        "caltech101_silhouettes": write_caltech,
+        "frey_faces": write_frey_mat,
+    }
     writer[name](tmp_path)
     (path,) = tmp_path.iterdir()
     cfg = DataConfig(name=name, root=str(tmp_path))
@@ -245,9 +269,99 @@ def test_frey_values_out_of_range(tmp_path):
     one_line_error(DataConfig(name="frey_faces", root=str(tmp_path)), "frey_rawface.mat", "8-bit")
     (tmp_path / "frey_rawface.mat").unlink()
     (tmp_path / "freyfaces.pkl").write_bytes(pickle.dumps({"a": 1}))
-    one_line_error(DataConfig(name="frey_faces", root=str(tmp_path)), "freyfaces.pkl", "expected a numeric array")
+    one_line_error(
+        DataConfig(name="frey_faces", root=str(tmp_path)), "freyfaces.pkl", "expected a numeric array"
+    )
 
 
 def test_omniglot_values_out_of_range(tmp_path):
-    scipy.io.savemat(tmp_path / "chardata.mat", {"data": np.full((784, 3), 255.0), "testdata": np.zeros((784, 2))})
+    scipy.io.savemat(
+        tmp_path / "chardata.mat", {"data": np.full((784, 3), 255.0), "testdata": np.zeros((784, 2))}
+    )
     one_line_error(DataConfig(name="omniglot", root=str(tmp_path)), "chardata.mat", "'data'", "[0, 1]")
+
+
+# ---------------------------------------------------------------------------------------------
+# downloads (no published MD5: verified by loading) from a file:// URL and a local HTTP server
+
+
+def test_download_from_a_file_url_is_verified_by_loading(tmp_path, monkeypatch):
+    from flowvae.data import download
+
+    served = tmp_path / "mirror"
+    write_caltech(served)
+    scaled(monkeypatch, "caltech101_silhouettes", (12, 5, 6))
+    root = tmp_path / "data"
+    (path,) = download("caltech101_silhouettes", root, base_url=served.as_uri())
+    assert (
+        path == root / "caltech101_silhouettes_28_split1.mat"
+        and path.read_bytes() == next(served.iterdir()).read_bytes()
+    )
+    assert len(load_data(DataConfig(name="caltech101_silhouettes", root=str(root))).test) == 6
+    assert download("caltech101_silhouettes", root, base_url=(tmp_path / "nowhere").as_uri()) == [
+        path
+    ]  # present
+
+    write_caltech(served, sizes=(3, 1, 1))  # not the published sizes: refused and removed
+    with pytest.raises(DataError) as e:
+        download("caltech101_silhouettes", tmp_path / "other", base_url=served.as_uri())
+    assert "\n" not in str(e.value) and "5 images" in str(e.value) and "removed" in str(e.value)
+    assert list((tmp_path / "other").iterdir()) == []
+
+
+def test_cli_download_from_a_local_server(tmp_path, monkeypatch):
+    from conftest import run_cli
+    from test_download import Server
+
+    (tmp_path / "srv" / "files").mkdir(parents=True)
+    server = Server(tmp_path / "srv")
+    try:
+        write_omniglot(tmp_path / "srv" / "files", n_train=8, n_test=2)
+        scaled(monkeypatch, "omniglot", (7, 1, 2))
+        monkeypatch.setenv("FLOWVAE_DOWNLOAD_URL", server.url)
+        out = run_cli("data", "download", "omniglot", "--root", str(tmp_path / "d")).stdout
+        assert "1 files" in out and server.requests == ["/files/chardata.mat"]
+        (tmp_path / "srv" / "files" / "chardata.mat").write_bytes(b"<html>rate limited</html>")
+        proc = run_cli("data", "download", "omniglot", "--root", str(tmp_path / "e"), check=False)
+        assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+        assert "chardata.mat" in proc.stderr and "not a readable .mat file" in proc.stderr
+        assert not (tmp_path / "e" / "chardata.mat").exists()
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+
+
+# ---------------------------------------------------------------------------------------------
+# the papers' presets, end to end on the test-written files
+
+TINY = ["train.max_steps=2", "train.epochs=1", "train.batch_size=8", "eval.samples=4"]
+
+
+@pytest.mark.parametrize(
+    "preset, name",
+    [
+        ("sylvester-omniglot-iaf", "omniglot"),
+        ("vampprior-caltech-vae-vamp", "caltech101_silhouettes"),
+        ("sylvester-frey-triangular", "frey_faces"),  # 28x20 through the gated-conv networks
+        ("vampprior-frey-hvae-vamp", "frey_faces"),
+    ],
+)
+def test_preset_trains_and_evaluates(tmp_path, monkeypatch, preset, name):
+    import json
+
+    from conftest import run_cli
+
+    {"omniglot": write_omniglot, "caltech101_silhouettes": write_caltech, "frey_faces": write_frey_mat}[name](
+        tmp_path / "data"
+    )
+    sizes = {"omniglot": (17, 3, 6), "caltech101_silhouettes": (12, 5, 6), "frey_faces": (15, 5, 5)}[name]
+    scaled(monkeypatch, name, sizes)
+    splits = {"omniglot": ["data.valid_size=3"], "frey_faces": ["data.valid_size=5", "data.test_size=5"]}
+    run = tmp_path / "run"
+    run_cli(
+        "train", "--preset", preset, "--run-dir", str(run), "--no-progress", f"data.root={tmp_path / 'data'}",
+        *TINY, *splits.get(name, []),
+    )  # fmt: skip
+    out = json.loads(run_cli("eval", str(run), "--samples", "4", "--limit", "3", "--json").stdout)
+    assert np.isfinite(out["nll"]) and out["n"] == 3, out
+    assert out["likelihood"] == ("logistic" if name == "frey_faces" else "bernoulli"), out

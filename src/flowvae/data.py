@@ -534,7 +534,8 @@ def download(name: str, root: str | Path, base_url: str | None = None) -> list[P
         paths.append(dest)
     if any(md5 is None for md5 in remote.md5.values()):
         try:
-            read_arrays(DataConfig(name=name, root=str(root)))  # type: ignore[arg-type]
+            # valid_size=0: checking the files, not a split of them
+            read_arrays(DataConfig(name=name, root=str(root), valid_size=0))  # type: ignore[arg-type]
         except DataError as e:
             for path in unverified:
                 path.unlink(missing_ok=True)
