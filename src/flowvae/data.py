@@ -36,7 +36,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from . import literature
+from . import imagenet, literature
 from .config import DataConfig
 from .datafiles import (
     FIXED,
@@ -47,6 +47,7 @@ from .datafiles import (
     ArrayUnpickler,
     DataError,
     Dataset,
+    DiskImages,
     MissingFile,
     Remote,
     find_file,
@@ -67,12 +68,13 @@ SPLITS = ("train", "valid", "test")
 
 @dataclass
 class ImageData:
-    """Train/valid/test images, float32 ``(N, C, H, W)`` in ``[0, 1]``."""
+    """Train/valid/test images, float32 ``(N, C, H, W)`` in ``[0, 1]``: tensors, or
+    ``DiskImages`` that read the images indexed (``x[index]`` is a tensor either way)."""
 
     name: str
-    train: torch.Tensor
-    valid: torch.Tensor
-    test: torch.Tensor
+    train: torch.Tensor | DiskImages
+    valid: torch.Tensor | DiskImages
+    test: torch.Tensor | DiskImages
     binary: bool  # binary images (Bernoulli likelihood); False: 8-bit values k/255
     dynamic: bool  # `train` holds intensities; every training batch is a fresh Bernoulli sample
 
@@ -81,7 +83,7 @@ class ImageData:
         c, h, w = self.train.shape[1:]
         return c, h, w
 
-    def split(self, name: str) -> torch.Tensor:
+    def split(self, name: str) -> torch.Tensor | DiskImages:
         if name not in SPLITS:
             raise DataError(f"unknown split {name!r}; valid splits: {', '.join(SPLITS)}")
         return getattr(self, name)
@@ -294,6 +296,7 @@ DATASETS: dict[str, Dataset] = {
     ),
     "npz": Dataset(_load_npz, "none"),
     **literature.DATASETS,
+    **imagenet.DATASETS,
 }
 
 
@@ -338,8 +341,14 @@ def load_data(cfg: DataConfig) -> ImageData:
     """Load and binarize the dataset described by ``cfg``."""
     if cfg.binarize not in BINARIZE_MODES:
         raise DataError(f"unknown data.binarize {cfg.binarize!r}; valid values: {', '.join(BINARIZE_MODES)}")
-    train, valid, test = (_to_tensor(x) for x in read_arrays(cfg))
+    arrays = read_arrays(cfg)
     spec = DATASETS[cfg.name]
+    if any(isinstance(x, DiskImages) for x in arrays):  # 8-bit images read batch by batch
+        mode = spec.auto if cfg.binarize == "auto" else cfg.binarize
+        if mode != "none":
+            raise DataError(f"{cfg.name}: data.binarize={cfg.binarize}: streamed from disk: 8-bit only")
+        return ImageData(cfg.name, *arrays, binary=False, dynamic=False)  # type: ignore[arg-type]
+    train, valid, test = (_to_tensor(x) for x in arrays)  # type: ignore[arg-type]
     if spec.binary:
         return ImageData(cfg.name, train, valid, test, binary=True, dynamic=False)
     mode = spec.auto if cfg.binarize == "auto" else cfg.binarize

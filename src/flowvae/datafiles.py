@@ -36,8 +36,39 @@ class MissingFile(DataError):
 # ---------------------------------------------------------------------------------------------
 # the record of a dataset (the registry, ``data.DATASETS``, holds one per dataset)
 
+class DiskImages:
+    """uint8 images ``(N, C, H, W)`` left on disk (a memory-mapped ``.npy``), optionally a subset
+    of its rows, read when indexed: ``x[index]`` (int, slice, or index array/tensor) reads those
+    images only and returns them as a float32 tensor in [0, 1]. Datasets too large for memory
+    (downsampled ImageNet) hand these to ``ImageData`` instead of tensors."""
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray | None = None) -> None:
+        self.array = array
+        self.rows = np.arange(len(array)) if rows is None else rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.rows), *self.array.shape[1:]))
+
+    def __getitem__(self, index: int | slice | np.ndarray | torch.Tensor) -> torch.Tensor:
+        if isinstance(index, torch.Tensor):
+            index = index.cpu().numpy()
+        rows = self.rows[index]
+        if np.ndim(rows) == 0:
+            x = self.array[int(rows)]
+        else:  # read in file order (sequential on disk), then put back in the asked order
+            order = np.argsort(rows, kind="stable")
+            x = np.empty((len(rows), *self.array.shape[1:]), np.uint8)
+            x[order] = self.array[rows[order]]
+        return torch.from_numpy(np.asarray(x, np.float32)).div_(255)
+
+
 # a loader: (cfg, root) -> (train, valid, test) numpy arrays (N, C, H, W), uint8 or float in [0, 1]
-Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
+# (or DiskImages of uint8 images left on disk)
+Arrays = tuple[np.ndarray | DiskImages, np.ndarray | DiskImages, np.ndarray | DiskImages]
 
 
 @dataclass(frozen=True)
