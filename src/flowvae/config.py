@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 # string choices: an override outside them fails when parsed, listing the valid values
 DatasetName = Literal[
     "digits", "binarized_mnist", "mnist", "fashion_mnist", "cifar10", "npz",
-    "omniglot", "caltech101_silhouettes", "frey_faces", "imagenet32", "imagenet64",
+    "omniglot", "caltech101_silhouettes", "frey_faces", "imagenet32", "imagenet64", "celeba64",
 ]
 Binarize = Literal["auto", "dynamic", "threshold", "none"]
 ModelType = Literal["flat", "hierarchical"]

@@ -36,7 +36,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from . import imagenet, literature
+from . import literature, streamed
 from .config import DataConfig
 from .datafiles import (
     FIXED,
@@ -296,7 +296,7 @@ DATASETS: dict[str, Dataset] = {
     ),
     "npz": Dataset(_load_npz, "none"),
     **literature.DATASETS,
-    **imagenet.DATASETS,
+    **streamed.DATASETS,
 }
 
 

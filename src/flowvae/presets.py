@@ -470,4 +470,5 @@ DATA_PRESETS.update(
     frey_faces="vampprior-frey-vae",
     imagenet32="iaf-imagenet32",
     imagenet64="iaf-imagenet32",  # its data.name=imagenet64 override wins
+    celeba64="iaf-cifar10",
 )  # npz has none: its images can be anything

@@ -1,5 +1,6 @@
 """Downsampled ImageNet from small files in the official npz batch format (``data``: N x 3 r r
-uint8, channel-major; ``labels``; ``mean`` in the training batches), streamed from disk."""
+uint8, channel-major; ``labels``; ``mean`` in the training batches) and CelebA from aligned
+178x218 JPEGs and an official-format partition file, streamed from disk."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from flowvae.data import DATASETS, DataError, iterate_batches, load_data
 from flowvae.datafiles import DiskImages
 
 RNG = np.random.default_rng(0)
+CELEBA_SPLITS = (5, 2, 3)
 PER_BATCH, N_VAL = 3, 4  # 10 training batches of 3 images, 4 validation images
 
 
@@ -42,6 +44,7 @@ def write_imagenet(root: Path, side: int = 32, folders: bool = False) -> tuple[n
 def scaled(monkeypatch):
     for name in ("imagenet32", "imagenet64"):
         monkeypatch.setitem(DATASETS, name, replace(DATASETS[name], sizes=(28, 2, N_VAL)))
+    monkeypatch.setitem(DATASETS, "celeba64", replace(DATASETS["celeba64"], sizes=CELEBA_SPLITS))
 
 
 def as_uint8(x) -> np.ndarray:
@@ -124,18 +127,91 @@ def test_download_says_where_to_get_the_files(tmp_path):
     assert "no download" in proc.stderr and "image-net.org" in proc.stderr
 
 
-def test_preset_trains_and_evaluates(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["imagenet32", "celeba64"])
+def test_trains_and_evaluates_end_to_end(tmp_path, monkeypatch, name):
+    """imagenet32: its preset, iaf-imagenet32; celeba64 (no preset of its own): the preset a run
+    of data.name=celeba64 starts from, iaf-cifar10."""
     from conftest import run_cli
 
     monkeypatch.setenv("FLOWVAE_CACHE", str(tmp_path / "cache"))
-    write_imagenet(tmp_path / "data")
+    (write_imagenet if name == "imagenet32" else write_celeba)(tmp_path / "data")
     run = tmp_path / "run"
+    start = ["data.name=celeba64"]
+    if name == "imagenet32":
+        start = ["--preset", "iaf-imagenet32", "data.valid_size=2"]
     run_cli(
-        "train", "--preset", "iaf-imagenet32", "--run-dir", str(run), "--no-progress",
-        f"data.root={tmp_path / 'data'}", "data.valid_size=2", "train.max_steps=2", "train.epochs=1",
+        "train", "--run-dir", str(run), "--no-progress", *start,
+        f"data.root={tmp_path / 'data'}", "train.max_steps=2", "train.epochs=1",
         "train.batch_size=4", "eval.samples=2",
         # the preset's own network (depths [10,10], n_h 160) takes ~90 s here on one CPU thread
         "model.depths=[1,1]", "model.n_h=8", "model.n_z=2",
     )  # fmt: skip
     out = json.loads(run_cli("eval", str(run), "--samples", "2", "--limit", "2", "--json").stdout)
     assert np.isfinite(out["nll"]) and out["n"] == 2 and out["bits_per_dim"] is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# CelebA 64x64
+
+
+def write_celeba(root: Path) -> list[np.ndarray]:
+    """img_align_celeba/000001.jpg.. (178x218 RGB JPEGs) and list_eval_partition.txt, whose
+    splits interleave as the official one's do not (to check the split follows the file)."""
+    from PIL import Image
+
+    (root / "img_align_celeba").mkdir(parents=True, exist_ok=True)
+    splits = [0, 0, 1, 0, 2, 0, 1, 2, 0, 2]
+    pixels = []
+    for i in range(len(splits)):
+        x = RNG.integers(0, 256, (218, 178, 3), dtype=np.uint8)
+        x[35:183, 15:163] //= 2  # the centre 148x148
+        Image.fromarray(x).save(root / "img_align_celeba" / f"{i + 1:06d}.jpg", quality=95)
+        pixels.append(x)
+    lines = [f"{i + 1:06d}.jpg {s}" for i, s in enumerate(splits)]
+    (root / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
+    return splits
+
+
+def test_celeba_centre_crop_resize_and_the_official_partition(tmp_path):
+    from PIL import Image
+
+    splits = write_celeba(tmp_path)
+    d = load_data(DataConfig(name="celeba64", root=str(tmp_path), valid_size=7))  # valid_size: not used
+    assert not d.binary and d.shape == (3, 64, 64)
+    assert (len(d.train), len(d.valid), len(d.test)) == CELEBA_SPLITS
+    assert all(isinstance(x, DiskImages) for x in (d.train, d.valid, d.test))
+    names = [f"{i + 1:06d}.jpg" for i in range(len(splits))]
+    for k, split in enumerate((d.train, d.valid, d.test)):
+        wanted = [n for n, s in zip(names, splits, strict=True) if s == k]
+        for got, name in zip(as_uint8(split[:]), wanted, strict=True):
+            # the stated recipe, by hand: the decoded JPEG, centre 148x148 at (15, 35), bilinear to 64
+            with Image.open(tmp_path / "img_align_celeba" / name) as im:
+                ref = np.asarray(im.convert("RGB").crop((15, 35, 163, 183)).resize((64, 64), Image.BILINEAR))
+            np.testing.assert_array_equal(got, ref.transpose(2, 0, 1))
+    cache = next((tmp_path / "flowvae-cache").iterdir())
+    before = cache.stat().st_mtime_ns
+    load_data(DataConfig(name="celeba64", root=str(tmp_path)))
+    assert cache.stat().st_mtime_ns == before  # cached once
+
+
+def test_celeba_bad_files(tmp_path):
+    write_celeba(tmp_path)
+    cfg = DataConfig(name="celeba64", root=str(tmp_path))
+    folder = tmp_path / "img_align_celeba"
+    (folder / "000004.jpg").write_bytes(b"not a jpeg")
+    one_line(cfg, "000004.jpg", "not a readable image")
+    assert not (tmp_path / "flowvae-cache").exists() or not list((tmp_path / "flowvae-cache").glob("*.part"))
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(folder / "000004.jpg")  # already resized: not the aligned images
+    one_line(cfg, "000004.jpg", "64x64", "178x218")
+    (folder / "000004.jpg").unlink()
+    one_line(cfg, "000004.jpg", "file not found", "there is no download", "CelebA")
+    part = tmp_path / "list_eval_partition.txt"
+    part.write_text("000001.jpg 0\n000002.jpg train\n")
+    one_line(cfg, part.name, "line 2", "NAME.jpg 0|1|2")
+    part.unlink()
+    one_line(cfg, part.name, "file not found")
+    write_celeba(tmp_path)
+    part.write_text("\n".join(part.read_text().splitlines()[:-1]))  # a line short
+    one_line(cfg, "9 images", "published 10")
