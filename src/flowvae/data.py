@@ -1,8 +1,11 @@
 """Datasets, binarization, deterministic batching and downloads.
 
-Every loader reads a dataset in the file format its homepage distributes and returns an
-:class:`ImageData` of float32 tensors ``(N, C, H, W)`` in ``[0, 1]``. Bad or missing files raise
-:class:`DataError` with a one-line message naming the file.
+``DATASETS`` is the one registry of datasets: a ``Dataset`` record each (loader, what "auto"
+binarizes to, published sizes, download or source); the records of the papers' small datasets
+come from ``literature.py``, those streamed from disk from ``streamed.py``. Every loader reads a
+dataset in the file format its source distributes; ``load_data`` returns an :class:`ImageData`
+of float32 ``(N, C, H, W)`` in ``[0, 1]`` (tensors, or ``DiskImages`` read batch by batch). Bad
+or missing files raise :class:`DataError` with a one-line message naming the file.
 
 Binarization (``DataConfig.binarize``):
 
