@@ -610,7 +610,7 @@ def _compare_parser(sub) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    from .data import DOWNLOADS
+    from .data import DATASETS, downloadable
 
     p = Parser(prog="flowvae", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -626,7 +626,10 @@ def parser() -> argparse.ArgumentParser:
     dl = d.add_subparsers(dest="data_command", required=True).add_parser(
         "download", help="fetch a dataset's standard files and verify checksums"
     )
-    dl.add_argument("name", choices=list(DOWNLOADS), help="the dataset")
+    dl.add_argument(
+        "name", choices=list(DATASETS),
+        help=f"the dataset (downloads: {', '.join(downloadable())}; the others say where to get their files)",
+    )  # fmt: skip
     dl.add_argument("--root", type=new_dir, help="target folder (default: $FLOWVAE_DATA, else ./data)")
     dl.set_defaults(fn=_download)
     return p

@@ -27,7 +27,10 @@ class ConfigError(ValueError):
 
 
 # string choices: an override outside them fails when parsed, listing the valid values
-DatasetName = Literal["digits", "binarized_mnist", "mnist", "fashion_mnist", "cifar10", "npz"]
+DatasetName = Literal[
+    "digits", "binarized_mnist", "mnist", "fashion_mnist", "cifar10", "npz",
+    "omniglot", "caltech101_silhouettes", "frey_faces", "imagenet32", "imagenet64", "celeba64",
+]
 Binarize = Literal["auto", "dynamic", "threshold", "none"]
 ModelType = Literal["flat", "hierarchical"]
 Network = Literal["mlp", "gated-conv", "resnet", "linear"]
@@ -64,7 +67,7 @@ class DataConfig:
     test_size: int = -1  # digits/npz (no test file): examples held out for test; -1: as valid_size
     file: str = ""  # npz: path of the .npz file (relative to root or absolute)
     key: str = ""  # npz: array name; "" -> the first uint8 array in the file
-    seed: int = 0  # seed of the fixed valid/test binarization and of fixed splits
+    seed: int = 0  # seed of the fixed valid/test binarization and of fixed splits (frey_faces: numpy's)
 
 
 @dataclass(frozen=True)

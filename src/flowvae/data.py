@@ -1,8 +1,11 @@
 """Datasets, binarization, deterministic batching and downloads.
 
-Every loader reads a dataset in the file format its homepage distributes and returns an
-:class:`ImageData` of float32 tensors ``(N, C, H, W)`` in ``[0, 1]``. Bad or missing files raise
-:class:`DataError` with a one-line message naming the file.
+``DATASETS`` is the one registry of datasets: a ``Dataset`` record each (loader, what "auto"
+binarizes to, published sizes, download or source); the records of the papers' small datasets
+come from ``literature.py``, those streamed from disk from ``streamed.py``. Every loader reads a
+dataset in the file format its source distributes; ``load_data`` returns an :class:`ImageData`
+of float32 ``(N, C, H, W)`` in ``[0, 1]`` (tensors, or ``DiskImages`` read batch by batch). Bad
+or missing files raise :class:`DataError` with a one-line message naming the file.
 
 Binarization (``DataConfig.binarize``):
 
@@ -18,19 +21,16 @@ Binarization (``DataConfig.binarize``):
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import logging
 import math
 import os
-import pickle
 import struct
 import tarfile
 import tempfile
 import urllib.error
 import urllib.request
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
@@ -39,7 +39,29 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from . import literature, streamed
 from .config import EVAL_SEED, DataConfig
+from .datafiles import (
+    FIXED,
+    PERMUTE,
+    SAMPLE,
+    SUBSET,
+    Arrays,
+    ArrayUnpickler,
+    DataError,
+    Dataset,
+    DiskImages,
+    MissingFile,
+    Remote,
+    find_file,
+    generator,
+    held_out_sizes,
+    hold_out_last,
+    missing_file,
+    permuted_split,
+    read_bytes,
+    valid_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +69,15 @@ BINARIZE_MODES = ("auto", "dynamic", "threshold", "none")
 SPLITS = ("train", "valid", "test")
 
 
-class DataError(Exception):
-    """A missing, malformed or unverifiable data file; the message is one line naming it."""
-
-
 @dataclass
 class ImageData:
-    """Train/valid/test images, float32 ``(N, C, H, W)`` in ``[0, 1]``."""
+    """Train/valid/test images, float32 ``(N, C, H, W)`` in ``[0, 1]``: tensors, or
+    ``DiskImages`` that read the images indexed (``x[index]`` is a tensor either way)."""
 
     name: str
-    train: torch.Tensor
-    valid: torch.Tensor
-    test: torch.Tensor
+    train: torch.Tensor | DiskImages
+    valid: torch.Tensor | DiskImages
+    test: torch.Tensor | DiskImages
     binary: bool  # binary images (Bernoulli likelihood); False: 8-bit values k/255
     dynamic: bool  # `train` holds intensities; every training batch is a fresh Bernoulli sample
 
@@ -67,114 +86,14 @@ class ImageData:
         c, h, w = self.train.shape[1:]
         return c, h, w
 
-    def split(self, name: str) -> torch.Tensor:
+    def split(self, name: str) -> torch.Tensor | DiskImages:
         if name not in SPLITS:
             raise DataError(f"unknown split {name!r}; valid splits: {', '.join(SPLITS)}")
         return getattr(self, name)
 
 
 # ---------------------------------------------------------------------------------------------
-# seeding
-
-
-def _generator(*parts: int) -> torch.Generator:
-    """A generator seeded from a tuple of ints, so related streams (epochs, batches) are
-    statistically independent rather than consecutive seeds of one stream."""
-    state = np.random.SeedSequence([p % 2**64 for p in parts]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
-
-
-# first element of every seed tuple: keeps the streams of different purposes apart
-_PERMUTE, _SAMPLE, _FIXED, _SPLIT, _SUBSET = range(5)
-
-
-# ---------------------------------------------------------------------------------------------
-# file helpers
-
-
-def _find(root: Path, name: str, dataset: str) -> Path:
-    """``root/name`` or ``root/name.gz``, preferring the uncompressed file (faster to read)."""
-    for path in (root / name, root / f"{name}.gz"):
-        if path.is_file():
-            return path
-    raise _missing(root, name, dataset, f" (nor {name}.gz)")
-
-
-def _missing(root: Path, name: str, dataset: str, also: str = "") -> DataError:
-    """File ``root/name`` (``name`` may hold a folder) is missing: the error names the absolute
-    folder and suggests the fix: ``data.root=`` a subfolder or the parent that holds it (the
-    usual slip: one level too high or too low), else where to download it or put it by hand."""
-    root = root.absolute()
-    nearby = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
-    for folder in [*sorted(nearby), root.parent]:
-        if any((folder / n).is_file() for n in (name, f"{name}.gz")):
-            return DataError(f"{name}: file not found{also} in {root}; did you mean data.root={folder}?")
-    where = root / Path(name).parent if Path(name).parent != Path(".") else root
-    hint = (
-        f"; `flowvae data download {dataset} --root {root}` fetches it (needs internet access); offline, "
-        f"copy the file into {where} by hand"
-    ) if dataset in DOWNLOADS else ""  # fmt: skip
-    return DataError(f"{Path(name).name}: file not found{also} in {where}{hint}")
-
-
-def _read_bytes(path: Path) -> bytes:
-    raw = path.read_bytes()
-    if path.suffix != ".gz":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path.name}: corrupt gzip file ({e})") from None
-
-
-def _valid_size(cfg: DataConfig, default: int, n: int) -> int:
-    """Resolved ``valid_size`` for datasets whose test split is a file of its own."""
-    v = default if cfg.valid_size < 0 else cfg.valid_size
-    if n - v < 1:
-        raise DataError(
-            f"{cfg.name}: data.valid_size={v} leaves no training examples: at most {n - 1} of the "
-            f"{n} training images can be held out for validation"
-        )
-    return v
-
-
-def _held_out_sizes(cfg: DataConfig, default: int, n: int, source: str) -> tuple[int, int]:
-    """Resolved (valid, test) sizes for datasets split from one array of ``n`` examples (named
-    ``source``); test defaults to valid's. Valid may be 0 (no validation); test needs >= 1
-    example (there is no test file), and train too."""
-    v = default if cfg.valid_size < 0 else cfg.valid_size
-    t = v if cfg.test_size < 0 else cfg.test_size
-    if t < 1:
-        setting = f"data.test_size={cfg.test_size}"
-        setting += f" (as data.valid_size={v})" if cfg.test_size < 0 else ""
-        raise DataError(
-            f"{cfg.name}: {setting}: the test split needs at least 1 example (there is no test file: it is "
-            f"held out of the {n} examples of {source}); set data.test_size=N (data.valid_size=0, no "
-            "validation split, is allowed)"
-        )
-    if v + t > n - 1:
-        raise DataError(
-            f"{cfg.name}: data.valid_size={v} + data.test_size={t} leave no training examples: at most "
-            f"{n - 1} of the {n} examples of {source} can be held out in all"
-        )
-    return v, t
-
-
-def _hold_out_last(x: np.ndarray, v: int) -> tuple[np.ndarray, np.ndarray]:
-    return x[: len(x) - v], x[len(x) - v :]
-
-
-def _permuted_split(x: np.ndarray, sizes: tuple[int, int], seed: int) -> tuple[np.ndarray, ...]:
-    """A fixed seeded split into train / valid (``sizes[0]``) / test (``sizes[1]``)."""
-    v, t = sizes
-    perm = torch.randperm(len(x), generator=_generator(_SPLIT, seed)).numpy()
-    return x[perm[v + t :]], x[perm[:v]], x[perm[v : v + t]]
-
-
-# ---------------------------------------------------------------------------------------------
 # loaders: (cfg, root) -> (train, valid, test) numpy arrays (N, C, H, W), uint8 or float in [0,1]
-
-Arrays = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def _load_digits(cfg: DataConfig, root: Path) -> Arrays:
@@ -182,7 +101,7 @@ def _load_digits(cfg: DataConfig, root: Path) -> Arrays:
 
     x = (load_digits().images / 16.0).astype(np.float32)[:, None]
     # seed 0, not cfg.seed: the split is part of the dataset's definition
-    return _permuted_split(x, _held_out_sizes(cfg, 250, len(x), "scikit-learn's digits"), seed=0)
+    return permuted_split(x, held_out_sizes(cfg, 250, len(x), "scikit-learn's digits"), seed=0)
 
 
 AMAT_PIXELS = 784
@@ -233,8 +152,8 @@ def parse_amat(data: bytes, name: str) -> np.ndarray:
 
 def _load_binarized_mnist(cfg: DataConfig, root: Path) -> Arrays:
     def read(split: str) -> np.ndarray:
-        path = _find(root, f"binarized_mnist_{split}.amat", cfg.name)
-        return parse_amat(_read_bytes(path), path.name).reshape(-1, 1, 28, 28)
+        path = find_file(root, f"binarized_mnist_{split}.amat")
+        return parse_amat(read_bytes(path), path.name).reshape(-1, 1, 28, 28)
 
     # the files define the split: valid_size does not apply
     train, valid, test = (read(s) for s in SPLITS)
@@ -246,7 +165,7 @@ IDX_IMAGES_MAGIC = 2051  # IDX header: unsigned byte data, 3 dimensions
 
 def read_idx_images(path: Path) -> np.ndarray:
     """An IDX3 ``ubyte`` image file (raw or .gz) -> uint8 (N, 1, rows, cols)."""
-    raw = _read_bytes(path)
+    raw = read_bytes(path)
     if len(raw) < 16:
         raise DataError(f"{path.name}: truncated IDX file ({len(raw)} bytes, header needs 16)")
     magic, n, rows, cols = struct.unpack(">4i", raw[:16])
@@ -262,45 +181,23 @@ def read_idx_images(path: Path) -> np.ndarray:
 
 
 def _load_idx(cfg: DataConfig, root: Path) -> Arrays:
-    train = read_idx_images(_find(root, "train-images-idx3-ubyte", cfg.name))
-    test_path = _find(root, "t10k-images-idx3-ubyte", cfg.name)
+    train = read_idx_images(find_file(root, "train-images-idx3-ubyte"))
+    test_path = find_file(root, "t10k-images-idx3-ubyte")
     test = read_idx_images(test_path)
     if train.shape[1:] != test.shape[1:]:
         raise DataError(
             f"{test_path.name}: images are {test.shape[2]}x{test.shape[3]}, "
             f"train images are {train.shape[2]}x{train.shape[3]}"
         )
-    return *_hold_out_last(train, _valid_size(cfg, 10000, len(train))), test
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles only plain containers and numpy arrays: a pickle can otherwise run code.
-
-    Arrays come back through ``_reconstruct`` (protocols 0-4) or ``_frombuffer`` (protocol 5,
-    which numpy uses when a batch is re-saved with ``pickle.HIGHEST_PROTOCOL``).
-    """
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-    }
-
-    def find_class(self, module: str, name: str) -> type:
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
-        return super().find_class(module, name)
+    return *hold_out_last(train, valid_size(cfg, 10000, len(train))), test
 
 
 def _read_cifar_batch(path: Path) -> np.ndarray:
     if not path.is_file():
-        raise _missing(path.parent.parent, f"{path.parent.name}/{path.name}", "cifar10")
+        raise missing_file(path.parent.parent, f"{path.parent.name}/{path.name}")
     try:
         with path.open("rb") as f:
-            batch = _ArrayUnpickler(f, encoding="bytes").load()
+            batch = ArrayUnpickler(f, encoding="bytes").load()
         data = batch[b"data"]
     except Exception as e:  # a corrupt pickle can raise nearly anything
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -315,7 +212,7 @@ def _load_cifar10(cfg: DataConfig, root: Path) -> Arrays:
     folder = root / "cifar-10-batches-py"
     train = np.concatenate([_read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)])
     test = _read_cifar_batch(folder / "test_batch")
-    return *_hold_out_last(train, _valid_size(cfg, 5000, len(train))), test
+    return *hold_out_last(train, valid_size(cfg, 5000, len(train))), test
 
 
 def _load_npz(cfg: DataConfig, root: Path) -> Arrays:
@@ -352,24 +249,63 @@ def _load_npz(cfg: DataConfig, root: Path) -> Arrays:
             "expected uint8 (N, H, W) or (N, H, W, C) with C 1 or 3"
         )
     x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    return _permuted_split(x, _held_out_sizes(cfg, round(0.1 * len(x)), len(x), path.name), cfg.seed)
+    return permuted_split(x, held_out_sizes(cfg, round(0.1 * len(x)), len(x), path.name), cfg.seed)
 
 
-@dataclass(frozen=True)
-class _Dataset:
-    load: Callable[[DataConfig, Path], Arrays]
-    auto: str  # the binarize mode "auto" stands for
-    binary: bool = False  # the files hold binary images already: binarization is a no-op
-
-
-DATASETS: dict[str, _Dataset] = {
-    "digits": _Dataset(_load_digits, "dynamic"),
-    "binarized_mnist": _Dataset(_load_binarized_mnist, "none", binary=True),
-    "mnist": _Dataset(_load_idx, "dynamic"),
-    "fashion_mnist": _Dataset(_load_idx, "dynamic"),
-    "cifar10": _Dataset(_load_cifar10, "none"),
-    "npz": _Dataset(_load_npz, "none"),
+DATASETS: dict[str, Dataset] = {
+    "digits": Dataset(_load_digits, "dynamic"),
+    "binarized_mnist": Dataset(
+        _load_binarized_mnist, "none", binary=True, files="binarized_mnist_{train,valid,test}.amat",
+        remote=Remote(
+            "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/",
+            {
+                "binarized_mnist_train.amat": "db28b1a6ae0fe70cbd3da91acf46e477",
+                "binarized_mnist_valid.amat": "bf37822a04e94123630de6a7dfd9c9ef",
+                "binarized_mnist_test.amat": "14e41ae11040adba6ab8cb291eda0dd8",
+            },
+        ),
+    ),
+    "mnist": Dataset(
+        _load_idx, "dynamic", files="train-images-idx3-ubyte, t10k-images-idx3-ubyte",
+        remote=Remote(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            {
+                "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+                "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+                "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+            },
+        ),
+    ),
+    "fashion_mnist": Dataset(
+        _load_idx, "dynamic", files="train-images-idx3-ubyte, t10k-images-idx3-ubyte",
+        remote=Remote(
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+            {
+                "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+                "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+                "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+            },
+        ),
+    ),
+    "cifar10": Dataset(
+        _load_cifar10, "none", files="cifar-10-batches-py/",
+        remote=Remote(
+            "https://www.cs.toronto.edu/~kriz/",
+            {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
+            extract="cifar-10-python.tar.gz",
+        ),
+    ),
+    "npz": Dataset(_load_npz, "none"),
+    **literature.DATASETS,
+    **streamed.DATASETS,
 }
+
+
+def downloadable() -> list[str]:
+    """The datasets ``flowvae data download`` can fetch."""
+    return [name for name, d in DATASETS.items() if d.remote]
 
 
 def data_root(cfg: DataConfig) -> Path:
@@ -377,14 +313,45 @@ def data_root(cfg: DataConfig) -> Path:
     return Path(cfg.root or os.environ.get("FLOWVAE_DATA") or "data").expanduser()
 
 
-def load_data(cfg: DataConfig) -> ImageData:
-    """Load and binarize the dataset described by ``cfg``."""
+def read_arrays(cfg: DataConfig) -> Arrays:
+    """The dataset's three splits as its loader reads them, before binarization; a missing file's
+    error says where to get it, and the published sizes (``Dataset.sizes``) are checked."""
     if cfg.name not in DATASETS:
         raise DataError(f"unknown dataset {cfg.name!r}; available: {', '.join(DATASETS)}")
+    spec, root = DATASETS[cfg.name], data_root(cfg)
+    try:
+        arrays = spec.load(cfg, root)
+    except MissingFile as e:
+        if not e.hint_ok or not (spec.remote or spec.source):
+            raise
+        if spec.remote:
+            hint = (f"`flowvae data download {cfg.name} --root {root.absolute()}` fetches it (needs internet "
+                    f"access); offline, copy the file into {e.folder} by hand")  # fmt: skip
+        else:
+            hint = f"there is no download: get {spec.files} from {spec.source} and put them in {e.folder}"
+        raise DataError(f"{e}; {hint}") from None
+    n = sum(len(x) for x in arrays)
+    if spec.sizes and n != sum(spec.sizes):
+        a, b, c = spec.sizes
+        raise DataError(
+            f"{spec.files} in {root.absolute()}: {n} images, expected the published {sum(spec.sizes)} "
+            f"({a} train + {b} valid + {c} test): truncated, or another version of the dataset"
+        )
+    return arrays
+
+
+def load_data(cfg: DataConfig) -> ImageData:
+    """Load and binarize the dataset described by ``cfg``."""
     if cfg.binarize not in BINARIZE_MODES:
         raise DataError(f"unknown data.binarize {cfg.binarize!r}; valid values: {', '.join(BINARIZE_MODES)}")
+    arrays = read_arrays(cfg)
     spec = DATASETS[cfg.name]
-    train, valid, test = (_to_tensor(x) for x in spec.load(cfg, data_root(cfg)))
+    if any(isinstance(x, DiskImages) for x in arrays):  # 8-bit images read batch by batch
+        mode = spec.auto if cfg.binarize == "auto" else cfg.binarize
+        if mode != "none":
+            raise DataError(f"{cfg.name}: data.binarize={cfg.binarize}: streamed from disk: 8-bit only")
+        return ImageData(cfg.name, *arrays, binary=False, dynamic=False)  # type: ignore[arg-type]
+    train, valid, test = (_to_tensor(x) for x in arrays)  # type: ignore[arg-type]
     if spec.binary:
         return ImageData(cfg.name, train, valid, test, binary=True, dynamic=False)
     mode = spec.auto if cfg.binarize == "auto" else cfg.binarize
@@ -392,7 +359,7 @@ def load_data(cfg: DataConfig) -> ImageData:
         # valid/test: sampled once, each split from its own fixed stream, so they are stable
         # across loads and independent of each other's size
         valid, test = (
-            torch.bernoulli(x, generator=_generator(_FIXED, cfg.seed, i)) for i, x in enumerate((valid, test))
+            torch.bernoulli(x, generator=generator(FIXED, cfg.seed, i)) for i, x in enumerate((valid, test))
         )
         return ImageData(cfg.name, train, valid, test, binary=True, dynamic=True)
     if mode == "threshold":
@@ -424,7 +391,7 @@ def subset_indices(n: int, limit: int, seed: int) -> torch.Tensor:
     or ``limit >= n``."""
     if limit <= 0 or limit >= n:
         return torch.arange(n)
-    return torch.randperm(n, generator=_generator(_SUBSET, seed))[:limit].sort().values
+    return torch.randperm(n, generator=generator(SUBSET, seed))[:limit].sort().values
 
 
 class EvaluationSet(NamedTuple):
@@ -463,7 +430,7 @@ def evaluation_images(data: ImageData, split: str, limit: int = 0, seed: int = E
         what = f"{split}: random subset of {len(indices)} of {total} (seed {seed})"
     x = x[indices]
     if data.dynamic and split == "train":
-        x = torch.bernoulli(x, generator=_generator(_FIXED, seed, len(SPLITS)))
+        x = torch.bernoulli(x, generator=generator(FIXED, seed, len(SPLITS)))
         what += ", binarized once with the same seed"
     return EvaluationSet(x, indices, what)
 
@@ -496,7 +463,7 @@ def iterate_batches(
     x = data.split(split)
     n = len(x)
     if shuffle:
-        order = torch.randperm(n, generator=_generator(_PERMUTE, seed, epoch))
+        order = torch.randperm(n, generator=generator(PERMUTE, seed, epoch))
     else:
         order = torch.arange(n)
     if world > 1 and n > 0:
@@ -506,56 +473,12 @@ def iterate_batches(
     for b in range(start, num_batches(len(order), batch_size)):
         batch = x[order[b * batch_size : (b + 1) * batch_size]]
         if sample:
-            batch = torch.bernoulli(batch, generator=_generator(_SAMPLE, seed, epoch, rank, b))
+            batch = torch.bernoulli(batch, generator=generator(SAMPLE, seed, epoch, rank, b))
         yield batch
 
 
 # ---------------------------------------------------------------------------------------------
 # downloads
-
-
-@dataclass(frozen=True)
-class Remote:
-    """Where a dataset's files are published, with the MD5 of each file as served."""
-
-    url: str  # folder URL, ending in "/"
-    md5: dict[str, str]  # file name -> MD5
-    extract: str = ""  # a .tar.gz to unpack into root after download ("" = none)
-
-
-DOWNLOADS: dict[str, Remote] = {
-    "binarized_mnist": Remote(
-        "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/",
-        {
-            "binarized_mnist_train.amat": "db28b1a6ae0fe70cbd3da91acf46e477",
-            "binarized_mnist_valid.amat": "bf37822a04e94123630de6a7dfd9c9ef",
-            "binarized_mnist_test.amat": "14e41ae11040adba6ab8cb291eda0dd8",
-        },
-    ),
-    "mnist": Remote(
-        "https://ossci-datasets.s3.amazonaws.com/mnist/",
-        {
-            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-        },
-    ),
-    "fashion_mnist": Remote(
-        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-        {
-            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
-        },
-    ),
-    "cifar10": Remote(
-        "https://www.cs.toronto.edu/~kriz/",
-        {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
-        extract="cifar-10-python.tar.gz",
-    ),
-}
 
 
 def _md5(path: Path) -> str:
@@ -566,8 +489,9 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fetch(url: str, dest: Path, md5: str) -> None:
-    """Download ``url`` to ``dest`` through a temporary file, renamed only once verified."""
+def _fetch(url: str, dest: Path, md5: str | None) -> None:
+    """Download ``url`` to ``dest`` through a temporary file, renamed only once its MD5 is
+    verified (``md5=None``: no checksum to verify)."""
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
         h = hashlib.md5()
@@ -575,7 +499,7 @@ def _fetch(url: str, dest: Path, md5: str) -> None:
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 h.update(chunk)
                 out.write(chunk)
-        if h.hexdigest() != md5:
+        if md5 is not None and h.hexdigest() != md5:
             raise DataError(
                 f"{dest.name}: checksum mismatch for {url}: expected MD5 {md5}, got {h.hexdigest()}"
             )
@@ -593,29 +517,42 @@ def _fetch(url: str, dest: Path, md5: str) -> None:
 
 
 def download(name: str, root: str | Path, base_url: str | None = None) -> list[Path]:
-    """Download the files of dataset ``name`` into ``root`` and verify their MD5s.
+    """Download the files of dataset ``name`` into ``root`` and verify them: their MD5s, or
+    (where no checksum is published) by loading them, which checks their format and sizes.
 
-    Files already present with the right checksum are skipped. ``base_url`` (else
-    ``$FLOWVAE_DOWNLOAD_URL``) replaces the folder URL, e.g. for a mirror. Returns the paths of
-    the dataset's files.
+    Files already present and verified are skipped. ``base_url`` (else ``$FLOWVAE_DOWNLOAD_URL``)
+    replaces the folder URL, e.g. for a mirror. Returns the paths of the dataset's files.
     """
-    if name not in DOWNLOADS:
-        raise DataError(f"no download for dataset {name!r}; available: {', '.join(DOWNLOADS)}")
-    remote = DOWNLOADS[name]
+    remote = DATASETS[name].remote if name in DATASETS else None
+    if remote is None:
+        spec = DATASETS.get(name)
+        where = f" (get {spec.files} from {spec.source})" if spec and spec.source else ""
+        raise DataError(f"no download for dataset {name!r}{where}; available: {', '.join(downloadable())}")
     base = base_url or os.environ.get("FLOWVAE_DOWNLOAD_URL") or remote.url
     root = Path(root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
-    paths = []
+    paths, unverified = [], []
     for file, md5 in remote.md5.items():
         dest = root / file
-        if dest.is_file() and _md5(dest) == md5:
-            log.info("%s: present, checksum ok", dest)
+        if dest.is_file() and (md5 is None or _md5(dest) == md5):
+            log.info("%s: present%s", dest, ", checksum ok" if md5 else "")
         else:
             log.info("downloading %s", file)
             _fetch(f"{base.rstrip('/')}/{file}", dest, md5)
+            if md5 is None:
+                unverified.append(dest)
         if file == remote.extract:  # also when skipped: the unpacked files may be gone
             _extract(dest, root)
         paths.append(dest)
+    if any(md5 is None for md5 in remote.md5.values()):
+        try:
+            # valid_size=0: checking the files, not a split of them
+            read_arrays(DataConfig(name=name, root=str(root), valid_size=0))  # type: ignore[arg-type]
+        except DataError as e:
+            for path in unverified:
+                path.unlink(missing_ok=True)
+            removed = f"; removed the download from {base}" if unverified else ""
+            raise DataError(f"{e}{removed}") from None
     return paths
 
 
