@@ -325,11 +325,11 @@ def _killed(exitcode: int | None) -> tuple:
 
 @contextlib.contextmanager
 def _sigint_ignored_by_the_member() -> Iterator[None]:
-    """A member starts with Ctrl-C ignored (the disposition a new process inherits) until
-    :func:`_member_main` has left the terminal's process group and installed its handler: a Ctrl-C
-    can neither kill it while it starts up (a traceback, and the group's EOFError) nor cut the
-    start-up data sent to it. The group's process holds a Ctrl-C back meanwhile (blocked, so
-    pending: not lost) and gets it on leaving the block."""
+    """A member starts with Ctrl-C ignored and blocked (the disposition and mask a new process
+    inherits) until :func:`_member_main` has left the terminal's process group and installed its
+    handler: a Ctrl-C can neither kill it while it starts up (a traceback, and the group's
+    EOFError) nor cut the start-up data sent to it. The group's process holds a Ctrl-C back
+    meanwhile (blocked, so pending: not lost) and gets it on leaving the block."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -393,8 +393,8 @@ def _member_main(
         send.send(("line", text, where))
 
     try:
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # ignored while it started
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the group as it started
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # ignored (and blocked) while it started
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a Ctrl-C held back is raised now
         if send.poll():  # the group was stopped while this member started (a "stop" waits)
             raise KeyboardInterrupt
         train(
