@@ -8,7 +8,8 @@ The public API (everything the CLI does goes through these):
 - objectives and estimators: :func:`elbo`, :func:`iwae`, :func:`evaluate` (any registered
   estimator over a dataset, with standard errors and diagnostics), :data:`ESTIMATORS`;
 - runs and data: :func:`fit` (trains a run, as ``flowvae train``; ``seeds=N``: a group of N runs,
-  :mod:`flowvae.groups`), :func:`load_run`, :func:`load_data`, :func:`preset`, :class:`Config`;
+  :mod:`flowvae.groups`), :func:`sweep` (a table's rows × seeds from a spec, on this machine or a
+  Slurm cluster, :mod:`flowvae.sweeps`), :func:`load_run`, :func:`load_data`, :func:`preset`, :class:`Config`;
 - the contract every model and posterior satisfies: :class:`Posterior`, :class:`ElboTerms`,
   :class:`LatentVariableModel` (:mod:`flowvae.core`).
 """
@@ -22,6 +23,7 @@ from .estimators import ESTIMATORS, Estimate, elbo, evaluate, iwae
 from .groups import fit
 from .model import build_model
 from .presets import preset
+from .sweeps import sweep
 from .vae import VAE
 
 __version__ = "0.1.0"
@@ -29,5 +31,5 @@ __version__ = "0.1.0"
 __all__ = [
     "ESTIMATORS", "VAE", "Config", "DataConfig", "ElboTerms", "Estimate", "EvalConfig", "ImageData",
     "LatentVariableModel", "ModelConfig", "Posterior", "Run", "TrainConfig", "__version__", "build_model",
-    "elbo", "evaluate", "iwae", "load_data", "load_run", "posteriors", "preset", "fit",
+    "elbo", "evaluate", "iwae", "load_data", "load_run", "posteriors", "preset", "fit", "sweep",
 ]  # fmt: skip
