@@ -51,6 +51,7 @@ from .compare import read_metrics, render_latex, render_markdown
 from .config import Config, ConfigError, apply_overrides
 from .launchers import SweepError, make_launcher, slurm_alive
 from .presets import preset
+from .rundir import prepare_run
 from .train import train
 
 SPEC_FILE = "sweep.json"
@@ -346,7 +347,8 @@ def run_member(run_dir: str, row: str, index: int, threads: int = 0) -> str:
             )
         elif not _finished(state, cfg):
             left = [f"train.max_steps={cfg.train.max_steps - state['step']}"] if cfg.train.max_steps else []
-            train(None, member.run_dir, resume=True, progress=False, overrides=left)
+            resumed = prepare_run(None, member.run_dir, True, left)
+            train(resumed, member.run_dir, resume=True, progress=False, overrides=left)
         if _finished(_checkpoint_state(member) or {"epoch": 0, "step": 0}, cfg):
             score_member(spec, member)
     except BaseException as e:
