@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from flowvae.groups import cores as flowvae_cores
+from flowvae.group_training import cores as flowvae_cores
 
 
 def cpu_model() -> str:

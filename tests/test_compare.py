@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import run_cli
 
-from flowvae.compare import active_units, compare_runs, evaluate_run
+from flowvae.compare import active_units, compare_runs
+from flowvae.evaluation import evaluate_run
 from flowvae.testing import random_linear_gaussian_vae
 
 SMALL = ["model.hidden=[32]", "model.latent_dim=4", "train.epochs=2", "eval.samples=20"]

@@ -21,8 +21,8 @@ from conftest import run_cli
 
 import flowvae
 from flowvae import checkpoint as checkpoint_module
-from flowvae.compare import evaluate_run
 from flowvae.estimators import ESTIMATORS, evaluate, importance_log_weights, iwae
+from flowvae.evaluation import evaluate_run
 from flowvae.noise import ExampleStreams, example_streams, randn
 from flowvae.numerics import log_mean_exp
 from flowvae.testing import random_linear_gaussian_vae
@@ -182,7 +182,7 @@ def test_the_cache_key_holds_the_bytes_that_were_loaded(npz_run, tmp_path, monke
 
 
 def test_compare_refuses_other_images_before_evaluating_anything(npz_run, tmp_path, monkeypatch):
-    from flowvae import compare
+    from flowvae import compare, evaluation
 
     run_dir, data = npz_run
     other_data = tmp_path / "data"
@@ -194,7 +194,7 @@ def test_compare_refuses_other_images_before_evaluating_anything(npz_run, tmp_pa
     cfg["config"]["data"]["root"] = str(other_data)
     torch.save(cfg, other / "best.pt")
     calls = []
-    monkeypatch.setattr(compare, "evaluate", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: calls.append(1))
     with pytest.raises(ValueError, match="scores other test images"):
         compare.compare_runs([run_dir, other], samples=5, cache=False)
     assert calls == []

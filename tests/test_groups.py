@@ -120,7 +120,7 @@ def test_compare_groups_reports_per_seed_values_and_the_differences_standard_err
 
 
 def test_paired_se_of_a_group_is_over_examples_of_the_seed_mean_difference(groups):
-    from flowvae.compare import evaluate_run
+    from flowvae.evaluation import evaluate_run
 
     root, _, _ = groups
     c = compare_groups([root / "diag", root / "iaf"], samples=5, limit=20, cache=False)

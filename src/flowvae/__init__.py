@@ -8,8 +8,9 @@ The public API (everything the CLI does goes through these):
 - objectives and estimators: :func:`elbo`, :func:`iwae`, :func:`evaluate` (any registered
   estimator over a dataset, with standard errors and diagnostics), :data:`ESTIMATORS`;
 - runs and data: :func:`fit` (trains a run, as ``flowvae train``; ``seeds=N``: a group of N runs,
-  :mod:`flowvae.groups`), :func:`sweep` (a table's rows × seeds from a spec, on this machine or a
-  Slurm cluster, :mod:`flowvae.sweeps`), :func:`load_run`, :func:`load_data`, :func:`preset`, :class:`Config`;
+  :mod:`flowvae.groups`; :mod:`flowvae.group_training`), :func:`sweep` (a table's rows × seeds from
+  a spec, on this machine or a Slurm cluster, :mod:`flowvae.sweeps`), :func:`load_run`,
+  :func:`load_data`, :func:`preset`, :class:`Config`;
 - the contract every model and posterior satisfies: :class:`Posterior`, :class:`ElboTerms`,
   :class:`LatentVariableModel` (:mod:`flowvae.core`).
 """
@@ -20,7 +21,7 @@ from .config import Config, DataConfig, EvalConfig, ModelConfig, TrainConfig
 from .core import ElboTerms, LatentVariableModel, Posterior
 from .data import ImageData, load_data
 from .estimators import ESTIMATORS, Estimate, elbo, evaluate, iwae
-from .groups import fit
+from .group_training import fit
 from .model import build_model
 from .presets import preset
 from .sweeps import sweep

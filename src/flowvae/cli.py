@@ -37,7 +37,8 @@ from .progress import progress_bar
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .groups import fit, is_group
+    from .group_training import fit
+    from .groups import is_group
     from .rundir import new_run_dir, prepare_run, summary_line
 
     group = bool(args.seeds) or bool(args.resume and is_group(args.resume))
@@ -95,7 +96,7 @@ def _dims(run_dir: Path) -> tuple[bool, int]:
 
 def _eval(args: argparse.Namespace) -> int:
     from . import distributed
-    from .compare import evaluate_run
+    from .evaluation import evaluate_run
     from .groups import evaluate_group, is_group, seed_mean_sd
 
     d = distributed.setup(torch.device(args.device))

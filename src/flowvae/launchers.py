@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .groups import cores
+from .group_training import cores
 
 SLURM_DIR = "slurm"
 JOBS_FILE = "jobs.jsonl"

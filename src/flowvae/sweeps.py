@@ -13,7 +13,7 @@ A spec (YAML, or a name of a spec shipped in ``flowvae/specs``)::
 :func:`sweep` ``(spec, R, launcher=...)`` makes every row a seed group (``R/<row>/group.json``,
 members ``R/<row>/seed-i``, as ``flowvae train --seeds N`` does), trains every member that is
 missing, resumes every unfinished one, scores every finished one (through the eval cache of
-:func:`~flowvae.compare.evaluate_run`, so nothing is recomputed) and writes the table through
+:func:`~flowvae.evaluation.evaluate_run`, so nothing is recomputed) and writes the table through
 :func:`~flowvae.groups.compare_groups` into ``R/table``, with the reference column and the
 difference to it. ``R/sweep.json`` holds the spec a folder was started with: a rerun continues
 it, a spec whose rows (or seeds) differ is refused, naming the rows.
@@ -49,6 +49,7 @@ from . import groups
 from .checkpoint import load_checkpoint
 from .compare import read_metrics, render_latex, render_markdown
 from .config import Config, ConfigError, apply_overrides
+from .evaluation import evaluate_run
 from .launchers import SweepError, make_launcher, slurm_alive
 from .presets import preset
 from .rundir import prepare_run
@@ -372,8 +373,6 @@ def _slurm_job() -> str:
 
 def score_member(spec: Spec, member: Member) -> None:
     """Fill the member's eval cache with what the table needs (the estimate and the ELBO)."""
-    from .compare import evaluate_run
-
     e = spec.eval
     common = {"split": e.split, "limit": e.limit, "seed": e.seed}
     evaluate_run(member.run_dir, e.estimator, e.samples, **common)
