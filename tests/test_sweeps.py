@@ -1,10 +1,14 @@
-"""flowvae sweep with the local launcher: the spec's checks, the table, status, dry-run, and a
-sweep interrupted by Ctrl-C that, rerun, gives the table of an uninterrupted one."""
+"""flowvae sweep: the spec's checks, the table, status, dry-run; a sweep interrupted by Ctrl-C
+(local launcher) or by scancel (a real Slurm cluster) that, rerun, gives the uninterrupted table.
+
+The Slurm test needs a running cluster (``.ci/slurm-up`` starts one as root) and submitit: under
+``CI=true`` it fails without them, elsewhere it skips, saying why."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,13 +17,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, run_cli
+from conftest import REPORT, ROOT, run_cli
 
 from flowvae import sweeps
 
 # two rows x two seeds of tiny digits runs; one thread each so that every launcher trains the same
 # numbers; in-epoch checkpoints so that an interruption has something to resume from
-TINY = ["train.max_steps=60", "train.checkpoint_every_steps=10", "train.threads=1"]
+TINY = ["train.max_steps=150", "train.checkpoint_every_steps=10", "train.threads=1"]
 SPEC = {
     "caption": "diag vs IAF on digits",
     "seeds": 2,
@@ -169,3 +173,68 @@ def test_the_python_api_is_one_call(swept, tmp_path):
     assert paths["sweep_json"] == swept / "table" / "sweep.json"
     with pytest.raises(sweeps.SweepError, match="unknown launcher 'slrum'"):
         flowvae.sweep(SPEC, tmp_path / "other", launcher="slrum")
+
+
+# ----------------------------------------------------------------------------- the Slurm launcher
+
+
+def slurm_missing() -> str:
+    """Why the Slurm tests cannot run here ("" when they can)."""
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        return 'submitit is not installed (pip install "flowvae[slurm]")'
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return "Slurm is not installed (no sinfo/sbatch; .ci/slurm-up installs and starts one as root)"
+    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    if out.returncode != 0 or not {"idle", "mixed", "allocated"} & set(out.stdout.split()):
+        said = (out.stdout + out.stderr).strip() or "nothing"
+        return f"no Slurm node is up (sinfo: {said}; see .ci/slurm-up)"
+    return ""
+
+
+@pytest.fixture
+def slurm() -> None:
+    reason = slurm_missing()
+    if reason and os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {reason}")
+    if reason:
+        pytest.skip(reason)
+
+
+def _records(run_dir: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in (run_dir / "status").glob("*.json")}
+
+
+def test_slurm_sweep_cancelled_mid_run_then_rerun_gives_the_uninterrupted_table(slurm, swept, tmp_path):
+    spec = write_spec(tmp_path)
+    run_dir = tmp_path / "R"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "flowvae", "sweep", str(spec), "--run-dir", str(run_dir),
+           "--launcher", "slurm", "--time-minutes", "20", "--no-progress"]  # fmt: skip
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    cancelled, deadline = "", time.time() + 400
+    while not cancelled and p.poll() is None and time.time() < deadline:
+        for name, record in _records(run_dir).items():  # a task running past its first checkpoint
+            row, seed = name.split(".")
+            if record.get("state") == "running" and (run_dir / row / seed / "checkpoint.pt").is_file():
+                subprocess.run(["scancel", record["job"]], check=True)
+                cancelled = record["job"]
+                break
+        time.sleep(0.05)
+    _, err = p.communicate(timeout=600)
+    first = json.loads((run_dir / "slurm" / "jobs.jsonl").read_text().splitlines()[0])["members"]
+    REPORT.append(f"slurm: job array of the sweep: {first}; scancel {cancelled} mid-run")
+    assert cancelled, f"no task was seen running past a checkpoint: {err.decode()}"
+    assert p.returncode != 0 and "did not finish" in err.decode(), err.decode()
+    status = run_cli("status", str(run_dir)).stdout
+    REPORT.extend(f"slurm: {line}" for line in status.splitlines())
+    member = next(m for m, job in first.items() if job == cancelled)
+    assert any(line.split()[:2] == [member, "unfinished"] for line in status.splitlines()), status
+    run_cli("sweep", str(spec), "--run-dir", str(run_dir), "--launcher", "slurm", "--no-progress")
+    second = json.loads((run_dir / "slurm" / "jobs.jsonl").read_text().splitlines()[1])["members"]
+    REPORT.append(f"slurm: the rerun submitted {second}")
+    assert list(second) == [member]  # only the cancelled member ran again
+    assert len((run_dir / member / "invocations.jsonl").read_text().splitlines()) == 2  # resumed
+    assert table(run_dir) == table(swept)
+    REPORT.append(f"slurm: the rerun's table equals the uninterrupted (local) sweep's: {table(run_dir)}")

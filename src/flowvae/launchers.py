@@ -10,7 +10,8 @@ The Slurm launcher submits through submitit (the library Hydra's Slurm launcher 
 array per invocation, with the venv's Python (``sys.executable``, an absolute path); its files
 (pickles, logs) in ``R/slurm``, the job ids in ``R/slurm/jobs.jsonl`` and in each member's status.
 A task that reaches its time limit or is preempted gets submitit's signal, is requeued and
-resumes from its last checkpoint (``train.checkpoint_every_steps`` bounds what it loses).
+resumes from its last checkpoint (``train.checkpoint_every_steps`` bounds what it loses); a task
+cancelled by ``scancel`` stops at its next step with a checkpoint, and the next sweep resumes it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import multiprocessing
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -125,6 +128,9 @@ class MemberTask:
     target: Target
 
     def __call__(self, run_dir: str, row: str, index: int, threads: int) -> str:
+        # scancel sends SIGTERM (SIGKILL after the cluster's KillWait), which submitit lets pass:
+        # the member stops at its next step with a checkpoint, as after Ctrl-C
+        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
         return self.target(run_dir, row, index, threads)
 
     def checkpoint(self, *args: Any) -> Any:
@@ -145,7 +151,7 @@ class SlurmLauncher:
     gpus_per_task: int = 0
     mem_gb: float = 0
     parallel: int = 0
-    poll_seconds: float = 10.0
+    poll_seconds: float = 3.0
     setup: tuple[str, ...] = ()
     name: str = "slurm"
 
