@@ -49,6 +49,7 @@ LrSchedule = Literal["constant", "exponential", "cosine", "cosine-budget"]
 Objective = Literal["elbo", "iwae"]
 Amp = Literal["auto", "none", "bf16"]
 Freeze = Literal["", "decoder", "encoder"]
+Track = Literal["none", "mlflow"]
 
 
 @dataclass
@@ -152,6 +153,8 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads (0 = torch default)
     freeze: Freeze = ""  # parameters left out of the optimizer
     init_from: str = ""  # a run whose best weights initialise the model (with freeze: that part only)
+    # mlflow: also log to MLflow ($MLFLOW_TRACKING_URI, else ./mlruns; pip install "flowvae[mlflow]")
+    track: Track = "none"
 
 
 @dataclass

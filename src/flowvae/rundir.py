@@ -32,6 +32,7 @@ from .data import ImageData
 from .files import writing
 from .images import make_grid, save_grid
 from .numerics import bits_per_dim
+from .tracking import MlflowTracker
 
 METRICS = ["epoch", "step", "seconds", "train_elbo", "valid_elbo", "kl", "lr", "kl_weight", "skipped"]
 
@@ -200,6 +201,8 @@ class RunLog:
         with writing(self.events):
             # purge_step: TensorBoard drops what a killed invocation logged after the checkpoint
             self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+        mlflow = cfg.train.track == "mlflow"
+        self.tracker = MlflowTracker.open(run_dir, cfg, purge_step is not None) if mlflow else None
 
     def add(self, row: dict[str, Any], state: TrainState, model: nn.Module, eta: float) -> None:
         """Log ``row``, the last of ``state.history``; ``model`` draws the images; ``eta``:
@@ -217,11 +220,18 @@ class RunLog:
                 self.writer.add_image(name, grid, step, dataformats="HWC")
         from tqdm import tqdm
 
+        if self.tracker is not None:
+            numbers = {k: v for k, v in row.items() if k != "step" and isinstance(v, int | float)}
+            self.tracker.log_metrics(numbers, step)
+            self.tracker.log_artifacts([self.run_dir / f"{n}.png" for n in ("samples", "reconstructions")])
         tqdm.write(evaluation_line(row, state, self.cfg.train.epochs, eta), file=sys.stderr)
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
+        """``status``: the MLflow run's (FINISHED, or KILLED after Ctrl-C: a resume continues it)."""
         with writing(self.events):
             self.writer.close()
+        if self.tracker is not None:
+            self.tracker.close(status)
 
 
 @torch.no_grad()

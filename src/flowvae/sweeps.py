@@ -53,6 +53,7 @@ from .evaluation import evaluate_run
 from .launchers import SweepError, make_launcher, slurm_alive
 from .presets import preset
 from .rundir import prepare_run
+from .tracking import log_final
 from .train import train
 
 SPEC_FILE = "sweep.json"
@@ -375,8 +376,11 @@ def score_member(spec: Spec, member: Member) -> None:
     """Fill the member's eval cache with what the table needs (the estimate and the ELBO)."""
     e = spec.eval
     common = {"split": e.split, "limit": e.limit, "seed": e.seed}
-    evaluate_run(member.run_dir, e.estimator, e.samples, **common)
-    evaluate_run(member.run_dir, "elbo", 100, **common)
+    scored = evaluate_run(member.run_dir, e.estimator, e.samples, **common)
+    elbo = evaluate_run(member.run_dir, "elbo", 100, **common)
+    if scored.run.config.train.track == "mlflow":
+        final = {f"{e.split}_nll_{e.estimator}": scored.estimate.nll, f"{e.split}_elbo": -elbo.estimate.nll}
+        log_final(member.run_dir, final, _checkpoint_state(member)["step"])
 
 
 # ----------------------------------------------------------------------------- the folder

@@ -603,7 +603,7 @@ def _train_in_group(
             signal.signal(signal.SIGINT, previous_handler)
         run.bar.close()
         if run.log is not None:
-            run.log.close()
+            run.log.close("KILLED" if state.stopped == INTERRUPTED else "FINISHED")
     if state.stopped == INTERRUPTED:
         saved = f"wrote {run_dir / 'checkpoint.pt'}" if run.last_good == state.step else _kept(run)
         raise Interrupted(
