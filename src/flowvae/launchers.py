@@ -192,8 +192,8 @@ class SlurmLauncher:
         with open(run_dir / SLURM_DIR / JOBS_FILE, "a") as f:
             f.write(json.dumps({"time": time.time(), "members": ids}) + "\n")
         array = jobs[0].job_id.split("_")[0]
-        print(f"submitted job array {array}: " + ", ".join(f"{k} {v}" for k, v in ids.items()),
-              file=sys.stderr, flush=True)  # fmt: skip
+        each = ", ".join(f"{k} {v}" for k, v in ids.items())
+        print(f"submitted to Slurm (job {array}, {len(ids)} task(s)): {each}", file=sys.stderr, flush=True)
         return ids
 
 

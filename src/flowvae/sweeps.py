@@ -272,7 +272,7 @@ def _finished(state: dict[str, Any], cfg: Config) -> bool:
         return True
     if cfg.train.max_steps and state["step"] >= cfg.train.max_steps:
         return True
-    return stopped.startswith("max_minutes") or stopped.startswith("diverged")
+    return stopped.startswith("max_minutes")
 
 
 def _checkpoint_state(member: Member) -> dict[str, Any] | None:
@@ -358,7 +358,7 @@ def run_member(run_dir: str, row: str, index: int, threads: int = 0) -> str:
         reason = f"{type(e).__name__}: {text}" if text else type(e).__name__
         if os.environ.get("FLOWVAE_DEBUG"):
             traceback.print_exc()
-        _record(member, state="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+        _record(member, state="interrupted" if isinstance(e, KeyboardInterrupt | SystemExit) else "failed",
                 reason=reason, job=job)  # fmt: skip
         raise
     _record(member, state="done", job=job)
