@@ -49,6 +49,7 @@ from . import groups
 from .checkpoint import load_checkpoint
 from .compare import read_metrics, render_latex, render_markdown
 from .config import Config, ConfigError, apply_overrides
+from .estimators import ESTIMATORS
 from .evaluation import evaluate_run
 from .launchers import SweepError, make_launcher, slurm_alive
 from .presets import preset
@@ -188,18 +189,15 @@ def load_spec(spec: str | Path | dict[str, Any], overrides: Sequence[str] = ()) 
 
 
 def _check_eval(e: EvalSpec, where: str) -> None:
-    from .estimators import ESTIMATORS
-
     if e.estimator not in ESTIMATORS:
         raise _unknown(f"{where}: eval.estimator", e.estimator, set(ESTIMATORS)) from None
     if e.split not in ("train", "valid", "test"):
         raise SweepError(f"{where}: eval.split must be train, valid or test, got {e.split!r}")
     for key in ("samples", "limit", "seed"):
         value = getattr(e, key)
-        if value is not None and (not isinstance(value, int) or value < (1 if key == "samples" else 0)):
-            raise SweepError(
-                f"{where}: eval.{key} must be a {'positive' if key == 'samples' else ''} integer"
-            )
+        low = 1 if key == "samples" else 0
+        if value is not None and (not isinstance(value, int) or value < low):
+            raise SweepError(f"{where}: eval.{key} must be an integer >= {low}, got {value!r}")
 
 
 def row_config(spec: Spec, name: str) -> Config:
