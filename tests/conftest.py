@@ -12,6 +12,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+REPORT: list[str] = []  # lines a test puts in the run's summary (the Slurm test's job ids)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if REPORT:
+        terminalreporter.section("reported by tests")
+        for line in REPORT:
+            terminalreporter.write_line(line)
+
+
 @dataclass
 class Result:
     returncode: int

@@ -56,6 +56,7 @@ LrSchedule = Literal["constant", "exponential", "cosine", "cosine-budget"]
 Objective = Literal["elbo", "iwae"]
 Amp = Literal["auto", "none", "bf16"]
 Freeze = Literal["", "decoder", "encoder"]
+Track = Literal["none", "mlflow"]
 
 
 @dataclass
@@ -185,6 +186,8 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads (0 = torch default)
     freeze: Freeze = ""  # left out of the optimizer; decoder: all but the encoder and posterior
     init_from: str = ""  # a run whose best weights initialise the model (with freeze: that part only)
+    # mlflow: also log to MLflow ($MLFLOW_TRACKING_URI, else ./mlruns; pip install "flowvae[mlflow]")
+    track: Track = "none"
 
 
 EVAL_SEED = 1234  # the default seed of every evaluation: its subset (--limit) and every example's draws

@@ -34,6 +34,7 @@ from .files import writing
 from .images import make_grid, save_grid
 from .latents import reconstruct, sample
 from .numerics import bits_per_dim
+from .tracking import MlflowTracker
 
 METRICS = ["epoch", "step", "seconds", "train_elbo", "valid_elbo", "kl", "lr", "kl_weight", "skipped"]
 
@@ -271,6 +272,8 @@ class RunLog:
         with writing(self.events):
             # purge_step: TensorBoard drops what a killed invocation logged after the checkpoint
             self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+        mlflow = cfg.train.track == "mlflow"
+        self.tracker = MlflowTracker.open(run_dir, cfg, purge_step is not None) if mlflow else None
 
     def add(self, row: dict[str, Any], state: TrainState, model: nn.Module, eta: float, end: int = 0) -> None:
         """Log ``row``, the last of ``state.history``; ``model`` draws the images; ``eta``:
@@ -287,12 +290,19 @@ class RunLog:
         for name, grid in save_images(model, self.data, self.run_dir, self.cfg.eval.seed).items():
             with writing(self.events):
                 self.writer.add_image(name, grid, step, dataformats="HWC")
+        if self.tracker is not None:
+            numbers = {k: v for k, v in row.items() if k != "step" and isinstance(v, int | float)}
+            self.tracker.log_metrics(numbers, step)
+            self.tracker.log_artifacts([self.run_dir / f"{n}.png" for n in ("samples", "reconstructions")])
         where = {"step": row["step"], "end": end, "eta": eta}
         self.say(evaluation_line(row, state, self.cfg.train.epochs, eta), where)
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
+        """``status``: the MLflow run's (FINISHED, or KILLED after Ctrl-C: a resume continues it)."""
         with writing(self.events):
             self.writer.close()
+        if self.tracker is not None:
+            self.tracker.close(status)
 
 
 @torch.no_grad()

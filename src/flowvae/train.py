@@ -643,7 +643,7 @@ def _train_in_group(
             signal.signal(signum, handler)
         run.bar.close()
         if run.log is not None:
-            run.log.close()
+            run.log.close("KILLED" if state.stopped in STOP_SIGNALS.values() else "FINISHED")
     if state.stopped in STOP_SIGNALS.values():
         saved = f"wrote {run_dir / 'checkpoint.pt'}" if run.last_good == state.step else _kept(run)
         kept = budget_note(cfg.train, state)
