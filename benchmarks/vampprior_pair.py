@@ -6,6 +6,8 @@ seed, trains
 - ours: ``flowvae train --preset vampprior-mnist-ROW data.root=DATA train.epochs=E train.seed=S``
   (the preset is the reference network: gated layers, Hardtanh log-variances, He init,
   AdamNormGrad, beta = epoch / 100);
+  With ``--clamp``, our training likelihood clamps the logits as the reference's Bernoulli clamps
+  its probabilities (to [1e-5, 1 - 1e-5]); evaluation stays exact;
 - the reference: ``../shared/peers/run_vampprior.py --model M --prior P --epochs E --seed S``
   (jmtomczak/vae_vampprior through its own training loop, in the peer venv that
   ``../shared/peers/setup_vampprior.sh`` builds),
@@ -36,13 +38,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT.parent / "shared" / "peers"
+CLAMPED = """
+import sys
+import flowvae.likelihoods as L
+from flowvae.cli import main
+log_prob = L.Bernoulli.log_prob
+L.Bernoulli.log_prob = lambda self, x, out: log_prob(self, x, out.clamp(-11.5129, 11.5129))
+sys.exit(main(sys.argv[1:]))
+"""
 REFERENCE = {"vae": ("vae", "standard"), "vae-vamp": ("vae", "vampprior"),
              "hvae": ("hvae_2level", "standard"), "hvae-vamp": ("hvae_2level", "vampprior")}  # fmt: skip
 
 
 def ours(opt: argparse.Namespace, seed: int) -> dict:
     """Train (or resume) our run and score it; returns {"valid": [per epoch], "test_nll", ...}."""
-    run = Path(opt.out) / f"ours-{opt.row}-e{opt.epochs}-s{seed}"
+    run = Path(opt.out) / f"ours-{opt.row}-e{opt.epochs}-s{seed}{'-clamp' if opt.clamp else ''}"
     done = run / "pair.json"
     if done.exists():
         return json.loads(done.read_text())
@@ -51,6 +61,8 @@ def ours(opt: argparse.Namespace, seed: int) -> dict:
            f"train.threads={opt.threads}", f"train.amp={opt.amp}", "--run-dir", str(run), "--no-progress"]  # fmt: skip
     if (run / "checkpoint.pt").exists():
         cmd = [sys.executable, "-m", "flowvae", "train", "--resume", str(run), "--no-progress"]
+    if opt.clamp:  # the reference's Bernoulli: training logits clamped to logit(1 - 1e-5)
+        cmd = [sys.executable, "-c", CLAMPED, *cmd[3:]]
     start = time.time()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=open(run.with_suffix(".err"), "w"))
     train_s = time.time() - start
@@ -141,6 +153,8 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--amp", default="none", help="ours' train.amp (none: float32, as the reference)")
     p.add_argument("--side", choices=["both", "ours", "peer"], default="both")
+    p.add_argument("--clamp", action="store_true",
+                   help="ours with the reference's Bernoulli clamp in training (probabilities in [1e-5, 1 - 1e-5])")
     p.add_argument("--out", default="/tmp/vampprior-pair")
     p.add_argument("--score", help=argparse.SUPPRESS)
     opt = p.parse_args()
