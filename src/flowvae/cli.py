@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import math
 import os
@@ -30,6 +29,7 @@ from .cliargs import (
     number,
     option_flags,
     run_dir,
+    save_new,
 )
 from .config import FORMS, Config, ConfigError, apply_overrides, load_yaml, valid_keys
 from .data import DataError, download
@@ -287,25 +287,9 @@ def _sample(args: argparse.Namespace) -> int:
         out = Path(args.out)
         save_array(grid, out)
     else:
-        out = _save_new(grid, Path(args.run_dir), "samples", ".png")
+        out = save_new(grid, Path(args.run_dir), "samples", ".png")
     print(f"wrote {args.n} samples to {out}")
     return 0
-
-
-def _save_new(grid, folder: Path, stem: str, suffix: str) -> Path:
-    """Save ``grid`` as ``folder/STEM-N.SUFFIX`` with the first free N (created exclusively, once
-    the image is ready): never overwrites the run's own ``samples.png`` nor an earlier draw, and
-    a draw that fails leaves no empty file."""
-    from .images import save_array
-
-    for i in itertools.count(1):
-        path = folder / f"{stem}-{i}{suffix}"
-        try:
-            save_array(grid, path, new=True)
-            return path
-        except FileExistsError:
-            continue
-    raise AssertionError("unreachable")
 
 
 def _presets(args: argparse.Namespace) -> int:

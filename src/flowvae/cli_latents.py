@@ -13,11 +13,11 @@ import numpy as np
 import torch
 
 from .checkpoint import Run, load_run
-from .cliargs import NON_NEGATIVE, POSITIVE, common_flags, image_out, new_file, number, run_dir
+from .cliargs import NON_NEGATIVE, POSITIVE, common_flags, image_out, number, run_dir, save_new
 from .config import ConfigError
 from .data import EvaluationSet, evaluation_images, load_data
 from .files import writing
-from .images import load_images, save_grid
+from .images import load_images, make_grid, save_array
 from .latents import PATHS, SPACES, encode, interpolate, latent_shapes, reconstruct, reconstruct_by_layers
 from .latents import traverse as traverse_images
 
@@ -67,8 +67,12 @@ def _examples(run: Run, args: argparse.Namespace, n: int) -> EvaluationSet:
 
 def _write(args: argparse.Namespace, images: torch.Tensor, nrow: int, stem: str, what: str) -> int:
     """Save the grid to ``--out`` (default: a new RUN_DIR/STEM-N.png) and say so (``--json``: the file)."""
-    out = Path(args.out) if args.out else new_file(Path(args.run_dir), stem, ".png")
-    save_grid(images.reshape(-1, *images.shape[-3:]), out, nrow=nrow)
+    grid = make_grid(images.reshape(-1, *images.shape[-3:]), nrow)
+    if args.out:
+        out = Path(args.out)
+        save_array(grid, out)
+    else:
+        out = save_new(grid, Path(args.run_dir), stem, ".png")
     print(json.dumps({"file": str(out)}) if args.json else f"wrote {what} to {out}")
     return 0
 

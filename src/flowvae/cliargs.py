@@ -113,13 +113,16 @@ def image_out(text: str) -> str:
     return text
 
 
-def new_file(folder: Path, stem: str, suffix: str) -> Path:
-    """Claim ``folder/STEM-N.SUFFIX`` with the first free N (created exclusively): a default
-    output never overwrites the run's own ``samples.png`` nor an earlier one."""
+def save_new(grid, folder: Path, stem: str, suffix: str) -> Path:
+    """Save the image ``grid`` (uint8 (H, W, C)) as ``folder/STEM-N.SUFFIX`` with the first free N,
+    created exclusively once the image is encoded: a default output never overwrites the run's
+    own ``samples.png`` nor an earlier one, and a failed draw or write leaves no empty file."""
+    from .images import save_array
+
     for i in itertools.count(1):
         path = folder / f"{stem}-{i}{suffix}"
         try:
-            path.open("xb").close()
+            save_array(grid, path, new=True)
             return path
         except FileExistsError:
             continue

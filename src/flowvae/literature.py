@@ -138,7 +138,7 @@ def _frey_from_mat(path: Path) -> np.ndarray:
 
 def _frey_from_pickle(path: Path) -> np.ndarray:
     """The pickled array (or a tuple/list whose first item is the array: the papers' code reads
-    ``pickle.load(f)[0]``), read by an unpickler that builds numpy arrays and nothing else."""
+    ``[0]`` of what they unpickle), read by an unpickler that builds numpy arrays and nothing else."""
     try:
         with path.open("rb") as f:
             obj = ArrayUnpickler(f, encoding="latin1").load()  # a Python 2 pickle, like the papers'
