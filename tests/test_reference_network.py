@@ -184,6 +184,42 @@ def test_adam_normgrad_steps_equal_the_reference(peer):
     assert not torch.equal(mine[0], start[0])
 
 
+def test_adam_normgrad_resumes_the_state_of_its_earlier_foreach_form():
+    """Runs started before AdamNormGrad moved onto torch's fused Adam saved ints as steps and
+    groups without ``reference_eps`` (their eps was it): they resume, fused, and take the step an
+    unbroken run takes."""
+    torch.manual_seed(0)
+    start = [torch.randn(5, 3, dtype=torch.float64), torch.randn(7, dtype=torch.float64)]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(3)]
+
+    def steps(params, opt, batches):
+        for batch in batches:
+            for p, g in zip(params, batch, strict=True):
+                p.grad = g.clone()
+            opt.step()
+
+    unbroken = [p.clone().requires_grad_() for p in start]
+    opt_unbroken = AdamNormGrad(unbroken, lr=5e-4)
+    steps(unbroken, opt_unbroken, grads)
+    first = [p.clone().requires_grad_() for p in start]
+    opt_first = AdamNormGrad(first, lr=5e-4)
+    steps(first, opt_first, grads[:2])
+    saved = opt_first.state_dict()
+    earlier = {
+        "state": {i: {"step": int(s["step"]), "exp_avg": s["exp_avg"], "exp_avg_sq": s["exp_avg_sq"]}
+                  for i, s in saved["state"].items()},  # fmt: skip
+        "param_groups": [{"lr": 5e-4, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
+                          "params": g["params"]} for g in saved["param_groups"]],  # fmt: skip
+    }
+    resumed = [p.detach().clone().requires_grad_() for p in first]
+    opt_resumed = AdamNormGrad(resumed, lr=5e-4)
+    opt_resumed.load_state_dict(earlier)
+    steps(resumed, opt_resumed, grads[2:])
+    for a, b in zip(unbroken, resumed, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
+    assert opt_resumed.param_groups[0]["fused"] and opt_resumed.param_groups[0]["reference_eps"] == 1e-8
+
+
 def test_he_init_draws_weights_with_variance_two_over_fan_in():
     torch.manual_seed(0)
     model = build_model(preset("vampprior-mnist-vae").model, SHAPE, True)

@@ -41,10 +41,11 @@ def rows(run_dir):
         return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adam", "adam-normgrad", "adamax"])
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, optimizer):
     a, b = tmp_path / "a", tmp_path / "b"
-    train(small_cfg(), a, progress=False)
-    state = train(small_cfg("train.max_steps=17"), b, progress=False)  # stops inside epoch 2
+    train(small_cfg(f"train.optimizer={optimizer}"), a, progress=False)
+    state = train(small_cfg(f"train.optimizer={optimizer}", "train.max_steps=17"), b, progress=False)  # in epoch 2
     assert state.stopped == "max_steps=17" and state.batch == 4
     # evaluated at the stop: the last row (epochs done: 1 + 4/13) and best.pt are the final weights
     assert [(r["epoch"], r["step"]) for r in rows(b)] == [("1", "13"), (str(round(1 + 4 / 13, 3)), "17")]

@@ -238,6 +238,18 @@ class AdamNormGrad(torch.optim.Adam):
             group["eps"] = group["reference_eps"] / math.sqrt(1 - group["betas"][1] ** t)
         return super().step(closure)
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Also the state of the earlier, foreach form of this optimizer, whose steps are ints and
+        whose groups hold only lr, betas, eps (the reference's) and weight_decay: a key a saved group
+        lacks keeps this optimizer's value (``fused`` included), ``reference_eps`` defaults to its eps."""
+        saved = state_dict.get("param_groups")
+        if isinstance(saved, list) and len(saved) == len(self.param_groups):
+            mine = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
+            saved = [{**m, "reference_eps": g.get("eps"), **g} if isinstance(g, dict) else g
+                     for m, g in zip(mine, saved)]  # fmt: skip
+            state_dict = {**state_dict, "param_groups": saved}
+        super().load_state_dict(state_dict)
+
 
 def optimizer_for(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     """Adam, Adamax or AdamNormGrad over the trainable parameters, in one fused kernel (Adam) or
