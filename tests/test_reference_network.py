@@ -24,7 +24,7 @@ from conftest import run_cli
 
 from flowvae.config import Config
 from flowvae.model import build_model
-from flowvae.optim import AdamNormGrad, kl_weight
+from flowvae.optim import AdamNormGrad, kl_weight, optimizer_for
 from flowvae.presets import preset
 
 PEER = Path(__file__).resolve().parents[2] / "shared" / "peers" / "vae_vampprior"
@@ -125,29 +125,69 @@ def theirs_hvae(net, peer, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     return log_p - d.log_Normal_diag(z1, m1, lv1, dim=1) - d.log_Normal_diag(z2, m2, lv2, dim=1)
 
 
-@needs_peer
-@pytest.mark.parametrize("row", ["vae", "vae-vamp", "hvae", "hvae-vamp"])
-def test_preset_computes_the_reference_log_weight(peer, row):
+def paired(peer, row: str, components: int = 7):
+    """The reference's model for ``row`` and our preset with its weights, both float64:
+    (ours, theirs, the reference's tensors in our order from its state dict)."""
     prior = "vampprior" if row.endswith("vamp") else "standard"
     two = row.startswith("hvae")
     torch.manual_seed(0)
-    theirs = (peer.HVAE if two else peer.VAE)(peer_args(prior)).double().eval()
+    theirs = (peer.HVAE if two else peer.VAE)(peer_args(prior, components)).double().eval()
     if prior == "vampprior":
         theirs.idle_input = theirs.idle_input.double()  # a plain attribute: .double() misses it
     cfg = preset(f"vampprior-mnist-{row}")
     if prior == "vampprior":
-        cfg.model.prior_components = 7
+        cfg.model.prior_components = components
     ours = build_model(cfg.model, SHAPE, True).double().eval()
     with torch.no_grad():  # pseudo-inputs spread over [0, 1] so that hardtanh clamps some
         theirs.means.linear.weight.uniform_(-0.2, 1.2) if prior == "vampprior" else None
-    copy_into(ours, (hvae_tensors if two else vae_tensors)(theirs.state_dict(), prior))
+    in_our_order = lambda: (hvae_tensors if two else vae_tensors)(dict(theirs.named_parameters()), prior)  # noqa: E731
+    copy_into(ours, in_our_order())
+    return cfg, ours, theirs, in_our_order
+
+
+def log_weights(peer, row, ours, theirs, x, eps):
+    two = row.startswith("hvae")
+    ref = (theirs_hvae if two else theirs_vae)(theirs, peer, x.flatten(1), eps)
+    return ours_log_weight(ours, x, eps), ref
+
+
+@needs_peer
+@pytest.mark.parametrize("row", ["vae", "vae-vamp", "hvae", "hvae-vamp"])
+def test_preset_computes_the_reference_log_weight(peer, row):
+    _, ours, theirs, _ = paired(peer, row)
     x = (torch.rand(6, *SHAPE, dtype=torch.float64) < 0.3).double()
-    eps = torch.randn(6, 80 if two else 40, dtype=torch.float64)
+    eps = torch.randn(6, 80 if row.startswith("hvae") else 40, dtype=torch.float64)
     with torch.no_grad():
-        mine = ours_log_weight(ours, x, eps)
-        ref = (theirs_hvae if two else theirs_vae)(theirs, peer, x.flatten(1), eps)
+        mine, ref = log_weights(peer, row, ours, theirs, x, eps)
     torch.testing.assert_close(mine, ref, rtol=1e-10, atol=1e-8)
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+
+
+@needs_peer
+@pytest.mark.parametrize("row", ["vae-vamp", "hvae-vamp"])
+def test_preset_training_steps_equal_the_references(peer, row):
+    """From the same weights, on the same batches and noise, four steps of the preset's optimizer
+    (``optimizer_for``) leave the weights the reference's AdamNormGrad leaves. The reference
+    normalises each of its tensors' gradients on its own, so ours must too where one of our
+    tensors holds two of theirs (a gated layer's h and g, a Gaussian head's mean and log-variance):
+    normalised together, the steps after the first differ by ~1e-5 here."""
+    cfg, ours, theirs, in_our_order = paired(peer, row)
+    ours.train(), theirs.train()
+    opt_ours = optimizer_for(cfg, ours)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt_theirs = peer.opt.AdamNormGrad(theirs.parameters(), lr=cfg.train.lr)
+        for step in range(4):
+            x = (torch.rand(8, *SHAPE, dtype=torch.float64) < 0.1 + 0.1 * step).double()
+            eps = torch.randn(8, 80 if row.startswith("hvae") else 40, dtype=torch.float64)
+            mine, ref = log_weights(peer, row, ours, theirs, x, eps)
+            for loss, opt in ((-mine.mean(), opt_ours), (-ref.mean(), opt_theirs)):
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    for (name, a), b in zip(ours.named_parameters(), in_our_order(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=lambda m, name=name: f"{name}: {m}")
+    assert not torch.equal(ours.decoder.out.weight, paired(peer, row)[1].decoder.out.weight)
 
 
 @needs_peer

@@ -6,7 +6,10 @@
   ``Hardtanh(-6, 2)``);
 - :class:`GatedLinear` (``model.mlp_layer=gated``): h(x) * sigmoid(g(x)), the gated dense layer of
   Dauphin et al. (2017) that the VampPrior and Sylvester-flows code use in place of an activation;
-- :func:`he_init_` (``model.init=he``): He et al.'s (2015) N(0, 2 / fan_in) weights.
+- :func:`he_init_` (``model.init=he``): He et al.'s (2015) N(0, 2 / fan_in) weights;
+- :func:`row_blocks`: the parameters of these layers that hold two of the usual form's tensors
+  (h and g; mean and log-variance) as blocks of rows, for an optimizer that treats each tensor on
+  its own (:class:`~flowvae.optim.AdamNormGrad`).
 """
 
 from __future__ import annotations
@@ -53,6 +56,15 @@ class GatedLinear(nn.Module):
         return h * torch.sigmoid(g)
 
 
+def row_blocks(module: nn.Module) -> dict[int, int]:
+    """{id(parameter): k} for every parameter of ``module`` that holds k tensors of its layer's
+    usual form as k equal blocks along its first dimension: a :class:`GatedLinear`'s h and g, a
+    :class:`GaussianLinear`'s mean and log std (or log-variance) rows, weights and biases alike.
+    The VampPrior and Sylvester codes keep each as a tensor of its own, and their AdamNormGrad
+    normalises each tensor's gradient separately; with these blocks ours does the same."""
+    return {id(p): 2 for m in module.modules() if isinstance(m, (GatedLinear, GaussianLinear)) for p in m.parameters()}
+
+
 INITS = ("default", "he")  # model.init
 
 
@@ -66,4 +78,4 @@ def he_init_(module: nn.Module) -> None:
             m.weight.normal_(0.0, math.sqrt(2.0 / m.in_features))
 
 
-__all__ = ["INITS", "GatedLinear", "GaussianLinear", "he_init_"]
+__all__ = ["INITS", "GatedLinear", "GaussianLinear", "he_init_", "row_blocks"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +19,7 @@ from .config import Config, ConfigError
 from .core import ElboTerms
 from .data import ImageData, iterate_batches
 from .estimators import elbo_terms
+from .layers import row_blocks
 
 
 def train_step(
@@ -213,15 +215,20 @@ class AdamNormGrad(torch.optim.Adam):
     after the normalisation, and Adam's "efficient" form (Kingma & Ba 2015, Sec. 2), whose eps is
     added to sqrt(v) before the bias corrections. torch's Adam adds it after them, so its eps at
     step t is ``eps / sqrt(1 - beta2^t)`` here; the update then runs in torch's fused kernel (one
-    pass over the parameters: the plain foreach form took 40 % of a VampPrior step on a CPU)."""
+    pass over the parameters: the plain foreach form took 40 % of a VampPrior step on a CPU).
+
+    ``row_blocks`` ({id(parameter): k}, :func:`~flowvae.layers.row_blocks`) names parameters
+    that hold k of the reference's tensors as k equal blocks of rows (a gated layer's h and g):
+    each block's gradient is normalised on its own, as the reference normalises each tensor."""
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0):  # fmt: skip
+                 eps: float = 1e-8, weight_decay: float = 0.0, row_blocks: dict[int, int] | None = None):  # fmt: skip
         params = list(params)
         fused = all(p.dtype in (torch.float32, torch.float64) for p in params) or None
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
         for group in self.param_groups:
             group["reference_eps"] = eps
+        self.row_blocks = dict(row_blocks or {})
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -229,14 +236,19 @@ class AdamNormGrad(torch.optim.Adam):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            grads = [p.grad for p in params]
-            norms = torch._foreach_norm(grads)
+            blocks = [block for p in params for block in self._blocks(p)]
+            norms = torch._foreach_norm(blocks)
             torch._foreach_add_(norms, 1e-7)
-            torch._foreach_div_(grads, norms)
+            torch._foreach_div_(blocks, norms)
             state = self.state.get(params[0], {})
             t = int(state["step"]) + 1 if "step" in state else 1
             group["eps"] = group["reference_eps"] / math.sqrt(1 - group["betas"][1] ** t)
         return super().step(closure)
+
+    def _blocks(self, p: Tensor) -> Sequence[Tensor]:
+        """``p``'s gradient as the views normalised one by one (itself, or its blocks of rows)."""
+        k = self.row_blocks.get(id(p), 1)
+        return (p.grad,) if k == 1 else p.grad.view(k, -1).unbind(0)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Also the state of the earlier, foreach form of this optimizer, whose steps are ints and
@@ -263,7 +275,7 @@ def optimizer_for(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
         adam = torch.optim.AdamW if t.weight_decay > 0 else torch.optim.Adam
         return adam(params, lr=t.lr, weight_decay=t.weight_decay, fused=fused or None)
     if t.optimizer == "adam-normgrad":
-        return AdamNormGrad(params, lr=t.lr, weight_decay=t.weight_decay)
+        return AdamNormGrad(params, lr=t.lr, weight_decay=t.weight_decay, row_blocks=row_blocks(model))
     if t.optimizer == "adamax":
         return torch.optim.Adamax(params, lr=t.lr, weight_decay=t.weight_decay, foreach=True)
     raise ConfigError(f"unknown train.optimizer {cfg.train.optimizer!r}; use adam, adamax or adam-normgrad")
