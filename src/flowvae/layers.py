@@ -62,7 +62,8 @@ def row_blocks(module: nn.Module) -> dict[int, int]:
     :class:`GaussianLinear`'s mean and log std (or log-variance) rows, weights and biases alike.
     The VampPrior and Sylvester codes keep each as a tensor of its own, and their AdamNormGrad
     normalises each tensor's gradient separately; with these blocks ours does the same."""
-    return {id(p): 2 for m in module.modules() if isinstance(m, (GatedLinear, GaussianLinear)) for p in m.parameters()}
+    blocked = [m for m in module.modules() if isinstance(m, (GatedLinear, GaussianLinear))]
+    return {id(p): 2 for m in blocked for p in m.parameters()}
 
 
 INITS = ("default", "he")  # model.init

@@ -222,7 +222,8 @@ class AdamNormGrad(torch.optim.Adam):
     each block's gradient is normalised on its own, as the reference normalises each tensor."""
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, row_blocks: dict[int, int] | None = None):  # fmt: skip
+                 eps: float = 1e-8, weight_decay: float = 0.0,
+                 row_blocks: dict[int, int] | None = None):  # fmt: skip
         params = list(params)
         fused = all(p.dtype in (torch.float32, torch.float64) for p in params) or None
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
@@ -258,7 +259,7 @@ class AdamNormGrad(torch.optim.Adam):
         if isinstance(saved, list) and len(saved) == len(self.param_groups):
             mine = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
             saved = [{**m, "reference_eps": g.get("eps"), **g} if isinstance(g, dict) else g
-                     for m, g in zip(mine, saved)]  # fmt: skip
+                     for m, g in zip(mine, saved, strict=True)]  # fmt: skip
             state_dict = {**state_dict, "param_groups": saved}
         super().load_state_dict(state_dict)
 
