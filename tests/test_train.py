@@ -45,7 +45,7 @@ def rows(run_dir):
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, optimizer):
     a, b = tmp_path / "a", tmp_path / "b"
     train(small_cfg(f"train.optimizer={optimizer}"), a, progress=False)
-    state = train(small_cfg(f"train.optimizer={optimizer}", "train.max_steps=17"), b, progress=False)  # in epoch 2
+    state = train(small_cfg(f"train.optimizer={optimizer}", "train.max_steps=17"), b, progress=False)
     assert state.stopped == "max_steps=17" and state.batch == 4
     # evaluated at the stop: the last row (epochs done: 1 + 4/13) and best.pt are the final weights
     assert [(r["epoch"], r["step"]) for r in rows(b)] == [("1", "13"), (str(round(1 + 4 / 13, 3)), "17")]
