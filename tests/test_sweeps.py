@@ -53,7 +53,9 @@ def swept(tmp_path_factory) -> Path:
     """An uninterrupted sweep of SPEC, through the CLI."""
     folder = tmp_path_factory.mktemp("sweep")
     spec = write_spec(folder)
-    run_cli("sweep", str(spec), "--run-dir", str(folder / "R"), "--no-progress")
+    r = run_cli("sweep", str(spec), "--run-dir", str(folder / "R"), "--no-progress", subprocess_=True)
+    assert r.returncode == 0, r.stderr
+    (folder / "sweep.err").write_text(r.stderr)
     return folder / "R"
 
 
@@ -114,6 +116,8 @@ def test_a_sweep_writes_the_table_with_the_reference_column(swept):
     assert rows[1]["reference"] is None and rows[1]["diff_reference"] is None
     md = (swept / "table" / "sweep.md").read_text()
     assert md.startswith("diag vs IAF on digits.") and "| diag | 30.00 |" in md
+    said = (swept.parent / "sweep.err").read_text()  # members print into one log: each line named
+    assert all(f"{m}: epoch 1/" in said for m in ("diag/seed-0", "diag/seed-1", "iaf/seed-0", "iaf/seed-1"))
     for row in ("diag", "iaf"):  # every row is a seed group: flowvae compare/eval work on it as before
         assert json.loads((swept / row / "group.json").read_text())["members"] == ["seed-0", "seed-1"]
 

@@ -53,7 +53,7 @@ from .estimators import ESTIMATORS
 from .evaluation import evaluate_run
 from .launchers import SweepError, make_launcher, slurm_alive
 from .presets import preset
-from .rundir import prepare_run
+from .rundir import prepare_run, say_on_stderr
 from .tracking import log_final
 from .train import train
 
@@ -339,16 +339,19 @@ def run_member(run_dir: str, row: str, index: int, threads: int = 0) -> str:
     job = _slurm_job()
     _record(member, state="running", host=socket.gethostname(), pid=os.getpid(), job=job)
     torch.set_num_threads(cfg.train.threads or threads or torch.get_num_threads())
+
+    def say(text: str, where: dict[str, float] | None = None) -> None:  # members share a log: named
+        say_on_stderr(f"{member.name}: {text}", where)
+
     try:
         state = _checkpoint_state(member)
         if state is None:
-            train(
-                cfg, member.run_dir, progress=False, overwrite=True, overrides=list(spec.rows[row].overrides)
-            )
+            overrides = list(spec.rows[row].overrides)
+            train(cfg, member.run_dir, progress=False, overwrite=True, overrides=overrides, say=say)
         elif not _finished(state, cfg):
             left = [f"train.max_steps={cfg.train.max_steps - state['step']}"] if cfg.train.max_steps else []
             resumed = prepare_run(None, member.run_dir, True, left)
-            train(resumed, member.run_dir, resume=True, progress=False, overrides=left)
+            train(resumed, member.run_dir, resume=True, progress=False, overrides=left, say=say)
         if _finished(_checkpoint_state(member) or {"epoch": 0, "step": 0}, cfg):
             score_member(spec, member)
     except BaseException as e:
