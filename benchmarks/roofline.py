@@ -11,7 +11,9 @@ For a preset, in one process at ``--threads`` threads:
   table reports);
 - with ``--peer`` (the ``vampprior-mnist-*`` presets), the reference's step at the same network:
   jmtomczak/vae_vampprior's model, loss and AdamNormGrad (``../shared/peers/vae_vampprior``),
-  timed alternately with ours (float32 both, then ours in bf16), medians of ``--steps`` steps.
+  timed alternately with ours (float32 both, then ours in bf16), medians of ``--steps`` steps;
+- the ceiling: the step's own matrix products (their shapes from ``torch.profiler``), each timed
+  alone at the same precision: the rate the step would reach if nothing else took time.
 
     python benchmarks/roofline.py --preset vampprior-mnist-vae-vamp --threads 1 --steps 30 --peer
 """
@@ -89,6 +91,33 @@ def peer_step(row: str, x: torch.Tensor, lr: float):
     return step
 
 
+def product_shapes(step) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """The (M, K), (K, N) operands of every matrix product one call of ``step`` makes (forward
+    and backward, as ``torch.profiler`` records ``aten::mm`` and ``aten::addmm``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        step()
+    shapes = []
+    for e in prof.events():
+        if e.name in ("aten::mm", "aten::addmm"):
+            a, b = e.input_shapes[:2] if e.name == "aten::mm" else e.input_shapes[1:3]
+            shapes.append((tuple(a), tuple(b)))
+    return shapes
+
+
+def ceiling(shapes, dtype: torch.dtype, repeats: int = 20) -> tuple[float, float]:
+    """(FLOPs, seconds) of the step's products timed alone in ``dtype``, each the best of
+    ``repeats``: the rate the step would reach if everything but its products took no time."""
+    total_flops, total_s = 0.0, 0.0
+    for (m, k), (_, n) in shapes:
+        a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+        a @ b
+        total_s += min(_seconds(lambda a=a, b=b: a @ b) for _ in range(repeats))
+        total_flops += 2.0 * m * k * n
+    return total_flops, total_s
+
+
 def flops(step) -> int:
     with FlopCounterMode(display=False) as counter:
         step()
@@ -139,6 +168,14 @@ def main() -> None:
         rate = work[k] / s / 1e9
         print(f"| {k} | {work[k] / 1e9:.3f} | {1e3 * s:.1f} | {rate:.1f} | {100 * rate / peak['fp32']:.0f} % | "
               f"{100 * rate / peak['bf16']:.0f} % |")  # fmt: skip
+    for k in ("ours fp32", "ours bf16"):
+        dtype = torch.bfloat16 if k.endswith("bf16") else torch.float32
+        shapes = product_shapes(steps[k])
+        f, s = ceiling(shapes, dtype)
+        peak_k = peak["bf16" if dtype == torch.bfloat16 else "fp32"]
+        print(f"{k}: its {len(shapes)} products timed alone: {f / s / 1e9:.1f} GFLOP/s "
+              f"({100 * f / s / 1e9 / peak_k:.0f} % of the peak), {1e3 * s:.1f} ms of the step's "
+              f"{1e3 * seconds[k]:.1f} ms")  # fmt: skip
     if opt.peer:
         ref = seconds["reference fp32"]
         print(f"\nreference / ours (time per step): fp32 {ref / seconds['ours fp32']:.2f}x, "
