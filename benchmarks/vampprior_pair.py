@@ -94,6 +94,62 @@ def score(run: str, limit: int, samples: int, threads: int) -> dict:
             "best_epoch": loaded.checkpoint["state"]["best_epoch"]}  # fmt: skip
 
 
+def cross(run: str, limit: int, samples: int, threads: int) -> dict:
+    """Our trained model (best-valid) scored by both codes on the first ``limit`` test images:
+    our IWAE and ELBO, and the reference's ``calculate_likelihood`` (S = ``samples`` in passes of
+    100) and ``calculate_lower_bound`` on the reference's model holding our weights. Tells a
+    difference in training from one in evaluation."""
+    import tempfile
+    import warnings
+
+    import torch
+
+    import flowvae
+
+    sys.path[:0] = [str(ROOT / "tests"), str(PEERS / "vae_vampprior")]
+    import test_reference_network as maps  # the weight maps the log-weight test checks
+
+    torch.set_num_threads(threads)
+    loaded = flowvae.load_run(run, "best")
+    row = loaded.config.model
+    two, prior = row.stochastic_layers == 2, row.prior
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from models import VAE, HVAE_2level
+    args = maps.peer_args("vampprior" if prior == "vampprior" else "standard", row.prior_components)
+    theirs = (HVAE_2level.VAE if two else VAE.VAE)(args)
+    _load_ours_into(theirs, loaded.model, maps.hvae_tensors if two else maps.vae_tensors, args.prior)
+    x = flowvae.load_data(loaded.config.data).test[:limit]
+    seed = loaded.config.eval.seed
+    out = {"run": run, "n": len(x), "samples": samples}
+    out["ours_iwae"] = flowvae.evaluate(loaded.model, x, "iwae", samples, seed=seed).nll
+    out["ours_elbo"] = flowvae.evaluate(loaded.model, x, "elbo", 1, seed=seed).nll
+    theirs.eval()
+    with torch.no_grad(), tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        flat = x.flatten(1).float()
+        out["reference_elbo"] = float(theirs.calculate_lower_bound(flat, MB=100))
+        out["reference_iwae"] = float(theirs.calculate_likelihood(flat, tmp + "/", mode="test", S=samples, MB=100))
+    return out
+
+
+def _load_ours_into(theirs, ours, tensor_map, prior: str) -> None:
+    """The inverse of the test's map (reference state -> our parameters): each reference element
+    tagged by its index, mapped, then our values scattered back to the tagged places."""
+    import torch
+
+    named = dict(theirs.named_parameters())
+    sizes = [p.numel() for p in named.values()]
+    tags = torch.arange(sum(sizes), dtype=torch.float64).split(sizes)
+    tagged = {k: t.view(p.shape) for (k, p), t in zip(named.items(), tags, strict=True)}
+    flat = torch.empty(sum(sizes), dtype=torch.float64)
+    for where, value in zip(tensor_map(tagged, prior), ours.parameters(), strict=True):
+        flat[where.flatten().long()] = value.detach().double().flatten()
+    with torch.no_grad():
+        for p, part in zip(named.values(), flat.split(sizes), strict=True):
+            p.copy_(part.view(p.shape))
+
+
 def peer(opt: argparse.Namespace, seed: int) -> dict:
     """Train the reference (or read its finished JSON lines) and return the same fields."""
     out = Path(opt.out) / f"peer-{opt.row}-e{opt.epochs}-s{seed}.jsonl"
@@ -157,9 +213,13 @@ def main() -> None:
                    help="ours with the reference's Bernoulli clamp in training (probabilities in [1e-5, 1 - 1e-5])")
     p.add_argument("--out", default="/tmp/vampprior-pair")
     p.add_argument("--score", help=argparse.SUPPRESS)
+    p.add_argument("--cross", metavar="RUN", help="score our trained RUN with both codes (IWAE, ELBO) and exit")
     opt = p.parse_args()
     if opt.score:
         print(json.dumps(score(opt.score, opt.limit, opt.samples, opt.threads)))
+        return
+    if opt.cross:
+        print(json.dumps(cross(opt.cross, opt.limit, opt.samples, opt.threads)))
         return
     opt.data = str(Path(opt.data).resolve())
     Path(opt.out).mkdir(parents=True, exist_ok=True)
