@@ -249,7 +249,11 @@ class AdamNormGrad(torch.optim.Adam):
     def _blocks(self, p: Tensor) -> Sequence[Tensor]:
         """``p``'s gradient as the views normalised one by one (itself, or its blocks of rows)."""
         k = self.row_blocks.get(id(p), 1)
-        return (p.grad,) if k == 1 else p.grad.view(k, -1).unbind(0)
+        if k == 1:
+            return (p.grad,)
+        if not p.grad.is_contiguous():  # views of its rows must be views of the gradient itself
+            p.grad = p.grad.contiguous()
+        return p.grad.view(k, -1).unbind(0)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Also the state of the earlier, foreach form of this optimizer, whose steps are ints and
