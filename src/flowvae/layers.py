@@ -60,8 +60,9 @@ def row_blocks(module: nn.Module) -> dict[int, int]:
     """{id(parameter): k} for every parameter of ``module`` that holds k tensors of its layer's
     usual form as k equal blocks along its first dimension: a :class:`GatedLinear`'s h and g, a
     :class:`GaussianLinear`'s mean and log std (or log-variance) rows, weights and biases alike.
-    The VampPrior and Sylvester codes keep each as a tensor of its own, and their AdamNormGrad
-    normalises each tensor's gradient separately; with these blocks ours does the same."""
+    The VampPrior code keeps each as a tensor of its own, and its AdamNormGrad normalises each
+    tensor's gradient separately; with these blocks ours does the same (elementwise optimizers,
+    Adam and Adamax, are unaffected by how tensors are grouped)."""
     blocked = [m for m in module.modules() if isinstance(m, (GatedLinear, GaussianLinear))]
     return {id(p): 2 for m in blocked for p in m.parameters()}
 
