@@ -238,9 +238,10 @@ class MemberStatus:
     state: State
     step: int = 0
     target_steps: int | None = None  # the step it ends at, where a budget or the epochs say
-    eta_seconds: float | None = None
+    eta_seconds: float | None = None  # to target_steps: with early stopping, the most it can take
     reason: str = ""  # failed: the one-line error; running: where (host, pid or job)
     job: str = ""  # the Slurm job that ran it last
+    progress: str = ""  # where its valid ELBO stands: see :func:`training_progress`
 
 
 def _status_file(member: Member) -> Path:
@@ -283,15 +284,42 @@ def member_status(member: Member, cfg: Config, alive: set[str] = frozenset()) ->
     state = _checkpoint_state(member)
     record = _read_record(member)
     step = state["step"] if state else 0
+    progress = training_progress(read_metrics(member.run_dir), cfg.train.early_stopping) if state else ""
     if state is not None and _finished(state, cfg):
-        return MemberStatus(member, "done", step, step, job=record.get("job", ""))
+        return MemberStatus(member, "done", step, step, job=record.get("job", ""), progress=progress)
     if _alive(record, alive):
         return _running(member, cfg, record)
     if record.get("state") == "failed":
         return MemberStatus(
             member, "failed", step, reason=record.get("reason", ""), job=record.get("job", "")
         )
-    return MemberStatus(member, "unfinished" if state else "not started", step, job=record.get("job", ""))
+    state_name = "unfinished" if state else "not started"
+    return MemberStatus(member, state_name, step, job=record.get("job", ""), progress=progress)
+
+
+def training_progress(rows: list[dict[str, float]], early_stopping: int = 0) -> str:
+    """Where a run's valid ELBO stands, from its metrics rows, as training counts it: the last
+    evaluated epoch, the best valid ELBO and its epoch, and with early stopping how many of its
+    evaluations have passed without a better one (counted once the KL weight is 1), e.g.
+    ``epoch 120; best valid ELBO -98.20 at epoch 101, 19/50 evaluations without a better one``.
+    Before the first complete epoch, evaluations are placed by their step (and the last one is
+    not named: a status line gives the step). Empty when nothing was evaluated."""
+    evaluated = [r for r in rows if "valid_elbo" in r]
+    if not evaluated:
+        return ""
+
+    def at(r: dict[str, float]) -> str:  # before its first complete epoch a run has only steps
+        return f"epoch {int(r['epoch'])}" if r.get("epoch", 0) >= 1 else f"step {int(r.get('step', 0))}"
+
+    best, bad = evaluated[0], 0
+    for r in evaluated[1:]:
+        if r["valid_elbo"] > best["valid_elbo"]:
+            best, bad = r, 0
+        elif r.get("kl_weight", 1.0) >= 1.0:
+            bad += 1
+    last = f"epoch {int(evaluated[-1]['epoch'])}; " if evaluated[-1].get("epoch", 0) >= 1 else ""
+    text = f"{last}best valid ELBO {best['valid_elbo']:.2f} at {at(best)}"
+    return text + (f", {bad}/{early_stopping} evaluations without a better one" if early_stopping else "")
 
 
 def _alive(record: dict[str, Any], alive: set[str]) -> bool:
@@ -326,7 +354,8 @@ def _running(member: Member, cfg: Config, record: dict[str, Any]) -> MemberStatu
         eta = max(0.0, (target - step) * rows[-1]["seconds"] / step)
     where = f"job {record['job']}" if record.get("job") else f"{record.get('host')} pid {record.get('pid')}"
     where = f"queued as job {record['job']}" if record.get("state") == "queued" else where
-    return MemberStatus(member, "running", step, target, eta, where, record.get("job", ""))
+    progress = training_progress(rows, cfg.train.early_stopping)
+    return MemberStatus(member, "running", step, target, eta, where, record.get("job", ""), progress)
 
 
 def run_member(run_dir: str, row: str, index: int, threads: int = 0) -> str:
@@ -471,19 +500,29 @@ def status_lines(statuses: list[MemberStatus], run_dir: str | Path) -> list[str]
     width = max(len(s.member.name) for s in statuses)
     lines = [head]
     for s in statuses:
+        progress = f", {s.progress}" if s.progress else ""
         detail = {
-            "done": f"step {s.step}",
+            "done": f"step {s.step}{progress}",
             "running": f"step {s.step}"
             + (f"/{s.target_steps}" if s.target_steps else "")
-            + (f", ETA {_duration(s.eta_seconds)}" if s.eta_seconds is not None else "")
+            + progress
+            + (_eta_text(s) if s.eta_seconds is not None else "")
             + f" ({s.reason})",
             "failed": s.reason,
-            "unfinished": f"stopped at step {s.step}; the next sweep resumes it",
+            "unfinished": f"stopped at step {s.step}{progress}; the next sweep resumes it",
             "not started": "",
         }[s.state]
         job = f" [job {s.job}]" if s.job and s.state != "running" else ""
         lines.append(f"  {s.member.name:<{width}}  {s.state:<11}  {detail}{job}".rstrip())
     return lines
+
+
+def _eta_text(s: MemberStatus) -> str:
+    """The time to its last step; with early stopping on (its progress counts evaluations
+    without a better valid ELBO) that is only the longest it can take."""
+    if "evaluations without" in s.progress:
+        return f"; at most {_duration(s.eta_seconds)} more"
+    return f", ETA {_duration(s.eta_seconds)}"
 
 
 def _duration(seconds: float) -> str:
