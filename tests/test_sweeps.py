@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -157,6 +158,17 @@ def test_status_shows_every_member_and_a_rerun_retrains_and_recomputes_nothing(s
     after = {p: p.stat().st_mtime_ns for p in swept.rglob("*") if p.suffix in (".pt", ".npz")}
     assert after == before  # no checkpoint rewritten, no evaluation recomputed (cache hits only)
     assert "| diag | 30.00 |" in again.stdout
+
+
+def test_a_trained_member_still_being_scored_shows_as_running(swept, tmp_path):
+    run_dir = tmp_path / "R"
+    shutil.copytree(swept, run_dir)
+    record = {"state": "running", "host": socket.gethostname(), "pid": os.getpid(), "job": "", "time": 0}
+    (run_dir / "status" / "iaf.seed-1.json").write_text(json.dumps(record))  # a live process: this one
+    lines = {line.split()[0]: line for line in run_cli("status", str(run_dir)).stdout.splitlines()[1:]}
+    assert "3 done, 1 running" in run_cli("status", str(run_dir)).stdout
+    assert "trained, now being scored" in lines["iaf/seed-1"] and f"pid {os.getpid()}" in lines["iaf/seed-1"]
+    assert all(" done " in line for name, line in lines.items() if name != "iaf/seed-1")
 
 
 def test_a_changed_spec_is_refused_naming_the_rows_that_differ(swept, tmp_path):

@@ -242,6 +242,7 @@ class MemberStatus:
     reason: str = ""  # failed: the one-line error; running: where (host, pid or job)
     job: str = ""  # the Slurm job that ran it last
     progress: str = ""  # where its valid ELBO stands: see :func:`training_progress`
+    scoring: bool = False  # running: trained to its end, now scored (the table's evaluation)
 
 
 def _status_file(member: Member) -> Path:
@@ -286,6 +287,11 @@ def member_status(member: Member, cfg: Config, alive: set[str] = frozenset()) ->
     step = state["step"] if state else 0
     progress = training_progress(read_metrics(member.run_dir), cfg.train.early_stopping) if state else ""
     if state is not None and _finished(state, cfg):
+        if record.get("state") == "running" and _alive(record, alive):  # trained, being scored
+            where = _where(record)
+            return MemberStatus(
+                member, "running", step, step, None, where, record.get("job", ""), progress, True
+            )
         return MemberStatus(member, "done", step, step, job=record.get("job", ""), progress=progress)
     if _alive(record, alive):
         return _running(member, cfg, record)
@@ -352,10 +358,15 @@ def _running(member: Member, cfg: Config, record: dict[str, Any]) -> MemberStatu
     eta = None
     if rows and step and target and rows[-1].get("seconds"):
         eta = max(0.0, (target - step) * rows[-1]["seconds"] / step)
-    where = f"job {record['job']}" if record.get("job") else f"{record.get('host')} pid {record.get('pid')}"
-    where = f"queued as job {record['job']}" if record.get("state") == "queued" else where
     progress = training_progress(rows, cfg.train.early_stopping)
-    return MemberStatus(member, "running", step, target, eta, where, record.get("job", ""), progress)
+    return MemberStatus(member, "running", step, target, eta, _where(record), record.get("job", ""), progress)
+
+
+def _where(record: dict[str, Any]) -> str:
+    """Where a live member runs: its Slurm job, or its host and process."""
+    if record.get("state") == "queued":
+        return f"queued as job {record['job']}"
+    return f"job {record['job']}" if record.get("job") else f"{record.get('host')} pid {record.get('pid')}"
 
 
 def run_member(run_dir: str, row: str, index: int, threads: int = 0) -> str:
@@ -504,8 +515,9 @@ def status_lines(statuses: list[MemberStatus], run_dir: str | Path) -> list[str]
         detail = {
             "done": f"step {s.step}{progress}",
             "running": f"step {s.step}"
-            + (f"/{s.target_steps}" if s.target_steps else "")
+            + (f"/{s.target_steps}" if s.target_steps and not s.scoring else "")
             + progress
+            + ("; trained, now being scored" if s.scoring else "")
             + (_eta_text(s) if s.eta_seconds is not None else "")
             + f" ({s.reason})",
             "failed": s.reason,
