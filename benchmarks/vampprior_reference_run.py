@@ -43,6 +43,24 @@ REFERENCE = {"vae": ("vae", "standard"), "vae-vamp": ("vae", "vampprior"),
              "hvae": ("hvae_2level", "standard"), "hvae-vamp": ("hvae_2level", "vampprior")}  # fmt: skip
 
 
+def early_stopping_step(state: dict, epoch: int, val_loss: float, warmup: int, patience: int) -> bool:
+    """experiment_vae's rule after an epoch, as written there: a strictly lower valid loss is the
+    new best (returns True) and resets the counter; otherwise the counter grows, is reset to 0
+    while ``epoch < warmup``, and the run is done once it exceeds ``patience``. A NaN loss ends it."""
+    improved = val_loss < state["best_loss"]
+    if improved:
+        state["e"], state["best_loss"], state["best_epoch"] = 0, float(val_loss), epoch
+    else:
+        state["e"] += 1
+        if epoch < warmup:
+            state["e"] = 0
+        if state["e"] > patience:
+            state["done"] = True
+    if val_loss != val_loss:  # NaN
+        state["done"] = True
+    return improved
+
+
 def train(opt: argparse.Namespace) -> None:
     out = Path(opt.out).resolve()
     work = Path(opt.work).resolve()
@@ -120,18 +138,8 @@ def train(opt: argparse.Namespace) -> None:
             val_loss, val_re, val_kl = evaluate_vae(args, model, train_loader, val_loader, epoch, snapshot_dir,
                                                     mode="validation")  # fmt: skip
         state["seconds"] += time.time() - start
-        # experiment_vae's rule, as written there
-        if val_loss < state["best_loss"]:
-            state["e"], state["best_loss"], state["best_epoch"] = 0, float(val_loss), epoch
+        if early_stopping_step(state, epoch, val_loss, args.warmup, args.early_stopping_epochs):
             best = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            state["e"] += 1
-            if epoch < args.warmup:
-                state["e"] = 0
-            if state["e"] > args.early_stopping_epochs:
-                state["done"] = True
-        if val_loss != val_loss:  # NaN
-            state["done"] = True
         state["epoch"] = epoch
         state["history"].append([epoch, float(train_loss), float(val_loss), float(val_kl)])
         save()
