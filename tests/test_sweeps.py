@@ -124,32 +124,27 @@ def test_a_sweep_writes_the_table_with_the_reference_column(swept):
         assert json.loads((swept / row / "group.json").read_text())["members"] == ["seed-0", "seed-1"]
 
 
-def test_training_progress_counts_evaluations_without_a_better_one_as_training_does():
-    # epochs 1-3 warm up (KL weight < 1): no count; 4 is the best; 5 and 6 are worse
-    values = [(1, -120, 0.3), (2, -110, 0.6), (3, -115, 0.9), (4, -105, 1), (5, -106, 1), (6, -107, 1)]
-    rows = [{"epoch": e, "valid_elbo": v, "kl_weight": w} for e, v, w in values]
+def test_training_progress_reads_the_counters_training_keeps():
+    state = {"epoch": 6, "best_valid": -105.0, "best_epoch": 4, "bad_evals": 2}
     best = "best valid ELBO -105.00 at epoch 4"
-    assert sweeps.training_progress(rows, 5) == f"epoch 6; {best}, 2/5 evaluations without a better one"
-    during_warmup = sweeps.training_progress(rows[:3], 5)
+    assert sweeps.training_progress(state, 5) == f"epoch 6; {best}, 2/5 evaluations without a better one"
+    assert sweeps.training_progress(state) == f"epoch 6; {best}"  # no early stopping: no count
+    assert sweeps.training_progress({"epoch": 0, "best_valid": float("-inf")}) == ""  # nothing evaluated
+    # a budget that stops inside the first epoch: no complete epoch to name
     assert (
-        during_warmup == "epoch 3; best valid ELBO -110.00 at epoch 2, 0/5 evaluations without a better one"
-    )
-    assert sweeps.training_progress(rows) == f"epoch 6; {best}"  # no early stopping: no count
-    assert sweeps.training_progress([{"epoch": 0, "step": 10}]) == ""  # nothing evaluated yet
-    # a budget that stops inside the first epoch: the evaluation is placed by its step
-    assert sweeps.training_progress([{"epoch": 0, "step": 20, "valid_elbo": -31.5}]) == (
-        "best valid ELBO -31.50 at step 20"
+        sweeps.training_progress({"epoch": 0, "best_valid": -31.5, "best_epoch": 0})
+        == "best valid ELBO -31.50"
     )
 
 
 def test_status_shows_every_member_and_a_rerun_retrains_and_recomputes_nothing(swept, tmp_path):
     r = run_cli("status", str(swept))
     assert "4 members: 4 done" in r.stdout and r.stdout.count("  done ") == 4
-    for line in r.stdout.splitlines()[1:]:  # each member's last epoch and best valid ELBO, from its metrics
-        rows = read_metrics(swept / line.split()[0])
-        best = max(rows, key=lambda row: row["valid_elbo"])
-        at = f"epoch {int(best['epoch'])}" if best["epoch"] >= 1 else f"step {int(best['step'])}"
-        assert f"best valid ELBO {best['valid_elbo']:.2f} at {at}" in line, line
+    for line in r.stdout.splitlines()[1:]:  # each member's best valid ELBO: the best row of its metrics
+        best = max(read_metrics(swept / line.split()[0]), key=lambda row: row["valid_elbo"])
+        assert f"best valid ELBO {best['valid_elbo']:.2f}" in line, line
+        if best["epoch"] >= 1:
+            assert f"at epoch {int(best['epoch'])}" in line, line
     before = {p: p.stat().st_mtime_ns for p in swept.rglob("*") if p.suffix in (".pt", ".npz")}
     spec = write_spec(tmp_path)
     dry = run_cli("sweep", str(spec), "--run-dir", str(swept), "--dry-run")

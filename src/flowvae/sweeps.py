@@ -31,6 +31,7 @@ import csv
 import dataclasses
 import difflib
 import json
+import math
 import os
 import re
 import socket
@@ -243,6 +244,7 @@ class MemberStatus:
     job: str = ""  # the Slurm job that ran it last
     progress: str = ""  # where its valid ELBO stands: see :func:`training_progress`
     scoring: bool = False  # running: trained to its end, now scored (the table's evaluation)
+    eta_is_bound: bool = False  # early stopping may end it before target_steps
 
 
 def _status_file(member: Member) -> Path:
@@ -285,7 +287,7 @@ def member_status(member: Member, cfg: Config, alive: set[str] = frozenset()) ->
     state = _checkpoint_state(member)
     record = _read_record(member)
     step = state["step"] if state else 0
-    progress = training_progress(read_metrics(member.run_dir), cfg.train.early_stopping) if state else ""
+    progress = training_progress(state, cfg.train.early_stopping) if state else ""
     if state is not None and _finished(state, cfg):
         if record.get("state") == "running" and _alive(record, alive):  # trained, being scored
             where = _where(record)
@@ -294,7 +296,7 @@ def member_status(member: Member, cfg: Config, alive: set[str] = frozenset()) ->
             )
         return MemberStatus(member, "done", step, step, job=record.get("job", ""), progress=progress)
     if _alive(record, alive):
-        return _running(member, cfg, record)
+        return _running(member, cfg, record, progress)
     if record.get("state") == "failed":
         return MemberStatus(
             member, "failed", step, reason=record.get("reason", ""), job=record.get("job", "")
@@ -303,28 +305,19 @@ def member_status(member: Member, cfg: Config, alive: set[str] = frozenset()) ->
     return MemberStatus(member, state_name, step, job=record.get("job", ""), progress=progress)
 
 
-def training_progress(rows: list[dict[str, float]], early_stopping: int = 0) -> str:
-    """Where a run's valid ELBO stands, from its metrics rows, as training counts it: the last
-    evaluated epoch, the best valid ELBO and its epoch, and with early stopping how many of its
-    evaluations have passed without a better one (counted once the KL weight is 1), e.g.
-    ``epoch 120; best valid ELBO -98.20 at epoch 101, 19/50 evaluations without a better one``.
-    Before the first complete epoch, evaluations are placed by their step (and the last one is
-    not named: a status line gives the step). Empty when nothing was evaluated."""
-    evaluated = [r for r in rows if "valid_elbo" in r]
-    if not evaluated:
+def training_progress(state: dict[str, Any], early_stopping: int = 0) -> str:
+    """Where a run's valid ELBO stands, from its checkpoint's training state (the counters training
+    itself keeps): the epochs completed, the best valid ELBO and its epoch, and with early stopping
+    how many evaluations have passed without a better one (training counts them once the KL weight
+    is 1), e.g. ``epoch 120; best valid ELBO -98.20 at epoch 101, 19/50 evaluations without a better
+    one``. Before the first complete epoch only the best valid ELBO (a status line gives the step).
+    Empty when nothing was evaluated."""
+    if not math.isfinite(state.get("best_valid", -math.inf)):
         return ""
-
-    def at(r: dict[str, float]) -> str:  # before its first complete epoch a run has only steps
-        return f"epoch {int(r['epoch'])}" if r.get("epoch", 0) >= 1 else f"step {int(r.get('step', 0))}"
-
-    best, bad = evaluated[0], 0
-    for r in evaluated[1:]:
-        if r["valid_elbo"] > best["valid_elbo"]:
-            best, bad = r, 0
-        elif r.get("kl_weight", 1.0) >= 1.0:
-            bad += 1
-    last = f"epoch {int(evaluated[-1]['epoch'])}; " if evaluated[-1].get("epoch", 0) >= 1 else ""
-    text = f"{last}best valid ELBO {best['valid_elbo']:.2f} at {at(best)}"
+    text = f"best valid ELBO {state['best_valid']:.2f}"
+    if state.get("epoch", 0) >= 1:
+        text = f"epoch {state['epoch']}; {text} at epoch {state['best_epoch']}"
+    bad = state.get("bad_evals", 0)
     return text + (f", {bad}/{early_stopping} evaluations without a better one" if early_stopping else "")
 
 
@@ -347,7 +340,7 @@ def _alive(record: dict[str, Any], alive: set[str]) -> bool:
     return True
 
 
-def _running(member: Member, cfg: Config, record: dict[str, Any]) -> MemberStatus:
+def _running(member: Member, cfg: Config, record: dict[str, Any], progress: str) -> MemberStatus:
     """A running member's step and ETA, from its metrics rows (the pace so far)."""
     rows = read_metrics(member.run_dir)
     step = int(rows[-1]["step"]) if rows else 0
@@ -358,8 +351,10 @@ def _running(member: Member, cfg: Config, record: dict[str, Any]) -> MemberStatu
     eta = None
     if rows and step and target and rows[-1].get("seconds"):
         eta = max(0.0, (target - step) * rows[-1]["seconds"] / step)
-    progress = training_progress(rows, cfg.train.early_stopping)
-    return MemberStatus(member, "running", step, target, eta, _where(record), record.get("job", ""), progress)
+    return MemberStatus(
+        member, "running", step, target, eta, _where(record), record.get("job", ""), progress,
+        eta_is_bound=bool(cfg.train.early_stopping),
+    )  # fmt: skip
 
 
 def _where(record: dict[str, Any]) -> str:
@@ -530,9 +525,8 @@ def status_lines(statuses: list[MemberStatus], run_dir: str | Path) -> list[str]
 
 
 def _eta_text(s: MemberStatus) -> str:
-    """The time to its last step; with early stopping on (its progress counts evaluations
-    without a better valid ELBO) that is only the longest it can take."""
-    if "evaluations without" in s.progress:
+    """The time to its last step; with early stopping on that is only the longest it can take."""
+    if s.eta_is_bound:
         return f"; at most {_duration(s.eta_seconds)} more"
     return f", ETA {_duration(s.eta_seconds)}"
 
