@@ -14,8 +14,9 @@ and checkpoints after every epoch, so it can stop and continue:
   exceeds ``early_stopping_epochs``; a NaN valid loss stops it;
 - after each epoch ``DIR/checkpoint.pt`` (written to a temporary file, then renamed): the weights,
   AdamNormGrad's state, torch's RNG state (the loader's shuffle and every noise draw come from it),
-  the loop's counters, the best weights and the per-epoch losses. ``train`` on a folder that has
-  one continues from it; a resumed run draws what the uninterrupted one would.
+  the loop's counters and the best weights (the per-epoch losses go to ``DIR/epochs.jsonl``).
+  ``train`` on a folder that has one continues from it; a resumed run draws what the uninterrupted
+  one would.
 
 ``score`` (in flowvae's environment) puts the best weights into our preset
 ``vampprior-mnist-ROW`` through the weight map of ``tests/test_reference_network.py`` (whose test
@@ -111,8 +112,7 @@ def train(opt: argparse.Namespace) -> None:
     os.makedirs(snapshot_dir, exist_ok=True)
 
     ckpt_path = out / "checkpoint.pt"
-    state = {"epoch": 0, "best_loss": 100000.0, "e": 0, "best_epoch": 0, "history": [], "done": False,
-             "seconds": 0.0}  # fmt: skip
+    state = {"epoch": 0, "best_loss": 100000.0, "e": 0, "best_epoch": 0, "done": False, "seconds": 0.0}
     best = None
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, weights_only=True)
@@ -141,7 +141,6 @@ def train(opt: argparse.Namespace) -> None:
         if early_stopping_step(state, epoch, val_loss, args.warmup, args.early_stopping_epochs):
             best = {k: v.detach().clone() for k, v in model.state_dict().items()}
         state["epoch"] = epoch
-        state["history"].append([epoch, float(train_loss), float(val_loss), float(val_kl)])
         save()
         line = {"epoch": epoch, "train_loss": float(train_loss), "valid_loss": float(val_loss),
                 "valid_kl": float(val_kl), "best_epoch": state["best_epoch"], "counter": state["e"],
