@@ -35,6 +35,7 @@ SPEC = {
     },
     "eval": {"estimator": "iwae", "samples": 10, "limit": 20, "split": "test"},
     "reference": {"diag": 30.0},
+    "more_references": {"authors' code": {"diag": [30.5, 30.7]}, "pythae": {"iaf": 29}},
 }
 
 
@@ -77,10 +78,15 @@ def swept(tmp_path_factory) -> Path:
         ({"rows": {"a/b": {"preset": "digits"}}}, "row name 'a/b' is not a folder name"),
         ({"seeds": 0}, "seeds must be an integer >= 1"),
         ({"reference": {"difag": 1.0}}, "reference: unknown key 'difag'; did you mean 'diag'?"),
+        ({"more_references": {"code": {"difag": 1.0}}}, "more_references code: unknown key 'difag'"),
+        ({"more_references": {"code": {"diag": [30, "x"]}}}, "diag: [30, 'x'] is not a number or a list"),
+        ({"more_references": {"code": {"diag": []}}}, "diag: [] is not a number or a list of numbers"),
+        ({"more_references": [30.0]}, "more_references must map a column's name to {row: number}"),
     ],
 )  # fmt: skip
 def test_a_bad_spec_fails_in_one_line_naming_the_problem(tmp_path, change, message):
-    path = write_spec(tmp_path, {**SPEC, **({"reference": {}} if "rows" in change else {}), **change})
+    fresh = {"reference": {}, "more_references": {}} if "rows" in change else {}  # they name SPEC's rows
+    path = write_spec(tmp_path, {**SPEC, **fresh, **change})
     with pytest.raises(sweeps.SweepError) as e:
         sweeps.load_spec(path)
     assert message in str(e.value) and "\n" not in str(e.value)
@@ -116,8 +122,13 @@ def test_a_sweep_writes_the_table_with_the_reference_column(swept):
     assert rows[0]["reference"] == 30.0
     assert rows[0]["diff_reference"] == pytest.approx(rows[0]["nll_mean"] - 30)
     assert rows[1]["reference"] is None and rows[1]["diff_reference"] is None
+    # further reference columns (the authors' code's seeds, another reproduction), no difference to them
+    assert rows[0]["more_references"] == {"authors' code": [30.5, 30.7]}
+    assert rows[1]["more_references"] == {"pythae": [29.0]}
     md = (swept / "table" / "sweep.md").read_text()
-    assert md.startswith("diag vs IAF on digits.") and "| diag | 30.00 |" in md
+    assert md.startswith("diag vs IAF on digits.")
+    assert "| row | reference | authors' code | pythae | −log p̂ (nats) | Δ vs reference |" in md
+    assert "| diag | 30.00 | 30.60 ± 0.14 (2) | — |" in md and "| iaf | — | — | 29.00 |" in md
     said = (swept.parent / "sweep.err").read_text()  # members print into one log: each line named
     assert all(f"{m}: epoch 1/" in said for m in ("diag/seed-0", "diag/seed-1", "iaf/seed-0", "iaf/seed-1"))
     for row in ("diag", "iaf"):  # every row is a seed group: flowvae compare/eval work on it as before

@@ -9,6 +9,11 @@ A spec (YAML, or a name of a spec shipped in ``flowvae/specs``)::
       iaf: {preset: digits, overrides: [model.posterior=iaf, train.max_steps=20]}
     eval: {estimator: iwae, samples: 10, limit: 20, split: test}
     reference: {diag: 30.0}
+    reference_name: paper
+    more_references: {"authors' code": {diag: [30.2, 30.4]}}
+
+``more_references`` are further columns beside the reference (a number per row, or the per-seed
+numbers of a run elsewhere, shown as mean ± sd (n)); the difference is to ``reference``.
 
 :func:`sweep` ``(spec, R, launcher=...)`` makes every row a seed group (``R/<row>/group.json``,
 members ``R/<row>/seed-i``, as ``flowvae train --seeds N`` does), trains every member that is
@@ -35,6 +40,7 @@ import math
 import os
 import re
 import socket
+import statistics
 import sys
 import time
 import traceback
@@ -96,6 +102,7 @@ class Spec:
     eval: EvalSpec = field(default_factory=EvalSpec)
     reference: dict[str, float] = field(default_factory=dict)
     reference_name: str = "reference"
+    more_references: dict[str, dict[str, tuple[float, ...]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -177,6 +184,7 @@ def load_spec(spec: str | Path | dict[str, Any], overrides: Sequence[str] = ()) 
         if not isinstance(reference[name], int | float):
             raise SweepError(f"{where}: reference {name}: {reference[name]!r} is not a number")
     values["reference"] = {k: float(v) for k, v in reference.items()}
+    values["more_references"] = _more_references(values.get("more_references") or {}, set(rows), where)
     out = Spec(**values)
     if not isinstance(out.seeds, int) or out.seeds < 1:
         raise SweepError(f"{where}: seeds must be an integer >= 1, got {out.seeds!r}")
@@ -186,6 +194,26 @@ def load_spec(spec: str | Path | dict[str, Any], overrides: Sequence[str] = ()) 
             row_config(out, name)
         except ConfigError as e:
             raise SweepError(f"{where}: row {name}: {e}") from None
+    return out
+
+
+def _more_references(
+    columns: Any, rows: set[str], where: str
+) -> dict[str, dict[str, tuple[float, ...]]]:
+    """``{column: {row: number or [numbers]}}`` -> ``{column: {row: (numbers,)}}``."""
+    if not isinstance(columns, dict):
+        raise SweepError(
+            f"{where}: more_references must map a column's name to {{row: number}}, got {columns!r}"
+        )
+    out = {}
+    for column, values in columns.items():
+        here = f"{where}: more_references {column}"
+        out[str(column)] = {}
+        for row, value in _mapping(values, here, rows).items():
+            numbers = value if isinstance(value, list) else [value]
+            if not numbers or not all(type(v) in (int, float) for v in numbers):  # (not a bool)
+                raise SweepError(f"{here}: {row}: {value!r} is not a number or a list of numbers")
+            out[str(column)][str(row)] = tuple(float(v) for v in numbers)
     return out
 
 
@@ -628,13 +656,14 @@ def write_table(spec: Spec, run_dir: str | Path, progress: bool = False) -> dict
     caption = spec.caption or f"sweep {root.name}"
     protocol = f"{c.estimator} (K={c.samples}) on {c.subset}; mean ± sd over seeds (n)"
     ref = spec.reference_name
-    header = ["row", ref, "−log p̂ (nats)", f"Δ vs {ref}", "per seed", "epochs", "train min"]
-    cells = [_cells(r) for r in rows]
+    more = list(spec.more_references)
+    header = ["row", ref, *more, "−log p̂ (nats)", f"Δ vs {ref}", "per seed", "epochs", "train min"]
+    cells = [_cells(r, more) for r in rows]
     out = root / TABLE_DIR
     paths["sweep_md"] = out / "sweep.md"
     paths["sweep_md"].write_text(render_markdown(f"{caption}. {protocol}", header, cells) + "\n")
     paths["sweep_tex"] = out / "sweep.tex"
-    paths["sweep_tex"].write_text(render_latex(header, cells, text=(0, 4)) + "\n")
+    paths["sweep_tex"].write_text(render_latex(header, cells, text=(0, 4 + len(more))) + "\n")
     paths["sweep_json"] = out / "sweep.json"
     paths["sweep_json"].write_text(
         json.dumps({"caption": caption, "protocol": protocol, "rows": rows}, indent=1) + "\n"
@@ -656,16 +685,23 @@ def _table_row(spec: Spec, g: groups.GroupRow) -> dict[str, Any]:
         "row": g.group, "reference": ref, "nll_mean": g.nll_mean, "nll_sd": g.nll_sd, "seeds": g.seeds,
         "diff_reference": None if ref is None else g.nll_mean - ref, "epochs_mean": g.epochs_mean,
         "train_minutes_mean": None if g.train_seconds_mean is None else g.train_seconds_mean / 60,
+        "more_references": {name: list(col[g.group]) for name, col in spec.more_references.items()
+                            if g.group in col},
     }  # fmt: skip
 
 
-def _cells(r: dict[str, Any]) -> list[str]:
-    n = len(r["seeds"])
-    sd = "n/a" if r["nll_sd"] is None else f"{r['nll_sd']:.2f}"
+def _mean_sd(mean: float, sd: float | None, n: int) -> str:
+    return f"{mean:.2f} ± {'n/a' if sd is None else f'{sd:.2f}'} ({n})"
+
+
+def _cells(r: dict[str, Any], more: Sequence[str] = ()) -> list[str]:
+    others = [r["more_references"].get(name) for name in more]
     minutes = "—" if r["train_minutes_mean"] is None else f"{r['train_minutes_mean']:.1f}"
     return [
         r["row"], "—" if r["reference"] is None else f"{r['reference']:.2f}",
-        f"{r['nll_mean']:.2f} ± {sd} ({n})",
+        *("—" if v is None else f"{v[0]:.2f}" if len(v) == 1
+          else _mean_sd(statistics.fmean(v), statistics.stdev(v), len(v)) for v in others),
+        _mean_sd(r["nll_mean"], r["nll_sd"], len(r["seeds"])),
         "—" if r["diff_reference"] is None else f"{r['diff_reference']:+.2f}",
         ", ".join(f"{v:.2f}" for v in r["seeds"]), f"{r['epochs_mean']:.1f}", minutes,
     ]  # fmt: skip
