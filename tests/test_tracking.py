@@ -60,3 +60,32 @@ def test_a_sweep_is_one_experiment_with_a_run_per_member_tagged_with_row_and_see
     assert sorted((r.data.tags["row"], r.data.tags["seed"]) for r in runs) == [("diag", "0"), ("diag", "1")]
     for r in runs:
         assert r.data.metrics["test_nll_iwae"] > 0 and "valid_elbo" in r.data.metrics
+
+
+
+def _get_experiment(uri: str, name: str, barrier, out) -> None:
+    from flowvae import tracking
+
+    client = tracking._client(uri)
+    barrier.wait()  # every process asks at the same moment, as a sweep's members starting at once
+    out.put(tracking._experiment(client, name, uri))
+
+
+def test_members_creating_the_experiment_at_once_get_one_experiment(mlflow, tmp_path):
+    """MLflow's file store does not refuse a second experiment of a name another process is
+    creating: unlocked, 6 processes asking at once made several experiments in 3 rounds of 10, and
+    a sweep's members split their runs over them (seen in CI: one member's run missing)."""
+    import multiprocessing
+
+    uri = (tmp_path / "mlruns").as_uri()
+    ctx = multiprocessing.get_context("fork")  # cheap processes: many rounds
+    for round_ in range(10):
+        name, barrier, out = f"members-at-once-{round_}", ctx.Barrier(6), ctx.Queue()
+        procs = [ctx.Process(target=_get_experiment, args=(uri, name, barrier, out)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        ids = [out.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join()
+        found = mlflow.MlflowClient(tracking_uri=uri).search_experiments(filter_string=f"name = '{name}'")
+        assert len(set(ids)) == 1 and [e.experiment_id for e in found] == ids[:1], round_

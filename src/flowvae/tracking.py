@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +54,25 @@ def run_context(run_dir: Path, seed: int) -> tuple[str, dict[str, str]]:
     return os.environ.get("MLFLOW_EXPERIMENT_NAME", "flowvae"), {"flowvae.run_dir": str(run_dir)}
 
 
-def _experiment(client: Any, name: str) -> str:
-    """The id of the experiment ``name``, created if missing (by whichever member comes first)."""
+def _experiment(client: Any, name: str, uri: str) -> str:
+    """The id of the experiment ``name``, created if missing (by whichever member comes first).
+
+    A server or database refuses a second experiment of the same name (the loser reads the
+    winner's); MLflow's file store does not check across processes, so two members starting at
+    once could each create one and split the sweep's runs between them: there the check and the
+    creation hold a lock file in the store."""
+    if not uri.startswith("file:"):
+        return _get_or_create(client, name)
+    store = Path(urllib.request.url2pathname(urllib.parse.urlparse(uri).path))
+    store.mkdir(parents=True, exist_ok=True)
+    import fcntl  # POSIX: the file store's lock
+
+    with open(store / ".flowvae-experiments.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return _get_or_create(client, name)
+
+
+def _get_or_create(client: Any, name: str) -> str:
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(name)
@@ -99,7 +118,7 @@ class MlflowTracker:
         client = _client(uri)
         experiment, tags = run_context(run_dir, cfg.train.seed)
         name = Path(run_dir).resolve().name
-        run = client.create_run(_experiment(client, experiment), tags=tags, run_name=name)
+        run = client.create_run(_experiment(client, experiment, uri), tags=tags, run_name=name)
         params = [Param(k, v) for k, v in _flat(cfg.to_dict()).items()]
         for start in range(0, len(params), PARAMS_PER_CALL):
             client.log_batch(run.info.run_id, params=params[start : start + PARAMS_PER_CALL])
