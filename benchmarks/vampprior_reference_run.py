@@ -23,14 +23,21 @@ and checkpoints after every epoch, so it can stop and continue:
 checks that both compute the same log-weights, to 1e-10) and scores it with our IWAE. The folder holds
 only state dicts (tensors and numbers), read with ``weights_only=True``.
 
+``compare`` prints, every ``--every`` epochs, the reference run's valid loss and its best so far beside
+those of our finished or running members of the same row (their ``metrics.csv``: valid −ELBO, β = 1,
+one sample, the 10,000 valid images, as the reference's), so the two trainings can be set side by
+side while the reference is still running.
+
     $VAMP_VENV/bin/python benchmarks/vampprior_reference_run.py train --row vae-vamp --seed 0 --out D
     python benchmarks/vampprior_reference_run.py score --out D --data ../shared/data/binarized_mnist
+    python benchmarks/vampprior_reference_run.py compare --out D R/vae-vamp/seed-0 R/vae-vamp/seed-1
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import json
 import os
 import sys
@@ -189,6 +196,33 @@ def score(opt: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
+def valid_curve(run: Path) -> dict[int, float]:
+    """Epoch -> valid loss (−ELBO) of a reference folder (epochs.jsonl) or one of our runs (metrics.csv)."""
+    if (run / "epochs.jsonl").exists():
+        rows = [json.loads(line) for line in (run / "epochs.jsonl").read_text().splitlines() if line]
+        return {r["epoch"]: r["valid_loss"] for r in rows}
+    with open(run / "metrics.csv") as f:
+        return {int(float(r["epoch"])): -float(r["valid_elbo"]) for r in csv.DictReader(f) if r["valid_elbo"]}
+
+
+def compare(opt: argparse.Namespace) -> None:
+    runs = [Path(opt.out), *map(Path, opt.members)]
+    curves = [valid_curve(r) for r in runs]
+    print("valid loss (−ELBO, β = 1), that epoch / best so far\n")
+    print(
+        "| epoch | "
+        + " | ".join(["reference", *(f"ours `{r.parent.name}/{r.name}`" for r in runs[1:])])
+        + " |"
+    )
+    print("|---|" + "---|" * len(runs))
+    last = max(curves[0])
+    for e in sorted({*range(opt.every, last + 1, opt.every), last}):
+        cells = [
+            f"{c[e]:.2f} / {min(v for k, v in c.items() if k <= e):.2f}" if e in c else "—" for c in curves
+        ]
+        print(f"| {e} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -206,8 +240,12 @@ def main() -> None:
     s.add_argument("--samples", type=int, default=5000)
     s.add_argument("--limit", type=int, default=0, help="first N test images (0: all)")
     s.add_argument("--threads", type=int, default=1)
+    c = sub.add_parser("compare", help="the reference's valid loss per epoch beside our members'")
+    c.add_argument("--out", required=True, help="the reference run's folder")
+    c.add_argument("members", nargs="*", help="our run folders of the same row")
+    c.add_argument("--every", type=int, default=25)
     opt = p.parse_args()
-    train(opt) if opt.command == "train" else score(opt)
+    {"train": train, "score": score, "compare": compare}[opt.command](opt)
 
 
 if __name__ == "__main__":
