@@ -45,10 +45,7 @@ import time
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PEERS = ROOT.parent / "shared" / "peers"
-REFERENCE = {"vae": ("vae", "standard"), "vae-vamp": ("vae", "vampprior"),
-             "hvae": ("hvae_2level", "standard"), "hvae-vamp": ("hvae_2level", "vampprior")}  # fmt: skip
+from vampprior_pair import PEERS, REFERENCE, ROOT  # the row -> (model, prior) map of the pair
 
 
 def early_stopping_step(state: dict, epoch: int, val_loss: float, warmup: int, patience: int) -> bool:
